@@ -1,0 +1,123 @@
+# tally — one non-recursive Makefile (STYLE.md rule 15).
+#   make            build everything into build/
+#   make run        build and start tallyd on ./data, 127.0.0.1:7379
+#   make test       build and run every test (Criterion; SAN=1: ASan+UBSan)
+#   make bench      run the benchmark suite (bench/)
+#   make fuzz       run the RESP parser and record decoder fuzzers
+#   make clean
+# V=1 shows the commands.
+
+CC ?= cc
+CFLAGS ?= -O2 -g
+override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
+	-Wno-missing-field-initializers -MMD -MP -pthread -Iengine
+override LDLIBS += -llmdb -lxxhash -luring -pthread -lm
+
+ifeq ($(SAN),1)
+BUILD := build-san
+override CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+override LDFLAGS += -fsanitize=address,undefined
+else
+BUILD := build
+endif
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+# Debian packages each target needs; installed when missing (as root) or the
+# exact command is printed.
+DEPS_BUILD := build-essential liblmdb-dev libxxhash-dev liburing-dev pkg-config
+DEPS_TEST := $(DEPS_BUILD) libcriterion-dev libhiredis-dev redis-tools xfsprogs
+DEPS_BENCH := $(DEPS_TEST) redis-server postgresql postgresql-contrib sqlite3 libsqlite3-dev lmdb-utils gnuplot-nox
+DEPS_FUZZ := $(DEPS_TEST) clang libfuzzer-14-dev
+
+ENGINE_SRC := $(wildcard engine/*.c)
+ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
+LIB := $(BUILD)/libtally.a
+
+TOOLS := $(patsubst tools/%.c,$(BUILD)/%,$(wildcard tools/*.c))
+BENCH_SRC := $(wildcard bench/*.c)
+BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/%,$(BENCH_SRC))
+TEST_SRC := $(wildcard tests/*.c)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+TEST_BIN := $(BUILD)/tally-tests
+
+.PHONY: all run test test-crash bench bench-peers fuzz clean deps-build deps-test deps-bench deps-fuzz
+all: $(LIB) $(TOOLS) $(BENCH_BIN)
+
+define ensure_pkgs
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null || exit 1; \
+	  else \
+	    echo "missing Debian packages; run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+endef
+
+deps-build: ; $(call ensure_pkgs,$(DEPS_BUILD))
+deps-test: ; $(call ensure_pkgs,$(DEPS_TEST))
+deps-bench: ; $(call ensure_pkgs,$(DEPS_BENCH))
+deps-fuzz: ; $(call ensure_pkgs,$(DEPS_FUZZ))
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC $<")
+	$(Q)$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(ENGINE_OBJ)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/%: $(BUILD)/tools/%.o $(LIB)
+	@$(if $(Q),echo "  LD $@")
+	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/%: $(BUILD)/bench/%.o $(LIB)
+	@$(if $(Q),echo "  LD $@")
+	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lsqlite3
+
+$(TEST_BIN): $(TEST_OBJ) $(LIB)
+	@$(if $(Q),echo "  LD $@")
+	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lcriterion -lhiredis
+
+# Build first in one make (deps installed), then run.
+run: deps-build
+	$(Q)$(MAKE) --no-print-directory all
+	$(BUILD)/tallyd --dir ./data --port 7379 --bind 127.0.0.1
+
+# Integration tests find the binaries through TALLY_BUILD.  Criterion's
+# summary line is what CI reads.  TEST_ARGS=--filter='ledger/*' narrows.
+test: deps-test
+	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN)
+	TALLY_BUILD=$(abspath $(BUILD)) $(TEST_BIN) --jobs 2 $(TEST_ARGS)
+
+test-crash: deps-test
+	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN)
+	TALLY_BUILD=$(abspath $(BUILD)) TALLY_CRASH_CYCLES=200 $(TEST_BIN) --filter='crash*/*' $(TEST_ARGS)
+
+bench: deps-bench
+	$(Q)$(MAKE) --no-print-directory all
+	bench/run.sh $(BENCH_ARGS)
+
+bench-peers: deps-bench
+	$(Q)$(MAKE) --no-print-directory all
+	bench/run.sh --peers $(BENCH_ARGS)
+
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Iengine
+FUZZ_SECONDS ?= 60
+fuzz: deps-fuzz
+	@mkdir -p build-fuzz
+	clang $(FUZZ_CFLAGS) tests/fuzz/fuzz_resp.c engine/resp.c -o build-fuzz/fuzz_resp
+	clang $(FUZZ_CFLAGS) tests/fuzz/fuzz_record.c engine/record.c engine/checksum.c -o build-fuzz/fuzz_record -lxxhash
+	build-fuzz/fuzz_resp -max_total_time=$(FUZZ_SECONDS) tests/fuzz/corpus/resp
+	build-fuzz/fuzz_record -max_total_time=$(FUZZ_SECONDS) tests/fuzz/corpus/record
+
+clean:
+	rm -rf build build-san build-fuzz
+
+-include $(shell find build build-san -name '*.d' 2>/dev/null)

@@ -1,0 +1,90 @@
+/*
+ * ledger.h — the loyalty semantics of one shard (SPEC §1–3), over its
+ * state (state.h, LMDB) and its log (log.h).
+ *
+ * Execution is deterministic given (state, request, now_ms): recovery and
+ * `tally verify` re-execute logged records with their recorded time and
+ * compare the outcome with what the record says, so a divergence is found,
+ * not served.  Engine-written entries (`~exp:` expiries, `~void:` timed-out
+ * holds) are logged records of their own, written by ledger_sweep() and,
+ * for the account a write touches, just before that write's entry.
+ *
+ * Durability (DESIGN-NOTES §1): every change goes into one LMDB write
+ * transaction (plus in-memory totals) kept open across batches; the log is
+ * the write-ahead log.  ledger_checkpoint() commits it, synced, with the
+ * seq it reflects — called by the shard only when every appended record is
+ * durable.  ledger_rollback() drops everything since the last checkpoint.
+ *
+ * One thread (the shard's) uses a ledger; nothing here locks.
+ */
+#ifndef TALLY_LEDGER_H
+#define TALLY_LEDGER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "log.h"
+#include "record.h"
+#include "tally.h"
+
+typedef struct ledger ledger;
+
+typedef struct ledger_options {
+    const char *dir;        /* LMDB environment directory (created) */
+    uint64_t map_bytes;     /* 0 = LIMIT_STATE_MAP_BYTES_DEFAULT */
+    bool read_only;
+    tally_log_fn log;
+    void *log_ctx;
+} ledger_options;
+
+/* Opens the state.  Does not replay: the caller iterates the log after
+ * ledger_checkpoint_seq() and feeds ledger_replay().  Errors: -errno,
+ * TALLY_EFORMAT, TALLY_ECORRUPT. */
+int ledger_open(const ledger_options *opts, log_t *log, ledger **out);
+/* Aborts an uncommitted delta (call ledger_checkpoint first to keep it). */
+void ledger_close(ledger *l);
+
+/* Last seq the committed state reflects (0 for a new shard). */
+uint64_t ledger_checkpoint_seq(const ledger *l);
+
+/* Executes one request at engine time now_ms (unix ms, non-decreasing).
+ * Reads fill req->res.  Writes first check the idempotency index (a
+ * repeated request is answered from its original record, res.replayed),
+ * then append engine entries due for the account, then the entry (or a
+ * refusal record for -INSUFFICIENT/-NOTFOUND/-INVALID-by-state) to the
+ * log's filling batch and update the state.  The request's own outcome is
+ * in req->res (status 0 or a TALLY_E* code with message).
+ * Returns 0, or < 0 for a failure that must stop the shard's writes
+ * (log append failed, LMDB error); the state is then unchanged by this
+ * request only if the failure came before the first append. */
+int ledger_execute(ledger *l, tally_request *req, uint64_t now_ms);
+
+/* Re-executes a logged record (recovery, verify) at its recorded time and
+ * checks the outcome (points, balance, held, error) against it.
+ * TALLY_ECORRUPT (with a message via the log callback) on mismatch. */
+int ledger_replay(ledger *l, const record *r, log_loc loc);
+
+/* Appends engine entries for lots whose expiry passed and holds whose
+ * timeout passed by now_ms, at most max of them, oldest first.  Writes how
+ * many into *count and whether more are due into *more. */
+int ledger_sweep(ledger *l, uint64_t now_ms, uint32_t max, uint32_t *count, bool *more);
+
+/* Commits everything executed so far, synced, as reflecting `seq`. */
+int ledger_checkpoint(ledger *l, uint64_t seq);
+/* Drops everything since the last checkpoint (after a failed flush). */
+void ledger_rollback(ledger *l);
+/* Records executed since the last checkpoint. */
+uint64_t ledger_delta_records(const ledger *l);
+
+/* Checks the state of merchant m (0: all) for internal consistency:
+ * every account's available + held + pending equals its lots, holds and
+ * debt, lifetime totals add up, merchant totals equal the sum of their
+ * accounts.  0, or TALLY_ECORRUPT with the first fault in msg. */
+int ledger_verify(ledger *l, uint64_t merchant, char *msg, size_t cap);
+
+/* Compares two ledgers' states (live vs replayed): 0 or TALLY_ECORRUPT
+ * with the first difference in msg.  For `tally verify`. */
+int ledger_compare(ledger *a, ledger *b, char *msg, size_t cap);
+
+#endif

@@ -1,0 +1,87 @@
+/*
+ * limits.h — every limit tally enforces, in one place, each with its reason.
+ *
+ * A limit exists so that memory, disk and latency stay bounded whatever a
+ * client sends.  Changing one that is marked "format" changes the on-disk
+ * format and needs a new record version.
+ */
+#ifndef TALLY_LIMITS_H
+#define TALLY_LIMITS_H
+
+#include <assert.h>
+#include <stdint.h>
+
+/* ---- data model (SPEC §1) ---------------------------------------------- */
+
+/* Amount in a command: 1..10^15 points (SPEC §1). */
+#define LIMIT_AMOUNT_MAX 1000000000000000LL
+/* |balance| after any entry must stay <= 2^62 (SPEC §1). */
+#define LIMIT_BALANCE_ABS_MAX (1LL << 62)
+/* Client ids: 1..64 printable bytes (SPEC §1). */
+#define LIMIT_ID_BYTES_MAX 64
+/* Engine ids: "~exp:" + client id + "#" + a decimal repeat count (format). */
+#define LIMIT_ENGINE_ID_BYTES_MAX 96
+/* Memo: 0..128 opaque bytes (SPEC §1, format). */
+#define LIMIT_MEMO_BYTES_MAX 128
+/* HISTORY LIMIT n: 1..1000, default 100 (SPEC §2). */
+#define LIMIT_HISTORY_MAX 1000
+#define LIMIT_HISTORY_DEFAULT 100
+/* HOLD TIMEOUT default 900 s (SPEC §2); longest accepted: one year. */
+#define LIMIT_HOLD_TIMEOUT_DEFAULT_S 900
+#define LIMIT_HOLD_TIMEOUT_MAX_S (366ULL * 24 * 3600)
+/* Unix seconds accepted for EXPIRES / AVAILABLE_AT: up to year 9999. */
+#define LIMIT_UNIX_S_MAX 253402300799ULL
+
+/* ---- storage ------------------------------------------------------------ */
+
+/* Shards per data directory: fixed at creation (SPEC §5). */
+#define LIMIT_SHARDS_MAX 256
+/* One log segment file; preallocated so a flush does not commit size. */
+#define LIMIT_SEGMENT_BYTES_DEFAULT (64u << 20)
+#define LIMIT_SEGMENT_BYTES_MIN (64u << 10)
+/* One batch: one write + one flush.  Bounds the torn-tail window too. */
+#define LIMIT_BATCH_BYTES_MAX (4u << 20)
+#define LIMIT_BATCH_ENTRIES_MAX 16384
+/* Largest encoded record: header + fixed fields + ids + memo, rounded. */
+#define LIMIT_RECORD_BYTES_MAX 512
+/* Engine-written entries per sweep turn (SPEC §3: bounded chunks). */
+#define LIMIT_SWEEP_CHUNK 1024
+/* Lots one debit may consume before the request is refused as too
+ * fragmented (keeps one record's allocation list bounded). */
+#define LIMIT_LOTS_PER_DEBIT_MAX 4096
+/* Checkpoint of the in-memory delta into LMDB (DESIGN-NOTES §1). */
+#define LIMIT_CHECKPOINT_MS_DEFAULT 500
+#define LIMIT_CHECKPOINT_ENTRIES_DEFAULT 200000
+/* LMDB map per shard: address space only, the file grows with use. */
+#define LIMIT_STATE_MAP_BYTES_DEFAULT (64ULL << 30)
+
+/* ---- wire (SPEC §5 "Limits on bad input") ------------------------------ */
+
+#define LIMIT_BULK_BYTES_MAX 4096
+#define LIMIT_ARGS_MAX 32
+/* Inline commands (telnet) are one line; Redis allows 64 KiB. */
+#define LIMIT_INLINE_BYTES_MAX 16384
+/* Unparsed input buffered per client before it is refused. */
+#define LIMIT_CLIENT_INPUT_BYTES_MAX (1u << 20)
+/* Requests in flight per connection: beyond it the server stops reading
+ * that socket (backpressure) instead of queueing without bound. */
+#define LIMIT_CLIENT_PIPELINE_MAX 4096
+/* Unsent reply bytes per client before the server stops reading it. */
+#define LIMIT_CLIENT_OUTPUT_BYTES_MAX (4u << 20)
+#define LIMIT_CONNECTIONS_MAX 10000
+/* Time to receive one whole command (slowloris) and to authenticate. */
+#define LIMIT_COMMAND_RECV_MS 10000
+#define LIMIT_AUTH_MS 10000
+
+static_assert(LIMIT_ID_BYTES_MAX + 5 + 1 + 20 < LIMIT_ENGINE_ID_BYTES_MAX,
+              "engine ids hold ~exp: + client id + #n");
+static_assert(LIMIT_ENGINE_ID_BYTES_MAX <= 255, "id length is one byte on disk");
+static_assert(LIMIT_MEMO_BYTES_MAX <= 255, "memo length is one byte on disk");
+static_assert(LIMIT_BATCH_BYTES_MAX < LIMIT_SEGMENT_BYTES_MIN * 1024u,
+              "segments hold many batches");
+static_assert(LIMIT_RECORD_BYTES_MAX * 2 <= LIMIT_SEGMENT_BYTES_MIN,
+              "a record always fits in a fresh segment");
+static_assert(LIMIT_BULK_BYTES_MAX < LIMIT_CLIENT_INPUT_BYTES_MAX,
+              "a whole maximal command fits in the input buffer");
+
+#endif

@@ -1,0 +1,45 @@
+/*
+ * os.h — the I/O seam: every file system call the log makes, plus a hook
+ * on every io_uring write/flush completion, go through one table so tests
+ * can inject faults (EIO, ENOSPC, short writes, power loss) where libc
+ * interposition cannot reach (io_uring bypasses libc).
+ *
+ * Functions return 0 / a count on success and -errno on failure; they
+ * never leave the error in errno for the caller to find.
+ * LMDB does its own I/O and is not covered (see TESTING.md for strace).
+ */
+#ifndef TALLY_OS_H
+#define TALLY_OS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+enum os_io { OS_IO_WRITE = 1, OS_IO_FSYNC = 2 };
+
+typedef struct os_ops {
+    int (*open)(void *ctx, const char *path, int flags, int mode); /* fd */
+    int (*close)(void *ctx, int fd);
+    ssize_t (*pwrite)(void *ctx, int fd, const void *buf, size_t len, uint64_t off);
+    ssize_t (*pread)(void *ctx, int fd, void *buf, size_t len, uint64_t off);
+    int (*fdatasync)(void *ctx, int fd);
+    int (*fallocate)(void *ctx, int fd, uint64_t off, uint64_t len);
+    int (*ftruncate)(void *ctx, int fd, uint64_t len);
+    int (*rename)(void *ctx, const char *from, const char *to);
+    int (*unlink)(void *ctx, const char *path);
+    int (*fsync_dir)(void *ctx, const char *dir);
+    /* Called for each io_uring completion of a log write or flush before
+     * the engine looks at it: returns the result to use (res, or a fault
+     * such as -EIO / -ENOSPC / a shorter count).  NULL = pass through. */
+    int (*io_result)(void *ctx, enum os_io kind, int fd, uint64_t off, size_t len, int res);
+    void *ctx;
+} os_ops;
+
+/* The real OS.  Static storage; never NULL. */
+const os_ops *os_default(void);
+
+/* Convenience: pwrite all of buf or fail (short writes retried; -EIO if no
+ * progress). */
+int os_pwrite_all(const os_ops *os, int fd, const void *buf, size_t len, uint64_t off);
+
+#endif

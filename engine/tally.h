@@ -1,0 +1,274 @@
+/*
+ * tally.h — the public engine API: a sharded, durable points ledger.
+ *
+ * Lifecycle: tally_open() → tally_submit()/tally_call() → tally_close().
+ * A request is a caller-owned struct; the engine fills its result and calls
+ * its done() callback exactly once, on a shard thread, and only when every
+ * write the result reflects is on stable storage (SPEC §4).  Until done()
+ * runs the caller must not touch the request.
+ *
+ * Errors are 0 or negative: -errno for OS errors, TALLY_E* for ours;
+ * tally_strerror() names both.
+ */
+#ifndef TALLY_TALLY_H
+#define TALLY_TALLY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "limits.h"
+
+/* ---- error codes: a reserved negative range, below every -errno -------- */
+
+enum {
+    TALLY_EBASE = -10000,
+    TALLY_EINSUFFICIENT = -10001, /* -INSUFFICIENT: not enough available */
+    TALLY_ENOTFOUND = -10002,     /* -NOTFOUND: referenced entry missing */
+    TALLY_ECONFLICT = -10003,     /* -CONFLICT: id used by another request */
+    TALLY_EINVALID = -10004,      /* -INVALID: bad amount/id/kind/state */
+    TALLY_ESYNTAX = -10005,       /* -ERR: malformed request */
+    TALLY_ECORRUPT = -10006,      /* log or state corrupt: shard refused */
+    TALLY_EFAILED = -10007,       /* shard stopped taking writes (I/O) */
+    TALLY_EFORMAT = -10008,       /* unknown on-disk format or version */
+    TALLY_ESHARDS = -10009,       /* --shards differs from the manifest */
+    TALLY_ELOCKED = -10010,       /* data directory in use by another */
+    TALLY_ECLOSED = -10011,       /* engine is shutting down */
+    TALLY_ETOOBIG = -10012,       /* request exceeds an engine limit */
+    TALLY_ELAST = -10013,
+};
+
+/* Names an error code: "-INSUFFICIENT" style codes map to their text,
+ * -errno to strerror().  Never NULL; the string is static. */
+const char *tally_strerror(int err);
+/* The RESP error code word for an error: "INSUFFICIENT", "NOTFOUND",
+ * "CONFLICT", "INVALID" or "ERR". */
+const char *tally_error_code(int err);
+
+/* ---- data model --------------------------------------------------------- */
+
+enum tally_kind {
+    TALLY_KIND_NONE = 0,
+    TALLY_KIND_EARN,
+    TALLY_KIND_REDEEM,
+    TALLY_KIND_HOLD,
+    TALLY_KIND_CAPTURE,
+    TALLY_KIND_VOID,
+    TALLY_KIND_REVERSE,
+    TALLY_KIND_ADJUST,
+    TALLY_KIND_EXPIRE,
+    TALLY_KIND_COUNT,
+};
+/* "earn", "redeem", ... ; "" for NONE or out of range. */
+const char *tally_kind_name(int kind);
+
+enum tally_op {
+    TALLY_OP_NONE = 0,
+    /* writes: each carries an id and produces one entry (or a refusal) */
+    TALLY_OP_EARN,
+    TALLY_OP_REDEEM,
+    TALLY_OP_HOLD,
+    TALLY_OP_CAPTURE,
+    TALLY_OP_VOID,
+    TALLY_OP_REVERSE,
+    TALLY_OP_ADJUST,
+    /* reads */
+    TALLY_OP_BALANCE,
+    TALLY_OP_ENTRY,
+    TALLY_OP_HISTORY,
+    TALLY_OP_MERCHANT,
+    TALLY_OP_LIABILITY,
+    /* admin: merchant 0 means every shard */
+    TALLY_OP_VERIFY,
+    TALLY_OP_SNAPSHOT,
+    TALLY_OP_COUNT,
+};
+bool tally_op_is_write(int op);
+
+/* Request flags: which optional arguments were given. */
+enum {
+    TALLY_REQ_POINTS = 1u << 0,       /* CAPTURE/REVERSE POINTS n given */
+    TALLY_REQ_EXPIRES = 1u << 1,      /* EXPIRES given */
+    TALLY_REQ_AVAILABLE_AT = 1u << 2, /* AVAILABLE_AT given */
+    TALLY_REQ_TIMEOUT = 1u << 3,      /* HOLD TIMEOUT given */
+    TALLY_REQ_MEMO = 1u << 4,         /* MEMO given (may be empty) */
+    TALLY_REQ_BEFORE = 1u << 5,       /* HISTORY BEFORE given */
+};
+
+/* One ledger entry as clients see it (SPEC §1). */
+typedef struct tally_entry {
+    uint64_t seq;
+    uint64_t ts_ms;
+    uint64_t merchant;
+    uint64_t account;
+    int64_t points;  /* signed change to the available balance */
+    int64_t balance; /* available after */
+    int64_t held;    /* held after */
+    uint64_t expires; /* unix s, 0 = never */
+    uint8_t kind;     /* enum tally_kind */
+    uint8_t id_len;
+    uint8_t ref_len;
+    uint8_t memo_len;
+    char id[LIMIT_ENGINE_ID_BYTES_MAX];
+    char ref[LIMIT_ENGINE_ID_BYTES_MAX];
+    char memo[LIMIT_MEMO_BYTES_MAX];
+} tally_entry;
+
+typedef struct tally_balance {
+    int64_t available;
+    int64_t held;
+    int64_t pending;
+    int64_t earned;
+    int64_t redeemed;
+    int64_t expired;
+    uint64_t next_expiry; /* unix s of the soonest-expiring lot, 0 if none */
+    int64_t expiring;     /* points in it */
+} tally_balance;
+
+typedef struct tally_merchant {
+    int64_t accounts;
+    int64_t outstanding; /* Σ available + held + pending */
+    int64_t earned;
+    int64_t redeemed;
+    int64_t expired;
+    int64_t entries;
+} tally_merchant;
+
+/* One LIABILITY row: points outstanding in lots expiring in a UTC month. */
+typedef struct tally_liability_row {
+    int32_t year;  /* 0 for "never" */
+    int32_t month; /* 1..12, 0 for "never" */
+    int64_t points;
+} tally_liability_row;
+
+typedef struct tally_result {
+    int status;        /* 0 or a TALLY_E* / -errno code */
+    char message[160]; /* error text without the code word; "" on success */
+    bool found;        /* ENTRY: false means nil */
+    bool replayed;     /* write answered from the idempotency index */
+    tally_entry entry; /* writes, ENTRY */
+    tally_balance balance;
+    tally_merchant merchant;
+    /* HISTORY entries (newest first) or LIABILITY rows (month order,
+     * "never" last): allocated by the engine, freed by tally_result_free. */
+    tally_entry *items;
+    uint32_t items_count;
+    tally_liability_row *rows;
+    uint32_t rows_count;
+} tally_result;
+
+typedef struct tally_request tally_request;
+typedef void (*tally_done_fn)(tally_request *req);
+
+struct tally_request {
+    /* in: the command, already parsed (see tally_request_* helpers) */
+    uint8_t op; /* enum tally_op */
+    uint8_t id_len, ref_len, memo_len;
+    uint32_t flags; /* TALLY_REQ_* */
+    uint64_t merchant;
+    uint64_t account;
+    int64_t points;        /* amount (ADJUST: signed); POINTS n for capture */
+    uint64_t expires;      /* unix s */
+    uint64_t available_at; /* unix s */
+    uint64_t timeout_s;    /* HOLD */
+    uint64_t before_seq;   /* HISTORY BEFORE */
+    uint32_t limit;        /* HISTORY LIMIT (0 = default) */
+    char id[LIMIT_ENGINE_ID_BYTES_MAX];
+    char ref[LIMIT_ENGINE_ID_BYTES_MAX]; /* hold_id / entry_id, or ENTRY id */
+    char memo[LIMIT_MEMO_BYTES_MAX];
+    /* out */
+    tally_result res;
+    /* caller's */
+    tally_done_fn done;
+    void *user;
+    /* engine-private */
+    tally_request *next_;
+    void *engine_;
+};
+
+/* Zeroes a request (and frees a previous result). */
+void tally_request_init(tally_request *req);
+/* Frees items/rows of a result; safe to call twice. */
+void tally_result_free(tally_result *res);
+/* Checks what can be checked without the ledger: amounts in range, id
+ * syntax (1..64 printable, no leading '~' for writes), LIMIT range, option
+ * combinations.  Returns 0 or TALLY_EINVALID/TALLY_ESYNTAX and writes a
+ * message into res.  Such a request records nothing. */
+int tally_request_check(tally_request *req);
+
+/* ---- engine ------------------------------------------------------------- */
+
+enum tally_sync { TALLY_SYNC_ALWAYS = 0, TALLY_SYNC_NONE = 1 };
+
+struct os_ops; /* os.h: the I/O seam for fault injection */
+
+/* Engine time source in unix milliseconds; the engine never lets a shard's
+ * time go backwards whatever this returns. */
+typedef uint64_t (*tally_clock_fn)(void *ctx);
+
+/* Progress and warnings (recovery, torn tails, failures); level 0 = info,
+ * 1 = warning, 2 = error.  May be called from any thread. */
+typedef void (*tally_log_fn)(void *ctx, int level, const char *msg);
+
+typedef struct tally_options {
+    const char *dir;   /* data directory, created if missing */
+    uint32_t shards;   /* 0 = manifest's, or CPU count when creating */
+    int sync;          /* enum tally_sync */
+    uint32_t segment_bytes;   /* 0 = LIMIT_SEGMENT_BYTES_DEFAULT */
+    uint32_t checkpoint_ms;   /* 0 = default */
+    uint32_t checkpoint_entries; /* 0 = default */
+    uint64_t state_map_bytes; /* 0 = default */
+    const struct os_ops *os;  /* NULL = the real OS */
+    tally_clock_fn clock;     /* NULL = CLOCK_REALTIME */
+    void *clock_ctx;
+    tally_log_fn log;         /* NULL = stderr */
+    void *log_ctx;
+    bool read_only;           /* offline tools: open without writing */
+} tally_options;
+
+typedef struct tally tally;
+
+/* Opens (creating if needed) the data directory, recovers every shard
+ * (replays the log after each shard's checkpoint, truncates a torn tail and
+ * reports it) and starts one writer thread per shard.  A shard whose
+ * acknowledged data is corrupt is opened refused: its requests fail with
+ * TALLY_ECORRUPT, the others serve.  Errors: TALLY_ESHARDS, TALLY_ELOCKED,
+ * TALLY_EFORMAT, -errno. */
+int tally_open(const tally_options *opts, tally **out);
+
+/* Stops accepting, finishes and answers every submitted request, writes a
+ * final checkpoint, joins the threads and frees everything.  NULL is ok. */
+void tally_close(tally *t);
+
+/* Queues a request for its merchant's shard.  Never blocks on I/O.  done()
+ * is called once, on a shard thread, when the result is durable.  A request
+ * refused by tally_request_check() is completed at once (done() called
+ * before this returns).  Returns 0; the outcome is in req->res. */
+void tally_submit(tally *t, tally_request *req);
+
+/* Submits and waits: for tools, tests and the engine benchmark.  Returns
+ * req->res.status.  req->done must be NULL (it is used internally). */
+int tally_call(tally *t, tally_request *req);
+
+uint32_t tally_shard_count(const tally *t);
+uint32_t tally_shard_of(const tally *t, uint64_t merchant);
+
+/* Counters for INFO and the benchmarks; read without stopping writers. */
+typedef struct tally_shard_stats {
+    uint64_t seq;            /* last seq assigned */
+    uint64_t durable_seq;    /* last seq on stable storage */
+    uint64_t checkpoint_seq; /* last seq in LMDB */
+    uint64_t entries;        /* entries + refusals written since open */
+    uint64_t batches;        /* flushes completed since open */
+    uint64_t batch_entries_max;
+    uint64_t flush_us_total;
+    uint64_t flush_us_max;
+    uint64_t checkpoints;
+    uint64_t log_bytes;
+    uint64_t sweep_entries;  /* engine-written expire/void entries */
+    int status;              /* 0, TALLY_EFAILED or TALLY_ECORRUPT */
+    char status_message[160];
+} tally_shard_stats;
+int tally_shard_stats_get(tally *t, uint32_t shard, tally_shard_stats *out);
+
+#endif
