@@ -1,0 +1,171 @@
+/*
+ * request.c — what can be said about a request without the ledger: error
+ * names, kind and op names, and the checks that refuse a malformed request
+ * before it reaches a shard (SPEC §3: such a request records nothing).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tally.h"
+
+/* ---- names -------------------------------------------------------------- */
+
+static const char *const request_kind_names[TALLY_KIND_COUNT] = {
+    [TALLY_KIND_NONE] = "",         [TALLY_KIND_EARN] = "earn",
+    [TALLY_KIND_REDEEM] = "redeem", [TALLY_KIND_HOLD] = "hold",
+    [TALLY_KIND_CAPTURE] = "capture", [TALLY_KIND_VOID] = "void",
+    [TALLY_KIND_REVERSE] = "reverse", [TALLY_KIND_ADJUST] = "adjust",
+    [TALLY_KIND_EXPIRE] = "expire",
+};
+
+const char *tally_kind_name(int kind)
+{
+    if (kind <= TALLY_KIND_NONE || kind >= TALLY_KIND_COUNT)
+        return "";
+    return request_kind_names[kind];
+}
+
+bool tally_op_is_write(int op)
+{
+    return op >= TALLY_OP_EARN && op <= TALLY_OP_ADJUST;
+}
+
+const char *tally_strerror(int err)
+{
+    switch (err) {
+    case 0: return "ok";
+    case TALLY_EINSUFFICIENT: return "not enough available points";
+    case TALLY_ENOTFOUND: return "referenced entry does not exist";
+    case TALLY_ECONFLICT: return "id already used by a different request";
+    case TALLY_EINVALID: return "invalid request";
+    case TALLY_ESYNTAX: return "syntax error";
+    case TALLY_ECORRUPT: return "corrupt log or state: shard refused";
+    case TALLY_EFAILED: return "shard stopped taking writes after an I/O failure";
+    case TALLY_EFORMAT: return "unknown on-disk format";
+    case TALLY_ESHARDS: return "shard count differs from the data directory's manifest";
+    case TALLY_ELOCKED: return "data directory is in use by another process";
+    case TALLY_ECLOSED: return "engine is shutting down";
+    case TALLY_ETOOBIG: return "request exceeds an engine limit";
+    default: break;
+    }
+    if (err < 0 && err > TALLY_EBASE)
+        return strerror(-err);
+    return "unknown error";
+}
+
+const char *tally_error_code(int err)
+{
+    switch (err) {
+    case TALLY_EINSUFFICIENT: return "INSUFFICIENT";
+    case TALLY_ENOTFOUND: return "NOTFOUND";
+    case TALLY_ECONFLICT: return "CONFLICT";
+    case TALLY_EINVALID: return "INVALID";
+    default: return "ERR";
+    }
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+void tally_result_free(tally_result *res)
+{
+    free(res->items);
+    free(res->rows);
+    res->items = NULL;
+    res->rows = NULL;
+    res->items_count = 0;
+    res->rows_count = 0;
+}
+
+void tally_request_init(tally_request *req)
+{
+    tally_result_free(&req->res);
+    memset(req, 0, sizeof(*req));
+}
+
+/* ---- checks ------------------------------------------------------------- */
+
+static int request_fail(tally_request *req, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(req->res.message, sizeof(req->res.message), fmt, ap);
+    va_end(ap);
+    req->res.status = code;
+    return code;
+}
+
+/* A client id: 1..64 bytes of 0x21..0x7e, not starting with '~' (reserved
+ * for the engine's own entries) when it names a new write. */
+static bool request_id_ok(const char *id, unsigned len, bool allow_engine)
+{
+    if (len < 1 || len > (allow_engine ? LIMIT_ENGINE_ID_BYTES_MAX : LIMIT_ID_BYTES_MAX))
+        return false;
+    for (unsigned i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)id[i];
+        if (c < 0x21 || c > 0x7e)
+            return false;
+    }
+    return allow_engine || id[0] != '~';
+}
+
+static bool request_amount_ok(int64_t points)
+{
+    return points >= 1 && points <= LIMIT_AMOUNT_MAX;
+}
+
+static int request_check_write(tally_request *req)
+{
+    if (!request_id_ok(req->id, req->id_len, false))
+        return request_fail(req, TALLY_EINVALID,
+                            "id must be 1..64 printable ASCII bytes not starting with '~'");
+    bool needs_ref = req->op == TALLY_OP_CAPTURE || req->op == TALLY_OP_VOID ||
+                     req->op == TALLY_OP_REVERSE;
+    if (needs_ref && !request_id_ok(req->ref, req->ref_len, true))
+        return request_fail(req, TALLY_EINVALID, "referenced id is not a valid id");
+    if (req->op == TALLY_OP_ADJUST) {
+        int64_t mag = req->points < 0 ? -req->points : req->points;
+        if (req->points == INT64_MIN || !request_amount_ok(mag))
+            return request_fail(req, TALLY_EINVALID, "points must be 1..10^15 in magnitude");
+    } else if (!needs_ref || (req->flags & TALLY_REQ_POINTS)) {
+        if (req->op != TALLY_OP_VOID && !request_amount_ok(req->points))
+            return request_fail(req, TALLY_EINVALID, "points must be 1..10^15");
+    }
+    if ((req->flags & TALLY_REQ_EXPIRES) &&
+        (req->expires == 0 || req->expires > LIMIT_UNIX_S_MAX))
+        return request_fail(req, TALLY_EINVALID, "EXPIRES must be unix seconds 1..253402300799");
+    if ((req->flags & TALLY_REQ_AVAILABLE_AT) &&
+        (req->available_at == 0 || req->available_at > LIMIT_UNIX_S_MAX))
+        return request_fail(req, TALLY_EINVALID,
+                            "AVAILABLE_AT must be unix seconds 1..253402300799");
+    if ((req->flags & TALLY_REQ_TIMEOUT) &&
+        (req->timeout_s == 0 || req->timeout_s > LIMIT_HOLD_TIMEOUT_MAX_S))
+        return request_fail(req, TALLY_EINVALID, "TIMEOUT must be 1..31622400 seconds");
+    if (req->memo_len > LIMIT_MEMO_BYTES_MAX)
+        return request_fail(req, TALLY_EINVALID, "MEMO is longer than 128 bytes");
+    return 0;
+}
+
+int tally_request_check(tally_request *req)
+{
+    req->res.status = 0;
+    req->res.message[0] = '\0';
+    if (req->op <= TALLY_OP_NONE || req->op >= TALLY_OP_COUNT)
+        return request_fail(req, TALLY_ESYNTAX, "unknown operation");
+    bool admin = req->op == TALLY_OP_VERIFY || req->op == TALLY_OP_SNAPSHOT;
+    if (req->merchant == 0 && !admin)
+        return request_fail(req, TALLY_EINVALID, "merchant must be 1..18446744073709551615");
+    bool has_account = req->op == TALLY_OP_EARN || req->op == TALLY_OP_REDEEM ||
+                       req->op == TALLY_OP_HOLD || req->op == TALLY_OP_ADJUST ||
+                       req->op == TALLY_OP_BALANCE || req->op == TALLY_OP_HISTORY;
+    if (has_account && req->account == 0)
+        return request_fail(req, TALLY_EINVALID, "account must be 1..18446744073709551615");
+    if (tally_op_is_write(req->op))
+        return request_check_write(req);
+    if (req->op == TALLY_OP_ENTRY && !request_id_ok(req->ref, req->ref_len, true))
+        return request_fail(req, TALLY_EINVALID, "id must be 1..96 printable ASCII bytes");
+    if (req->op == TALLY_OP_HISTORY && req->limit > LIMIT_HISTORY_MAX)
+        return request_fail(req, TALLY_ESYNTAX, "LIMIT must be 1..1000");
+    return 0;
+}
