@@ -39,9 +39,12 @@ typedef struct ledger_options {
 } ledger_options;
 
 /* Opens the state.  Does not replay: the caller iterates the log after
- * ledger_checkpoint_seq() and feeds ledger_replay().  Errors: -errno,
- * TALLY_EFORMAT, TALLY_ECORRUPT. */
+ * ledger_checkpoint_seq() and feeds ledger_replay().  log may be NULL and
+ * attached later (the log is opened from the state's checkpoint seq).
+ * Errors: -errno, TALLY_EFORMAT, TALLY_ECORRUPT. */
 int ledger_open(const ledger_options *opts, log_t *log, ledger **out);
+/* Gives the ledger the log it appends to and reads from. */
+void ledger_attach_log(ledger *l, log_t *log);
 /* Aborts an uncommitted delta (call ledger_checkpoint first to keep it). */
 void ledger_close(ledger *l);
 

@@ -250,6 +250,12 @@ void tally_submit(tally *t, tally_request *req);
  * req->res.status.  req->done must be NULL (it is used internally). */
 int tally_call(tally *t, tally_request *req);
 
+/* Offline check (a tally opened read_only): every shard's log checksums
+ * and chain, the state's consistency, and that a fresh replay of the whole
+ * log gives exactly the stored state.  Progress goes to opts.log.  0, or
+ * TALLY_ECORRUPT with the first fault in msg. */
+int tally_verify_full(tally *t, char *msg, size_t cap);
+
 uint32_t tally_shard_count(const tally *t);
 uint32_t tally_shard_of(const tally *t, uint64_t merchant);
 

@@ -1,0 +1,796 @@
+/*
+ * shard.c — the writer thread of one shard: group commit through io_uring.
+ *
+ * The loop blocks in ring_wait() for one of: the inbox eventfd became
+ * readable, the in-flight batch's write+flush completed, or a timer (sweep,
+ * checkpoint).  Then it "pumps": applies queued requests to the filling
+ * batch (their records go into the log's batch buffer, their effects into
+ * the ledger's open transaction), and if no batch is in flight, seals the
+ * filling one and submits it as one linked write + fdatasync.  So while
+ * batch N flushes, batch N+1 fills, and it is submitted the moment N is
+ * durable.  Nothing spins: the thread sleeps in io_uring_wait_cqe.
+ *
+ * Reads are applied in the same order as writes and wait in the same
+ * batch lists, so a read is answered only once every write it saw is
+ * durable (DESIGN-NOTES §2).
+ *
+ * Checkpoints (DESIGN-NOTES §1) commit the ledger's transaction only when
+ * nothing applied is non-durable: when one is due, the pump stops taking
+ * new requests until the in-flight and filling batches are durable.
+ *
+ * A failed write or flush (or append) is sticky (STYLE rule 6): the shard
+ * answers every request of the failed and filling batches with an error,
+ * drops the ledger's delta, rebuilds it from the durable log, and from then
+ * on refuses writes and serves reads of that durable state.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ledger.h"
+#include "log.h"
+#include "ring.h"
+#include "shard.h"
+
+/* ---- constants ---------------------------------------------------------- */
+
+enum { SHARD_TAG_INBOX = 1, SHARD_TAG_BATCH = 2 };
+/* Room kept free in the filling batch before executing a write: a write
+ * may append engine entries (due expiries of its account) before its own. */
+#define SHARD_WRITE_ROOM_BYTES (256u << 10)
+#define SHARD_SWEEP_MS 1000
+#define SHARD_RING_DEPTH 64
+
+/* ---- types -------------------------------------------------------------- */
+
+typedef struct shard_list {
+    tally_request *head;
+    tally_request *tail;
+    uint32_t count;
+} shard_list;
+
+struct shard {
+    shard_options opts;
+    char dir[4096];
+    log_t *log;
+    ledger *ledger;
+    ring *ring;
+    int wake_fd;
+    pthread_t thread;
+    bool thread_started;
+
+    /* inbox: the only lock on the path of a request */
+    pthread_mutex_t inbox_lock;
+    shard_list inbox;
+    bool closing; /* under inbox_lock */
+
+    /* owned by the shard thread */
+    shard_list queued;   /* taken from the inbox, not yet applied */
+    shard_list filling;  /* applied, waiting for the filling batch */
+    shard_list inflight; /* waiting for the in-flight batch */
+    bool batch_inflight;
+    uint32_t batch_pending_ios;
+    int batch_res;
+    uint64_t batch_submit_ns;
+    uint64_t batch_records;
+    uint64_t now_ms;
+    uint64_t last_sweep_ms;
+    bool sweep_more;
+    uint64_t last_checkpoint_ms;
+    bool checkpoint_wanted;
+    bool wake_rearm; /* the inbox poll fired while draining a failure */
+
+    /* status: 0, TALLY_EFAILED or TALLY_ECORRUPT; set once, read anywhere */
+    _Atomic int status;
+    char status_message[160];
+
+    /* counters for tally_shard_stats_get */
+    _Atomic uint64_t st_entries, st_batches, st_batch_entries_max, st_flush_us_total,
+        st_flush_us_max, st_checkpoints, st_sweep_entries, st_seq, st_durable_seq,
+        st_checkpoint_seq, st_log_bytes;
+};
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void shard_say(shard *s, int level, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = snprintf(msg, sizeof(msg), "shard %u: ", s->opts.index);
+    vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+    va_end(ap);
+    if (s->opts.log)
+        s->opts.log(s->opts.log_ctx, level, msg);
+    else
+        fprintf(stderr, "tally: %s\n", msg);
+}
+
+static uint64_t shard_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t shard_wall_ms(void *ctx)
+{
+    (void)ctx;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Engine time never goes backwards within a shard (DESIGN-NOTES §6). */
+static uint64_t shard_now(shard *s)
+{
+    uint64_t now = s->opts.clock(s->opts.clock_ctx);
+    if (now > s->now_ms)
+        s->now_ms = now;
+    return s->now_ms;
+}
+
+static void shard_list_push(shard_list *l, tally_request *r)
+{
+    r->next_ = NULL;
+    if (l->tail)
+        l->tail->next_ = r;
+    else
+        l->head = r;
+    l->tail = r;
+    l->count++;
+}
+
+static tally_request *shard_list_pop(shard_list *l)
+{
+    tally_request *r = l->head;
+    if (!r)
+        return NULL;
+    l->head = r->next_;
+    if (!l->head)
+        l->tail = NULL;
+    l->count--;
+    r->next_ = NULL;
+    return r;
+}
+
+static void shard_list_append(shard_list *dst, shard_list *src)
+{
+    if (!src->head)
+        return;
+    if (dst->tail)
+        dst->tail->next_ = src->head;
+    else
+        dst->head = src->head;
+    dst->tail = src->tail;
+    dst->count += src->count;
+    *src = (shard_list){0};
+}
+
+static void shard_fail_request(tally_request *r, int code, const char *msg)
+{
+    r->res.status = code;
+    snprintf(r->res.message, sizeof(r->res.message), "%s", msg);
+}
+
+/* Calls done() for every request of the list, in order. */
+static void shard_complete_list(shard_list *l)
+{
+    tally_request *r;
+    while ((r = shard_list_pop(l)) != NULL)
+        r->done(r);
+}
+
+static void shard_fail_list(shard_list *l, int code, const char *msg)
+{
+    for (tally_request *r = l->head; r; r = r->next_) {
+        tally_result_free(&r->res);
+        shard_fail_request(r, code, msg);
+    }
+    shard_complete_list(l);
+}
+
+static void shard_publish(shard *s)
+{
+    atomic_store(&s->st_seq, log_last_seq(s->log));
+    atomic_store(&s->st_durable_seq, log_durable_seq(s->log));
+    atomic_store(&s->st_log_bytes, log_bytes(s->log));
+}
+
+/* ---- failure ------------------------------------------------------------ */
+
+/* Marks the shard failed or corrupt, once; the message is written before
+ * the status so readers that see the status see the message. */
+static void shard_set_status(shard *s, int status, const char *fmt, ...)
+{
+    if (atomic_load(&s->status) != 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->status_message, sizeof(s->status_message), fmt, ap);
+    va_end(ap);
+    atomic_store(&s->status, status);
+    shard_say(s, 2, "%s", s->status_message);
+}
+
+/* Rebuilds the ledger's state from its checkpoint and the durable log. */
+static int shard_replay(shard *s, uint64_t from_seq)
+{
+    log_iter it;
+    int rc = log_iter_init(s->log, from_seq, &it);
+    if (rc < 0)
+        return rc;
+    record r;
+    log_loc loc;
+    uint64_t n = 0, t0 = shard_mono_ns(), last_report = t0;
+    while ((rc = log_iter_next(&it, &r, &loc)) == 1) {
+        rc = ledger_replay(s->ledger, &r, loc);
+        if (rc < 0)
+            return rc;
+        n++;
+        if ((n & 0xffff) == 0 && shard_mono_ns() - last_report > 1000000000u) {
+            last_report = shard_mono_ns();
+            shard_say(s, 0, "recovery: replayed %llu records (seq %llu of %llu)",
+                      (unsigned long long)n, (unsigned long long)r.seq,
+                      (unsigned long long)it.end_seq);
+        }
+    }
+    if (rc < 0)
+        return rc;
+    if (n > 0)
+        shard_say(s, 0, "recovery: replayed %llu records after checkpoint seq %llu in %.1f ms",
+                  (unsigned long long)n, (unsigned long long)from_seq,
+                  (double)(shard_mono_ns() - t0) / 1e6);
+    return 0;
+}
+
+/* A write or flush failed (or the ledger hit a fatal error): answer
+ * everything not yet durable with an error, drop the delta and rebuild
+ * the state from the durable log.  Never retried (fsyncgate). */
+static void shard_fail(shard *s, int err, const char *what)
+{
+    /* A batch still in flight owns its buffer until it completes: wait for
+     * it (its outcome decides what is durable) before dropping anything. */
+    while (s->batch_inflight && s->batch_pending_ios > 0) {
+        uint64_t tag = 0;
+        int res = 0;
+        if (ring_wait(s->ring, -1, &tag, &res) < 0)
+            continue;
+        if (tag == SHARD_TAG_BATCH) {
+            if (res < 0 && s->batch_res == 0)
+                s->batch_res = res;
+            s->batch_pending_ios--;
+        } else if (tag == SHARD_TAG_INBOX) {
+            s->wake_rearm = true;
+        }
+    }
+    if (s->batch_inflight) {
+        s->batch_inflight = false;
+        log_complete(s->log, s->batch_res);
+    }
+    shard_set_status(s, TALLY_EFAILED,
+                     "%s failed (%s): shard %u stopped taking writes; restart to resume",
+                     what, tally_strerror(err), s->opts.index);
+    char msg[200];
+    snprintf(msg, sizeof(msg), "%s", s->status_message);
+    log_discard(s->log);
+    shard_fail_list(&s->inflight, TALLY_EFAILED, msg);
+    shard_fail_list(&s->filling, TALLY_EFAILED, msg);
+    s->batch_inflight = false;
+    ledger_rollback(s->ledger);
+    int rc = shard_replay(s, ledger_checkpoint_seq(s->ledger));
+    if (rc < 0) {
+        atomic_store(&s->status, 0);
+        shard_set_status(s, TALLY_ECORRUPT, "rebuilding state after failure: %s",
+                         tally_strerror(rc));
+    }
+    shard_publish(s);
+}
+
+/* ---- verify ------------------------------------------------------------- */
+
+/* VERIFY: every durable record's checksum and chain link, then the state's
+ * own consistency (SPEC §2).  Runs on the shard thread, so it pauses this
+ * shard's writes for the length of a log scan. */
+static int shard_verify(shard *s, uint64_t merchant, char *msg, size_t cap)
+{
+    int st = atomic_load(&s->status);
+    if (st == TALLY_ECORRUPT) {
+        snprintf(msg, cap, "%s", s->status_message);
+        return st;
+    }
+    log_iter it;
+    int rc = log_iter_init(s->log, 0, &it);
+    record r;
+    log_loc loc;
+    uint64_t n = 0;
+    while (rc >= 0 && (rc = log_iter_next(&it, &r, &loc)) == 1)
+        n++;
+    if (rc < 0) {
+        snprintf(msg, cap, "shard %u: log check failed after %llu records (seq %llu): %s",
+                 s->opts.index, (unsigned long long)n, (unsigned long long)(n + 1),
+                 tally_strerror(rc));
+        return TALLY_ECORRUPT;
+    }
+    rc = ledger_verify(s->ledger, merchant, msg, cap);
+    if (rc < 0)
+        return rc;
+    snprintf(msg, cap, "ok");
+    return 0;
+}
+
+/* ---- batches ------------------------------------------------------------ */
+
+static void shard_submit_batch(shard *s)
+{
+    log_batch b;
+    log_seal(s->log, &b);
+    if (b.count == 0) {
+        /* Nothing to write: what the filling requests saw is durable. */
+        shard_complete_list(&s->filling);
+        return;
+    }
+    bool sync = s->opts.sync == TALLY_SYNC_ALWAYS;
+    for (uint32_t i = 0; i < b.count; i++) {
+        int rc = ring_write(s->ring, b.io[i].fd, b.io[i].buf, b.io[i].len, b.io[i].off, sync,
+                            SHARD_TAG_BATCH);
+        if (rc < 0) {
+            log_complete(s->log, rc);
+            shard_list_append(&s->inflight, &s->filling);
+            shard_fail(s, rc, "submitting a log write");
+            return;
+        }
+    }
+    int rc = ring_submit(s->ring);
+    if (rc < 0) {
+        log_complete(s->log, rc);
+        shard_list_append(&s->inflight, &s->filling);
+        shard_fail(s, rc, "submitting a log write");
+        return;
+    }
+    s->batch_inflight = true;
+    s->batch_pending_ios = b.count;
+    s->batch_res = 0;
+    s->batch_submit_ns = shard_mono_ns();
+    s->batch_records = b.last_seq - b.first_seq + 1;
+    shard_list_append(&s->inflight, &s->filling);
+}
+
+static void shard_batch_done(shard *s, int res)
+{
+    if (res < 0 && s->batch_res == 0)
+        s->batch_res = res;
+    if (--s->batch_pending_ios > 0)
+        return;
+    s->batch_inflight = false;
+    log_complete(s->log, s->batch_res);
+    if (s->batch_res < 0) {
+        shard_fail(s, s->batch_res, s->opts.sync == TALLY_SYNC_ALWAYS ? "log write or flush"
+                                                                      : "log write");
+        return;
+    }
+    uint64_t us = (shard_mono_ns() - s->batch_submit_ns) / 1000u;
+    atomic_fetch_add(&s->st_batches, 1);
+    atomic_fetch_add(&s->st_flush_us_total, us);
+    if (us > atomic_load(&s->st_flush_us_max))
+        atomic_store(&s->st_flush_us_max, us);
+    if (s->batch_records > atomic_load(&s->st_batch_entries_max))
+        atomic_store(&s->st_batch_entries_max, s->batch_records);
+    atomic_fetch_add(&s->st_entries, s->batch_records);
+    shard_publish(s);
+    shard_complete_list(&s->inflight);
+}
+
+/* ---- applying requests -------------------------------------------------- */
+
+static bool shard_is_write(const tally_request *r)
+{
+    return tally_op_is_write(r->op) || r->op == TALLY_OP_SNAPSHOT;
+}
+
+/* Applies one request to the filling batch.  Returns false if it must wait
+ * for room (the batch is full). */
+static bool shard_apply(shard *s, tally_request *r)
+{
+    int st = atomic_load(&s->status);
+    if (st != 0 && shard_is_write(r)) {
+        shard_fail_request(r, st, s->status_message);
+        r->done(r);
+        return true;
+    }
+    if (shard_is_write(r) && !log_batch_room(s->log, SHARD_WRITE_ROOM_BYTES))
+        return false;
+    int rc;
+    if (r->op == TALLY_OP_VERIFY) {
+        r->res.status = shard_verify(s, r->merchant, r->res.message, sizeof(r->res.message));
+        rc = 0;
+    } else {
+        rc = ledger_execute(s->ledger, r, shard_now(s));
+    }
+    shard_list_push(&s->filling, r);
+    if (rc < 0)
+        shard_fail(s, rc, "applying a request");
+    return true;
+}
+
+static void shard_sweep(shard *s)
+{
+    if (atomic_load(&s->status) != 0 || s->opts.read_only)
+        return;
+    uint64_t now = shard_now(s);
+    if (!s->sweep_more && now - s->last_sweep_ms < SHARD_SWEEP_MS)
+        return;
+    if (!log_batch_room(s->log, SHARD_WRITE_ROOM_BYTES))
+        return;
+    uint32_t count = 0;
+    bool more = false;
+    int rc = ledger_sweep(s->ledger, now, LIMIT_SWEEP_CHUNK, &count, &more);
+    if (rc < 0) {
+        shard_fail(s, rc, "sweeping expiries");
+        return;
+    }
+    s->last_sweep_ms = now;
+    s->sweep_more = more;
+    atomic_fetch_add(&s->st_sweep_entries, count);
+}
+
+static void shard_checkpoint(shard *s)
+{
+    uint64_t seq = log_durable_seq(s->log);
+    int rc = ledger_checkpoint(s->ledger, seq);
+    s->checkpoint_wanted = false;
+    s->last_checkpoint_ms = shard_now(s);
+    if (rc < 0) {
+        shard_fail(s, rc, "checkpoint of the state");
+        return;
+    }
+    atomic_fetch_add(&s->st_checkpoints, 1);
+    atomic_store(&s->st_checkpoint_seq, seq);
+}
+
+static bool shard_checkpoint_due(shard *s)
+{
+    if (atomic_load(&s->status) != 0 || ledger_delta_records(s->ledger) == 0)
+        return false;
+    return ledger_delta_records(s->ledger) >= s->opts.checkpoint_entries ||
+           shard_now(s) - s->last_checkpoint_ms >= s->opts.checkpoint_ms;
+}
+
+static void shard_take_inbox(shard *s)
+{
+    pthread_mutex_lock(&s->inbox_lock);
+    shard_list_append(&s->queued, &s->inbox);
+    pthread_mutex_unlock(&s->inbox_lock);
+}
+
+/* Applies what can be applied and submits the filling batch if nothing is
+ * in flight. */
+static void shard_pump(shard *s)
+{
+    if (!s->checkpoint_wanted && shard_checkpoint_due(s))
+        s->checkpoint_wanted = true;
+    if (!s->checkpoint_wanted) {
+        shard_take_inbox(s);
+        tally_request *r;
+        while ((r = s->queued.head) != NULL) {
+            if (s->filling.count >= LIMIT_BATCH_ENTRIES_MAX / 2)
+                break;
+            shard_list_pop(&s->queued);
+            if (!shard_apply(s, r)) {
+                /* Batch full: put it back at the head and wait. */
+                r->next_ = s->queued.head;
+                s->queued.head = r;
+                if (!s->queued.tail)
+                    s->queued.tail = r;
+                s->queued.count++;
+                break;
+            }
+        }
+        shard_sweep(s);
+    }
+    if (!s->batch_inflight)
+        shard_submit_batch(s);
+    if (s->checkpoint_wanted && !s->batch_inflight && s->filling.count == 0 &&
+        log_batch_records(s->log) == 0) {
+        if (atomic_load(&s->status) == 0)
+            shard_checkpoint(s);
+        s->checkpoint_wanted = false;
+    }
+}
+
+/* ---- the thread --------------------------------------------------------- */
+
+static int shard_wait_ms(shard *s)
+{
+    if (s->batch_inflight)
+        return -1;
+    if (s->queued.count > 0 || s->checkpoint_wanted || s->sweep_more)
+        return 0;
+    uint64_t now = shard_now(s);
+    uint64_t next = s->last_sweep_ms + SHARD_SWEEP_MS;
+    if (ledger_delta_records(s->ledger) > 0 &&
+        s->last_checkpoint_ms + s->opts.checkpoint_ms < next)
+        next = s->last_checkpoint_ms + s->opts.checkpoint_ms;
+    return next <= now ? 0 : (int)(next - now);
+}
+
+static bool shard_should_exit(shard *s)
+{
+    pthread_mutex_lock(&s->inbox_lock);
+    bool done = s->closing && s->inbox.head == NULL;
+    pthread_mutex_unlock(&s->inbox_lock);
+    return done && s->queued.head == NULL && !s->batch_inflight && s->filling.head == NULL &&
+           log_batch_records(s->log) == 0;
+}
+
+static void *shard_main(void *arg)
+{
+    shard *s = arg;
+    int rc = ring_poll(s->ring, s->wake_fd, SHARD_TAG_INBOX);
+    if (rc == 0)
+        rc = ring_submit(s->ring);
+    if (rc < 0)
+        shard_set_status(s, TALLY_EFAILED, "io_uring poll: %s", tally_strerror(rc));
+    s->last_checkpoint_ms = shard_now(s);
+    for (;;) {
+        uint64_t tag = 0;
+        int res = 0;
+        rc = ring_wait(s->ring, shard_wait_ms(s), &tag, &res);
+        if (rc == 0 && tag == SHARD_TAG_INBOX) {
+            uint64_t v;
+            ssize_t got = read(s->wake_fd, &v, sizeof(v));
+            (void)got;
+            if (ring_poll(s->ring, s->wake_fd, SHARD_TAG_INBOX) == 0)
+                ring_submit(s->ring);
+        } else if (rc == 0 && tag == SHARD_TAG_BATCH) {
+            shard_batch_done(s, res);
+        } else if (rc < 0 && rc != -ETIME && rc != -EINTR) {
+            shard_say(s, 2, "io_uring wait: %s", tally_strerror(rc));
+        }
+        if (s->wake_rearm) {
+            s->wake_rearm = false;
+            if (ring_poll(s->ring, s->wake_fd, SHARD_TAG_INBOX) == 0)
+                ring_submit(s->ring);
+        }
+        shard_pump(s);
+        if (shard_should_exit(s))
+            break;
+    }
+    if (atomic_load(&s->status) == 0 && ledger_delta_records(s->ledger) > 0)
+        shard_checkpoint(s);
+    return NULL;
+}
+
+/* ---- open / close ------------------------------------------------------- */
+
+static void shard_tally_log(void *ctx, int level, const char *msg)
+{
+    shard *s = ctx;
+    shard_say(s, level, "%s", msg);
+}
+
+static int shard_recover(shard *s)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/state", s->dir);
+    /* Offline (read_only) shards still replay the log tail into the
+     * ledger's open transaction; they never commit it. */
+    ledger_options lo = {.dir = path, .map_bytes = s->opts.map_bytes,
+                         .read_only = false, .log = shard_tally_log, .log_ctx = s};
+    int rc = ledger_open(&lo, NULL, &s->ledger);
+    if (rc < 0)
+        return rc;
+    uint64_t cp = ledger_checkpoint_seq(s->ledger);
+    log_options o = {.dir = s->dir, .shard = s->opts.index, .segment_bytes = s->opts.segment_bytes,
+                     .os = s->opts.os, .read_only = s->opts.read_only, .from_seq = cp,
+                     .log = shard_tally_log, .log_ctx = s};
+    log_recovery rec;
+    rc = log_open(&o, &s->log, &rec);
+    if (rc < 0)
+        return rc;
+    ledger_attach_log(s->ledger, s->log);
+    if (rec.torn_bytes > 0)
+        shard_say(s, 1, "torn log tail truncated: %llu bytes at seq %llu (never acknowledged)",
+                  (unsigned long long)rec.torn_bytes, (unsigned long long)rec.torn_seq);
+    if (rec.status != 0) {
+        shard_set_status(s, TALLY_ECORRUPT, "%s", rec.message);
+        return 0;
+    }
+    if (rec.last_seq < cp) {
+        shard_set_status(s, TALLY_ECORRUPT,
+                         "log ends at seq %llu but the state reflects seq %llu: log lost",
+                         (unsigned long long)rec.last_seq, (unsigned long long)cp);
+        return 0;
+    }
+    s->now_ms = rec.last_ts_ms;
+    rc = shard_replay(s, cp);
+    if (rc == TALLY_ECORRUPT) {
+        shard_set_status(s, TALLY_ECORRUPT, "replay after checkpoint seq %llu diverged",
+                         (unsigned long long)cp);
+        return 0;
+    }
+    if (rc < 0)
+        return rc;
+    atomic_store(&s->st_checkpoint_seq, cp);
+    shard_publish(s);
+    return 0;
+}
+
+int shard_open(const shard_options *opts, shard **out)
+{
+    shard *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->opts = *opts;
+    if (!s->opts.clock)
+        s->opts.clock = shard_wall_ms;
+    if (!s->opts.checkpoint_ms)
+        s->opts.checkpoint_ms = LIMIT_CHECKPOINT_MS_DEFAULT;
+    if (!s->opts.checkpoint_entries)
+        s->opts.checkpoint_entries = LIMIT_CHECKPOINT_ENTRIES_DEFAULT;
+    snprintf(s->dir, sizeof(s->dir), "%s", opts->dir);
+    s->opts.dir = s->dir;
+    s->wake_fd = -1;
+    pthread_mutex_init(&s->inbox_lock, NULL);
+    int rc = 0;
+    if (!opts->read_only && mkdir(s->dir, 0755) < 0 && errno != EEXIST)
+        rc = -errno;
+    if (rc == 0)
+        rc = shard_recover(s);
+    if (rc == 0 && !opts->read_only) {
+        s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (s->wake_fd < 0)
+            rc = -errno;
+    }
+    if (rc == 0 && !opts->read_only)
+        rc = ring_open(SHARD_RING_DEPTH, opts->os ? opts->os : os_default(), &s->ring);
+    if (rc == 0 && !opts->read_only) {
+        rc = -pthread_create(&s->thread, NULL, shard_main, s);
+        s->thread_started = rc == 0;
+    }
+    if (rc < 0) {
+        shard_close(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+void shard_close(shard *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->inbox_lock);
+    s->closing = true;
+    pthread_mutex_unlock(&s->inbox_lock);
+    if (s->thread_started) {
+        uint64_t one = 1;
+        ssize_t w = write(s->wake_fd, &one, sizeof(one));
+        (void)w;
+        pthread_join(s->thread, NULL);
+    }
+    if (s->ring)
+        ring_close(s->ring);
+    if (s->wake_fd >= 0)
+        close(s->wake_fd);
+    ledger_close(s->ledger);
+    log_close(s->log);
+    pthread_mutex_destroy(&s->inbox_lock);
+    free(s);
+}
+
+void shard_submit(shard *s, tally_request *req)
+{
+    int st = atomic_load(&s->status);
+    if (st == TALLY_ECORRUPT || s->opts.read_only) {
+        shard_fail_request(req, st ? st : TALLY_EFAILED,
+                           st ? s->status_message : "opened read-only");
+        req->done(req);
+        return;
+    }
+    pthread_mutex_lock(&s->inbox_lock);
+    if (s->closing) {
+        pthread_mutex_unlock(&s->inbox_lock);
+        shard_fail_request(req, TALLY_ECLOSED, "server is shutting down");
+        req->done(req);
+        return;
+    }
+    bool was_empty = s->inbox.head == NULL;
+    shard_list_push(&s->inbox, req);
+    pthread_mutex_unlock(&s->inbox_lock);
+    if (was_empty) {
+        uint64_t one = 1;
+        ssize_t w = write(s->wake_fd, &one, sizeof(one));
+        (void)w;
+    }
+}
+
+int shard_call_offline(shard *s, tally_request *req)
+{
+    if (!tally_op_is_write(req->op) && req->op != TALLY_OP_VERIFY)
+        return ledger_execute(s->ledger, req, shard_wall_ms(NULL));
+    if (req->op == TALLY_OP_VERIFY)
+        return shard_verify(s, req->merchant, req->res.message, sizeof(req->res.message));
+    return TALLY_EFAILED;
+}
+
+void shard_stats(shard *s, tally_shard_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->seq = atomic_load(&s->st_seq);
+    out->durable_seq = atomic_load(&s->st_durable_seq);
+    out->checkpoint_seq = atomic_load(&s->st_checkpoint_seq);
+    out->entries = atomic_load(&s->st_entries);
+    out->batches = atomic_load(&s->st_batches);
+    out->batch_entries_max = atomic_load(&s->st_batch_entries_max);
+    out->flush_us_total = atomic_load(&s->st_flush_us_total);
+    out->flush_us_max = atomic_load(&s->st_flush_us_max);
+    out->checkpoints = atomic_load(&s->st_checkpoints);
+    out->log_bytes = atomic_load(&s->st_log_bytes);
+    out->sweep_entries = atomic_load(&s->st_sweep_entries);
+    out->status = atomic_load(&s->status);
+    if (out->status)
+        snprintf(out->status_message, sizeof(out->status_message), "%s", s->status_message);
+}
+
+struct log_t *shard_log(shard *s) { return s->log; }
+struct ledger *shard_ledger(shard *s) { return s->ledger; }
+
+/* ---- offline full verify ------------------------------------------------ */
+
+/* Removes the temporary LMDB environment of a full verify. */
+static void shard_rm_env(const char *dir)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/data.mdb", dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/lock.mdb", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
+int shard_verify_full(shard *s, char *msg, size_t cap)
+{
+    int rc = shard_verify(s, 0, msg, cap);
+    if (rc < 0)
+        return rc;
+    char tmp[] = "/tmp/tally-verify-XXXXXX";
+    if (!mkdtemp(tmp))
+        return -errno;
+    ledger_options lo = {.dir = tmp, .map_bytes = s->opts.map_bytes,
+                         .log = shard_tally_log, .log_ctx = s};
+    ledger *fresh = NULL;
+    rc = ledger_open(&lo, s->log, &fresh);
+    log_iter it;
+    if (rc == 0)
+        rc = log_iter_init(s->log, 0, &it);
+    record r;
+    log_loc loc;
+    uint64_t n = 0, last_report = shard_mono_ns();
+    while (rc == 0 && (rc = log_iter_next(&it, &r, &loc)) == 1) {
+        rc = ledger_replay(fresh, &r, loc);
+        if (rc == 0 && (++n & 0xffff) == 0 && shard_mono_ns() - last_report > 1000000000u) {
+            last_report = shard_mono_ns();
+            shard_say(s, 0, "verify: replayed %llu of %llu records", (unsigned long long)n,
+                      (unsigned long long)it.end_seq);
+        }
+    }
+    if (rc == 0)
+        rc = ledger_compare(s->ledger, fresh, msg, cap);
+    else if (rc < 0)
+        snprintf(msg, cap, "shard %u: replay of the log failed at record %llu: %s",
+                 s->opts.index, (unsigned long long)(n + 1), tally_strerror(rc));
+    if (rc == 0)
+        snprintf(msg, cap, "ok: %llu records replayed, state matches", (unsigned long long)n);
+    ledger_close(fresh);
+    shard_rm_env(tmp);
+    return rc < 0 ? TALLY_ECORRUPT : 0;
+}

@@ -1,0 +1,67 @@
+/*
+ * shard.h — one shard: its log, its ledger and the writer thread that owns
+ * both.  Requests arrive through an inbox (the only lock, held for a list
+ * append or swap); the thread applies them to the filling batch while the
+ * previous batch flushes, submits each batch as one linked write + flush
+ * through io_uring, and calls every request's done() only once the batch
+ * it was in is durable (DESIGN-NOTES §2, §4).
+ */
+#ifndef TALLY_SHARD_H
+#define TALLY_SHARD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "os.h"
+#include "tally.h"
+
+typedef struct shard shard;
+
+typedef struct shard_options {
+    const char *dir; /* the shard's directory (created) */
+    uint32_t index;
+    int sync; /* enum tally_sync */
+    uint32_t segment_bytes;
+    uint32_t checkpoint_ms;
+    uint32_t checkpoint_entries;
+    uint64_t map_bytes;
+    const os_ops *os;
+    tally_clock_fn clock;
+    void *clock_ctx;
+    tally_log_fn log;
+    void *log_ctx;
+    bool read_only; /* recover and serve reads, never write, no thread */
+} shard_options;
+
+/* Opens the ledger and log, recovers (replays the log after the state's
+ * checkpoint) and starts the writer thread.  A shard whose acknowledged
+ * data is corrupt still opens, refused: every request fails with
+ * TALLY_ECORRUPT.  Errors: -errno, TALLY_EFORMAT. */
+int shard_open(const shard_options *opts, shard **out);
+
+/* Answers everything queued, writes a final checkpoint, stops the thread
+ * and frees the shard.  NULL is ok. */
+void shard_close(shard *s);
+
+/* Queues req; done() is called later on the shard thread (or at once, on
+ * this thread, if the shard is refused or closing). */
+void shard_submit(shard *s, tally_request *req);
+
+/* Executes req at once on the calling thread; only for read_only shards
+ * (offline tools). */
+int shard_call_offline(shard *s, tally_request *req);
+
+void shard_stats(shard *s, tally_shard_stats *out);
+
+/* Offline: checks the log chain, the state's consistency, and replays the
+ * whole log into a fresh ledger in a temporary directory and compares it
+ * with the stored state.  0 or TALLY_ECORRUPT with msg. */
+int shard_verify_full(shard *s, char *msg, size_t cap);
+
+/* For the offline tools. */
+struct log_t;
+struct ledger;
+struct log_t *shard_log(shard *s);
+struct ledger *shard_ledger(shard *s);
+
+#endif

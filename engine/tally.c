@@ -1,0 +1,319 @@
+/*
+ * tally.c — the public engine: a data directory of N shards.
+ *
+ * Directory layout:
+ *   DIR/LOCK          flock()ed while open: one process per directory
+ *   DIR/MANIFEST      "tally-manifest 1\nshards N\n", written once, atomically
+ *   DIR/shard-NNN/    one per shard: log-*.seg segments and state/ (LMDB)
+ *
+ * A merchant lives in shard XXH3-64(merchant) mod N, so N is fixed when the
+ * directory is created; opening it with another N is TALLY_ESHARDS.
+ * Requests for merchant 0 with an admin op (VERIFY, SNAPSHOT) fan out to
+ * every shard and complete once, with the first fault found.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "checksum.h"
+#include "os.h"
+#include "shard.h"
+#include "tally.h"
+
+#define TALLY_MANIFEST_VERSION 1
+
+struct tally {
+    tally_options opts;
+    char dir[4096];
+    int lock_fd;
+    uint32_t shard_count;
+    shard *shards[LIMIT_SHARDS_MAX];
+};
+
+/* ---- manifest ----------------------------------------------------------- */
+
+static int tally_manifest_read(const char *dir, uint32_t *shards)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/MANIFEST", dir);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return errno == ENOENT ? 1 : -errno;
+    unsigned version = 0, n = 0;
+    int got = fscanf(f, "tally-manifest %u\nshards %u\n", &version, &n);
+    fclose(f);
+    if (got != 2 || version != TALLY_MANIFEST_VERSION || n < 1 || n > LIMIT_SHARDS_MAX)
+        return TALLY_EFORMAT;
+    *shards = n;
+    return 0;
+}
+
+/* Written to a temporary name, flushed, renamed, and the directory flushed,
+ * so a crash leaves either no manifest or a whole one. */
+static int tally_manifest_write(const os_ops *os, const char *dir, uint32_t shards)
+{
+    char tmp[4200], path[4200], text[64];
+    snprintf(tmp, sizeof(tmp), "%s/MANIFEST.tmp", dir);
+    snprintf(path, sizeof(path), "%s/MANIFEST", dir);
+    int len = snprintf(text, sizeof(text), "tally-manifest %u\nshards %u\n",
+                       TALLY_MANIFEST_VERSION, shards);
+    int fd = os->open(os->ctx, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return fd;
+    int rc = os_pwrite_all(os, fd, text, (size_t)len, 0);
+    if (rc == 0)
+        rc = os->fdatasync(os->ctx, fd);
+    os->close(os->ctx, fd);
+    if (rc == 0)
+        rc = os->rename(os->ctx, tmp, path);
+    if (rc == 0)
+        rc = os->fsync_dir(os->ctx, dir);
+    return rc;
+}
+
+static uint32_t tally_cpu_count(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        return 1;
+    return n > LIMIT_SHARDS_MAX ? LIMIT_SHARDS_MAX : (uint32_t)n;
+}
+
+static int tally_lock(tally *t)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/LOCK", t->dir);
+    t->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (t->lock_fd < 0)
+        return -errno;
+    if (flock(t->lock_fd, LOCK_EX | LOCK_NB) < 0)
+        return errno == EWOULDBLOCK ? TALLY_ELOCKED : -errno;
+    return 0;
+}
+
+/* ---- open / close ------------------------------------------------------- */
+
+static int tally_open_shards(tally *t)
+{
+    for (uint32_t i = 0; i < t->shard_count; i++) {
+        char path[4200];
+        snprintf(path, sizeof(path), "%s/shard-%03u", t->dir, i);
+        shard_options so = {
+            .dir = path, .index = i, .sync = t->opts.sync,
+            .segment_bytes = t->opts.segment_bytes, .checkpoint_ms = t->opts.checkpoint_ms,
+            .checkpoint_entries = t->opts.checkpoint_entries,
+            .map_bytes = t->opts.state_map_bytes, .os = t->opts.os, .clock = t->opts.clock,
+            .clock_ctx = t->opts.clock_ctx, .log = t->opts.log, .log_ctx = t->opts.log_ctx,
+            .read_only = t->opts.read_only,
+        };
+        int rc = shard_open(&so, &t->shards[i]);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+int tally_open(const tally_options *opts, tally **out)
+{
+    if (!opts->dir || opts->shards > LIMIT_SHARDS_MAX)
+        return -EINVAL;
+    tally *t = calloc(1, sizeof(*t));
+    if (!t)
+        return -ENOMEM;
+    t->opts = *opts;
+    t->lock_fd = -1;
+    if (!t->opts.os)
+        t->opts.os = os_default();
+    snprintf(t->dir, sizeof(t->dir), "%s", opts->dir);
+    t->opts.dir = t->dir;
+    int rc = 0;
+    if (!opts->read_only && mkdir(t->dir, 0755) < 0 && errno != EEXIST)
+        rc = -errno;
+    if (rc == 0)
+        rc = tally_lock(t);
+    uint32_t n = 0;
+    if (rc == 0) {
+        rc = tally_manifest_read(t->dir, &n);
+        if (rc == 1 && opts->read_only) {
+            rc = -ENOENT;
+        } else if (rc == 1) {
+            n = opts->shards ? opts->shards : tally_cpu_count();
+            rc = tally_manifest_write(t->opts.os, t->dir, n);
+        } else if (rc == 0 && opts->shards && opts->shards != n) {
+            rc = TALLY_ESHARDS;
+        }
+    }
+    if (rc == 0) {
+        t->shard_count = n;
+        rc = tally_open_shards(t);
+    }
+    if (rc < 0) {
+        tally_close(t);
+        return rc;
+    }
+    *out = t;
+    return 0;
+}
+
+void tally_close(tally *t)
+{
+    if (!t)
+        return;
+    for (uint32_t i = 0; i < t->shard_count; i++)
+        shard_close(t->shards[i]);
+    if (t->lock_fd >= 0)
+        close(t->lock_fd);
+    free(t);
+}
+
+uint32_t tally_shard_count(const tally *t) { return t->shard_count; }
+
+int tally_verify_full(tally *t, char *msg, size_t cap)
+{
+    if (!t->opts.read_only) {
+        snprintf(msg, cap, "full verify needs an offline (read-only) open");
+        return -EINVAL;
+    }
+    for (uint32_t i = 0; i < t->shard_count; i++) {
+        int rc = shard_verify_full(t->shards[i], msg, cap);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+uint32_t tally_shard_of(const tally *t, uint64_t merchant)
+{
+    return checksum_shard(merchant, t->shard_count);
+}
+
+int tally_shard_stats_get(tally *t, uint32_t index, tally_shard_stats *out)
+{
+    if (index >= t->shard_count)
+        return -EINVAL;
+    shard_stats(t->shards[index], out);
+    return 0;
+}
+
+/* ---- fan-out of admin requests over every shard ------------------------- */
+
+typedef struct tally_fanout {
+    tally_request *parent;
+    _Atomic uint32_t remaining;
+    pthread_mutex_t lock; /* guards parent->res while children complete */
+    tally_request children[];
+} tally_fanout;
+
+static void tally_fanout_done(tally_request *child)
+{
+    tally_fanout *f = child->user;
+    pthread_mutex_lock(&f->lock);
+    if (child->res.status != 0 && f->parent->res.status == 0) {
+        f->parent->res.status = child->res.status;
+        snprintf(f->parent->res.message, sizeof(f->parent->res.message), "%s",
+                 child->res.message);
+    }
+    pthread_mutex_unlock(&f->lock);
+    if (atomic_fetch_sub(&f->remaining, 1) == 1) {
+        tally_request *parent = f->parent;
+        pthread_mutex_destroy(&f->lock);
+        free(f);
+        parent->done(parent);
+    }
+}
+
+static void tally_fanout_submit(tally *t, tally_request *req)
+{
+    uint32_t n = t->shard_count;
+    tally_fanout *f = calloc(1, sizeof(*f) + n * sizeof(tally_request));
+    if (!f) {
+        req->res.status = -ENOMEM;
+        snprintf(req->res.message, sizeof(req->res.message), "out of memory");
+        req->done(req);
+        return;
+    }
+    f->parent = req;
+    atomic_store(&f->remaining, n);
+    pthread_mutex_init(&f->lock, NULL);
+    for (uint32_t i = 0; i < n; i++) {
+        tally_request *c = &f->children[i];
+        c->op = req->op;
+        c->done = tally_fanout_done;
+        c->user = f;
+    }
+    /* f may be freed by the last child's completion: read nothing after. */
+    for (uint32_t i = 0; i < n; i++)
+        shard_submit(t->shards[i], &f->children[i]);
+}
+
+/* ---- submit ------------------------------------------------------------- */
+
+void tally_submit(tally *t, tally_request *req)
+{
+    if (tally_request_check(req) != 0) {
+        req->done(req);
+        return;
+    }
+    bool admin = req->op == TALLY_OP_VERIFY || req->op == TALLY_OP_SNAPSHOT;
+    if (admin && req->merchant == 0) {
+        tally_fanout_submit(t, req);
+        return;
+    }
+    shard_submit(t->shards[tally_shard_of(t, req->merchant)], req);
+}
+
+typedef struct tally_waiter {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+} tally_waiter;
+
+static void tally_call_done(tally_request *req)
+{
+    tally_waiter *w = req->user;
+    pthread_mutex_lock(&w->lock);
+    w->done = true;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+int tally_call(tally *t, tally_request *req)
+{
+    tally_waiter w = {.done = false};
+    pthread_mutex_init(&w.lock, NULL);
+    pthread_cond_init(&w.cond, NULL);
+    void *user = req->user;
+    req->done = tally_call_done;
+    req->user = &w;
+    if (t->opts.read_only) {
+        int rc = tally_request_check(req);
+        if (rc == 0) {
+            bool admin = req->op == TALLY_OP_VERIFY || req->op == TALLY_OP_SNAPSHOT;
+            uint32_t first = admin && req->merchant == 0 ? 0 : tally_shard_of(t, req->merchant);
+            uint32_t last = admin && req->merchant == 0 ? t->shard_count : first + 1;
+            for (uint32_t i = first; i < last && rc == 0; i++)
+                rc = shard_call_offline(t->shards[i], req);
+            if (rc < 0)
+                req->res.status = rc;
+        }
+        w.done = true;
+    } else {
+        tally_submit(t, req);
+    }
+    pthread_mutex_lock(&w.lock);
+    while (!w.done)
+        pthread_cond_wait(&w.cond, &w.lock);
+    pthread_mutex_unlock(&w.lock);
+    pthread_mutex_destroy(&w.lock);
+    pthread_cond_destroy(&w.cond);
+    req->done = NULL;
+    req->user = user;
+    return req->res.status;
+}
