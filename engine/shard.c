@@ -178,7 +178,9 @@ static void shard_list_append(shard_list *dst, shard_list *src)
 static void shard_fail_request(tally_request *r, int code, const char *msg)
 {
     r->res.status = code;
-    snprintf(r->res.message, sizeof(r->res.message), "%s", msg);
+    size_t n = strnlen(msg, sizeof(r->res.message) - 1);
+    memcpy(r->res.message, msg, n);
+    r->res.message[n] = '\0';
 }
 
 /* Calls done() for every request of the list, in order. */
