@@ -417,6 +417,13 @@ static bool shard_apply(shard *s, tally_request *r)
     } else {
         rc = ledger_execute(s->ledger, r, shard_now(s));
     }
+    if (rc == TALLY_ETOOBIG) {
+        /* The batch filled up with engine entries due before this write;
+         * the write itself was not applied: run it again in the next one. */
+        tally_result_free(&r->res);
+        r->res = (tally_result){0};
+        return false;
+    }
     shard_list_push(&s->filling, r);
     if (rc < 0)
         shard_fail(s, rc, "applying a request");
