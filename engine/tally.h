@@ -256,6 +256,14 @@ int tally_call(tally *t, tally_request *req);
  * TALLY_ECORRUPT with the first fault in msg. */
 int tally_verify_full(tally *t, char *msg, size_t cap);
 
+/* Offline (read_only) scan of one shard's durable log in seq order, after
+ * after_seq: fn gets each entry (refusal=false) or remembered refusal
+ * (refusal=true, e->kind is the refused write's kind, *status its code).
+ * A non-zero return from fn stops the scan and is returned.  Errors:
+ * -EINVAL (not read_only, bad shard), TALLY_ECORRUPT (a bad record). */
+typedef int (*tally_scan_fn)(void *ctx, const tally_entry *e, bool refusal, int status);
+int tally_scan(tally *t, uint32_t shard, uint64_t after_seq, tally_scan_fn fn, void *ctx);
+
 uint32_t tally_shard_count(const tally *t);
 uint32_t tally_shard_of(const tally *t, uint64_t merchant);
 
