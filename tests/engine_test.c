@@ -1,0 +1,354 @@
+/*
+ * engine_test.c — the public engine (tally.h) end to end on real files:
+ * data directory rules, concurrency over shards, idempotency across
+ * reopen, recovery from torn and corrupt segment files, engine time.
+ */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine_util.h"
+
+/* ---- helpers ------------------------------------------------------------ */
+
+/* Path of the highest-numbered segment of shard 0. */
+static void last_segment(const char *dir, char *out, size_t cap)
+{
+    char sd[256];
+    snprintf(sd, sizeof(sd), "%s/shard-000", dir);
+    DIR *d = opendir(sd);
+    cr_assert_not_null(d);
+    char best[128] = "";
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        if (strncmp(de->d_name, "log-", 4) == 0 && strcmp(de->d_name, best) > 0)
+            snprintf(best, sizeof(best), "%s", de->d_name);
+    closedir(d);
+    cr_assert(best[0], "no segment in %s", sd);
+    snprintf(out, cap, "%s/%s", sd, best);
+}
+
+/* Offset just past the last non-zero byte of a file. */
+static off_t data_end(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    cr_assert(fd >= 0);
+    struct stat st;
+    fstat(fd, &st);
+    char *buf = malloc((size_t)st.st_size);
+    cr_assert(pread(fd, buf, (size_t)st.st_size, 0) == st.st_size);
+    close(fd);
+    off_t end = st.st_size;
+    while (end > 0 && buf[end - 1] == 0)
+        end--;
+    free(buf);
+    return end;
+}
+
+static void poke(const char *path, off_t off, const void *bytes, size_t len)
+{
+    int fd = open(path, O_WRONLY);
+    cr_assert(fd >= 0);
+    cr_assert(pwrite(fd, bytes, len, off) == (ssize_t)len);
+    fsync(fd);
+    close(fd);
+}
+
+static void flip_bit(const char *path, off_t off)
+{
+    int fd = open(path, O_RDWR);
+    cr_assert(fd >= 0);
+    unsigned char c;
+    cr_assert(pread(fd, &c, 1, off) == 1);
+    c ^= 0x10;
+    cr_assert(pwrite(fd, &c, 1, off) == 1);
+    close(fd);
+}
+
+/* ---- the data directory ------------------------------------------------- */
+
+Test(engine, reopening_with_another_shard_count_is_refused)
+{
+    char dir[64];
+    eu_tmpdir(dir, "eng");
+    tally *t;
+    cr_assert_eq(eu_open(dir, 3, &t), 0);
+    cr_assert_eq(tally_shard_count(t), 3);
+    tally_close(t);
+    cr_assert_eq(eu_open(dir, 4, &t), TALLY_ESHARDS);
+    cr_assert_eq(eu_open(dir, 0, &t), 0, "0 means: the manifest's count");
+    cr_assert_eq(tally_shard_count(t), 3);
+    tally_close(t);
+    eu_rmrf(dir);
+}
+
+Test(engine, a_directory_is_opened_by_one_process_at_a_time)
+{
+    char dir[64];
+    eu_tmpdir(dir, "eng");
+    tally *t, *t2;
+    cr_assert_eq(eu_open(dir, 1, &t), 0);
+    cr_assert_eq(eu_open(dir, 1, &t2), TALLY_ELOCKED);
+    tally_close(t);
+    cr_assert_eq(eu_open(dir, 1, &t2), 0);
+    tally_close(t2);
+    eu_rmrf(dir);
+}
+
+Test(engine, a_request_refused_by_its_checks_records_nothing)
+{
+    char dir[64];
+    eu_tmpdir(dir, "eng");
+    tally *t;
+    cr_assert_eq(eu_open(dir, 1, &t), 0);
+    cr_assert_eq(eu_earn(t, 1, 1, 0, "zero", NULL), TALLY_EINVALID);
+    cr_assert_eq(eu_earn(t, 1, 1, LIMIT_AMOUNT_MAX + 1, "big", NULL), TALLY_EINVALID);
+    cr_assert_eq(eu_earn(t, 1, 1, 5, "~mine", NULL), TALLY_EINVALID);
+    cr_assert_eq(eu_find(t, 1, "zero", NULL), 0);
+    tally_shard_stats st;
+    tally_shard_stats_get(t, 0, &st);
+    cr_assert_eq(st.seq, 0, "nothing logged");
+    tally_close(t);
+    eu_rmrf(dir);
+}
+
+/* ---- durability and idempotency ------------------------------------------ */
+
+Test(engine, acknowledged_entries_and_refusals_survive_reopen_and_replay_identically)
+{
+    char dir[64];
+    eu_tmpdir(dir, "eng");
+    tally *t;
+    cr_assert_eq(eu_open(dir, 2, &t), 0);
+    tally_entry e1, e2, again;
+    cr_assert_eq(eu_earn(t, 7, 100, 500, "e1", &e1), 0);
+    cr_assert_eq(eu_redeem(t, 7, 100, 200, "r1", &e2), 0);
+    cr_assert_eq(eu_redeem(t, 7, 100, 10000, "r-too-much", NULL), TALLY_EINSUFFICIENT);
+    tally_close(t);
+
+    cr_assert_eq(eu_open(dir, 0, &t), 0);
+    cr_assert_eq(eu_earn(t, 7, 100, 500, "e1", &again), 0);
+    cr_assert_eq(again.seq, e1.seq);
+    cr_assert_eq(again.balance, e1.balance);
+    cr_assert_eq(again.ts_ms, e1.ts_ms);
+    cr_assert_eq(eu_earn(t, 7, 100, 501, "e1", NULL), TALLY_ECONFLICT);
+    /* Enough points now, but the refused id stays refused (SPEC §3). */
+    cr_assert_eq(eu_earn(t, 7, 100, 100000, "e2", NULL), 0);
+    cr_assert_eq(eu_redeem(t, 7, 100, 10000, "r-too-much", NULL), TALLY_EINSUFFICIENT);
+    tally_balance b;
+    cr_assert_eq(eu_balance(t, 7, 100, &b), 0);
+    cr_assert_eq(b.available, 500 - 200 + 100000);
+    cr_assert_eq(eu_find(t, 7, "r1", &again), 1);
+    cr_assert_eq(again.seq, e2.seq);
+    cr_assert_eq(again.points, -200);
+    cr_assert_eq(eu_find(t, 7, "r-too-much", NULL), 0, "a refusal is not an entry");
+    tally_close(t);
+    eu_rmrf(dir);
+}
+
+/* ---- concurrency over shards --------------------------------------------- */
+
+typedef struct conc {
+    tally *t;
+    int thread;
+    _Atomic int *done;
+} conc;
+
+#define CONC_PER_THREAD 4000
+#define CONC_MERCHANTS 16
+
+static void conc_done(tally_request *r)
+{
+    _Atomic int *done = r->user;
+    if (r->res.status == 0)
+        atomic_fetch_add(done, 1);
+    else
+        atomic_fetch_add(done, 1000000);
+}
+
+static void *conc_main(void *arg)
+{
+    conc *c = arg;
+    tally_request *reqs = calloc(CONC_PER_THREAD, sizeof(*reqs));
+    for (int i = 0; i < CONC_PER_THREAD; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "t%d-%d", c->thread, i);
+        eu_write(&reqs[i], TALLY_OP_EARN, 1 + (uint64_t)(i % CONC_MERCHANTS),
+                 1 + (uint64_t)(i % 7), 1 + i % 3, id);
+        reqs[i].done = conc_done;
+        reqs[i].user = c->done;
+        tally_submit(c->t, &reqs[i]);
+    }
+    return reqs;
+}
+
+Test(engine, concurrent_writers_over_many_shards_all_complete_durably_and_add_up)
+{
+    char dir[64];
+    eu_tmpdir(dir, "eng");
+    tally *t;
+    cr_assert_eq(eu_open(dir, 4, &t), 0);
+    _Atomic int done = 0;
+    conc cs[3];
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++) {
+        cs[i] = (conc){.t = t, .thread = i, .done = &done};
+        pthread_create(&th[i], NULL, conc_main, &cs[i]);
+    }
+    void *mem[3];
+    for (int i = 0; i < 3; i++)
+        pthread_join(th[i], &mem[i]);
+    for (int spin = 0; atomic_load(&done) < 3 * CONC_PER_THREAD && spin < 3000; spin++)
+        usleep(10000);
+    cr_assert_eq(atomic_load(&done), 3 * CONC_PER_THREAD, "every request completed ok");
+    for (int i = 0; i < 3; i++)
+        free(mem[i]);
+    /* Expected: each (merchant, account) got the same points from each thread. */
+    int64_t expect[CONC_MERCHANTS + 1][8];
+    memset(expect, 0, sizeof(expect));
+    for (int i = 0; i < CONC_PER_THREAD; i++)
+        expect[1 + i % CONC_MERCHANTS][1 + i % 7] += 3 * (1 + i % 3);
+    for (int m = 1; m <= CONC_MERCHANTS; m++)
+        for (int a = 1; a <= 7; a++) {
+            tally_balance b;
+            cr_assert_eq(eu_balance(t, (uint64_t)m, (uint64_t)a, &b), 0);
+            cr_assert_eq(b.available, expect[m][a], "m%d a%d", m, a);
+        }
+    uint64_t batches = 0, entries = 0;
+    for (uint32_t s = 0; s < 4; s++) {
+        tally_shard_stats st;
+        tally_shard_stats_get(t, s, &st);
+        batches += st.batches;
+        entries += st.entries;
+        cr_assert_eq(st.durable_seq, st.seq);
+    }
+    cr_assert_eq(entries, 3 * CONC_PER_THREAD);
+    cr_assert_lt(batches, entries, "group commit: batches carry several entries");
+    tally_close(t);
+    tally_options o = {.dir = dir, .read_only = true, .log = eu_log};
+    cr_assert_eq(tally_open(&o, &t), 0);
+    char msg[256];
+    cr_assert_eq(tally_verify_full(t, msg, sizeof(msg)), 0, "%s", msg);
+    tally_close(t);
+    eu_rmrf(dir);
+}
+
+/* ---- recovery from damaged segment files ---------------------------------- */
+
+static void write_entries(const char *dir, int n)
+{
+    tally *t;
+    cr_assert_eq(eu_open(dir, 1, &t), 0);
+    for (int i = 0; i < n; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "e%d", i);
+        cr_assert_eq(eu_earn(t, 5, 1, 10, id, NULL), 0);
+    }
+    tally_close(t);
+}
+
+Test(engine, a_torn_tail_is_truncated_reported_and_the_rest_served)
+{
+    char dir[64], seg[256];
+    eu_tmpdir(dir, "eng");
+    write_entries(dir, 20);
+    /* Remove the state so recovery must replay the whole log. */
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s/shard-000/state", dir);
+    cr_assert_eq(system(cmd), 0);
+    last_segment(dir, seg, sizeof(seg));
+    off_t end = data_end(seg);
+    char zeros[40] = {0};
+    poke(seg, end - 40, zeros, sizeof(zeros)); /* the last record's tail */
+    eu_log_warnings = 0;
+    tally *t;
+    cr_assert_eq(eu_open(dir, 1, &t), 0);
+    cr_assert_gt(eu_log_warnings, 0, "the torn tail is reported");
+    tally_balance b;
+    cr_assert_eq(eu_balance(t, 5, 1, &b), 0);
+    cr_assert_eq(b.available, 190, "19 whole entries remain");
+    cr_assert_eq(eu_find(t, 5, "e19", NULL), 0);
+    cr_assert_eq(eu_earn(t, 5, 1, 10, "e19", NULL), 0, "the log takes writes again");
+    tally_close(t);
+    eu_rmrf(dir);
+}
+
+Test(engine, a_flipped_bit_in_acknowledged_data_refuses_the_shard)
+{
+    char dir[64], seg[256];
+    eu_tmpdir(dir, "eng");
+    write_entries(dir, 20);
+    last_segment(dir, seg, sizeof(seg));
+    flip_bit(seg, 64 + 50); /* inside the first record, far from the tail */
+    tally *t;
+    cr_assert_eq(eu_open(dir, 1, &t), 0, "a corrupt shard still opens, refused");
+    tally_balance b;
+    cr_assert_eq(eu_balance(t, 5, 1, &b), TALLY_ECORRUPT, "never serve wrong balances");
+    cr_assert_eq(eu_earn(t, 5, 1, 10, "x", NULL), TALLY_ECORRUPT);
+    tally_shard_stats st;
+    tally_shard_stats_get(t, 0, &st);
+    cr_assert_eq(st.status, TALLY_ECORRUPT);
+    cr_assert(strstr(st.status_message, "seq 1") != NULL, "names the seq: %s",
+              st.status_message);
+    tally_close(t);
+    eu_rmrf(dir);
+}
+
+/* ---- engine time ----------------------------------------------------------- */
+
+static uint64_t fake_now_ms;
+static uint64_t fake_clock(void *ctx)
+{
+    (void)ctx;
+    return __atomic_load_n(&fake_now_ms, __ATOMIC_SEQ_CST);
+}
+
+Test(engine, lots_expire_on_the_engine_clock_and_debits_take_the_soonest_first)
+{
+    char dir[64];
+    eu_tmpdir(dir, "eng");
+    fake_now_ms = 1000000000000ull; /* 2001-09-09 */
+    tally_options o = {.dir = dir, .shards = 1, .log = eu_log, .clock = fake_clock,
+                       .state_map_bytes = 1ull << 30};
+    tally *t;
+    cr_assert_eq(tally_open(&o, &t), 0);
+    uint64_t now_s = fake_now_ms / 1000;
+    tally_request r;
+    eu_write(&r, TALLY_OP_EARN, 9, 1, 100, "late");
+    r.expires = now_s + 7200;
+    r.flags |= TALLY_REQ_EXPIRES;
+    cr_assert_eq(tally_call(t, &r), 0);
+    eu_write(&r, TALLY_OP_EARN, 9, 1, 100, "soon");
+    r.expires = now_s + 3600;
+    r.flags |= TALLY_REQ_EXPIRES;
+    cr_assert_eq(tally_call(t, &r), 0);
+    cr_assert_eq(eu_redeem(t, 9, 1, 30, "r", NULL), 0); /* from "soon" */
+    tally_balance b;
+    cr_assert_eq(eu_balance(t, 9, 1, &b), 0);
+    cr_assert_eq(b.next_expiry, now_s + 3600);
+    cr_assert_eq(b.expiring, 70);
+    __atomic_store_n(&fake_now_ms, fake_now_ms + 3601000ull, __ATOMIC_SEQ_CST);
+    cr_assert_eq(eu_balance(t, 9, 1, &b), 0);
+    cr_assert_eq(b.available, 100, "as of now, before any sweep");
+    cr_assert_eq(b.expired, 70);
+    /* The sweep writes the expire entry within a couple of seconds. */
+    tally_entry e;
+    int found = 0;
+    for (int i = 0; i < 300 && found != 1; i++) {
+        usleep(10000);
+        found = eu_find(t, 9, "~exp:soon", &e);
+    }
+    cr_assert_eq(found, 1, "the engine wrote ~exp:soon");
+    cr_assert_eq(e.kind, TALLY_KIND_EXPIRE);
+    cr_assert_eq(e.points, -70);
+    cr_assert_eq(e.balance, 100);
+    tally_close(t);
+    eu_rmrf(dir);
+}
