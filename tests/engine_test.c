@@ -21,11 +21,11 @@
 /* Path of the highest-numbered segment of shard 0. */
 static void last_segment(const char *dir, char *out, size_t cap)
 {
-    char sd[256];
+    char sd[128];
     snprintf(sd, sizeof(sd), "%s/shard-000", dir);
     DIR *d = opendir(sd);
     cr_assert_not_null(d);
-    char best[128] = "";
+    char best[256] = "";
     struct dirent *de;
     while ((de = readdir(d)) != NULL)
         if (strncmp(de->d_name, "log-", 4) == 0 && strcmp(de->d_name, best) > 0)
