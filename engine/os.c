@@ -1,0 +1,123 @@
+/*
+ * os.c — the real OS behind the I/O seam (os.h).  Every call returns
+ * -errno on failure so callers never read errno.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "os.h"
+
+/* ---- the real calls ----------------------------------------------------- */
+
+static int os_real_open(void *ctx, const char *path, int flags, int mode)
+{
+    (void)ctx;
+    int fd = open(path, flags | O_CLOEXEC, mode);
+    return fd < 0 ? -errno : fd;
+}
+
+static int os_real_close(void *ctx, int fd)
+{
+    (void)ctx;
+    return close(fd) < 0 ? -errno : 0;
+}
+
+static ssize_t os_real_pwrite(void *ctx, int fd, const void *buf, size_t len, uint64_t off)
+{
+    (void)ctx;
+    ssize_t n;
+    do
+        n = pwrite(fd, buf, len, (off_t)off);
+    while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+static ssize_t os_real_pread(void *ctx, int fd, void *buf, size_t len, uint64_t off)
+{
+    (void)ctx;
+    ssize_t n;
+    do
+        n = pread(fd, buf, len, (off_t)off);
+    while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+static int os_real_fdatasync(void *ctx, int fd)
+{
+    (void)ctx;
+    /* Never retried on failure (fsyncgate): the caller fails the log. */
+    return fdatasync(fd) < 0 ? -errno : 0;
+}
+
+static int os_real_fallocate(void *ctx, int fd, uint64_t off, uint64_t len)
+{
+    (void)ctx;
+    int rc = posix_fallocate(fd, (off_t)off, (off_t)len);
+    return -rc;
+}
+
+static int os_real_ftruncate(void *ctx, int fd, uint64_t len)
+{
+    (void)ctx;
+    return ftruncate(fd, (off_t)len) < 0 ? -errno : 0;
+}
+
+static int os_real_rename(void *ctx, const char *from, const char *to)
+{
+    (void)ctx;
+    return rename(from, to) < 0 ? -errno : 0;
+}
+
+static int os_real_unlink(void *ctx, const char *path)
+{
+    (void)ctx;
+    return unlink(path) < 0 ? -errno : 0;
+}
+
+static int os_real_fsync_dir(void *ctx, const char *dir)
+{
+    (void)ctx;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return rc;
+}
+
+static const os_ops os_real = {
+    .open = os_real_open,
+    .close = os_real_close,
+    .pwrite = os_real_pwrite,
+    .pread = os_real_pread,
+    .fdatasync = os_real_fdatasync,
+    .fallocate = os_real_fallocate,
+    .ftruncate = os_real_ftruncate,
+    .rename = os_real_rename,
+    .unlink = os_real_unlink,
+    .fsync_dir = os_real_fsync_dir,
+    .io_result = NULL,
+    .ctx = NULL,
+};
+
+/* ---- public ------------------------------------------------------------- */
+
+const os_ops *os_default(void) { return &os_real; }
+
+int os_pwrite_all(const os_ops *os, int fd, const void *buf, size_t len, uint64_t off)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = os->pwrite(os->ctx, fd, p, len, off);
+        if (n < 0)
+            return (int)n;
+        if (n == 0)
+            return -EIO;
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
