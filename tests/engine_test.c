@@ -5,6 +5,7 @@
  */
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include "engine_util.h"
+#include "os.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -351,4 +353,82 @@ Test(engine, lots_expire_on_the_engine_clock_and_debits_take_the_soonest_first)
     cr_assert_eq(e.balance, 100);
     tally_close(t);
     eu_rmrf(dir);
+}
+
+/* ---- injected I/O failures through the seam -------------------------------- */
+
+typedef struct fail_os {
+    os_ops ops;
+    enum os_io kind;
+    int err;
+    _Atomic int countdown; /* completions of `kind` to pass before failing */
+} fail_os;
+
+static fail_os fo;
+
+static int fail_io_result(void *ctx, enum os_io kind, int fd, uint64_t off, size_t len, int res)
+{
+    (void)ctx;
+    (void)fd;
+    (void)off;
+    (void)len;
+    if (kind == fo.kind && atomic_fetch_sub(&fo.countdown, 1) <= 0)
+        return fo.err; /* sticky: every later one fails too */
+    return res;
+}
+
+static void io_failure_case(enum os_io kind, int err)
+{
+    char dir[64];
+    eu_tmpdir(dir, "fail");
+    fo.ops = *os_default();
+    fo.ops.io_result = fail_io_result;
+    fo.kind = kind;
+    fo.err = err;
+    atomic_store(&fo.countdown, 5);
+    tally_options o = {.dir = dir, .shards = 1, .os = &fo.ops, .log = eu_log,
+                       .state_map_bytes = 1ull << 30, .segment_bytes = 1u << 20};
+    tally *t;
+    cr_assert_eq(tally_open(&o, &t), 0);
+    int ok = 0, failed = 0;
+    char acked[64][16];
+    for (int i = 0; i < 20; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "f%d", i);
+        int rc = eu_earn(t, 3, 1, 10, id, NULL);
+        if (rc == 0) {
+            cr_assert_eq(failed, 0, "never acknowledged after a failed flush");
+            snprintf(acked[ok++], sizeof(acked[0]), "%s", id);
+        } else {
+            cr_assert_eq(rc, TALLY_EFAILED, "failed writes say so: %s", tally_strerror(rc));
+            failed++;
+        }
+    }
+    cr_assert_eq(ok, 5, "the first five flushed before the fault");
+    cr_assert_eq(failed, 15);
+    tally_balance b;
+    cr_assert_eq(eu_balance(t, 3, 1, &b), 0, "reads go on from the durable state");
+    cr_assert_eq(b.available, 50);
+    tally_shard_stats st;
+    tally_shard_stats_get(t, 0, &st);
+    cr_assert_eq(st.status, TALLY_EFAILED);
+    tally_close(t);
+
+    /* A restart re-verifies the log and takes writes again. */
+    cr_assert_eq(eu_open(dir, 1, &t), 0);
+    for (int i = 0; i < ok; i++)
+        cr_assert_eq(eu_find(t, 3, acked[i], NULL), 1, "acknowledged %s kept", acked[i]);
+    cr_assert_eq(eu_earn(t, 3, 1, 10, "after", NULL), 0);
+    tally_close(t);
+    eu_rmrf(dir);
+}
+
+Test(engine, eio_on_flush_fails_the_batch_stops_writes_and_loses_nothing_acknowledged)
+{
+    io_failure_case(OS_IO_FSYNC, -EIO);
+}
+
+Test(engine, enospc_on_write_fails_the_batch_stops_writes_and_loses_nothing_acknowledged)
+{
+    io_failure_case(OS_IO_WRITE, -ENOSPC);
 }
