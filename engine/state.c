@@ -1,0 +1,322 @@
+/*
+ * state.c — LMDB behind a typed table API (state.h).  The only module
+ * that includes lmdb.h.
+ *
+ * Durability (DESIGN-NOTES §1): the environment is opened with LMDB's
+ * default, fully synced commits — never MDB_NOSYNC, MDB_NOMETASYNC or
+ * MDB_MAPASYNC, which can leave a database that a power loss corrupts.
+ * Commits are rare (checkpoints), so their flushes do not matter; the log
+ * makes each batch durable.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <lmdb.h>
+
+#include "state.h"
+#include "tally.h"
+
+/* ---- types -------------------------------------------------------------- */
+
+static const char *const state_names[STATE_TABLES] = {
+    "meta", "accounts", "lots", "expiry", "ids", "history",
+    "refs", "holds_due", "acct_holds", "merchants", "liability",
+};
+
+struct state {
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi[STATE_TABLES];
+};
+
+struct state_cursor {
+    MDB_cursor *cur;
+};
+
+/* LMDB error → ours, at the module's edge (STYLE rule 5). */
+static int state_err(int rc)
+{
+    if (rc == 0)
+        return 0;
+    if (rc > 0 && rc < MDB_KEYEXIST)
+        return -rc; /* an errno */
+    switch (rc) {
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND:
+    case MDB_INVALID:
+    case MDB_VERSION_MISMATCH:
+        return TALLY_ECORRUPT;
+    case MDB_MAP_FULL:
+        return -ENOSPC;
+    default:
+        return TALLY_EFAILED;
+    }
+}
+
+const char *state_table_name(int table)
+{
+    return table >= 0 && table < STATE_TABLES ? state_names[table] : "?";
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+static int state_begin(state *s)
+{
+    int rc = mdb_txn_begin(s->env, NULL, 0, &s->txn);
+    if (rc != 0) {
+        s->txn = NULL;
+        return state_err(rc);
+    }
+    return 0;
+}
+
+int state_open(const char *dir, uint64_t map_bytes, state **out)
+{
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+        return -errno;
+    state *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    int rc = mdb_env_create(&s->env);
+    if (rc == 0)
+        rc = mdb_env_set_maxdbs(s->env, STATE_TABLES);
+    if (rc == 0)
+        rc = mdb_env_set_mapsize(s->env, (size_t)map_bytes);
+    /* MDB_NOTLS: snapshot copies run their read transaction on another
+     * thread while the writer's transaction stays open. */
+    if (rc == 0)
+        rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0644);
+    if (rc == 0)
+        rc = mdb_txn_begin(s->env, NULL, 0, &s->txn);
+    for (int i = 0; rc == 0 && i < STATE_TABLES; i++)
+        rc = mdb_dbi_open(s->txn, state_names[i], MDB_CREATE, &s->dbi[i]);
+    if (rc == 0) {
+        /* Make the tables exist on disk so a copy always has them. */
+        rc = mdb_txn_commit(s->txn);
+        s->txn = NULL;
+        if (rc == 0)
+            rc = mdb_txn_begin(s->env, NULL, 0, &s->txn);
+    }
+    if (rc != 0) {
+        int err = state_err(rc);
+        state_close(s);
+        return err;
+    }
+    *out = s;
+    return 0;
+}
+
+void state_close(state *s)
+{
+    if (!s)
+        return;
+    if (s->txn)
+        mdb_txn_abort(s->txn);
+    if (s->env)
+        mdb_env_close(s->env);
+    free(s);
+}
+
+int state_commit(state *s)
+{
+    int rc = mdb_txn_commit(s->txn);
+    s->txn = NULL;
+    if (rc != 0) {
+        state_begin(s);
+        return state_err(rc);
+    }
+    return state_begin(s);
+}
+
+int state_abort(state *s)
+{
+    if (s->txn)
+        mdb_txn_abort(s->txn);
+    s->txn = NULL;
+    return state_begin(s);
+}
+
+/* ---- get / put / del ---------------------------------------------------- */
+
+int state_get(state *s, int table, const void *key, size_t key_len, const void **val,
+              size_t *val_len)
+{
+    MDB_val k = {.mv_size = key_len, .mv_data = (void *)key}, v;
+    int rc = mdb_get(s->txn, s->dbi[table], &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return 1;
+    if (rc != 0)
+        return state_err(rc);
+    *val = v.mv_data;
+    *val_len = v.mv_size;
+    return 0;
+}
+
+int state_put(state *s, int table, const void *key, size_t key_len, const void *val,
+              size_t val_len)
+{
+    MDB_val k = {.mv_size = key_len, .mv_data = (void *)key};
+    MDB_val v = {.mv_size = val_len, .mv_data = (void *)val};
+    return state_err(mdb_put(s->txn, s->dbi[table], &k, &v, 0));
+}
+
+int state_del(state *s, int table, const void *key, size_t key_len)
+{
+    MDB_val k = {.mv_size = key_len, .mv_data = (void *)key};
+    int rc = mdb_del(s->txn, s->dbi[table], &k, NULL);
+    if (rc == MDB_NOTFOUND)
+        return 1;
+    return state_err(rc);
+}
+
+/* ---- cursors ------------------------------------------------------------ */
+
+int state_cursor_open(state *s, int table, state_cursor **out)
+{
+    state_cursor *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    int rc = mdb_cursor_open(s->txn, s->dbi[table], &c->cur);
+    if (rc != 0) {
+        free(c);
+        return state_err(rc);
+    }
+    *out = c;
+    return 0;
+}
+
+void state_cursor_close(state_cursor *c)
+{
+    if (!c)
+        return;
+    mdb_cursor_close(c->cur);
+    free(c);
+}
+
+static int state_cursor_get(state_cursor *c, MDB_val *k, MDB_cursor_op op, const void **ko,
+                            size_t *kl, const void **vo, size_t *vl)
+{
+    MDB_val v;
+    int rc = mdb_cursor_get(c->cur, k, &v, op);
+    if (rc == MDB_NOTFOUND)
+        return 1;
+    if (rc != 0)
+        return state_err(rc);
+    *ko = k->mv_data;
+    *kl = k->mv_size;
+    *vo = v.mv_data;
+    *vl = v.mv_size;
+    return 0;
+}
+
+int state_cursor_seek(state_cursor *c, const void *key, size_t key_len, const void **k,
+                      size_t *k_len, const void **v, size_t *v_len)
+{
+    MDB_val kk = {.mv_size = key_len, .mv_data = (void *)key};
+    return state_cursor_get(c, &kk, key_len ? MDB_SET_RANGE : MDB_FIRST, k, k_len, v, v_len);
+}
+
+int state_cursor_step(state_cursor *c, int dir, const void **k, size_t *k_len, const void **v,
+                      size_t *v_len)
+{
+    MDB_val kk;
+    return state_cursor_get(c, &kk, dir > 0 ? MDB_NEXT : MDB_PREV, k, k_len, v, v_len);
+}
+
+int state_cursor_last(state_cursor *c, const void **k, size_t *k_len, const void **v,
+                      size_t *v_len)
+{
+    MDB_val kk;
+    return state_cursor_get(c, &kk, MDB_LAST, k, k_len, v, v_len);
+}
+
+/* ---- compare, copy ------------------------------------------------------ */
+
+static void state_hex(const void *p, size_t n, char *out, size_t cap)
+{
+    const uint8_t *b = p;
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 3 < cap; i++)
+        o += (size_t)snprintf(out + o, cap - o, "%02x", b[i]);
+    out[o] = 0;
+}
+
+static int state_compare_table(state *a, state *b, int t, char *msg, size_t cap)
+{
+    MDB_cursor *ca, *cb;
+    if (mdb_cursor_open(a->txn, a->dbi[t], &ca) != 0)
+        return TALLY_EFAILED;
+    if (mdb_cursor_open(b->txn, b->dbi[t], &cb) != 0) {
+        mdb_cursor_close(ca);
+        return TALLY_EFAILED;
+    }
+    MDB_val ka, va, kb, vb;
+    int ra = mdb_cursor_get(ca, &ka, &va, MDB_FIRST), rb = mdb_cursor_get(cb, &kb, &vb, MDB_FIRST);
+    int rc = 0;
+    while (ra == 0 || rb == 0) {
+        bool same_key = ra == 0 && rb == 0 && ka.mv_size == kb.mv_size &&
+                        memcmp(ka.mv_data, kb.mv_data, ka.mv_size) == 0;
+        if (!same_key || va.mv_size != vb.mv_size ||
+            memcmp(va.mv_data, vb.mv_data, va.mv_size) != 0) {
+            char hex[80];
+            MDB_val *k = ra == 0 ? &ka : &kb;
+            state_hex(k->mv_data, k->mv_size, hex, sizeof(hex));
+            snprintf(msg, cap, "state differs from the replay of the log: table %s, key %s (%s)",
+                     state_names[t], hex,
+                     !same_key ? (ra != 0 ? "missing in state" : "missing in replay")
+                               : "different value");
+            rc = TALLY_ECORRUPT;
+            break;
+        }
+        ra = mdb_cursor_get(ca, &ka, &va, MDB_NEXT);
+        rb = mdb_cursor_get(cb, &kb, &vb, MDB_NEXT);
+    }
+    mdb_cursor_close(ca);
+    mdb_cursor_close(cb);
+    return rc;
+}
+
+int state_compare(state *a, state *b, char *msg, size_t cap)
+{
+    for (int t = 1; t < STATE_TABLES; t++) {
+        int rc = state_compare_table(a, b, t, msg, cap);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+int state_copy_fd(state *s, int fd)
+{
+    return state_err(mdb_env_copyfd2(s->env, fd, MDB_CP_COMPACT));
+}
+
+int state_file_seq(const char *path, uint64_t *seq)
+{
+    MDB_env *env;
+    int rc = mdb_env_create(&env);
+    if (rc != 0)
+        return state_err(rc);
+    mdb_env_set_maxdbs(env, STATE_TABLES);
+    rc = mdb_env_open(env, path, MDB_NOSUBDIR | MDB_RDONLY | MDB_NOLOCK, 0644);
+    MDB_txn *txn = NULL;
+    MDB_dbi dbi;
+    if (rc == 0)
+        rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, state_names[STATE_META], 0, &dbi);
+    MDB_val k = {.mv_size = 3, .mv_data = "seq"}, v;
+    if (rc == 0)
+        rc = mdb_get(txn, dbi, &k, &v);
+    if (rc == 0 && v.mv_size == 8)
+        memcpy(seq, v.mv_data, 8);
+    else if (rc == 0 || rc == MDB_NOTFOUND)
+        *seq = 0, rc = 0;
+    if (txn)
+        mdb_txn_abort(txn);
+    mdb_env_close(env);
+    return state_err(rc);
+}

@@ -1,0 +1,87 @@
+/*
+ * state.h — one shard's materialised state in LMDB: the only module that
+ * includes lmdb.h (STYLE rule 2).  A thin typed layer: named tables of
+ * byte keys and values, one long write transaction that the ledger keeps
+ * open across batches and commits (synced) at checkpoints.
+ *
+ * Keys are built big-endian by the caller so that they sort by their
+ * numeric fields.  Errors are -errno, TALLY_ECORRUPT (LMDB found damage)
+ * or TALLY_EFAILED (map full or another LMDB limit); state_get's
+ * "not found" is 1.
+ */
+#ifndef TALLY_STATE_H
+#define TALLY_STATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* The tables.  Changing one's key or value layout changes the format. */
+enum state_table {
+    STATE_META = 0,   /* "seq" → u64 checkpoint seq */
+    STATE_ACCOUNTS,   /* (m, a) → account */
+    STATE_LOTS,       /* (m, a, expiry key, seq) → lot */
+    STATE_EXPIRY,     /* (expires, m, a, seq) → "" : lots the sweep expires */
+    STATE_IDS,        /* (m, xxh128(id)) → id_ref */
+    STATE_HISTORY,    /* (m, a, seq) → log loc */
+    STATE_REFS,       /* (m, seq) → state of an entry others refer to */
+    STATE_HOLDS_DUE,  /* (deadline s, m, seq) → "" : open holds */
+    STATE_ACCT_HOLDS, /* (m, a, seq) → deadline : open holds by account */
+    STATE_MERCHANTS,  /* m → merchant totals */
+    STATE_LIABILITY,  /* (m, month key) → points */
+    STATE_TABLES,
+};
+
+typedef struct state state;
+
+/* Opens (creating) the environment in directory dir with a map of
+ * map_bytes and begins the write transaction. */
+int state_open(const char *dir, uint64_t map_bytes, state **out);
+/* Aborts the open transaction and closes. NULL is ok. */
+void state_close(state *s);
+
+/* Commits the open transaction (synced) and begins the next one. */
+int state_commit(state *s);
+/* Aborts the open transaction and begins a new one. */
+int state_abort(state *s);
+
+/* 0 and *val and *val_len (valid until the next write), 1 if absent. */
+int state_get(state *s, int table, const void *key, size_t key_len, const void **val,
+              size_t *val_len);
+int state_put(state *s, int table, const void *key, size_t key_len, const void *val,
+              size_t val_len);
+/* 0, or 1 if absent. */
+int state_del(state *s, int table, const void *key, size_t key_len);
+
+/* Cursor over a table within the open transaction. */
+typedef struct state_cursor state_cursor;
+int state_cursor_open(state *s, int table, state_cursor **out);
+void state_cursor_close(state_cursor *c);
+/* Positions at the first key >= key (or the first key if key_len is 0).
+ * 0 and *k, *v: found; 1: none. */
+int state_cursor_seek(state_cursor *c, const void *key, size_t key_len, const void **k,
+                      size_t *k_len, const void **v, size_t *v_len);
+/* Moves to the next (dir > 0) or previous (dir < 0) key; 0 or 1 (end). */
+int state_cursor_step(state_cursor *c, int dir, const void **k, size_t *k_len, const void **v,
+                      size_t *v_len);
+/* Positions at the last key. 0 or 1 (empty). */
+int state_cursor_last(state_cursor *c, const void **k, size_t *k_len, const void **v,
+                      size_t *v_len);
+
+/* Compares every table except STATE_META of two states: 0, or
+ * TALLY_ECORRUPT with the first difference (table and key) in msg. */
+int state_compare(state *a, state *b, char *msg, size_t cap);
+
+/* Writes a compacted copy of the last committed state (LMDB's compacting
+ * copy, from a read transaction: it does not stop the writer) into the
+ * open file descriptor fd.  May run on another thread than the writer. */
+int state_copy_fd(state *s, int fd);
+
+/* Reads the checkpoint seq from the last committed state of an
+ * environment file (a snapshot), opening it read-only on its own. */
+int state_file_seq(const char *path, uint64_t *seq);
+
+/* Names a table, for messages. */
+const char *state_table_name(int table);
+
+#endif
