@@ -23,7 +23,7 @@
 
 static const char *const state_names[STATE_TABLES] = {
     "meta", "accounts", "lots", "expiry", "ids", "history",
-    "refs", "holds_due", "acct_holds", "merchants", "liability",
+    "refs", "holds_due", "acct_holds", "merchants", "liability", "pending",
 };
 
 struct state {

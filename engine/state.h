@@ -29,6 +29,7 @@ enum state_table {
     STATE_ACCT_HOLDS, /* (m, a, seq) → deadline : open holds by account */
     STATE_MERCHANTS,  /* m → merchant totals */
     STATE_LIABILITY,  /* (m, month key) → points */
+    STATE_PENDING,    /* (m, a, available_at, seq) → "" : lots not yet spendable */
     STATE_TABLES,
 };
 

@@ -1,0 +1,1826 @@
+/*
+ * ledger.c — the loyalty semantics of one shard (SPEC §1–3) over its
+ * state (state.h) and its log (log.h).
+ *
+ * Every write is executed in three steps: plan (read the state, decide the
+ * outcome: an entry or a refusal), emit (append the record to the log's
+ * filling batch — or, when replaying, check it against the logged record),
+ * apply (change the state).  Emitting before applying means a failed
+ * append leaves the state as it was.
+ *
+ * Tables (keys big-endian so they sort numerically; values are fixed
+ * structs in host byte order, which is little-endian on every platform
+ * tally builds for — asserted below):
+ *   accounts   (m,a)            → ledger_account
+ *   lots       (m,a,expkey,seq) → ledger_lot      expkey = expires or MAX
+ *   pending    (m,a,avail,seq)  → ""              lots not yet spendable
+ *   expiry     (exp,m,a,seq)    → ""              lots for the sweep
+ *   ids        (m,xxh128(id))   → ledger_idref    every entry and refusal
+ *   history    (m,a,seq)        → log loc
+ *   refs       (m,seq)          → ledger_ref [+ allocations]
+ *   holds_due  (deadline,m,seq) → ""              open holds, for the sweep
+ *   acct_holds (m,a,seq)        → deadline        open holds by account
+ *   merchants  m                → ledger_merchant
+ *   liability  (m,month)        → int64 points    month = yyyymm or MAX
+ *
+ * Lots whose remaining reaches zero are deleted; a refund or release
+ * recreates them from the allocation lists, which name the lot's key.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "checksum.h"
+#include "ledger.h"
+#include "state.h"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "state values are little-endian");
+
+/* ---- stored values ------------------------------------------------------ */
+
+typedef struct ledger_account {
+    int64_t earned, redeemed, expired;
+    int64_t held;
+    int64_t debt;          /* >= 0: points owed (available below zero) */
+    int64_t lots_total;    /* Σ remaining of all lots, pending included */
+    int64_t pending_total; /* Σ remaining of lots not yet normalised spendable */
+} ledger_account;
+
+typedef struct ledger_lot {
+    int64_t remaining;
+    uint64_t available_at; /* unix s; 0 = spendable */
+} ledger_lot;
+
+typedef struct ledger_idref {
+    uint64_t seq;
+    uint64_t loc;
+    uint64_t type; /* RECORD_ENTRY or RECORD_REFUSAL */
+} ledger_idref;
+
+typedef struct ledger_alloc {
+    uint64_t expkey;
+    uint64_t seq; /* the lot's seq (its earn) */
+    int64_t points;
+} ledger_alloc;
+
+enum { HOLD_OPEN = 0, HOLD_CAPTURED = 1, HOLD_VOIDED = 2 };
+
+/* State of an entry that others refer to: an earn/adjust credit (its lot),
+ * a redeem/capture (what a refund gives back), a hold. */
+typedef struct ledger_ref {
+    uint64_t account;
+    uint64_t loc;
+    uint32_t kind;
+    uint32_t state;        /* holds */
+    int64_t amount;        /* credited / debited / held / captured */
+    int64_t reversed;      /* clawed back or refunded so far */
+    uint64_t deadline_s;   /* holds */
+    uint64_t lot_expkey;   /* credits: their lot */
+    uint64_t expire_count; /* credits: times their lot expired */
+    uint32_t alloc_count;
+    uint32_t pad;
+    /* ledger_alloc allocs[alloc_count] follow */
+} ledger_ref;
+
+typedef struct ledger_merchant {
+    int64_t accounts, outstanding, earned, redeemed, expired, entries;
+} ledger_merchant;
+
+/* ---- the ledger --------------------------------------------------------- */
+
+struct ledger {
+    ledger_options opts;
+    char dir[4096];
+    state *st;
+    log_t *log;
+    uint64_t checkpoint_seq;
+    uint64_t delta_records;
+    uint64_t last_ts_ms;
+    ledger_alloc *allocs; /* scratch, LIMIT_LOTS_PER_DEBIT_MAX */
+    ledger_alloc *allocs2;
+    uint8_t *refbuf;      /* scratch for a ref with allocations */
+};
+
+/* One execution: the time and, when replaying, the record to match. */
+typedef struct ledger_x {
+    uint64_t ts_ms;
+    const record *replay;
+    log_loc replay_loc;
+    bool engine_entries; /* live: write due expiries/voids first */
+} ledger_x;
+
+/* Refusal reasons: index stored in the record, so a replayed refusal
+ * answers byte-identically.  Append only (format). */
+static const char *const ledger_reasons[] = {
+    "",
+    "not enough available points",
+    "referenced entry not found",
+    "referenced entry is not a hold",
+    "hold is already closed",
+    "capture exceeds the held points",
+    "entry cannot be reversed",
+    "reversal exceeds the original amount",
+    "balance limit exceeded",
+    "too many lots for one debit",
+    "expiry is already past",
+    "the referenced entry belongs to another merchant's request",
+};
+enum {
+    R_NONE, R_INSUFFICIENT, R_NOTFOUND, R_NOT_HOLD, R_CLOSED, R_CAPTURE_EXCEEDS,
+    R_NOT_REVERSIBLE, R_OVER_REVERSAL, R_BALANCE_LIMIT, R_FRAGMENTED, R_EXPIRED,
+    R_COUNT_,
+};
+
+/* ---- keys --------------------------------------------------------------- */
+
+static void be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static size_t key2(uint8_t *k, uint64_t a, uint64_t b)
+{
+    be64(k, a);
+    be64(k + 8, b);
+    return 16;
+}
+
+static size_t key3(uint8_t *k, uint64_t a, uint64_t b, uint64_t c)
+{
+    key2(k, a, b);
+    be64(k + 16, c);
+    return 24;
+}
+
+static size_t key4(uint8_t *k, uint64_t a, uint64_t b, uint64_t c, uint64_t d)
+{
+    key3(k, a, b, c);
+    be64(k + 24, d);
+    return 32;
+}
+
+static uint64_t expkey_of(uint64_t expires) { return expires ? expires : UINT64_MAX; }
+
+static size_t key_ids(uint8_t *k, uint64_t m, const char *id, size_t id_len)
+{
+    be64(k, m);
+    checksum128(id, id_len, k + 8);
+    return 24;
+}
+
+/* yyyymm of a unix time in UTC; MAX for never. */
+static uint64_t month_of(uint64_t expkey)
+{
+    if (expkey == UINT64_MAX)
+        return UINT64_MAX;
+    time_t t = (time_t)expkey;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    return (uint64_t)(tm.tm_year + 1900) * 100 + (uint64_t)(tm.tm_mon + 1);
+}
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void ledger_say(ledger *l, int level, const char *fmt, ...)
+{
+    char msg[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (l->opts.log)
+        l->opts.log(l->opts.log_ctx, level, msg);
+}
+
+static bool ledger_due(uint64_t unix_s, uint64_t ts_ms)
+{
+    return unix_s != 0 && unix_s != UINT64_MAX && unix_s <= ts_ms / 1000;
+}
+
+static int acct_get(ledger *l, uint64_t m, uint64_t a, ledger_account *out, bool *is_new)
+{
+    uint8_t k[16];
+    const void *v;
+    size_t vl;
+    int rc = state_get(l->st, STATE_ACCOUNTS, k, key2(k, m, a), &v, &vl);
+    if (rc < 0)
+        return rc;
+    if (rc == 1 || vl != sizeof(*out)) {
+        *out = (ledger_account){0};
+        if (is_new)
+            *is_new = true;
+        return 0;
+    }
+    memcpy(out, v, sizeof(*out));
+    if (is_new)
+        *is_new = false;
+    return 0;
+}
+
+static int acct_put(ledger *l, uint64_t m, uint64_t a, const ledger_account *ac)
+{
+    uint8_t k[16];
+    return state_put(l->st, STATE_ACCOUNTS, k, key2(k, m, a), ac, sizeof(*ac));
+}
+
+static int merchant_get(ledger *l, uint64_t m, ledger_merchant *out)
+{
+    uint8_t k[8];
+    be64(k, m);
+    const void *v;
+    size_t vl;
+    int rc = state_get(l->st, STATE_MERCHANTS, k, 8, &v, &vl);
+    if (rc < 0)
+        return rc;
+    if (rc == 1 || vl != sizeof(*out))
+        *out = (ledger_merchant){0};
+    else
+        memcpy(out, v, sizeof(*out));
+    return 0;
+}
+
+static int merchant_add(ledger *l, uint64_t m, const ledger_merchant *d)
+{
+    ledger_merchant mm;
+    int rc = merchant_get(l, m, &mm);
+    if (rc < 0)
+        return rc;
+    mm.accounts += d->accounts;
+    mm.outstanding += d->outstanding;
+    mm.earned += d->earned;
+    mm.redeemed += d->redeemed;
+    mm.expired += d->expired;
+    mm.entries += d->entries;
+    uint8_t k[8];
+    be64(k, m);
+    return state_put(l->st, STATE_MERCHANTS, k, 8, &mm, sizeof(mm));
+}
+
+static int liability_add(ledger *l, uint64_t m, uint64_t expkey, int64_t delta)
+{
+    if (delta == 0)
+        return 0;
+    uint8_t k[16];
+    size_t kl = key2(k, m, month_of(expkey));
+    const void *v;
+    size_t vl;
+    int64_t cur = 0;
+    int rc = state_get(l->st, STATE_LIABILITY, k, kl, &v, &vl);
+    if (rc < 0)
+        return rc;
+    if (rc == 0 && vl == 8)
+        memcpy(&cur, v, 8);
+    cur += delta;
+    if (cur == 0)
+        return state_del(l->st, STATE_LIABILITY, k, kl) < 0 ? TALLY_EFAILED : 0;
+    return state_put(l->st, STATE_LIABILITY, k, kl, &cur, 8);
+}
+
+static int ref_get(ledger *l, uint64_t m, uint64_t seq, ledger_ref *out, ledger_alloc *allocs)
+{
+    uint8_t k[16];
+    const void *v;
+    size_t vl;
+    int rc = state_get(l->st, STATE_REFS, k, key2(k, m, seq), &v, &vl);
+    if (rc != 0)
+        return rc;
+    if (vl < sizeof(*out))
+        return TALLY_ECORRUPT;
+    memcpy(out, v, sizeof(*out));
+    if (vl != sizeof(*out) + out->alloc_count * sizeof(ledger_alloc) ||
+        out->alloc_count > LIMIT_LOTS_PER_DEBIT_MAX)
+        return TALLY_ECORRUPT;
+    if (allocs && out->alloc_count)
+        memcpy(allocs, (const uint8_t *)v + sizeof(*out), out->alloc_count * sizeof(*allocs));
+    return 0;
+}
+
+static int ref_put(ledger *l, uint64_t m, uint64_t seq, const ledger_ref *r,
+                   const ledger_alloc *allocs)
+{
+    size_t n = sizeof(*r) + r->alloc_count * sizeof(ledger_alloc);
+    memcpy(l->refbuf, r, sizeof(*r));
+    if (r->alloc_count)
+        memcpy(l->refbuf + sizeof(*r), allocs, r->alloc_count * sizeof(ledger_alloc));
+    uint8_t k[16];
+    return state_put(l->st, STATE_REFS, k, key2(k, m, seq), l->refbuf, n);
+}
+
+/* ---- lots --------------------------------------------------------------- */
+
+/* Changes a lot's remaining by delta (creating or deleting the row), with
+ * the account's totals, the expiry and pending indexes and, if liab, the
+ * liability by month.  ts decides whether the lot is still pending. */
+static int lot_change(ledger *l, uint64_t m, uint64_t a, ledger_account *ac, uint64_t expkey,
+                      uint64_t seq, int64_t delta, uint64_t available_at, bool liab,
+                      uint64_t ts_ms)
+{
+    uint8_t k[32];
+    size_t kl = key4(k, m, a, expkey, seq);
+    const void *v;
+    size_t vl;
+    ledger_lot lot = {0, available_at};
+    int rc = state_get(l->st, STATE_LOTS, k, kl, &v, &vl);
+    if (rc < 0)
+        return rc;
+    bool existed = rc == 0;
+    if (existed)
+        memcpy(&lot, v, sizeof(lot));
+    bool pending = lot.available_at && lot.available_at > ts_ms / 1000;
+    lot.remaining += delta;
+    assert(lot.remaining >= 0);
+    ac->lots_total += delta;
+    if (pending)
+        ac->pending_total += delta;
+    uint8_t ek[32], pk[32];
+    size_t ekl = key4(ek, expkey, m, a, seq), pkl = key4(pk, m, a, lot.available_at, seq);
+    if (lot.remaining == 0) {
+        rc = state_del(l->st, STATE_LOTS, k, kl);
+        if (rc >= 0 && expkey != UINT64_MAX)
+            rc = state_del(l->st, STATE_EXPIRY, ek, ekl);
+        if (rc >= 0 && pending)
+            rc = state_del(l->st, STATE_PENDING, pk, pkl);
+    } else {
+        rc = state_put(l->st, STATE_LOTS, k, kl, &lot, sizeof(lot));
+        if (rc == 0 && !existed && expkey != UINT64_MAX)
+            rc = state_put(l->st, STATE_EXPIRY, ek, ekl, "", 0);
+        if (rc == 0 && !existed && pending)
+            rc = state_put(l->st, STATE_PENDING, pk, pkl, "", 0);
+    }
+    if (rc < 0)
+        return rc;
+    return liab ? liability_add(l, m, expkey, delta) : 0;
+}
+
+/* Lots whose AVAILABLE_AT has passed become spendable (no record: it
+ * follows from the time alone, so replay does the same). */
+static int pending_normalise(ledger *l, uint64_t m, uint64_t a, ledger_account *ac,
+                             uint64_t ts_ms)
+{
+    if (ac->pending_total == 0)
+        return 0;
+    state_cursor *c;
+    int rc = state_cursor_open(l->st, STATE_PENDING, &c);
+    if (rc < 0)
+        return rc;
+    uint8_t k[32];
+    key4(k, m, a, 0, 0);
+    const void *kk, *v;
+    size_t kl, vl;
+    uint8_t done[64][32];
+    int n = 0;
+    rc = state_cursor_seek(c, k, 32, &kk, &kl, &v, &vl);
+    while (rc == 0 && n < 64) {
+        const uint8_t *p = kk;
+        if (kl != 32 || get_be64(p) != m || get_be64(p + 8) != a ||
+            get_be64(p + 16) > ts_ms / 1000)
+            break;
+        memcpy(done[n++], p, 32);
+        rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
+    }
+    state_cursor_close(c);
+    if (rc < 0)
+        return rc;
+    for (int i = 0; i < n; i++) {
+        uint64_t avail = get_be64(done[i] + 16), seq = get_be64(done[i] + 24);
+        /* Find the lot (its expiry is not in this key): scan the account's
+         * lots for that seq. */
+        state_cursor *lc;
+        rc = state_cursor_open(l->st, STATE_LOTS, &lc);
+        if (rc < 0)
+            return rc;
+        uint8_t lk[32];
+        key4(lk, m, a, 0, 0);
+        rc = state_cursor_seek(lc, lk, 32, &kk, &kl, &v, &vl);
+        while (rc == 0) {
+            const uint8_t *p = kk;
+            if (kl != 32 || get_be64(p) != m || get_be64(p + 8) != a) {
+                rc = 1;
+                break;
+            }
+            if (get_be64(p + 24) == seq) {
+                ledger_lot lot;
+                memcpy(&lot, v, sizeof(lot));
+                ac->pending_total -= lot.remaining;
+                break;
+            }
+            rc = state_cursor_step(lc, 1, &kk, &kl, &v, &vl);
+        }
+        state_cursor_close(lc);
+        if (rc < 0)
+            return rc;
+        (void)avail;
+        rc = state_del(l->st, STATE_PENDING, done[i], 32);
+        if (rc < 0)
+            return rc;
+    }
+    return n == 64 ? pending_normalise(l, m, a, ac, ts_ms) : 0;
+}
+
+static int64_t acct_available(const ledger_account *ac)
+{
+    return ac->lots_total - ac->pending_total - ac->debt;
+}
+
+/* Plans a debit of amount from the account's spendable lots, soonest
+ * expiry first (then by seq): writes allocations; *taken is what the lots
+ * had (< amount if short).  Returns TALLY_ETOOBIG if too fragmented. */
+static int lots_plan_debit(ledger *l, uint64_t m, uint64_t a, int64_t amount, uint64_t ts_ms,
+                           uint64_t skip_seq, ledger_alloc *out, uint32_t *count,
+                           int64_t *taken)
+{
+    state_cursor *c;
+    int rc = state_cursor_open(l->st, STATE_LOTS, &c);
+    if (rc < 0)
+        return rc;
+    uint8_t k[32];
+    key4(k, m, a, 0, 0);
+    const void *kk, *v;
+    size_t kl, vl;
+    uint32_t n = 0;
+    int64_t got = 0;
+    rc = state_cursor_seek(c, k, 32, &kk, &kl, &v, &vl);
+    while (rc == 0 && got < amount) {
+        const uint8_t *p = kk;
+        if (kl != 32 || get_be64(p) != m || get_be64(p + 8) != a) {
+            rc = 1;
+            break;
+        }
+        ledger_lot lot;
+        memcpy(&lot, v, sizeof(lot));
+        uint64_t expkey = get_be64(p + 16), seq = get_be64(p + 24);
+        bool spendable = !(lot.available_at && lot.available_at > ts_ms / 1000) &&
+                         !ledger_due(expkey, ts_ms) && seq != skip_seq;
+        if (spendable && lot.remaining > 0) {
+            if (n == LIMIT_LOTS_PER_DEBIT_MAX) {
+                state_cursor_close(c);
+                return TALLY_ETOOBIG;
+            }
+            int64_t take = amount - got < lot.remaining ? amount - got : lot.remaining;
+            out[n++] = (ledger_alloc){expkey, seq, take};
+            got += take;
+        }
+        rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
+    }
+    state_cursor_close(c);
+    if (rc < 0)
+        return rc;
+    *count = n;
+    *taken = got;
+    return 0;
+}
+
+/* ---- records ------------------------------------------------------------ */
+
+static int op_kind(int op)
+{
+    switch (op) {
+    case TALLY_OP_EARN: return TALLY_KIND_EARN;
+    case TALLY_OP_REDEEM: return TALLY_KIND_REDEEM;
+    case TALLY_OP_HOLD: return TALLY_KIND_HOLD;
+    case TALLY_OP_CAPTURE: return TALLY_KIND_CAPTURE;
+    case TALLY_OP_VOID: return TALLY_KIND_VOID;
+    case TALLY_OP_REVERSE: return TALLY_KIND_REVERSE;
+    case TALLY_OP_ADJUST: return TALLY_KIND_ADJUST;
+    default: return TALLY_KIND_NONE;
+    }
+}
+
+/* The record of a request: every argument, so a retry can be compared. */
+static void record_from_request(const tally_request *q, record *r)
+{
+    *r = (record){.type = RECORD_ENTRY, .kind = (uint8_t)op_kind(q->op),
+                  .merchant = q->merchant, .account = q->account, .amount = q->points,
+                  .expires = q->expires, .available_at = q->available_at,
+                  .timeout_s = q->timeout_s, .flags = q->flags, .id_len = q->id_len,
+                  .ref_len = q->ref_len, .memo_len = q->memo_len};
+    memcpy(r->id, q->id, q->id_len);
+    memcpy(r->ref, q->ref, q->ref_len);
+    memcpy(r->memo, q->memo, q->memo_len);
+}
+
+static void entry_from_record(const record *r, tally_entry *e)
+{
+    *e = (tally_entry){
+        .seq = r->seq, .ts_ms = r->ts_ms, .merchant = r->merchant, .account = r->account,
+        .points = r->points, .balance = r->balance, .held = r->held, .expires = r->expires,
+        .kind = r->kind, .id_len = r->id_len, .ref_len = r->ref_len, .memo_len = r->memo_len,
+    };
+    memcpy(e->id, r->id, r->id_len);
+    memcpy(e->ref, r->ref, r->ref_len);
+    memcpy(e->memo, r->memo, r->memo_len);
+}
+
+/* Appends r (live) or checks it against the logged record (replay).
+ * Sets r->seq, r->ts_ms and *loc. */
+static int ledger_emit(ledger *l, ledger_x *x, record *r, log_loc *loc)
+{
+    if (x->replay) {
+        const record *g = x->replay;
+        if (g->type != r->type || g->kind != r->kind || g->error != r->error ||
+            g->reason != r->reason || g->points != r->points || g->balance != r->balance ||
+            g->held != r->held || g->account != r->account) {
+            ledger_say(l, 2,
+                       "replay diverges at seq %llu (%s %.*s): log says points %lld balance "
+                       "%lld held %lld error %u, replay gives %lld %lld %lld error %u",
+                       (unsigned long long)g->seq, tally_kind_name(g->kind), (int)g->id_len,
+                       g->id, (long long)g->points, (long long)g->balance, (long long)g->held,
+                       g->error, (long long)r->points, (long long)r->balance,
+                       (long long)r->held, r->error);
+            return TALLY_ECORRUPT;
+        }
+        r->seq = g->seq;
+        r->ts_ms = g->ts_ms;
+        r->prev = g->prev;
+        r->batch_seq = g->batch_seq;
+        *loc = x->replay_loc;
+        x->replay = NULL; /* one record per replay */
+    } else {
+        if (!log_batch_room(l->log, record_size(r)))
+            return TALLY_ETOOBIG;
+        int rc = log_append(l->log, r, x->ts_ms, loc);
+        if (rc < 0)
+            return rc;
+    }
+    l->delta_records++;
+    if (r->ts_ms > l->last_ts_ms)
+        l->last_ts_ms = r->ts_ms;
+    return 0;
+}
+
+/* Indexes an emitted record's id (and, for entries, history + counts). */
+static int ledger_index(ledger *l, const record *r, log_loc loc, bool account_new)
+{
+    uint8_t k[24];
+    ledger_idref ir = {r->seq, loc, r->type};
+    int rc = state_put(l->st, STATE_IDS, k, key_ids(k, r->merchant, r->id, r->id_len), &ir,
+                       sizeof(ir));
+    if (rc < 0 || r->type != RECORD_ENTRY)
+        return rc;
+    uint8_t hk[24];
+    rc = state_put(l->st, STATE_HISTORY, hk, key3(hk, r->merchant, r->account, r->seq), &loc,
+                   sizeof(loc));
+    if (rc < 0)
+        return rc;
+    ledger_merchant d = {.entries = 1, .accounts = account_new ? 1 : 0};
+    return merchant_add(l, r->merchant, &d);
+}
+
+static void ledger_answer_entry(tally_request *q, const record *r)
+{
+    q->res.status = 0;
+    q->res.message[0] = 0;
+    q->res.found = true;
+    entry_from_record(r, &q->res.entry);
+}
+
+static void ledger_answer_refusal(tally_request *q, int code, int reason)
+{
+    q->res.status = code;
+    snprintf(q->res.message, sizeof(q->res.message), "%s",
+             reason > 0 && reason < R_COUNT_ ? ledger_reasons[reason] : "refused");
+}
+
+/* Emits a refusal record for the request and indexes its id. */
+static int ledger_refuse(ledger *l, ledger_x *x, tally_request *q, record *r, int code,
+                         int reason)
+{
+    r->type = RECORD_REFUSAL;
+    r->error = (uint8_t)(TALLY_EBASE - code);
+    r->reason = (uint8_t)reason;
+    r->points = r->balance = r->held = 0;
+    log_loc loc;
+    int rc = ledger_emit(l, x, r, &loc);
+    if (rc < 0)
+        return rc;
+    rc = ledger_index(l, r, loc, false);
+    if (rc < 0)
+        return rc;
+    if (q)
+        ledger_answer_refusal(q, code, reason);
+    return 0;
+}
+
+static bool ledger_balance_ok(const ledger_account *ac)
+{
+    int64_t av = acct_available(ac);
+    return av <= LIMIT_BALANCE_ABS_MAX && av >= -LIMIT_BALANCE_ABS_MAX &&
+           ac->held <= LIMIT_BALANCE_ABS_MAX && ac->lots_total <= LIMIT_BALANCE_ABS_MAX &&
+           ac->debt <= LIMIT_BALANCE_ABS_MAX;
+}
+
+/* ---- engine entries: expiries and timed-out holds ------------------------ */
+
+static size_t engine_id(char *out, const char *prefix, const char *id, size_t id_len,
+                        uint64_t n)
+{
+    int k = snprintf(out, LIMIT_ENGINE_ID_BYTES_MAX, "%s%.*s", prefix, (int)id_len, id);
+    if (n > 1)
+        k += snprintf(out + k, (size_t)(LIMIT_ENGINE_ID_BYTES_MAX - k), "#%llu",
+                      (unsigned long long)n);
+    return (size_t)k;
+}
+
+/* Expires what is left in one lot: an `expire` entry. */
+static int ledger_expire_lot(ledger *l, ledger_x *x, uint64_t m, uint64_t a, uint64_t expkey,
+                             uint64_t seq)
+{
+    uint8_t k[32];
+    const void *v;
+    size_t vl;
+    int rc = state_get(l->st, STATE_LOTS, k, key4(k, m, a, expkey, seq), &v, &vl);
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
+    ledger_lot lot;
+    memcpy(&lot, v, sizeof(lot));
+    ledger_ref src;
+    rc = ref_get(l, m, seq, &src, NULL);
+    if (rc != 0)
+        return rc < 0 ? rc : TALLY_ECORRUPT;
+    record er;
+    rc = log_read(l->log, src.loc, &er);
+    if (rc < 0)
+        return rc;
+    ledger_account ac;
+    rc = acct_get(l, m, a, &ac, NULL);
+    if (rc < 0)
+        return rc;
+    rc = pending_normalise(l, m, a, &ac, x->ts_ms);
+    if (rc < 0)
+        return rc;
+    bool pending = lot.available_at && lot.available_at > x->ts_ms / 1000;
+    record r = {.type = RECORD_ENTRY, .kind = TALLY_KIND_EXPIRE, .merchant = m, .account = a,
+                .expires = expkey, .ref_len = er.id_len};
+    memcpy(r.ref, er.id, er.id_len);
+    r.id_len = (uint8_t)engine_id(r.id, "~exp:", er.id, er.id_len, src.expire_count + 1);
+    r.points = pending ? 0 : -lot.remaining;
+    ledger_account after = ac;
+    after.lots_total -= lot.remaining;
+    if (pending)
+        after.pending_total -= lot.remaining;
+    r.balance = acct_available(&after);
+    r.held = ac.held;
+    log_loc loc;
+    rc = ledger_emit(l, x, &r, &loc);
+    if (rc < 0)
+        return rc;
+    int64_t gone = lot.remaining;
+    rc = lot_change(l, m, a, &ac, expkey, seq, -gone, lot.available_at, true, x->ts_ms);
+    if (rc < 0)
+        return rc;
+    ac.expired += gone;
+    src.expire_count++;
+    rc = ref_put(l, m, seq, &src, NULL);
+    if (rc == 0)
+        rc = acct_put(l, m, a, &ac);
+    if (rc == 0)
+        rc = ledger_index(l, &r, loc, false);
+    ledger_merchant d = {.expired = gone, .outstanding = -gone};
+    if (rc == 0)
+        rc = merchant_add(l, m, &d);
+    return rc;
+}
+
+static int ledger_release(ledger *l, ledger_x *x, tally_request *q, const record *hold_rec,
+                          uint64_t hold_seq, int64_t capture, bool engine);
+
+/* Live only: the account's lots whose expiry passed and holds whose
+ * timeout passed get their engine entries before the account's write. */
+static int ledger_engine_entries(ledger *l, ledger_x *x, uint64_t m, uint64_t a)
+{
+    if (!x->engine_entries)
+        return 0;
+    for (;;) {
+        state_cursor *c;
+        int rc = state_cursor_open(l->st, STATE_LOTS, &c);
+        if (rc < 0)
+            return rc;
+        uint8_t k[32];
+        key4(k, m, a, 0, 0);
+        const void *kk, *v;
+        size_t kl, vl;
+        rc = state_cursor_seek(c, k, 32, &kk, &kl, &v, &vl);
+        uint64_t expkey = 0, seq = 0;
+        bool due = false;
+        if (rc == 0 && kl == 32 && get_be64(kk) == m && get_be64((const uint8_t *)kk + 8) == a) {
+            expkey = get_be64((const uint8_t *)kk + 16);
+            seq = get_be64((const uint8_t *)kk + 24);
+            due = ledger_due(expkey, x->ts_ms);
+        }
+        state_cursor_close(c);
+        if (rc < 0)
+            return rc;
+        if (!due)
+            break;
+        rc = ledger_expire_lot(l, x, m, a, expkey, seq);
+        if (rc < 0)
+            return rc;
+    }
+    for (;;) {
+        state_cursor *c;
+        int rc = state_cursor_open(l->st, STATE_ACCT_HOLDS, &c);
+        if (rc < 0)
+            return rc;
+        uint8_t k[24];
+        key3(k, m, a, 0);
+        const void *kk, *v;
+        size_t kl, vl;
+        uint64_t seq = 0;
+        bool due = false;
+        rc = state_cursor_seek(c, k, 24, &kk, &kl, &v, &vl);
+        while (rc == 0 && kl == 24 && get_be64(kk) == m &&
+               get_be64((const uint8_t *)kk + 8) == a) {
+            uint64_t deadline;
+            memcpy(&deadline, v, 8);
+            if (ledger_due(deadline, x->ts_ms)) {
+                seq = get_be64((const uint8_t *)kk + 16);
+                due = true;
+                break;
+            }
+            rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
+        }
+        state_cursor_close(c);
+        if (rc < 0)
+            return rc;
+        if (!due)
+            break;
+        ledger_ref h;
+        rc = ref_get(l, m, seq, &h, NULL);
+        if (rc != 0)
+            return rc < 0 ? rc : TALLY_ECORRUPT;
+        record hr;
+        rc = log_read(l->log, h.loc, &hr);
+        if (rc == 0)
+            rc = ledger_release(l, x, NULL, &hr, seq, 0, true);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- credits: earn, positive adjust -------------------------------------- */
+
+static int ledger_credit(ledger *l, ledger_x *x, tally_request *q)
+{
+    uint64_t m = q->merchant, a = q->account;
+    record r;
+    record_from_request(q, &r);
+    ledger_account ac;
+    bool is_new;
+    int rc = acct_get(l, m, a, &ac, &is_new);
+    if (rc == 0)
+        rc = pending_normalise(l, m, a, &ac, x->ts_ms);
+    if (rc < 0)
+        return rc;
+    int64_t amount = q->points;
+    if (q->expires && q->expires <= x->ts_ms / 1000)
+        return ledger_refuse(l, x, q, &r, TALLY_EINVALID, R_EXPIRED);
+    bool pending = q->available_at && q->available_at > x->ts_ms / 1000;
+    int64_t repay = pending ? 0 : (ac.debt < amount ? ac.debt : amount);
+    ledger_account after = ac;
+    after.debt -= repay;
+    after.lots_total += amount - repay;
+    if (pending)
+        after.pending_total += amount;
+    after.earned += amount;
+    if (!ledger_balance_ok(&after))
+        return ledger_refuse(l, x, q, &r, TALLY_EINVALID, R_BALANCE_LIMIT);
+    r.points = pending ? 0 : amount;
+    r.balance = acct_available(&after);
+    r.held = ac.held;
+    log_loc loc;
+    rc = ledger_emit(l, x, &r, &loc);
+    if (rc < 0)
+        return rc;
+    uint64_t expkey = expkey_of(q->expires);
+    ac.debt -= repay;
+    ac.earned += amount;
+    if (amount - repay > 0)
+        rc = lot_change(l, m, a, &ac, expkey, r.seq, amount - repay,
+                        pending ? q->available_at : 0, true, x->ts_ms);
+    if (rc == 0)
+        rc = liability_add(l, m, UINT64_MAX, repay);
+    ledger_ref ref = {.account = a, .loc = loc, .kind = r.kind, .amount = amount,
+                      .lot_expkey = expkey};
+    if (rc == 0)
+        rc = ref_put(l, m, r.seq, &ref, NULL);
+    if (rc == 0)
+        rc = acct_put(l, m, a, &ac);
+    if (rc == 0)
+        rc = ledger_index(l, &r, loc, is_new);
+    ledger_merchant d = {.earned = amount, .outstanding = amount};
+    if (rc == 0)
+        rc = merchant_add(l, m, &d);
+    if (rc == 0)
+        ledger_answer_entry(q, &r);
+    return rc;
+}
+
+/* ---- debits: redeem, hold, negative adjust -------------------------------- */
+
+static int ledger_debit(ledger *l, ledger_x *x, tally_request *q)
+{
+    uint64_t m = q->merchant, a = q->account;
+    bool hold = q->op == TALLY_OP_HOLD, adjust = q->op == TALLY_OP_ADJUST;
+    int64_t amount = adjust ? -q->points : q->points;
+    record r;
+    record_from_request(q, &r);
+    ledger_account ac;
+    bool is_new;
+    int rc = acct_get(l, m, a, &ac, &is_new);
+    if (rc == 0)
+        rc = pending_normalise(l, m, a, &ac, x->ts_ms);
+    if (rc < 0)
+        return rc;
+    if (!adjust && acct_available(&ac) < amount)
+        return ledger_refuse(l, x, q, &r, TALLY_EINSUFFICIENT, R_INSUFFICIENT);
+    uint32_t n = 0;
+    int64_t taken = 0;
+    rc = lots_plan_debit(l, m, a, amount, x->ts_ms, 0, l->allocs, &n, &taken);
+    if (rc == TALLY_ETOOBIG)
+        return ledger_refuse(l, x, q, &r, TALLY_EINVALID, R_FRAGMENTED);
+    if (rc < 0)
+        return rc;
+    if (!adjust && taken < amount) /* debt makes available < lots */
+        return ledger_refuse(l, x, q, &r, TALLY_EINSUFFICIENT, R_INSUFFICIENT);
+    ledger_account after = ac;
+    after.lots_total -= taken;
+    after.debt += amount - taken;
+    if (hold)
+        after.held += amount;
+    else
+        after.redeemed += amount;
+    if (!ledger_balance_ok(&after))
+        return ledger_refuse(l, x, q, &r, TALLY_EINVALID, R_BALANCE_LIMIT);
+    r.points = -amount;
+    r.balance = acct_available(&after);
+    r.held = after.held;
+    log_loc loc;
+    rc = ledger_emit(l, x, &r, &loc);
+    if (rc < 0)
+        return rc;
+    for (uint32_t i = 0; rc == 0 && i < n; i++)
+        rc = lot_change(l, m, a, &ac, l->allocs[i].expkey, l->allocs[i].seq,
+                        -l->allocs[i].points, 0, !hold, x->ts_ms);
+    ac.debt += amount - taken;
+    if (rc == 0)
+        rc = liability_add(l, m, UINT64_MAX, -(amount - taken));
+    ledger_ref ref = {.account = a, .loc = loc, .kind = r.kind, .amount = amount,
+                      .alloc_count = n};
+    if (hold) {
+        ac.held += amount;
+        uint64_t timeout = q->flags & TALLY_REQ_TIMEOUT ? q->timeout_s
+                                                         : LIMIT_HOLD_TIMEOUT_DEFAULT_S;
+        ref.deadline_s = r.ts_ms / 1000 + timeout;
+        uint8_t k[24];
+        if (rc == 0)
+            rc = state_put(l->st, STATE_HOLDS_DUE, k, key3(k, ref.deadline_s, m, r.seq), "", 0);
+        if (rc == 0)
+            rc = state_put(l->st, STATE_ACCT_HOLDS, k, key3(k, m, a, r.seq), &ref.deadline_s, 8);
+    } else {
+        ac.redeemed += amount;
+    }
+    if (rc == 0)
+        rc = ref_put(l, m, r.seq, &ref, l->allocs);
+    if (rc == 0)
+        rc = acct_put(l, m, a, &ac);
+    if (rc == 0)
+        rc = ledger_index(l, &r, loc, is_new);
+    ledger_merchant d = {.redeemed = hold ? 0 : amount, .outstanding = hold ? 0 : -amount};
+    if (rc == 0)
+        rc = merchant_add(l, m, &d);
+    if (rc == 0)
+        ledger_answer_entry(q, &r);
+    return rc;
+}
+
+/* ---- holds: capture, void (client or engine) ----------------------------- */
+
+/* Returns allocations [from, to) of a list (by points, in list order) to
+ * their lots, last first; liab: also to the liability. */
+static int ledger_return_allocs(ledger *l, uint64_t m, uint64_t a, ledger_account *ac,
+                                const ledger_alloc *al, uint32_t n, int64_t from, int64_t to,
+                                bool liab, uint64_t ts_ms)
+{
+    int64_t pos = 0;
+    /* Walk forward to compute each alloc's [pos, pos+points) range, then
+     * return the overlap with [from, to), iterating backwards. */
+    int64_t total = 0;
+    for (uint32_t i = 0; i < n; i++)
+        total += al[i].points;
+    pos = total;
+    for (uint32_t i = n; i-- > 0;) {
+        int64_t hi = pos, lo = pos - al[i].points;
+        pos = lo;
+        int64_t s = lo > from ? lo : from, e = hi < to ? hi : to;
+        if (e <= s)
+            continue;
+        int rc = lot_change(l, m, a, ac, al[i].expkey, al[i].seq, e - s, 0, liab, ts_ms);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Copies allocations [from, to) of a list into out; returns the count. */
+static uint32_t ledger_slice_allocs(const ledger_alloc *al, uint32_t n, int64_t from, int64_t to,
+                                    ledger_alloc *out)
+{
+    int64_t pos = 0;
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        int64_t lo = pos, hi = pos + al[i].points;
+        pos = hi;
+        int64_t s = lo > from ? lo : from, e = hi < to ? hi : to;
+        if (e > s)
+            out[k++] = (ledger_alloc){al[i].expkey, al[i].seq, e - s};
+    }
+    return k;
+}
+
+/* Capture (capture > 0: that many points of the hold) or void (0) of the
+ * hold at hold_seq.  q NULL: an engine void of a timed-out hold. */
+static int ledger_release(ledger *l, ledger_x *x, tally_request *q, const record *hold_rec,
+                          uint64_t hold_seq, int64_t capture, bool engine)
+{
+    uint64_t m = hold_rec->merchant, a = hold_rec->account;
+    ledger_ref h;
+    int rc = ref_get(l, m, hold_seq, &h, l->allocs);
+    if (rc != 0)
+        return rc < 0 ? rc : TALLY_ECORRUPT;
+    record r;
+    if (q) {
+        record_from_request(q, &r);
+    } else {
+        r = (record){.type = RECORD_ENTRY, .kind = TALLY_KIND_VOID, .merchant = m,
+                     .ref_len = hold_rec->id_len};
+        memcpy(r.ref, hold_rec->id, hold_rec->id_len);
+        r.id_len = (uint8_t)engine_id(r.id, "~void:", hold_rec->id, hold_rec->id_len, 1);
+    }
+    r.account = a;
+    if (!q && h.state != HOLD_OPEN)
+        return TALLY_ECORRUPT; /* the engine voids open holds only */
+    if (h.state != HOLD_OPEN)
+        return ledger_refuse(l, x, q, &r, TALLY_EINVALID, R_CLOSED);
+    if (capture > h.amount)
+        return ledger_refuse(l, x, q, &r, TALLY_EINVALID, R_CAPTURE_EXCEEDS);
+    ledger_account ac;
+    rc = acct_get(l, m, a, &ac, NULL);
+    if (rc == 0)
+        rc = pending_normalise(l, m, a, &ac, x->ts_ms);
+    if (rc < 0)
+        return rc;
+    int64_t released = h.amount - capture;
+    ledger_account after = ac;
+    after.held -= h.amount;
+    after.lots_total += released;
+    after.redeemed += capture;
+    r.points = released;
+    r.balance = acct_available(&after);
+    r.held = after.held;
+    log_loc loc;
+    rc = ledger_emit(l, x, &r, &loc);
+    if (rc < 0)
+        return rc;
+    ac.held -= h.amount;
+    ac.redeemed += capture;
+    /* The first `capture` points of the hold are kept; the rest go back. */
+    rc = ledger_return_allocs(l, m, a, &ac, l->allocs, h.alloc_count, capture, h.amount, false,
+                              x->ts_ms);
+    uint32_t kept = ledger_slice_allocs(l->allocs, h.alloc_count, 0, capture, l->allocs2);
+    for (uint32_t i = 0; rc == 0 && i < kept; i++)
+        rc = liability_add(l, m, l->allocs2[i].expkey, -l->allocs2[i].points);
+    h.state = capture > 0 ? HOLD_CAPTURED : HOLD_VOIDED;
+    if (rc == 0)
+        rc = ref_put(l, m, hold_seq, &h, l->allocs);
+    uint8_t k[24];
+    if (rc == 0)
+        rc = state_del(l->st, STATE_HOLDS_DUE, k, key3(k, h.deadline_s, m, hold_seq));
+    if (rc >= 0)
+        rc = state_del(l->st, STATE_ACCT_HOLDS, k, key3(k, m, a, hold_seq));
+    if (rc >= 0 && capture > 0) {
+        ledger_ref cref = {.account = a, .loc = loc, .kind = TALLY_KIND_CAPTURE,
+                           .amount = capture, .alloc_count = kept};
+        rc = ref_put(l, m, r.seq, &cref, l->allocs2);
+    }
+    if (rc >= 0)
+        rc = acct_put(l, m, a, &ac);
+    if (rc == 0)
+        rc = ledger_index(l, &r, loc, false);
+    ledger_merchant d = {.redeemed = capture, .outstanding = -capture};
+    if (rc == 0)
+        rc = merchant_add(l, m, &d);
+    if (rc == 0 && q)
+        ledger_answer_entry(q, &r);
+    (void)engine;
+    if (rc == 0)
+        rc = ledger_engine_entries(l, x, m, a); /* released into expired lots */
+    return rc;
+}
+
+/* Looks up the entry a request refers to (q->ref): 0 and *out, *seq;
+ * 1 if there is no such entry (or it names a refusal). */
+static int ledger_lookup_ref(ledger *l, uint64_t m, const char *id, size_t id_len, record *out,
+                             uint64_t *seq)
+{
+    uint8_t k[24];
+    const void *v;
+    size_t vl;
+    int rc = state_get(l->st, STATE_IDS, k, key_ids(k, m, id, id_len), &v, &vl);
+    if (rc != 0)
+        return rc;
+    ledger_idref ir;
+    memcpy(&ir, v, sizeof(ir));
+    if (ir.type != RECORD_ENTRY)
+        return 1;
+    rc = log_read(l->log, ir.loc, out);
+    if (rc < 0)
+        return rc;
+    if (out->id_len != id_len || memcmp(out->id, id, id_len) != 0)
+        return 1; /* a 128-bit hash collision: not this id */
+    *seq = ir.seq;
+    return 0;
+}
+
+static int ledger_hold_op(ledger *l, ledger_x *x, tally_request *q)
+{
+    record ref_rec, r;
+    uint64_t seq;
+    int rc = ledger_lookup_ref(l, q->merchant, q->ref, q->ref_len, &ref_rec, &seq);
+    if (rc < 0)
+        return rc;
+    record_from_request(q, &r);
+    if (rc == 1)
+        return ledger_refuse(l, x, q, &r, TALLY_ENOTFOUND, R_NOTFOUND);
+    r.account = ref_rec.account;
+    if (ref_rec.kind != TALLY_KIND_HOLD || ref_rec.id[0] == '~')
+        return ledger_refuse(l, x, q, &r, TALLY_EINVALID, R_NOT_HOLD);
+    rc = ledger_engine_entries(l, x, q->merchant, ref_rec.account);
+    if (rc < 0)
+        return rc;
+    int64_t capture = 0;
+    if (q->op == TALLY_OP_CAPTURE) {
+        ledger_ref h;
+        rc = ref_get(l, q->merchant, seq, &h, NULL);
+        if (rc != 0)
+            return rc < 0 ? rc : TALLY_ECORRUPT;
+        capture = q->flags & TALLY_REQ_POINTS ? q->points : h.amount;
+        if (capture == 0)
+            capture = h.amount;
+    }
+    return ledger_release(l, x, q, &ref_rec, seq, capture, false);
+}
+
+/* ---- reverse ------------------------------------------------------------- */
+
+static int ledger_reverse(ledger *l, ledger_x *x, tally_request *q)
+{
+    uint64_t m = q->merchant;
+    record src, r;
+    uint64_t seq;
+    int rc = ledger_lookup_ref(l, m, q->ref, q->ref_len, &src, &seq);
+    if (rc < 0)
+        return rc;
+    record_from_request(q, &r);
+    if (rc == 1)
+        return ledger_refuse(l, x, q, &r, TALLY_ENOTFOUND, R_NOTFOUND);
+    uint64_t a = src.account;
+    r.account = a;
+    bool credit = src.kind == TALLY_KIND_EARN;
+    bool debit = src.kind == TALLY_KIND_REDEEM || src.kind == TALLY_KIND_CAPTURE;
+    if ((!credit && !debit) || src.id[0] == '~')
+        return ledger_refuse(l, x, q, &r, TALLY_EINVALID, R_NOT_REVERSIBLE);
+    rc = ledger_engine_entries(l, x, m, a);
+    if (rc < 0)
+        return rc;
+    ledger_ref ref;
+    rc = ref_get(l, m, seq, &ref, l->allocs);
+    if (rc != 0)
+        return rc < 0 ? rc : TALLY_ECORRUPT;
+    int64_t left = ref.amount - ref.reversed;
+    int64_t n = q->flags & TALLY_REQ_POINTS ? q->points : left;
+    if (n <= 0 || n > left)
+        return ledger_refuse(l, x, q, &r, TALLY_EINVALID, R_OVER_REVERSAL);
+    ledger_account ac;
+    rc = acct_get(l, m, a, &ac, NULL);
+    if (rc == 0)
+        rc = pending_normalise(l, m, a, &ac, x->ts_ms);
+    if (rc < 0)
+        return rc;
+    ledger_account after = ac;
+    uint32_t cnt = 0;
+    int64_t from_own = 0, own_pending = 0, from_lots = 0;
+    if (credit) {
+        /* Claw back: the earn's own lot first, then other lots, then debt. */
+        uint8_t k[32];
+        const void *v;
+        size_t vl;
+        rc = state_get(l->st, STATE_LOTS, k, key4(k, m, a, ref.lot_expkey, seq), &v, &vl);
+        if (rc < 0)
+            return rc;
+        ledger_lot own = {0, 0};
+        if (rc == 0)
+            memcpy(&own, v, sizeof(own));
+        from_own = own.remaining < n ? own.remaining : n;
+        bool pend = own.available_at && own.available_at > x->ts_ms / 1000;
+        own_pending = pend ? from_own : 0;
+        rc = lots_plan_debit(l, m, a, n - from_own, x->ts_ms, seq, l->allocs2, &cnt,
+                             &from_lots);
+        if (rc == TALLY_ETOOBIG)
+            return ledger_refuse(l, x, q, &r, TALLY_EINVALID, R_FRAGMENTED);
+        if (rc < 0)
+            return rc;
+        after.lots_total -= from_own + from_lots;
+        after.pending_total -= own_pending;
+        after.debt += n - from_own - from_lots;
+        after.earned -= n;
+        r.points = -(n - own_pending);
+    } else {
+        after.lots_total += n;
+        after.redeemed -= n;
+        r.points = n;
+    }
+    if (!ledger_balance_ok(&after))
+        return ledger_refuse(l, x, q, &r, TALLY_EINVALID, R_BALANCE_LIMIT);
+    r.balance = acct_available(&after);
+    r.held = ac.held;
+    log_loc loc;
+    rc = ledger_emit(l, x, &r, &loc);
+    if (rc < 0)
+        return rc;
+    if (credit) {
+        if (from_own > 0)
+            rc = lot_change(l, m, a, &ac, ref.lot_expkey, seq, -from_own, 0, true, x->ts_ms);
+        for (uint32_t i = 0; rc == 0 && i < cnt; i++)
+            rc = lot_change(l, m, a, &ac, l->allocs2[i].expkey, l->allocs2[i].seq,
+                            -l->allocs2[i].points, 0, true, x->ts_ms);
+        int64_t owed = n - from_own - from_lots;
+        ac.debt += owed;
+        ac.earned -= n;
+        if (rc == 0)
+            rc = liability_add(l, m, UINT64_MAX, -owed);
+    } else {
+        /* Refund: the most recently refunded part is the end of the list. */
+        rc = ledger_return_allocs(l, m, a, &ac, l->allocs, ref.alloc_count,
+                                  left - n, left, true, x->ts_ms);
+        ac.redeemed -= n;
+    }
+    ref.reversed += n;
+    if (rc == 0)
+        rc = ref_put(l, m, seq, &ref, l->allocs);
+    if (rc == 0)
+        rc = acct_put(l, m, a, &ac);
+    if (rc == 0)
+        rc = ledger_index(l, &r, loc, false);
+    ledger_merchant d = credit ? (ledger_merchant){.earned = -n, .outstanding = -n}
+                               : (ledger_merchant){.redeemed = -n, .outstanding = n};
+    if (rc == 0)
+        rc = merchant_add(l, m, &d);
+    if (rc == 0)
+        ledger_answer_entry(q, &r);
+    if (rc == 0 && !credit)
+        rc = ledger_engine_entries(l, x, m, a); /* refunded into expired lots */
+    return rc;
+}
+
+/* ---- idempotency ---------------------------------------------------------- */
+
+/* Same command and arguments as the logged record? */
+static bool ledger_same_request(const tally_request *q, const record *r)
+{
+    record want;
+    record_from_request(q, &want);
+    bool by_ref = q->op == TALLY_OP_CAPTURE || q->op == TALLY_OP_VOID ||
+                  q->op == TALLY_OP_REVERSE;
+    return want.kind == r->kind && (by_ref || want.account == r->account) &&
+           want.amount == r->amount && want.expires == r->expires &&
+           want.available_at == r->available_at && want.timeout_s == r->timeout_s &&
+           want.flags == r->flags && want.id_len == r->id_len &&
+           memcmp(want.id, r->id, r->id_len) == 0 && want.ref_len == r->ref_len &&
+           memcmp(want.ref, r->ref, r->ref_len) == 0 && want.memo_len == r->memo_len &&
+           memcmp(want.memo, r->memo, r->memo_len) == 0;
+}
+
+/* 0: answered from the index (q->res filled); 1: a new id; < 0 error. */
+static int ledger_idempotent(ledger *l, tally_request *q)
+{
+    uint8_t k[24];
+    const void *v;
+    size_t vl;
+    int rc = state_get(l->st, STATE_IDS, k, key_ids(k, q->merchant, q->id, q->id_len), &v, &vl);
+    if (rc != 0)
+        return rc;
+    ledger_idref ir;
+    memcpy(&ir, v, sizeof(ir));
+    record r;
+    rc = log_read(l->log, ir.loc, &r);
+    if (rc < 0)
+        return rc;
+    if (r.id_len != q->id_len || memcmp(r.id, q->id, q->id_len) != 0)
+        return TALLY_ECORRUPT; /* a 128-bit collision is not expected */
+    q->res.replayed = true;
+    if (!ledger_same_request(q, &r)) {
+        q->res.status = TALLY_ECONFLICT;
+        snprintf(q->res.message, sizeof(q->res.message),
+                 "id already used by a different request (seq %llu)",
+                 (unsigned long long)r.seq);
+        return 0;
+    }
+    if (r.type == RECORD_REFUSAL)
+        ledger_answer_refusal(q, TALLY_EBASE - (int)r.error, r.reason);
+    else
+        ledger_answer_entry(q, &r);
+    return 0;
+}
+
+/* ---- reads ---------------------------------------------------------------- */
+
+/* BALANCE as of now: lots past their expiry count as expired, matured
+ * pending lots as available, holds past their deadline as released —
+ * before the sweep has written their entries (SPEC §3). */
+static int ledger_balance(ledger *l, uint64_t m, uint64_t a, uint64_t now_ms, tally_balance *b)
+{
+    ledger_account ac;
+    int rc = acct_get(l, m, a, &ac, NULL);
+    if (rc < 0)
+        return rc;
+    int64_t expired_now = 0, pending_now = 0, next_pts = 0;
+    uint64_t next_exp = 0;
+    state_cursor *c;
+    rc = state_cursor_open(l->st, STATE_LOTS, &c);
+    if (rc < 0)
+        return rc;
+    uint8_t k[32];
+    key4(k, m, a, 0, 0);
+    const void *kk, *v;
+    size_t kl, vl;
+    rc = state_cursor_seek(c, k, 32, &kk, &kl, &v, &vl);
+    while (rc == 0 && kl == 32 && get_be64(kk) == m && get_be64((const uint8_t *)kk + 8) == a) {
+        ledger_lot lot;
+        memcpy(&lot, v, sizeof(lot));
+        uint64_t expkey = get_be64((const uint8_t *)kk + 16);
+        if (ledger_due(expkey, now_ms)) {
+            expired_now += lot.remaining;
+        } else {
+            if (lot.available_at && lot.available_at > now_ms / 1000)
+                pending_now += lot.remaining;
+            if (expkey != UINT64_MAX && (next_exp == 0 || expkey == next_exp)) {
+                next_exp = expkey;
+                next_pts += lot.remaining;
+            }
+        }
+        rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
+    }
+    state_cursor_close(c);
+    if (rc < 0)
+        return rc;
+    int64_t held = ac.held, released = 0, released_expired = 0;
+    rc = state_cursor_open(l->st, STATE_ACCT_HOLDS, &c);
+    if (rc < 0)
+        return rc;
+    key3(k, m, a, 0);
+    rc = state_cursor_seek(c, k, 24, &kk, &kl, &v, &vl);
+    while (rc == 0 && kl == 24 && get_be64(kk) == m && get_be64((const uint8_t *)kk + 8) == a) {
+        uint64_t deadline;
+        memcpy(&deadline, v, 8);
+        if (ledger_due(deadline, now_ms)) {
+            ledger_ref h;
+            int r2 = ref_get(l, m, get_be64((const uint8_t *)kk + 16), &h, l->allocs);
+            if (r2 != 0) {
+                rc = r2 < 0 ? r2 : TALLY_ECORRUPT;
+                break;
+            }
+            held -= h.amount;
+            for (uint32_t i = 0; i < h.alloc_count; i++) {
+                if (ledger_due(l->allocs[i].expkey, now_ms))
+                    released_expired += l->allocs[i].points;
+                else
+                    released += l->allocs[i].points;
+            }
+        }
+        rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
+    }
+    state_cursor_close(c);
+    if (rc < 0)
+        return rc;
+    *b = (tally_balance){
+        .available = ac.lots_total - expired_now - pending_now - ac.debt + released,
+        .held = held,
+        .pending = pending_now,
+        .earned = ac.earned,
+        .redeemed = ac.redeemed,
+        .expired = ac.expired + expired_now + released_expired,
+        .next_expiry = next_exp,
+        .expiring = next_pts,
+    };
+    return 0;
+}
+
+static int ledger_read_entry(ledger *l, tally_request *q)
+{
+    record r;
+    uint64_t seq;
+    int rc = ledger_lookup_ref(l, q->merchant, q->ref, q->ref_len, &r, &seq);
+    if (rc < 0)
+        return rc;
+    q->res.found = rc == 0;
+    if (rc == 0)
+        entry_from_record(&r, &q->res.entry);
+    return 0;
+}
+
+static int ledger_history(ledger *l, tally_request *q)
+{
+    uint32_t limit = q->limit ? q->limit : LIMIT_HISTORY_DEFAULT;
+    q->res.items = calloc(limit, sizeof(tally_entry));
+    if (!q->res.items)
+        return -ENOMEM;
+    uint64_t m = q->merchant, a = q->account;
+    state_cursor *c;
+    int rc = state_cursor_open(l->st, STATE_HISTORY, &c);
+    if (rc < 0)
+        return rc;
+    uint8_t k[24];
+    const void *kk, *v;
+    size_t kl, vl;
+    uint64_t before = q->flags & TALLY_REQ_BEFORE ? q->before_seq : UINT64_MAX;
+    key3(k, m, a, before);
+    rc = state_cursor_seek(c, k, 24, &kk, &kl, &v, &vl);
+    if (rc == 1)
+        rc = state_cursor_last(c, &kk, &kl, &v, &vl);
+    else if (rc == 0)
+        rc = state_cursor_step(c, -1, &kk, &kl, &v, &vl);
+    while (rc == 0 && q->res.items_count < limit) {
+        if (kl != 24 || get_be64(kk) != m || get_be64((const uint8_t *)kk + 8) != a)
+            break;
+        uint64_t seq = get_be64((const uint8_t *)kk + 16);
+        if (seq < before) {
+            log_loc loc;
+            memcpy(&loc, v, sizeof(loc));
+            record r;
+            int r2 = log_read(l->log, loc, &r);
+            if (r2 < 0) {
+                rc = r2;
+                break;
+            }
+            entry_from_record(&r, &q->res.items[q->res.items_count++]);
+        }
+        rc = state_cursor_step(c, -1, &kk, &kl, &v, &vl);
+    }
+    state_cursor_close(c);
+    return rc < 0 ? rc : 0;
+}
+
+static int ledger_liability(ledger *l, tally_request *q)
+{
+    uint64_t m = q->merchant;
+    state_cursor *c;
+    int rc = state_cursor_open(l->st, STATE_LIABILITY, &c);
+    if (rc < 0)
+        return rc;
+    uint8_t k[16];
+    key2(k, m, 0);
+    const void *kk, *v;
+    size_t kl, vl;
+    uint32_t cap = 0;
+    rc = state_cursor_seek(c, k, 16, &kk, &kl, &v, &vl);
+    while (rc == 0 && kl == 16 && get_be64(kk) == m) {
+        if (q->res.rows_count == cap) {
+            cap = cap ? cap * 2 : 16;
+            tally_liability_row *n = realloc(q->res.rows, cap * sizeof(*n));
+            if (!n) {
+                rc = -ENOMEM;
+                break;
+            }
+            q->res.rows = n;
+        }
+        uint64_t month = get_be64((const uint8_t *)kk + 8);
+        int64_t pts;
+        memcpy(&pts, v, 8);
+        q->res.rows[q->res.rows_count++] = (tally_liability_row){
+            .year = month == UINT64_MAX ? 0 : (int32_t)(month / 100),
+            .month = month == UINT64_MAX ? 0 : (int32_t)(month % 100),
+            .points = pts,
+        };
+        rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
+    }
+    state_cursor_close(c);
+    return rc < 0 ? rc : 0;
+}
+
+/* ---- public: lifecycle ---------------------------------------------------- */
+
+int ledger_open(const ledger_options *opts, log_t *log, ledger **out)
+{
+    ledger *l = calloc(1, sizeof(*l));
+    if (!l)
+        return -ENOMEM;
+    l->opts = *opts;
+    snprintf(l->dir, sizeof(l->dir), "%s", opts->dir);
+    l->opts.dir = l->dir;
+    l->log = log;
+    l->allocs = calloc(LIMIT_LOTS_PER_DEBIT_MAX, sizeof(ledger_alloc));
+    l->allocs2 = calloc(LIMIT_LOTS_PER_DEBIT_MAX, sizeof(ledger_alloc));
+    l->refbuf = malloc(sizeof(ledger_ref) + LIMIT_LOTS_PER_DEBIT_MAX * sizeof(ledger_alloc));
+    int rc = l->allocs && l->allocs2 && l->refbuf ? 0 : -ENOMEM;
+    if (rc == 0)
+        rc = state_open(l->dir, opts->map_bytes ? opts->map_bytes : LIMIT_STATE_MAP_BYTES_DEFAULT,
+                        &l->st);
+    if (rc == 0) {
+        const void *v;
+        size_t vl;
+        int g = state_get(l->st, STATE_META, "seq", 3, &v, &vl);
+        if (g < 0)
+            rc = g;
+        else if (g == 0 && vl == 8)
+            memcpy(&l->checkpoint_seq, v, 8);
+        g = rc == 0 ? state_get(l->st, STATE_META, "ts", 2, &v, &vl) : 1;
+        if (g == 0 && vl == 8)
+            memcpy(&l->last_ts_ms, v, 8);
+    }
+    if (rc < 0) {
+        ledger_close(l);
+        return rc;
+    }
+    *out = l;
+    return 0;
+}
+
+void ledger_attach_log(ledger *l, log_t *log) { l->log = log; }
+
+void ledger_close(ledger *l)
+{
+    if (!l)
+        return;
+    state_close(l->st);
+    free(l->allocs);
+    free(l->allocs2);
+    free(l->refbuf);
+    free(l);
+}
+
+uint64_t ledger_checkpoint_seq(const ledger *l) { return l->checkpoint_seq; }
+uint64_t ledger_delta_records(const ledger *l) { return l->delta_records; }
+
+int ledger_checkpoint(ledger *l, uint64_t seq)
+{
+    int rc = state_put(l->st, STATE_META, "seq", 3, &seq, 8);
+    if (rc == 0)
+        rc = state_put(l->st, STATE_META, "ts", 2, &l->last_ts_ms, 8);
+    if (rc == 0)
+        rc = state_commit(l->st);
+    if (rc < 0)
+        return rc;
+    l->checkpoint_seq = seq;
+    l->delta_records = 0;
+    return 0;
+}
+
+void ledger_rollback(ledger *l)
+{
+    state_abort(l->st);
+    l->delta_records = 0;
+    const void *v;
+    size_t vl;
+    l->last_ts_ms = 0;
+    if (state_get(l->st, STATE_META, "ts", 2, &v, &vl) == 0 && vl == 8)
+        memcpy(&l->last_ts_ms, v, 8);
+}
+
+/* ---- public: execute, replay, sweep ---------------------------------------- */
+
+static int ledger_write(ledger *l, ledger_x *x, tally_request *q)
+{
+    switch (q->op) {
+    case TALLY_OP_EARN:
+        return ledger_credit(l, x, q);
+    case TALLY_OP_ADJUST:
+        return q->points > 0 ? ledger_credit(l, x, q) : ledger_debit(l, x, q);
+    case TALLY_OP_REDEEM:
+    case TALLY_OP_HOLD:
+        return ledger_debit(l, x, q);
+    case TALLY_OP_CAPTURE:
+    case TALLY_OP_VOID:
+        return ledger_hold_op(l, x, q);
+    case TALLY_OP_REVERSE:
+        return ledger_reverse(l, x, q);
+    default:
+        return -EINVAL;
+    }
+}
+
+int ledger_execute(ledger *l, tally_request *q, uint64_t now_ms)
+{
+    uint64_t ts = now_ms > l->last_ts_ms ? now_ms : l->last_ts_ms;
+    if (!tally_op_is_write(q->op)) {
+        switch (q->op) {
+        case TALLY_OP_BALANCE:
+            return ledger_balance(l, q->merchant, q->account, ts, &q->res.balance);
+        case TALLY_OP_ENTRY:
+            return ledger_read_entry(l, q);
+        case TALLY_OP_HISTORY:
+            return ledger_history(l, q);
+        case TALLY_OP_MERCHANT: {
+            ledger_merchant mm;
+            int rc = merchant_get(l, q->merchant, &mm);
+            if (rc == 0)
+                q->res.merchant = (tally_merchant){mm.accounts, mm.outstanding, mm.earned,
+                                                   mm.redeemed, mm.expired, mm.entries};
+            return rc;
+        }
+        case TALLY_OP_LIABILITY:
+            return ledger_liability(l, q);
+        default:
+            q->res.status = TALLY_ESYNTAX;
+            snprintf(q->res.message, sizeof(q->res.message), "not supported here");
+            return 0;
+        }
+    }
+    int rc = ledger_idempotent(l, q);
+    if (rc <= 0)
+        return rc;
+    ledger_x x = {.ts_ms = ts, .engine_entries = true};
+    if (q->op == TALLY_OP_EARN || q->op == TALLY_OP_REDEEM || q->op == TALLY_OP_HOLD ||
+        q->op == TALLY_OP_ADJUST) {
+        rc = ledger_engine_entries(l, &x, q->merchant, q->account);
+        if (rc < 0)
+            return rc;
+    }
+    return ledger_write(l, &x, q);
+}
+
+/* The request a logged record came from. */
+static void request_from_record(const record *r, tally_request *q)
+{
+    static const uint8_t ops[TALLY_KIND_COUNT] = {
+        [TALLY_KIND_EARN] = TALLY_OP_EARN,       [TALLY_KIND_REDEEM] = TALLY_OP_REDEEM,
+        [TALLY_KIND_HOLD] = TALLY_OP_HOLD,       [TALLY_KIND_CAPTURE] = TALLY_OP_CAPTURE,
+        [TALLY_KIND_VOID] = TALLY_OP_VOID,       [TALLY_KIND_REVERSE] = TALLY_OP_REVERSE,
+        [TALLY_KIND_ADJUST] = TALLY_OP_ADJUST,
+    };
+    memset(q, 0, sizeof(*q));
+    q->op = ops[r->kind];
+    q->merchant = r->merchant;
+    q->account = r->account;
+    q->points = r->amount;
+    q->expires = r->expires;
+    q->available_at = r->available_at;
+    q->timeout_s = r->timeout_s;
+    q->flags = r->flags;
+    q->id_len = r->id_len;
+    q->ref_len = r->ref_len;
+    q->memo_len = r->memo_len;
+    memcpy(q->id, r->id, r->id_len);
+    memcpy(q->ref, r->ref, r->ref_len);
+    memcpy(q->memo, r->memo, r->memo_len);
+}
+
+int ledger_replay(ledger *l, const record *r, log_loc loc)
+{
+    ledger_x x = {.ts_ms = r->ts_ms, .replay = r, .replay_loc = loc};
+    int rc;
+    if (r->id[0] == '~' && r->kind == TALLY_KIND_EXPIRE) {
+        record src;
+        uint64_t seq;
+        rc = ledger_lookup_ref(l, r->merchant, r->ref, r->ref_len, &src, &seq);
+        if (rc == 0)
+            rc = ledger_expire_lot(l, &x, r->merchant, r->account, expkey_of(r->expires), seq);
+        else if (rc == 1)
+            rc = TALLY_ECORRUPT;
+    } else if (r->id[0] == '~' && r->kind == TALLY_KIND_VOID) {
+        record hold;
+        uint64_t seq;
+        rc = ledger_lookup_ref(l, r->merchant, r->ref, r->ref_len, &hold, &seq);
+        if (rc == 0)
+            rc = ledger_release(l, &x, NULL, &hold, seq, 0, true);
+        else if (rc == 1)
+            rc = TALLY_ECORRUPT;
+    } else {
+        tally_request *q = malloc(sizeof(*q));
+        if (!q)
+            return -ENOMEM;
+        request_from_record(r, q);
+        rc = ledger_write(l, &x, q);
+        tally_result_free(&q->res);
+        free(q);
+    }
+    if (rc == 0 && x.replay != NULL) {
+        ledger_say(l, 2, "replay of seq %llu (%.*s) produced no record",
+                   (unsigned long long)r->seq, (int)r->id_len, r->id);
+        rc = TALLY_ECORRUPT;
+    }
+    return rc;
+}
+
+int ledger_sweep(ledger *l, uint64_t now_ms, uint32_t max, uint32_t *count, bool *more)
+{
+    uint64_t ts = now_ms > l->last_ts_ms ? now_ms : l->last_ts_ms;
+    ledger_x x = {.ts_ms = ts, .engine_entries = true};
+    *count = 0;
+    *more = false;
+    uint64_t start = l->delta_records;
+    for (int table = STATE_EXPIRY; table <= STATE_HOLDS_DUE; table += STATE_HOLDS_DUE - STATE_EXPIRY) {
+        for (;;) {
+            if ((uint32_t)(l->delta_records - start) >= max ||
+                !log_batch_room(l->log, 64u * LIMIT_RECORD_BYTES_MAX)) {
+                *more = true;
+                break;
+            }
+            state_cursor *c;
+            int rc = state_cursor_open(l->st, table, &c);
+            if (rc < 0)
+                return rc;
+            const void *kk, *v;
+            size_t kl, vl;
+            rc = state_cursor_seek(c, NULL, 0, &kk, &kl, &v, &vl);
+            uint8_t key[32];
+            size_t keyl = rc == 0 ? kl : 0;
+            if (rc == 0)
+                memcpy(key, kk, kl < 32 ? kl : 32);
+            state_cursor_close(c);
+            if (rc < 0)
+                return rc;
+            if (rc == 1 || !ledger_due(get_be64(key), ts))
+                break;
+            if (table == STATE_EXPIRY && keyl == 32) {
+                /* Through the account, so its other due entries come too. */
+                rc = ledger_engine_entries(l, &x, get_be64(key + 8), get_be64(key + 16));
+                if (rc == 0) /* not removed by the account pass: expire it here */
+                    rc = ledger_expire_lot(l, &x, get_be64(key + 8), get_be64(key + 16),
+                                           get_be64(key), get_be64(key + 24));
+                uint8_t lk[32];
+                const void *lv;
+                size_t lvl;
+                if (rc == 0 && state_get(l->st, STATE_LOTS, lk,
+                                         key4(lk, get_be64(key + 8), get_be64(key + 16),
+                                              get_be64(key), get_be64(key + 24)),
+                                         &lv, &lvl) == 1)
+                    state_del(l->st, STATE_EXPIRY, key, 32); /* stale index row */
+            } else if (table == STATE_HOLDS_DUE && keyl == 24) {
+                uint64_t m = get_be64(key + 8), seq = get_be64(key + 16);
+                ledger_ref h;
+                rc = ref_get(l, m, seq, &h, NULL);
+                if (rc == 0) {
+                    record hr;
+                    rc = log_read(l->log, h.loc, &hr);
+                    if (rc == 0)
+                        rc = ledger_engine_entries(l, &x, m, hr.account);
+                    /* A row left by a closed hold must not stop the sweep. */
+                    if (rc == 0 && state_del(l->st, STATE_HOLDS_DUE, key, 24) < 0)
+                        rc = TALLY_EFAILED;
+                } else if (rc == 1) {
+                    rc = state_del(l->st, STATE_HOLDS_DUE, key, 24) < 0 ? TALLY_EFAILED : 0;
+                }
+            } else {
+                rc = TALLY_ECORRUPT;
+            }
+            if (rc == TALLY_ETOOBIG) {
+                *more = true;
+                break;
+            }
+            if (rc < 0)
+                return rc;
+        }
+    }
+    *count = (uint32_t)(l->delta_records - start);
+    return 0;
+}
+
+/* ---- public: verify, compare -------------------------------------------- */
+
+typedef struct ledger_sum {
+    ledger_merchant m;
+} ledger_sum;
+
+static int ledger_verify_account(ledger *l, uint64_t m, uint64_t a, const ledger_account *ac,
+                                 char *msg, size_t cap)
+{
+    state_cursor *c;
+    int rc = state_cursor_open(l->st, STATE_LOTS, &c);
+    if (rc < 0)
+        return rc;
+    uint8_t k[32];
+    key4(k, m, a, 0, 0);
+    const void *kk, *v;
+    size_t kl, vl;
+    int64_t lots = 0;
+    rc = state_cursor_seek(c, k, 32, &kk, &kl, &v, &vl);
+    while (rc == 0 && kl == 32 && get_be64(kk) == m && get_be64((const uint8_t *)kk + 8) == a) {
+        ledger_lot lot;
+        memcpy(&lot, v, sizeof(lot));
+        if (lot.remaining <= 0)
+            rc = TALLY_ECORRUPT;
+        lots += lot.remaining;
+        if (rc == 0)
+            rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
+    }
+    state_cursor_close(c);
+    if (rc < 0 && rc != TALLY_ECORRUPT)
+        return rc;
+    int64_t total = ac->lots_total - ac->debt + ac->held;
+    if (rc == TALLY_ECORRUPT || lots != ac->lots_total || ac->debt < 0 || ac->held < 0 ||
+        total != ac->earned - ac->redeemed - ac->expired) {
+        snprintf(msg, cap,
+                 "merchant %llu account %llu: lots %lld vs total %lld, debt %lld, held %lld, "
+                 "earned %lld redeemed %lld expired %lld do not add up",
+                 (unsigned long long)m, (unsigned long long)a, (long long)lots,
+                 (long long)ac->lots_total, (long long)ac->debt, (long long)ac->held,
+                 (long long)ac->earned, (long long)ac->redeemed, (long long)ac->expired);
+        return TALLY_ECORRUPT;
+    }
+    return 0;
+}
+
+static int ledger_verify_merchant_totals(ledger *l, uint64_t m, const ledger_merchant *sum,
+                                         char *msg, size_t cap)
+{
+    ledger_merchant mm;
+    int rc = merchant_get(l, m, &mm);
+    if (rc < 0)
+        return rc;
+    int64_t liab = 0;
+    tally_request q;
+    memset(&q, 0, sizeof(q));
+    q.merchant = m;
+    rc = ledger_liability(l, &q);
+    for (uint32_t i = 0; i < q.res.rows_count; i++)
+        liab += q.res.rows[i].points;
+    free(q.res.rows);
+    if (rc < 0)
+        return rc;
+    if (mm.accounts != sum->accounts || mm.outstanding != sum->outstanding ||
+        mm.earned != sum->earned || mm.redeemed != sum->redeemed ||
+        mm.expired != sum->expired || liab != mm.outstanding) {
+        snprintf(msg, cap,
+                 "merchant %llu: totals (accounts %lld outstanding %lld earned %lld redeemed "
+                 "%lld expired %lld, liability %lld) differ from its accounts (%lld %lld %lld "
+                 "%lld %lld)",
+                 (unsigned long long)m, (long long)mm.accounts, (long long)mm.outstanding,
+                 (long long)mm.earned, (long long)mm.redeemed, (long long)mm.expired,
+                 (long long)liab, (long long)sum->accounts, (long long)sum->outstanding,
+                 (long long)sum->earned, (long long)sum->redeemed, (long long)sum->expired);
+        return TALLY_ECORRUPT;
+    }
+    return 0;
+}
+
+int ledger_verify(ledger *l, uint64_t merchant, char *msg, size_t cap)
+{
+    state_cursor *c;
+    int rc = state_cursor_open(l->st, STATE_ACCOUNTS, &c);
+    if (rc < 0)
+        return rc;
+    uint8_t k[16];
+    key2(k, merchant, 0);
+    const void *kk, *v;
+    size_t kl, vl;
+    uint64_t cur_m = 0;
+    ledger_merchant sum = {0};
+    rc = state_cursor_seek(c, k, merchant ? 16 : 0, &kk, &kl, &v, &vl);
+    while (rc == 0 && kl == 16) {
+        uint64_t m = get_be64(kk), a = get_be64((const uint8_t *)kk + 8);
+        if (merchant && m != merchant)
+            break;
+        if (m != cur_m) {
+            if (cur_m && (rc = ledger_verify_merchant_totals(l, cur_m, &sum, msg, cap)) != 0)
+                break;
+            cur_m = m;
+            sum = (ledger_merchant){0};
+        }
+        ledger_account ac;
+        memcpy(&ac, v, sizeof(ac));
+        rc = ledger_verify_account(l, m, a, &ac, msg, cap);
+        if (rc != 0)
+            break;
+        sum.accounts++;
+        sum.outstanding += ac.lots_total - ac.debt + ac.held;
+        sum.earned += ac.earned;
+        sum.redeemed += ac.redeemed;
+        sum.expired += ac.expired;
+        rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
+    }
+    state_cursor_close(c);
+    if (rc == 1)
+        rc = 0;
+    if (rc == 0 && cur_m)
+        rc = ledger_verify_merchant_totals(l, cur_m, &sum, msg, cap);
+    return rc;
+}
+
+int ledger_compare(ledger *a, ledger *b, char *msg, size_t cap)
+{
+    return state_compare(a->st, b->st, msg, cap);
+}
