@@ -628,6 +628,15 @@ static int shard_recover(shard *s)
     }
     if (rc < 0)
         return rc;
+    /* Commit the replayed tail now, on this (the opening) thread: LMDB's
+     * write transaction must end on the thread that began it, and the
+     * next recovery then starts from here. */
+    if (!s->opts.read_only) {
+        cp = log_durable_seq(s->log);
+        rc = ledger_checkpoint(s->ledger, cp);
+        if (rc < 0)
+            return rc;
+    }
     atomic_store(&s->st_checkpoint_seq, cp);
     shard_publish(s);
     return 0;

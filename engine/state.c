@@ -97,8 +97,6 @@ int state_open(const char *dir, uint64_t map_bytes, state **out)
         /* Make the tables exist on disk so a copy always has them. */
         rc = mdb_txn_commit(s->txn);
         s->txn = NULL;
-        if (rc == 0)
-            rc = mdb_txn_begin(s->env, NULL, 0, &s->txn);
     }
     if (rc != 0) {
         int err = state_err(rc);
@@ -120,15 +118,23 @@ void state_close(state *s)
     free(s);
 }
 
+/* The write transaction begins lazily, on the thread that first uses it:
+ * LMDB's writer lock is a mutex that the thread which took it must
+ * release, so a transaction begun on the opening thread cannot be
+ * committed by the shard thread. */
+static int state_txn(state *s)
+{
+    return s->txn ? 0 : state_begin(s);
+}
+
 int state_commit(state *s)
 {
-    int rc = mdb_txn_commit(s->txn);
+    int rc = state_txn(s);
+    if (rc < 0)
+        return rc;
+    rc = mdb_txn_commit(s->txn);
     s->txn = NULL;
-    if (rc != 0) {
-        state_begin(s);
-        return state_err(rc);
-    }
-    return state_begin(s);
+    return state_err(rc);
 }
 
 int state_abort(state *s)
@@ -136,7 +142,7 @@ int state_abort(state *s)
     if (s->txn)
         mdb_txn_abort(s->txn);
     s->txn = NULL;
-    return state_begin(s);
+    return 0;
 }
 
 /* ---- get / put / del ---------------------------------------------------- */
@@ -144,6 +150,9 @@ int state_abort(state *s)
 int state_get(state *s, int table, const void *key, size_t key_len, const void **val,
               size_t *val_len)
 {
+    int trc = state_txn(s);
+    if (trc < 0)
+        return trc;
     MDB_val k = {.mv_size = key_len, .mv_data = (void *)key}, v;
     int rc = mdb_get(s->txn, s->dbi[table], &k, &v);
     if (rc == MDB_NOTFOUND)
@@ -158,6 +167,9 @@ int state_get(state *s, int table, const void *key, size_t key_len, const void *
 int state_put(state *s, int table, const void *key, size_t key_len, const void *val,
               size_t val_len)
 {
+    int trc = state_txn(s);
+    if (trc < 0)
+        return trc;
     MDB_val k = {.mv_size = key_len, .mv_data = (void *)key};
     MDB_val v = {.mv_size = val_len, .mv_data = (void *)val};
     return state_err(mdb_put(s->txn, s->dbi[table], &k, &v, 0));
@@ -165,6 +177,9 @@ int state_put(state *s, int table, const void *key, size_t key_len, const void *
 
 int state_del(state *s, int table, const void *key, size_t key_len)
 {
+    int trc = state_txn(s);
+    if (trc < 0)
+        return trc;
     MDB_val k = {.mv_size = key_len, .mv_data = (void *)key};
     int rc = mdb_del(s->txn, s->dbi[table], &k, NULL);
     if (rc == MDB_NOTFOUND)
@@ -176,6 +191,9 @@ int state_del(state *s, int table, const void *key, size_t key_len)
 
 int state_cursor_open(state *s, int table, state_cursor **out)
 {
+    int trc = state_txn(s);
+    if (trc < 0)
+        return trc;
     state_cursor *c = calloc(1, sizeof(*c));
     if (!c)
         return -ENOMEM;
@@ -246,6 +264,8 @@ static void state_hex(const void *p, size_t n, char *out, size_t cap)
 
 static int state_compare_table(state *a, state *b, int t, char *msg, size_t cap)
 {
+    if (state_txn(a) < 0 || state_txn(b) < 0)
+        return TALLY_EFAILED;
     MDB_cursor *ca, *cb;
     if (mdb_cursor_open(a->txn, a->dbi[t], &ca) != 0)
         return TALLY_EFAILED;
