@@ -512,7 +512,7 @@ static void record_from_request(const tally_request *q, record *r)
     memcpy(r->memo, q->memo, q->memo_len);
 }
 
-static void entry_from_record(const record *r, tally_entry *e)
+void ledger_entry_from_record(const record *r, tally_entry *e)
 {
     *e = (tally_entry){
         .seq = r->seq, .ts_ms = r->ts_ms, .merchant = r->merchant, .account = r->account,
@@ -584,7 +584,7 @@ static void ledger_answer_entry(tally_request *q, const record *r)
     q->res.status = 0;
     q->res.message[0] = 0;
     q->res.found = true;
-    entry_from_record(r, &q->res.entry);
+    ledger_entry_from_record(r, &q->res.entry);
 }
 
 static void ledger_answer_refusal(tally_request *q, int code, int reason)
@@ -1338,7 +1338,7 @@ static int ledger_read_entry(ledger *l, tally_request *q)
         return rc;
     q->res.found = rc == 0;
     if (rc == 0)
-        entry_from_record(&r, &q->res.entry);
+        ledger_entry_from_record(&r, &q->res.entry);
     return 0;
 }
 
@@ -1376,7 +1376,7 @@ static int ledger_history(ledger *l, tally_request *q)
                 rc = r2;
                 break;
             }
-            entry_from_record(&r, &q->res.items[q->res.items_count++]);
+            ledger_entry_from_record(&r, &q->res.items[q->res.items_count++]);
         }
         rc = state_cursor_step(c, -1, &kk, &kl, &v, &vl);
     }

@@ -73,6 +73,9 @@ int ledger_replay(ledger *l, const record *r, log_loc loc);
  * many into *count and whether more are due into *more. */
 int ledger_sweep(ledger *l, uint64_t now_ms, uint32_t max, uint32_t *count, bool *more);
 
+/* The client's view of a logged record (ENTRY, HISTORY, dump). */
+void ledger_entry_from_record(const record *r, tally_entry *e);
+
 /* Commits everything executed so far, synced, as reflecting `seq`. */
 int ledger_checkpoint(ledger *l, uint64_t seq);
 /* Drops everything since the last checkpoint (after a failed flush). */

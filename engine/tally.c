@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "checksum.h"
+#include "ledger.h"
 #include "log.h"
 #include "os.h"
 #include "shard.h"
@@ -190,19 +191,6 @@ int tally_verify_full(tally *t, char *msg, size_t cap)
     return 0;
 }
 
-/* The client's view of a logged record. */
-static void tally_entry_from_record(const record *r, tally_entry *e)
-{
-    *e = (tally_entry){
-        .seq = r->seq, .ts_ms = r->ts_ms, .merchant = r->merchant, .account = r->account,
-        .points = r->points, .balance = r->balance, .held = r->held, .expires = r->expires,
-        .kind = r->kind, .id_len = r->id_len, .ref_len = r->ref_len, .memo_len = r->memo_len,
-    };
-    memcpy(e->id, r->id, r->id_len);
-    memcpy(e->ref, r->ref, r->ref_len);
-    memcpy(e->memo, r->memo, r->memo_len);
-}
-
 int tally_scan(tally *t, uint32_t index, uint64_t after_seq, tally_scan_fn fn, void *ctx)
 {
     if (!t->opts.read_only || index >= t->shard_count)
@@ -213,7 +201,7 @@ int tally_scan(tally *t, uint32_t index, uint64_t after_seq, tally_scan_fn fn, v
     log_loc loc;
     while (rc >= 0 && (rc = log_iter_next(&it, &r, &loc)) == 1) {
         tally_entry e;
-        tally_entry_from_record(&r, &e);
+        ledger_entry_from_record(&r, &e);
         bool refusal = r.type == RECORD_REFUSAL;
         rc = fn(ctx, &e, refusal, refusal ? TALLY_EBASE - (int)r.error : 0);
         if (rc != 0)
