@@ -469,6 +469,14 @@ static int log_open_segments(log_t *l, log_recovery *rec)
 {
     uint32_t *idx = NULL, n = 0;
     int rc = log_list(l, &idx, &n);
+    if (rc == 0 && n > 0) {
+        /* Existing segments keep the size they were made with. */
+        char path[4200];
+        struct stat st;
+        log_path(l, idx[n - 1], "", path, sizeof(path));
+        if (stat(path, &st) == 0 && st.st_size >= LIMIT_SEGMENT_BYTES_MIN)
+            l->segment_bytes = (uint32_t)st.st_size;
+    }
     for (uint32_t i = 0; rc == 0 && i < n; i++) {
         if (i > 0 && idx[i] != idx[i - 1] + 1) {
             snprintf(rec->message, sizeof(rec->message), "shard %u: segment %u is missing",

@@ -33,7 +33,7 @@ static void eu_copy(char *dst, uint8_t *len, const char *src)
 
 void eu_write(tally_request *r, int op, uint64_t m, uint64_t a, int64_t points, const char *id)
 {
-    tally_request_init(r);
+    memset(r, 0, sizeof(*r)); /* callers pass fresh stack requests */
     r->op = (uint8_t)op;
     r->merchant = m;
     r->account = a;
@@ -43,7 +43,7 @@ void eu_write(tally_request *r, int op, uint64_t m, uint64_t a, int64_t points, 
 
 void eu_ref(tally_request *r, int op, uint64_t m, const char *ref, const char *id)
 {
-    tally_request_init(r);
+    memset(r, 0, sizeof(*r)); /* callers pass fresh stack requests */
     r->op = (uint8_t)op;
     r->merchant = m;
     eu_copy(r->ref, &r->ref_len, ref);
@@ -52,7 +52,7 @@ void eu_ref(tally_request *r, int op, uint64_t m, const char *ref, const char *i
 
 void eu_read(tally_request *r, int op, uint64_t m, uint64_t a)
 {
-    tally_request_init(r);
+    memset(r, 0, sizeof(*r)); /* callers pass fresh stack requests */
     r->op = (uint8_t)op;
     r->merchant = m;
     r->account = a;
@@ -60,7 +60,7 @@ void eu_read(tally_request *r, int op, uint64_t m, uint64_t a)
 
 void eu_entry(tally_request *r, uint64_t m, const char *id)
 {
-    tally_request_init(r);
+    memset(r, 0, sizeof(*r)); /* callers pass fresh stack requests */
     r->op = TALLY_OP_ENTRY;
     r->merchant = m;
     eu_copy(r->ref, &r->ref_len, id);
