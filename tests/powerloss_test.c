@@ -78,6 +78,22 @@ static int pl_open(void *ctx, const char *path, int flags, int mode)
     return fd;
 }
 
+/* Segments are made under a temporary name and renamed: follow them. */
+static int pl_rename(void *ctx, const char *from, const char *to)
+{
+    (void)ctx;
+    const os_ops *o = os_default();
+    int rc = o->rename(o->ctx, from, to);
+    pthread_mutex_lock(&pl.lock);
+    for (int i = 0; rc == 0 && i < PL_FDS; i++)
+        if (pl.paths[i] && strcmp(pl.paths[i], from) == 0) {
+            free(pl.paths[i]);
+            pl.paths[i] = strdup(to);
+        }
+    pthread_mutex_unlock(&pl.lock);
+    return rc;
+}
+
 static ssize_t pl_pwrite(void *ctx, int fd, const void *buf, size_t len, uint64_t off)
 {
     (void)ctx;
@@ -146,6 +162,7 @@ static void pl_init(uint32_t crash_at, unsigned seed)
     pl.ops = *os_default();
     pl.ops.open = pl_open;
     pl.ops.pwrite = pl_pwrite;
+    pl.ops.rename = pl_rename;
     pl.ops.fdatasync = pl_fdatasync;
     pl.ops.io_result = pl_io_result;
     pl.ops.ctx = &pl;
