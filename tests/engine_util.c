@@ -16,6 +16,13 @@ void eu_tmpdir(char *buf, const char *tag)
         abort();
 }
 
+void eu_tmpdir_mem(char *buf, const char *tag)
+{
+    snprintf(buf, 64, "/dev/shm/tally-%s-XXXXXX", tag);
+    if (!mkdtemp(buf))
+        eu_tmpdir(buf, tag);
+}
+
 void eu_rmrf(const char *path)
 {
     char cmd[256];

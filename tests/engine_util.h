@@ -11,6 +11,9 @@
 
 /* mkdtemp under /tmp; the path is written into buf (>= 64 bytes). */
 void eu_tmpdir(char *buf, const char *tag);
+/* mkdtemp under /dev/shm (tmpfs: flushes cost nothing), for tests whose
+ * I/O seam models durability itself; /tmp if there is no /dev/shm. */
+void eu_tmpdir_mem(char *buf, const char *tag);
 /* rm -rf of a test directory. */
 void eu_rmrf(const char *path);
 
