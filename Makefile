@@ -39,8 +39,13 @@ ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 LIB := $(BUILD)/libtally.a
 
 TOOLS := $(patsubst tools/%.c,$(BUILD)/%,$(wildcard tools/*.c))
+# bench/*.c are the modules of one binary, tally-bench (libc + libtally
+# only, so `make all` needs no bench packages); bench/peers/*.c are the peer
+# programs (SQLite, LMDB), each its own binary, built only by `make bench`.
 BENCH_SRC := $(wildcard bench/*.c)
-BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/%,$(BENCH_SRC))
+BENCH_OBJ := $(BENCH_SRC:%.c=$(BUILD)/%.o)
+BENCH_BIN := $(if $(BENCH_SRC),$(BUILD)/tally-bench)
+PEER_BIN := $(patsubst bench/peers/%.c,$(BUILD)/peer-%,$(wildcard bench/peers/*.c))
 TEST_SRC := $(wildcard tests/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(BUILD)/tally-tests
@@ -77,7 +82,11 @@ $(BUILD)/%: $(BUILD)/tools/%.o $(LIB)
 	@$(if $(Q),echo "  LD $@")
 	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/%: $(BUILD)/bench/%.o $(LIB)
+$(BUILD)/tally-bench: $(BENCH_OBJ) $(LIB)
+	@$(if $(Q),echo "  LD $@")
+	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/peer-%: $(BUILD)/bench/peers/%.o
 	@$(if $(Q),echo "  LD $@")
 	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lsqlite3
 
@@ -101,11 +110,11 @@ test-crash: deps-test
 	TALLY_BUILD=$(abspath $(BUILD)) TALLY_CRASH_CYCLES=200 $(TEST_BIN) --filter='crash*/*' $(TEST_ARGS)
 
 bench: deps-bench
-	$(Q)$(MAKE) --no-print-directory all
+	$(Q)$(MAKE) --no-print-directory all $(PEER_BIN)
 	bench/run.sh $(BENCH_ARGS)
 
 bench-peers: deps-bench
-	$(Q)$(MAKE) --no-print-directory all
+	$(Q)$(MAKE) --no-print-directory all $(PEER_BIN)
 	bench/run.sh --peers $(BENCH_ARGS)
 
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Iengine
