@@ -69,6 +69,9 @@
 /* Unsent reply bytes per client before the server stops reading it. */
 #define LIMIT_CLIENT_OUTPUT_BYTES_MAX (4u << 20)
 #define LIMIT_CONNECTIONS_MAX 10000
+/* Requests parsed and not yet answered, over all connections: each holds
+ * a reply slot (~1.2 KiB); beyond it the server stops reading sockets. */
+#define LIMIT_SERVER_INFLIGHT_MAX 65536
 /* Time to receive one whole command (slowloris) and to authenticate. */
 #define LIMIT_COMMAND_RECV_MS 10000
 #define LIMIT_AUTH_MS 10000

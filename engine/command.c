@@ -1,0 +1,1077 @@
+/*
+ * command.c — what the words of a command mean (command.h); the table of
+ * commands is commands.def.
+ *
+ * Engine commands are parsed by one table-driven function: the row's
+ * shape string names the positional arguments, its options mask the NAME
+ * value pairs allowed after them.  Everything that can be checked without
+ * the ledger is checked here (tally_request_check included), so a
+ * malformed request is answered at once and never reaches a shard.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "command.h"
+
+#define COMMAND_VERSION "0.1.0"
+/* Reported as redis_version so that client libraries which gate features
+ * on it (RESP3, HELLO, CLIENT SETINFO) use the protocol tally speaks. */
+#define COMMAND_REDIS_VERSION "7.0.0"
+
+/* ---- flags and options ------------------------------------------------ */
+
+enum {
+    CMD_WRITE = 1u << 0,
+    CMD_READONLY = 1u << 1,
+    CMD_ADMIN = 1u << 2,
+    CMD_FAST = 1u << 3,
+    CMD_NOAUTH = 1u << 4, /* allowed before AUTH */
+    CMD_STALE = 1u << 5,
+};
+
+enum {
+    OPT_EXPIRES = 1u << 0,
+    OPT_AVAILABLE_AT = 1u << 1,
+    OPT_MEMO = 1u << 2,
+    OPT_TIMEOUT = 1u << 3,
+    OPT_POINTS = 1u << 4,
+    OPT_BEFORE = 1u << 5,
+    OPT_LIMIT = 1u << 6,
+};
+
+/* One call: the command's words and where the answer goes. */
+typedef struct command_call {
+    const command_env *env;
+    command_session *s;
+    const resp_command *cmd;
+    const char *buf;
+    tally_request *req;
+    resp_out *out;
+    const struct command_def *def;
+} command_call;
+
+typedef int (*command_fn)(command_call *c);
+
+typedef struct command_def {
+    const char *name;
+    int arity;
+    uint32_t flags;
+    int key_first;
+    int op;
+    const char *shape;
+    uint32_t options;
+    command_fn handler;
+    const char *summary;
+    const char *args;
+} command_def;
+
+static int command_engine(command_call *c);
+static int command_ping(command_call *c);
+static int command_echo(command_call *c);
+static int command_hello(command_call *c);
+static int command_auth(command_call *c);
+static int command_quit(command_call *c);
+static int command_info(command_call *c);
+static int command_command(command_call *c);
+static int command_config(command_call *c);
+static int command_client(command_call *c);
+static int command_select(command_call *c);
+
+static const command_def command_table[] = {
+#define CMD(name, arity, flags, key, op, shape, options, handler, summary, args) \
+    {name, arity, flags, key, op, shape, options, handler, summary, args},
+#include "commands.def"
+#undef CMD
+};
+
+#define COMMAND_TABLE_COUNT (sizeof(command_table) / sizeof(command_table[0]))
+
+static const struct {
+    const char *name;
+    uint32_t flag;
+} command_flag_names[] = {
+    {"write", CMD_WRITE}, {"readonly", CMD_READONLY}, {"admin", CMD_ADMIN},
+    {"fast", CMD_FAST},   {"no-auth", CMD_NOAUTH},    {"stale", CMD_STALE},
+};
+
+static const struct {
+    const char *name;
+    uint32_t flag;
+} command_option_names[] = {
+    {"EXPIRES", OPT_EXPIRES}, {"AVAILABLE_AT", OPT_AVAILABLE_AT}, {"MEMO", OPT_MEMO},
+    {"TIMEOUT", OPT_TIMEOUT}, {"POINTS", OPT_POINTS},             {"BEFORE", OPT_BEFORE},
+    {"LIMIT", OPT_LIMIT},
+};
+
+unsigned command_count(void) { return (unsigned)COMMAND_TABLE_COUNT; }
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static const char *command_arg(const command_call *c, uint32_t i, size_t *len)
+{
+    *len = c->cmd->argl[i];
+    return resp_arg(c->cmd, c->buf, i);
+}
+
+static bool command_arg_is(const command_call *c, uint32_t i, const char *word)
+{
+    size_t n;
+    const char *a = command_arg(c, i, &n);
+    return n == strlen(word) && strncasecmp(a, word, n) == 0;
+}
+
+static const command_def *command_find(const char *name, size_t len)
+{
+    for (size_t i = 0; i < COMMAND_TABLE_COUNT; i++) {
+        const command_def *d = &command_table[i];
+        if (strlen(d->name) == len && strncasecmp(d->name, name, len) == 0)
+            return d;
+    }
+    return NULL;
+}
+
+/* Unsigned integers: integers when they fit in RESP's signed 64 bits;
+ * otherwise a RESP3 big number, or in RESP2 a bulk string (hiredis and
+ * most clients reject an integer reply above INT64_MAX). */
+static void command_u64(resp_out *o, uint64_t v, int proto)
+{
+    if (v <= (uint64_t)INT64_MAX) {
+        resp_int(o, (int64_t)v);
+        return;
+    }
+    char b[32];
+    int n = snprintf(b, sizeof(b), "%llu", (unsigned long long)v);
+    if (proto == 3) {
+        resp_raw(o, "(", 1);
+        resp_raw(o, b, (size_t)n);
+        resp_raw(o, "\r\n", 2);
+    } else {
+        resp_bulk(o, b, (size_t)n);
+    }
+}
+
+static int command_err(command_call *c, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int command_err(command_call *c, const char *code, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    resp_error(c->out, code, msg);
+    return COMMAND_REPLIED;
+}
+
+static int command_arity_error(command_call *c)
+{
+    return command_err(c, "ERR", "wrong number of arguments for '%s' command", c->def->name);
+}
+
+static int command_syntax_error(command_call *c)
+{
+    return command_err(c, "ERR", "syntax error");
+}
+
+/* ---- argument parsing for engine commands --------------------------------- */
+
+/* A decimal unsigned integer in [lo, hi].  Not digits: -ERR (Redis's
+ * wording); digits out of range: -INVALID naming the field.  Returns true
+ * if parsed; otherwise the error reply is written. */
+static bool command_u64_arg(command_call *c, uint32_t i, const char *what, uint64_t lo,
+                            uint64_t hi, const char *range, uint64_t *out)
+{
+    size_t n;
+    const char *a = command_arg(c, i, &n);
+    uint64_t v = 0;
+    int rc = config_parse_u64(a, n, &v);
+    if (rc == -EINVAL) {
+        command_err(c, "ERR", "value is not an integer or out of range");
+        return false;
+    }
+    if (rc == -ERANGE || v < lo || v > hi) {
+        command_err(c, "INVALID", "%s must be %s", what, range);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+/* A signed decimal integer with |v| in [1, LIMIT_AMOUNT_MAX]. */
+static bool command_signed_arg(command_call *c, uint32_t i, int64_t *out)
+{
+    size_t n;
+    const char *a = command_arg(c, i, &n);
+    bool neg = n > 0 && a[0] == '-';
+    uint64_t mag = 0;
+    int rc = config_parse_u64(a + neg, n - neg, &mag);
+    if (rc == -EINVAL) {
+        command_err(c, "ERR", "value is not an integer or out of range");
+        return false;
+    }
+    if (rc == -ERANGE || mag < 1 || mag > (uint64_t)LIMIT_AMOUNT_MAX) {
+        command_err(c, "INVALID", "points must be 1..10^15 in magnitude");
+        return false;
+    }
+    *out = neg ? -(int64_t)mag : (int64_t)mag;
+    return true;
+}
+
+/* An id or reference: copied if it fits the request's field; the
+ * request's checks then decide (printable, 1..64, no '~' for new ids). */
+static bool command_id_arg(command_call *c, uint32_t i, char *dst, uint8_t *dst_len,
+                           const char *what)
+{
+    size_t n;
+    const char *a = command_arg(c, i, &n);
+    if (n == 0 || n > LIMIT_ENGINE_ID_BYTES_MAX) {
+        command_err(c, "INVALID", "%s must be 1..64 printable ASCII bytes", what);
+        return false;
+    }
+    memcpy(dst, a, n);
+    *dst_len = (uint8_t)n;
+    return true;
+}
+
+static bool command_positional(command_call *c, char letter, uint32_t i)
+{
+    tally_request *r = c->req;
+    uint64_t v;
+    switch (letter) {
+    case 'm':
+    case 'M':
+        return command_u64_arg(c, i, "merchant", 1, UINT64_MAX, "1..18446744073709551615",
+                               &r->merchant);
+    case 'a':
+        return command_u64_arg(c, i, "account", 1, UINT64_MAX, "1..18446744073709551615",
+                               &r->account);
+    case 'p':
+        if (!command_u64_arg(c, i, "points", 1, (uint64_t)LIMIT_AMOUNT_MAX, "1..10^15", &v))
+            return false;
+        r->points = (int64_t)v;
+        return true;
+    case 's':
+        return command_signed_arg(c, i, &r->points);
+    case 'i':
+        return command_id_arg(c, i, r->id, &r->id_len, "id");
+    case 'r':
+        return command_id_arg(c, i, r->ref, &r->ref_len, "referenced id");
+    default:
+        abort(); /* a shape letter commands.def does not define */
+    }
+}
+
+/* One NAME value option into the request. */
+static bool command_option(command_call *c, uint32_t flag, uint32_t i)
+{
+    tally_request *r = c->req;
+    uint64_t v;
+    size_t n;
+    const char *a;
+    switch (flag) {
+    case OPT_EXPIRES:
+        r->flags |= TALLY_REQ_EXPIRES;
+        return command_u64_arg(c, i, "EXPIRES", 1, LIMIT_UNIX_S_MAX,
+                               "unix seconds 1..253402300799", &r->expires);
+    case OPT_AVAILABLE_AT:
+        r->flags |= TALLY_REQ_AVAILABLE_AT;
+        return command_u64_arg(c, i, "AVAILABLE_AT", 1, LIMIT_UNIX_S_MAX,
+                               "unix seconds 1..253402300799", &r->available_at);
+    case OPT_TIMEOUT:
+        r->flags |= TALLY_REQ_TIMEOUT;
+        return command_u64_arg(c, i, "TIMEOUT", 1, LIMIT_HOLD_TIMEOUT_MAX_S,
+                               "1..31622400 seconds", &r->timeout_s);
+    case OPT_POINTS:
+        r->flags |= TALLY_REQ_POINTS;
+        if (!command_u64_arg(c, i, "POINTS", 1, (uint64_t)LIMIT_AMOUNT_MAX, "1..10^15", &v))
+            return false;
+        r->points = (int64_t)v;
+        return true;
+    case OPT_BEFORE:
+        r->flags |= TALLY_REQ_BEFORE;
+        return command_u64_arg(c, i, "BEFORE", 0, UINT64_MAX, "a seq", &r->before_seq);
+    case OPT_LIMIT:
+        /* SPEC §2: anything but 1..1000 is -ERR. */
+        a = command_arg(c, i, &n);
+        if (config_parse_u64(a, n, &v) != 0 || v < 1 || v > LIMIT_HISTORY_MAX) {
+            command_err(c, "ERR", "LIMIT must be an integer 1..1000");
+            return false;
+        }
+        r->limit = (uint32_t)v;
+        return true;
+    case OPT_MEMO:
+        r->flags |= TALLY_REQ_MEMO;
+        a = command_arg(c, i, &n);
+        if (n > LIMIT_MEMO_BYTES_MAX) {
+            command_err(c, "INVALID", "MEMO is longer than 128 bytes");
+            return false;
+        }
+        memcpy(r->memo, a, n);
+        r->memo_len = (uint8_t)n;
+        return true;
+    default:
+        abort();
+    }
+}
+
+/* The NAME value pairs after the positional arguments. */
+static bool command_options(command_call *c, uint32_t first)
+{
+    uint32_t seen = 0;
+    for (uint32_t i = first; i < c->cmd->argc; i += 2) {
+        uint32_t flag = 0;
+        for (size_t k = 0; k < sizeof(command_option_names) / sizeof(command_option_names[0]);
+             k++)
+            if (command_arg_is(c, i, command_option_names[k].name))
+                flag = command_option_names[k].flag;
+        if (!flag || !(c->def->options & flag) || (seen & flag) || i + 1 >= c->cmd->argc) {
+            command_syntax_error(c);
+            return false;
+        }
+        seen |= flag;
+        if (!command_option(c, flag, i + 1))
+            return false;
+    }
+    return true;
+}
+
+/* ---- permissions -------------------------------------------------------- */
+
+static bool command_authed(const command_call *c)
+{
+    return c->env->auth == NULL || c->s->token != NULL;
+}
+
+/* NOPERM unless the session's token may act for merchant m (0: the admin
+ * commands over every shard). */
+static bool command_allowed(command_call *c, uint64_t m)
+{
+    if (c->env->auth == NULL)
+        return true;
+    const config_token *t = c->s->token;
+    if (m == 0) {
+        if (t->admin)
+            return true;
+        command_err(c, "NOPERM", "this command needs an admin token");
+        return false;
+    }
+    if (config_token_allows(t, m))
+        return true;
+    command_err(c, "NOPERM", "token not allowed for merchant %llu", (unsigned long long)m);
+    return false;
+}
+
+/* ---- engine commands ------------------------------------------------------- */
+
+static int command_engine(command_call *c)
+{
+    const command_def *d = c->def;
+    tally_request *r = c->req;
+    r->op = (uint8_t)d->op;
+    uint32_t n = (uint32_t)strlen(d->shape);
+    if (d->shape[0] == 'M' && c->cmd->argc > 2)
+        return command_arity_error(c);
+    uint32_t i = 1;
+    /* The merchant first, so NOPERM is said before anything about the
+     * rest of the request. */
+    for (; i <= n && i < c->cmd->argc; i++) {
+        if (!command_positional(c, d->shape[i - 1], i))
+            return COMMAND_REPLIED;
+        if (i == 1 && !command_allowed(c, r->merchant))
+            return COMMAND_REPLIED;
+    }
+    if (i == 1 && !command_allowed(c, 0)) /* no merchant: every shard */
+        return COMMAND_REPLIED;
+    if (d->shape[0] != 'M' && i <= n)
+        return command_arity_error(c);
+    if (!command_options(c, i))
+        return COMMAND_REPLIED;
+    if (tally_request_check(r) != 0) {
+        resp_error(c->out, tally_error_code(r->res.status), r->res.message);
+        return COMMAND_REPLIED;
+    }
+    return COMMAND_SUBMIT;
+}
+
+/* ---- replies to engine requests --------------------------------------------- */
+
+static void command_entry(resp_out *o, const tally_entry *e, int proto)
+{
+    resp_map(o, 12, proto);
+    resp_bulk_str(o, "id");
+    resp_bulk(o, e->id, e->id_len);
+    resp_bulk_str(o, "kind");
+    resp_bulk_str(o, tally_kind_name(e->kind));
+    resp_bulk_str(o, "merchant");
+    command_u64(o, e->merchant, proto);
+    resp_bulk_str(o, "account");
+    command_u64(o, e->account, proto);
+    resp_bulk_str(o, "points");
+    resp_int(o, e->points);
+    resp_bulk_str(o, "balance");
+    resp_int(o, e->balance);
+    resp_bulk_str(o, "held");
+    resp_int(o, e->held);
+    resp_bulk_str(o, "ts");
+    command_u64(o, e->ts_ms, proto);
+    resp_bulk_str(o, "seq");
+    command_u64(o, e->seq, proto);
+    resp_bulk_str(o, "ref");
+    resp_bulk(o, e->ref, e->ref_len);
+    resp_bulk_str(o, "expires");
+    command_u64(o, e->expires, proto);
+    resp_bulk_str(o, "memo");
+    resp_bulk(o, e->memo, e->memo_len);
+}
+
+static void command_balance(resp_out *o, const tally_balance *b, int proto)
+{
+    resp_map(o, 8, proto);
+    resp_bulk_str(o, "available");
+    resp_int(o, b->available);
+    resp_bulk_str(o, "held");
+    resp_int(o, b->held);
+    resp_bulk_str(o, "pending");
+    resp_int(o, b->pending);
+    resp_bulk_str(o, "earned");
+    resp_int(o, b->earned);
+    resp_bulk_str(o, "redeemed");
+    resp_int(o, b->redeemed);
+    resp_bulk_str(o, "expired");
+    resp_int(o, b->expired);
+    resp_bulk_str(o, "next_expiry");
+    command_u64(o, b->next_expiry, proto);
+    resp_bulk_str(o, "expiring");
+    resp_int(o, b->expiring);
+}
+
+static void command_merchant(resp_out *o, const tally_merchant *m, int proto)
+{
+    resp_map(o, 6, proto);
+    resp_bulk_str(o, "accounts");
+    resp_int(o, m->accounts);
+    resp_bulk_str(o, "outstanding");
+    resp_int(o, m->outstanding);
+    resp_bulk_str(o, "earned");
+    resp_int(o, m->earned);
+    resp_bulk_str(o, "redeemed");
+    resp_int(o, m->redeemed);
+    resp_bulk_str(o, "expired");
+    resp_int(o, m->expired);
+    resp_bulk_str(o, "entries");
+    resp_int(o, m->entries);
+}
+
+/* [YYYY-MM, points] pairs in month order, then [never, points] (always
+ * present, 0 when nothing is outstanding without expiry). */
+static void command_liability(resp_out *o, const tally_result *res)
+{
+    int64_t never = 0;
+    uint32_t months = 0;
+    for (uint32_t i = 0; i < res->rows_count; i++) {
+        if (res->rows[i].year == 0)
+            never += res->rows[i].points;
+        else
+            months++;
+    }
+    resp_array(o, months + 1);
+    for (uint32_t i = 0; i < res->rows_count; i++) {
+        const tally_liability_row *row = &res->rows[i];
+        if (row->year == 0)
+            continue;
+        char ym[16];
+        int n = snprintf(ym, sizeof(ym), "%04d-%02d", row->year, row->month);
+        resp_array(o, 2);
+        resp_bulk(o, ym, (size_t)n);
+        resp_int(o, row->points);
+    }
+    resp_array(o, 2);
+    resp_bulk_str(o, "never");
+    resp_int(o, never);
+}
+
+void command_reply(int proto, const tally_request *req, resp_out *out)
+{
+    const tally_result *res = &req->res;
+    if (res->status != 0) {
+        const char *msg = res->message[0] ? res->message : tally_strerror(res->status);
+        if (req->op == TALLY_OP_VERIFY && res->status == TALLY_ECORRUPT)
+            resp_errorf(out, "ERR", "verify failed: %s", msg);
+        else
+            resp_error(out, tally_error_code(res->status), msg);
+        return;
+    }
+    switch (req->op) {
+    case TALLY_OP_BALANCE:
+        command_balance(out, &res->balance, proto);
+        break;
+    case TALLY_OP_ENTRY:
+        if (res->found)
+            command_entry(out, &res->entry, proto);
+        else
+            resp_null(out, proto);
+        break;
+    case TALLY_OP_HISTORY:
+        resp_array(out, res->items_count);
+        for (uint32_t i = 0; i < res->items_count; i++)
+            command_entry(out, &res->items[i], proto);
+        break;
+    case TALLY_OP_MERCHANT:
+        command_merchant(out, &res->merchant, proto);
+        break;
+    case TALLY_OP_LIABILITY:
+        command_liability(out, res);
+        break;
+    case TALLY_OP_VERIFY:
+    case TALLY_OP_SNAPSHOT:
+        resp_simple(out, "OK");
+        break;
+    default:
+        command_entry(out, &res->entry, proto);
+        break;
+    }
+}
+
+/* ---- connection commands ----------------------------------------------------- */
+
+static int command_ping(command_call *c)
+{
+    if (c->cmd->argc > 2)
+        return command_arity_error(c);
+    if (c->cmd->argc == 2) {
+        size_t n;
+        const char *a = command_arg(c, 1, &n);
+        resp_bulk(c->out, a, n);
+    } else {
+        resp_simple(c->out, "PONG");
+    }
+    return COMMAND_REPLIED;
+}
+
+static int command_echo(command_call *c)
+{
+    size_t n;
+    const char *a = command_arg(c, 1, &n);
+    resp_bulk(c->out, a, n);
+    return COMMAND_REPLIED;
+}
+
+/* Checks a token; writes the WRONGPASS / ERR reply if it fails. */
+static bool command_check_token(command_call *c, uint32_t i)
+{
+    if (c->env->auth == NULL) {
+        command_err(c, "ERR",
+                    "AUTH <password> called without any password configured for the default "
+                    "user. Are you sure your configuration is correct?");
+        return false;
+    }
+    size_t n;
+    const char *a = command_arg(c, i, &n);
+    const config_token *t = config_auth_find(c->env->auth, a, n);
+    if (!t) {
+        command_err(c, "WRONGPASS", "invalid username-password pair or user is disabled.");
+        return false;
+    }
+    c->s->token = t;
+    return true;
+}
+
+static int command_auth(command_call *c)
+{
+    if (c->cmd->argc > 3)
+        return command_arity_error(c);
+    /* AUTH token, or AUTH user token: the user name is not used. */
+    if (!command_check_token(c, c->cmd->argc - 1))
+        return COMMAND_REPLIED;
+    resp_simple(c->out, "OK");
+    return COMMAND_REPLIED;
+}
+
+static void command_hello_reply(command_call *c)
+{
+    resp_map(c->out, 7, c->s->proto);
+    resp_bulk_str(c->out, "server");
+    resp_bulk_str(c->out, "tally");
+    resp_bulk_str(c->out, "version");
+    resp_bulk_str(c->out, COMMAND_REDIS_VERSION);
+    resp_bulk_str(c->out, "proto");
+    resp_int(c->out, c->s->proto);
+    resp_bulk_str(c->out, "id");
+    resp_int(c->out, (int64_t)c->s->id);
+    resp_bulk_str(c->out, "mode");
+    resp_bulk_str(c->out, "standalone");
+    resp_bulk_str(c->out, "role");
+    resp_bulk_str(c->out, "master");
+    resp_bulk_str(c->out, "modules");
+    resp_array(c->out, 0);
+}
+
+static int command_hello(command_call *c)
+{
+    int proto = c->s->proto;
+    uint32_t i = 1;
+    if (c->cmd->argc >= 2) {
+        size_t n;
+        const char *a = command_arg(c, 1, &n);
+        uint64_t v = 0;
+        if (config_parse_u64(a, n, &v) != 0)
+            return command_err(c, "ERR", "Protocol version is not an integer or out of range");
+        if (v != 2 && v != 3)
+            return command_err(c, "NOPROTO", "unsupported protocol version");
+        proto = (int)v;
+        i = 2;
+    }
+    const char *name = NULL;
+    size_t name_len = 0;
+    for (; i < c->cmd->argc; i++) {
+        if (command_arg_is(c, i, "AUTH") && i + 2 < c->cmd->argc) {
+            if (!command_check_token(c, i + 2))
+                return COMMAND_REPLIED;
+            i += 2;
+        } else if (command_arg_is(c, i, "SETNAME") && i + 1 < c->cmd->argc) {
+            name = command_arg(c, i + 1, &name_len);
+            i += 1;
+        } else {
+            return command_err(c, "ERR", "Syntax error in HELLO option '%.*s'",
+                               (int)c->cmd->argl[i], resp_arg(c->cmd, c->buf, i));
+        }
+    }
+    if (!command_authed(c))
+        return command_err(c, "NOAUTH", "HELLO must be called with the client already "
+                                        "authenticated, otherwise the HELLO <proto> AUTH "
+                                        "<user> <pass> option can be used to authenticate the "
+                                        "client and select the RESP protocol version at the "
+                                        "same time");
+    if (name) {
+        size_t k = name_len < sizeof(c->s->name) - 1 ? name_len : sizeof(c->s->name) - 1;
+        memcpy(c->s->name, name, k);
+        c->s->name[k] = 0;
+    }
+    c->s->proto = proto;
+    command_hello_reply(c);
+    return COMMAND_REPLIED;
+}
+
+static int command_quit(command_call *c)
+{
+    c->s->quit = true;
+    resp_simple(c->out, "OK");
+    return COMMAND_REPLIED;
+}
+
+static int command_select(command_call *c)
+{
+    if (command_arg_is(c, 1, "0")) {
+        resp_simple(c->out, "OK");
+        return COMMAND_REPLIED;
+    }
+    return command_err(c, "ERR", "DB index is out of range");
+}
+
+static int command_client(command_call *c)
+{
+    if (command_arg_is(c, 1, "ID")) {
+        resp_int(c->out, (int64_t)c->s->id);
+    } else if (command_arg_is(c, 1, "SETNAME") && c->cmd->argc == 3) {
+        size_t n;
+        const char *a = command_arg(c, 2, &n);
+        size_t k = n < sizeof(c->s->name) - 1 ? n : sizeof(c->s->name) - 1;
+        memcpy(c->s->name, a, k);
+        c->s->name[k] = 0;
+        resp_simple(c->out, "OK");
+    } else if (command_arg_is(c, 1, "GETNAME")) {
+        if (c->s->name[0])
+            resp_bulk_str(c->out, c->s->name);
+        else
+            resp_null(c->out, c->s->proto);
+    } else if (command_arg_is(c, 1, "SETINFO") && c->cmd->argc == 4) {
+        resp_simple(c->out, "OK");
+    } else if (command_arg_is(c, 1, "INFO")) {
+        char b[160];
+        int n = snprintf(b, sizeof(b), "id=%llu name=%s resp=%d db=0\n",
+                         (unsigned long long)c->s->id, c->s->name, c->s->proto);
+        resp_bulk(c->out, b, (size_t)n);
+    } else {
+        return command_err(c, "ERR", "unknown subcommand or wrong number of arguments for "
+                                     "'client|%.*s' command",
+                           (int)c->cmd->argl[1], resp_arg(c->cmd, c->buf, 1));
+    }
+    return COMMAND_REPLIED;
+}
+
+/* CONFIG GET answers the settings a client may ask about (redis-benchmark
+ * asks for save and appendonly); unknown parameters are simply absent. */
+static int command_config(command_call *c)
+{
+    if (!command_arg_is(c, 1, "GET") || c->cmd->argc < 3)
+        return command_err(c, "ERR", "only CONFIG GET parameter... is supported");
+    const command_server_info *in = c->env->info;
+    char port[16] = "", shards[16] = "";
+    if (in)
+        snprintf(port, sizeof(port), "%u", in->port);
+    if (c->env->t)
+        snprintf(shards, sizeof(shards), "%u", tally_shard_count(c->env->t));
+    const struct {
+        const char *name, *value;
+    } known[] = {
+        {"port", port},
+        {"bind", in && in->bind ? in->bind : ""},
+        {"dir", in && in->dir ? in->dir : ""},
+        {"appendfsync", in && in->sync == TALLY_SYNC_NONE ? "no" : "always"},
+        {"appendonly", "yes"},
+        {"save", ""},
+        {"shards", shards},
+        {"databases", "1"},
+    };
+    uint32_t hits = 0;
+    const char *vals[16], *names[16];
+    for (uint32_t i = 2; i < c->cmd->argc; i++)
+        for (size_t k = 0; k < sizeof(known) / sizeof(known[0]) && hits < 16; k++) {
+            size_t n;
+            const char *a = command_arg(c, i, &n);
+            bool star = n == 1 && a[0] == '*';
+            if (star || (strlen(known[k].name) == n && strncasecmp(a, known[k].name, n) == 0)) {
+                bool dup = false;
+                for (uint32_t h = 0; h < hits; h++)
+                    dup |= names[h] == known[k].name;
+                if (!dup) {
+                    names[hits] = known[k].name;
+                    vals[hits++] = known[k].value;
+                }
+            }
+        }
+    resp_map(c->out, hits, c->s->proto);
+    for (uint32_t h = 0; h < hits; h++) {
+        resp_bulk_str(c->out, names[h]);
+        resp_bulk_str(c->out, vals[h]);
+    }
+    return COMMAND_REPLIED;
+}
+
+/* ---- COMMAND ---------------------------------------------------------------- */
+
+static void command_describe(resp_out *o, const command_def *d, int proto)
+{
+    uint32_t nflags = 0;
+    for (size_t k = 0; k < sizeof(command_flag_names) / sizeof(command_flag_names[0]); k++)
+        nflags += (d->flags & command_flag_names[k].flag) != 0;
+    resp_array(o, 10);
+    resp_bulk_str(o, d->name);
+    resp_int(o, d->arity);
+    resp_array(o, nflags);
+    for (size_t k = 0; k < sizeof(command_flag_names) / sizeof(command_flag_names[0]); k++)
+        if (d->flags & command_flag_names[k].flag)
+            resp_simple(o, command_flag_names[k].name);
+    resp_int(o, d->key_first);
+    resp_int(o, d->key_first);
+    resp_int(o, d->key_first ? 1 : 0);
+    resp_array(o, 0); /* ACL categories */
+    resp_array(o, 0); /* tips */
+    if (d->key_first) {
+        /* One key spec: the merchant at index 1 (Redis 7 clients route by it). */
+        resp_array(o, 1);
+        resp_map(o, 3, proto);
+        resp_bulk_str(o, "flags");
+        resp_array(o, 1);
+        resp_simple(o, d->flags & CMD_WRITE ? "RW" : "RO");
+        resp_bulk_str(o, "begin_search");
+        resp_map(o, 2, proto);
+        resp_bulk_str(o, "type");
+        resp_bulk_str(o, "index");
+        resp_bulk_str(o, "spec");
+        resp_map(o, 1, proto);
+        resp_bulk_str(o, "index");
+        resp_int(o, d->key_first);
+        resp_bulk_str(o, "find_keys");
+        resp_map(o, 2, proto);
+        resp_bulk_str(o, "type");
+        resp_bulk_str(o, "range");
+        resp_bulk_str(o, "spec");
+        resp_map(o, 3, proto);
+        resp_bulk_str(o, "lastkey");
+        resp_int(o, 0);
+        resp_bulk_str(o, "keystep");
+        resp_int(o, 1);
+        resp_bulk_str(o, "limit");
+        resp_int(o, 0);
+    } else {
+        resp_array(o, 0);
+    }
+    resp_array(o, 0); /* subcommands */
+}
+
+static void command_doc(resp_out *o, const command_def *d, int proto)
+{
+    resp_bulk_str(o, d->name);
+    resp_map(o, 4, proto);
+    resp_bulk_str(o, "summary");
+    resp_bulk_str(o, d->summary);
+    resp_bulk_str(o, "since");
+    resp_bulk_str(o, "0.1.0");
+    resp_bulk_str(o, "group");
+    resp_bulk_str(o, d->op != TALLY_OP_NONE ? "ledger" : "connection");
+    resp_bulk_str(o, "syntax");
+    resp_bulk_str(o, d->args);
+}
+
+static int command_command(command_call *c)
+{
+    resp_out *o = c->out;
+    int proto = c->s->proto;
+    uint32_t argc = c->cmd->argc;
+    if (argc == 1 || command_arg_is(c, 1, "INFO") || command_arg_is(c, 1, "DOCS")) {
+        bool docs = argc > 1 && command_arg_is(c, 1, "DOCS");
+        const command_def *picked[COMMAND_TABLE_COUNT];
+        uint32_t n = 0, named = argc > 2 ? argc - 2 : 0;
+        for (size_t i = 0; i < COMMAND_TABLE_COUNT && named == 0; i++)
+            picked[n++] = &command_table[i];
+        if (docs) {
+            for (uint32_t k = 0; k < named && n < COMMAND_TABLE_COUNT; k++) {
+                size_t len;
+                const char *a = command_arg(c, 2 + k, &len);
+                const command_def *d = command_find(a, len);
+                if (d)
+                    picked[n++] = d;
+            }
+            resp_map(o, n, proto);
+            for (uint32_t k = 0; k < n; k++)
+                command_doc(o, picked[k], proto);
+            return COMMAND_REPLIED;
+        }
+        if (named) {
+            resp_array(o, named);
+            for (uint32_t k = 0; k < named; k++) {
+                size_t len;
+                const char *a = command_arg(c, 2 + k, &len);
+                const command_def *d = command_find(a, len);
+                if (d)
+                    command_describe(o, d, proto);
+                else
+                    resp_null(o, proto);
+            }
+            return COMMAND_REPLIED;
+        }
+        resp_array(o, n);
+        for (uint32_t k = 0; k < n; k++)
+            command_describe(o, picked[k], proto);
+    } else if (command_arg_is(c, 1, "COUNT")) {
+        resp_int(o, (int64_t)COMMAND_TABLE_COUNT);
+    } else if (command_arg_is(c, 1, "LIST")) {
+        resp_array(o, COMMAND_TABLE_COUNT);
+        for (size_t i = 0; i < COMMAND_TABLE_COUNT; i++)
+            resp_bulk_str(o, command_table[i].name);
+    } else {
+        return command_err(c, "ERR", "unknown subcommand '%.*s'. Try COMMAND HELP.",
+                           (int)c->cmd->argl[1], resp_arg(c->cmd, c->buf, 1));
+    }
+    return COMMAND_REPLIED;
+}
+
+/* ---- INFO --------------------------------------------------------------------- */
+
+typedef struct command_text {
+    char *buf;
+    size_t len, cap;
+} command_text;
+
+static void command_textf(command_text *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void command_textf(command_text *t, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return;
+        if (t->len + (size_t)n < t->cap) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t cap = (t->cap + (size_t)n + 1) * 2;
+        char *b = realloc(t->buf, cap);
+        if (!b)
+            return;
+        t->buf = b;
+        t->cap = cap;
+    }
+}
+
+static uint64_t command_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void command_info_server(command_text *t, const command_env *env)
+{
+    const command_server_info *in = env->info;
+    uint64_t up = in ? (command_now_ms() - in->start_ms) / 1000 : 0;
+    command_textf(t,
+                  "# Server\r\ntally_version:%s\r\nredis_version:%s\r\nredis_mode:standalone\r\n"
+                  "process_id:%ld\r\ntcp_port:%u\r\nuptime_in_seconds:%llu\r\n"
+                  "sync:%s\r\nshards:%u\r\ndir:%s\r\n\r\n",
+                  COMMAND_VERSION, COMMAND_REDIS_VERSION, (long)getpid(), in ? in->port : 0,
+                  (unsigned long long)up,
+                  in && in->sync == TALLY_SYNC_NONE ? "none" : "always",
+                  env->t ? tally_shard_count(env->t) : 0, in && in->dir ? in->dir : "");
+}
+
+static void command_info_clients(command_text *t, const command_env *env)
+{
+    const command_server_info *in = env->info;
+    if (!in)
+        return;
+    command_textf(t,
+                  "# Clients\r\nconnected_clients:%u\r\nmaxclients:%u\r\n"
+                  "total_connections_received:%llu\r\nrejected_connections:%llu\r\n"
+                  "total_commands_processed:%llu\r\nprotocol_errors:%llu\r\n"
+                  "requests_in_flight:%llu\r\n\r\n",
+                  in->clients, in->max_clients, (unsigned long long)in->connections_total,
+                  (unsigned long long)in->connections_rejected,
+                  (unsigned long long)in->commands_total,
+                  (unsigned long long)in->protocol_errors,
+                  (unsigned long long)in->requests_inflight);
+}
+
+/* Ledger, shards and commit sections from the engine's counters. */
+static void command_info_engine(command_text *t, const command_env *env, bool ledger,
+                                bool shards, bool commit)
+{
+    if (!env->t)
+        return;
+    uint32_t n = tally_shard_count(env->t);
+    tally_shard_stats sum = {0};
+    uint32_t failed = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        tally_shard_stats st;
+        tally_shard_stats_get(env->t, i, &st);
+        sum.seq += st.seq;
+        sum.durable_seq += st.durable_seq;
+        sum.entries += st.entries;
+        sum.batches += st.batches;
+        sum.flush_us_total += st.flush_us_total;
+        if (st.flush_us_max > sum.flush_us_max)
+            sum.flush_us_max = st.flush_us_max;
+        if (st.batch_entries_max > sum.batch_entries_max)
+            sum.batch_entries_max = st.batch_entries_max;
+        sum.checkpoints += st.checkpoints;
+        sum.log_bytes += st.log_bytes;
+        sum.sweep_entries += st.sweep_entries;
+        failed += st.status != 0;
+    }
+    if (ledger)
+        command_textf(t,
+                      "# Ledger\r\nrecords:%llu\r\ndurable_records:%llu\r\n"
+                      "records_since_start:%llu\r\nengine_entries_since_start:%llu\r\n"
+                      "log_bytes:%llu\r\ncheckpoints:%llu\r\nshards_failed:%u\r\n\r\n",
+                      (unsigned long long)sum.seq, (unsigned long long)sum.durable_seq,
+                      (unsigned long long)sum.entries, (unsigned long long)sum.sweep_entries,
+                      (unsigned long long)sum.log_bytes, (unsigned long long)sum.checkpoints,
+                      failed);
+    if (shards) {
+        command_textf(t, "# Shards\r\n");
+        for (uint32_t i = 0; i < n; i++) {
+            tally_shard_stats st;
+            tally_shard_stats_get(env->t, i, &st);
+            const char *status = st.status == 0 ? "ok"
+                                 : st.status == TALLY_ECORRUPT ? "corrupt" : "failed";
+            command_textf(t,
+                          "shard%u:status=%s,seq=%llu,durable_seq=%llu,checkpoint_seq=%llu,"
+                          "log_bytes=%llu%s%s\r\n",
+                          i, status, (unsigned long long)st.seq,
+                          (unsigned long long)st.durable_seq,
+                          (unsigned long long)st.checkpoint_seq,
+                          (unsigned long long)st.log_bytes, st.status ? ",reason=" : "",
+                          st.status ? st.status_message : "");
+        }
+        command_textf(t, "\r\n");
+    }
+    if (commit) {
+        double avg_us = sum.batches ? (double)sum.flush_us_total / (double)sum.batches : 0;
+        double per_batch = sum.batches ? (double)sum.entries / (double)sum.batches : 0;
+        command_textf(t,
+                      "# Commit\r\nbatches:%llu\r\nbatch_records_avg:%.1f\r\n"
+                      "batch_records_max:%llu\r\nflush_latency_us_avg:%.0f\r\n"
+                      "flush_latency_us_max:%llu\r\n\r\n",
+                      (unsigned long long)sum.batches, per_batch,
+                      (unsigned long long)sum.batch_entries_max, avg_us,
+                      (unsigned long long)sum.flush_us_max);
+    }
+}
+
+static int command_info(command_call *c)
+{
+    bool all = c->cmd->argc == 1;
+    bool want[5] = {all, all, all, all, all};
+    static const char *const sections[5] = {"server", "clients", "ledger", "shards", "commit"};
+    for (uint32_t i = 1; i < c->cmd->argc; i++) {
+        if (command_arg_is(c, i, "all") || command_arg_is(c, i, "default") ||
+            command_arg_is(c, i, "everything"))
+            for (int k = 0; k < 5; k++)
+                want[k] = true;
+        for (int k = 0; k < 5; k++)
+            if (command_arg_is(c, i, sections[k]))
+                want[k] = true;
+    }
+    command_text t = {0};
+    if (want[0])
+        command_info_server(&t, c->env);
+    if (want[1])
+        command_info_clients(&t, c->env);
+    command_info_engine(&t, c->env, want[2], want[3], want[4]);
+    resp_bulk(c->out, t.buf ? t.buf : "", t.len);
+    free(t.buf);
+    return COMMAND_REPLIED;
+}
+
+/* ---- dispatch ------------------------------------------------------------------ */
+
+static int command_unknown(command_call *c)
+{
+    char args[160];
+    size_t o = 0;
+    for (uint32_t i = 1; i < c->cmd->argc && o < sizeof(args) - 1; i++) {
+        int n = snprintf(args + o, sizeof(args) - o, "'%.*s' ",
+                         (int)(c->cmd->argl[i] < 40 ? c->cmd->argl[i] : 40),
+                         resp_arg(c->cmd, c->buf, i));
+        if (n < 0)
+            break;
+        o += (size_t)n;
+    }
+    if (o >= sizeof(args))
+        o = sizeof(args) - 1;
+    args[o] = 0;
+    size_t n;
+    const char *name = command_arg(c, 0, &n);
+    return command_err(c, "ERR", "unknown command '%.*s', with args beginning with: %s",
+                       (int)(n < 64 ? n : 64), name, args);
+}
+
+int command_dispatch(const command_env *env, command_session *s, const resp_command *cmd,
+                     const char *buf, tally_request *req, resp_out *out)
+{
+    command_call c = {.env = env, .s = s, .cmd = cmd, .buf = buf, .req = req, .out = out};
+    size_t n;
+    const char *name = command_arg(&c, 0, &n);
+    c.def = command_find(name, n);
+    if (!c.def)
+        return command_unknown(&c);
+    if (!command_authed(&c) && !(c.def->flags & CMD_NOAUTH))
+        return command_err(&c, "NOAUTH", "Authentication required.");
+    int arity = c.def->arity;
+    if ((arity > 0 && cmd->argc != (uint32_t)arity) ||
+        (arity < 0 && cmd->argc < (uint32_t)-arity))
+        return command_arity_error(&c);
+    return c.def->handler(&c);
+}

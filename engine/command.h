@@ -1,0 +1,72 @@
+/*
+ * command.h — the commands tallyd answers (the table is commands.def):
+ * checking a parsed RESP command, turning it into an engine request, and
+ * encoding the engine's result as a reply.  Transport-free: the server
+ * owns sockets and ordering; this module owns what the words mean.
+ *
+ * Errors follow SPEC §3: -ERR for unknown commands, arity, syntax and
+ * malformed numbers (Redis's wording where Redis has one); -INVALID for a
+ * well-formed value out of range; -NOAUTH / -NOPERM before anything else
+ * is looked at; the engine's own codes for what the ledger decides.
+ */
+#ifndef TALLY_COMMAND_H
+#define TALLY_COMMAND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "resp.h"
+#include "tally.h"
+
+/* Per-connection protocol state. */
+typedef struct command_session {
+    uint64_t id;                /* CLIENT ID */
+    int proto;                  /* 2, or 3 after HELLO 3 */
+    const config_token *token;  /* after AUTH; NULL if none */
+    bool quit;                  /* QUIT: close after this reply */
+    char name[64];              /* CLIENT SETNAME */
+} command_session;
+
+/* Live server counters that INFO reports; owned by the server. */
+typedef struct command_server_info {
+    uint64_t start_ms;
+    uint64_t connections_total;
+    uint64_t connections_rejected;
+    uint64_t commands_total;
+    uint64_t protocol_errors;
+    uint32_t clients;
+    uint32_t max_clients;
+    uint64_t requests_inflight;
+    uint16_t port;
+    const char *bind;
+    const char *dir;
+    int sync;
+} command_server_info;
+
+typedef struct command_env {
+    tally *t;
+    const config_auth *auth;          /* NULL: open server */
+    const command_server_info *info;  /* may be NULL (tests) */
+} command_env;
+
+enum command_outcome {
+    COMMAND_REPLIED = 0, /* the reply is in out */
+    COMMAND_SUBMIT = 1,  /* req is filled: submit it, then command_reply() */
+};
+
+/* Looks at one parsed command (args in buf, see resp.h) and either writes
+ * its reply into out (COMMAND_REPLIED; s->quit set by QUIT) or fills req,
+ * which the caller zeroed, for the engine (COMMAND_SUBMIT). */
+int command_dispatch(const command_env *env, command_session *s, const resp_command *cmd,
+                     const char *buf, tally_request *req, resp_out *out);
+
+/* Encodes the engine's answer to a submitted request in protocol proto
+ * (the session's protocol when the request was dispatched: a HELLO later
+ * in the same pipeline does not change it). */
+void command_reply(int proto, const tally_request *req, resp_out *out);
+
+/* The number of commands in the table (COMMAND COUNT). */
+unsigned command_count(void);
+
+#endif

@@ -1,0 +1,350 @@
+/*
+ * config.c — tallyd's command line and auth file (config.h).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "limits.h"
+#include "tally.h"
+
+/* ---- numbers ------------------------------------------------------------ */
+
+int config_parse_u64(const char *s, size_t len, uint64_t *out)
+{
+    if (len == 0)
+        return -EINVAL;
+    uint64_t v = 0;
+    bool overflow = false;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -EINVAL;
+        unsigned d = (unsigned)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            overflow = true;
+        else
+            v = v * 10 + d;
+    }
+    if (overflow)
+        return -ERANGE;
+    *out = v;
+    return 0;
+}
+
+/* ---- command line --------------------------------------------------------- */
+
+static const char config_usage_text[] =
+    "usage: tallyd [options]\n"
+    "  --dir DIR            data directory (default ./data, created if missing)\n"
+    "  --port N             TCP port (default 7379)\n"
+    "  --bind ADDR          address to listen on (default 127.0.0.1)\n"
+    "  --shards N           shards when creating the directory (default: CPUs)\n"
+    "  --sync always|none   flush every batch before acknowledging (default always);\n"
+    "                       none is for benchmarks only: acknowledged writes can be lost\n"
+    "  --auth-file FILE     tokens: lines `token merchant[,merchant...]` or `token *`\n"
+    "  --insecure           allow a non-loopback --bind without an auth file\n"
+    "  --maxclients N       connections served at once (default 10000)\n"
+    "  --checkpoint-ms N    state checkpoint interval (default 500)\n"
+    "  --help\n";
+
+const char *config_usage(void) { return config_usage_text; }
+
+void config_defaults(config *c)
+{
+    memset(c, 0, sizeof(*c));
+    snprintf(c->dir, sizeof(c->dir), "./data");
+    snprintf(c->bind, sizeof(c->bind), "127.0.0.1");
+    c->port = 7379;
+    c->sync = TALLY_SYNC_ALWAYS;
+    c->max_clients = LIMIT_CONNECTIONS_MAX;
+}
+
+static int config_number(const char *name, const char *v, uint64_t lo, uint64_t hi,
+                         uint64_t *out, char *err, size_t cap)
+{
+    uint64_t n;
+    if (config_parse_u64(v, strlen(v), &n) != 0 || n < lo || n > hi) {
+        snprintf(err, cap, "%s must be an integer %llu..%llu, got '%s'", name,
+                 (unsigned long long)lo, (unsigned long long)hi, v);
+        return -EINVAL;
+    }
+    *out = n;
+    return 0;
+}
+
+static int config_string(const char *name, const char *v, char *dst, size_t dst_cap, char *err,
+                         size_t cap)
+{
+    size_t n = strlen(v);
+    if (n == 0 || n >= dst_cap) {
+        snprintf(err, cap, "%s must be 1..%zu bytes", name, dst_cap - 1);
+        return -EINVAL;
+    }
+    memcpy(dst, v, n + 1);
+    return 0;
+}
+
+/* One option with its value; *used is how many argv slots it took. */
+static int config_option(config *c, const char *opt, const char *val, int *used, char *err,
+                         size_t cap)
+{
+    uint64_t n = 0;
+    int rc = 0;
+    *used = 2;
+    if (strcmp(opt, "--help") == 0 || strcmp(opt, "-h") == 0) {
+        c->help = true;
+        *used = 1;
+        return 0;
+    }
+    if (strcmp(opt, "--insecure") == 0) {
+        c->insecure = true;
+        *used = 1;
+        return 0;
+    }
+    if (!val) {
+        snprintf(err, cap, "%s needs a value", opt);
+        return -EINVAL;
+    }
+    if (strcmp(opt, "--dir") == 0) {
+        rc = config_string(opt, val, c->dir, sizeof(c->dir), err, cap);
+    } else if (strcmp(opt, "--bind") == 0) {
+        rc = config_string(opt, val, c->bind, sizeof(c->bind), err, cap);
+    } else if (strcmp(opt, "--auth-file") == 0) {
+        rc = config_string(opt, val, c->auth_file, sizeof(c->auth_file), err, cap);
+    } else if (strcmp(opt, "--port") == 0) {
+        rc = config_number(opt, val, 1, 65535, &n, err, cap);
+        c->port = (uint16_t)n;
+    } else if (strcmp(opt, "--shards") == 0) {
+        rc = config_number(opt, val, 1, LIMIT_SHARDS_MAX, &n, err, cap);
+        c->shards = (uint32_t)n;
+    } else if (strcmp(opt, "--maxclients") == 0) {
+        rc = config_number(opt, val, 1, LIMIT_CONNECTIONS_MAX, &n, err, cap);
+        c->max_clients = (uint32_t)n;
+    } else if (strcmp(opt, "--checkpoint-ms") == 0) {
+        rc = config_number(opt, val, 1, 3600000, &n, err, cap);
+        c->checkpoint_ms = (uint32_t)n;
+    } else if (strcmp(opt, "--sync") == 0) {
+        if (strcmp(val, "always") == 0)
+            c->sync = TALLY_SYNC_ALWAYS;
+        else if (strcmp(val, "none") == 0)
+            c->sync = TALLY_SYNC_NONE;
+        else {
+            snprintf(err, cap, "--sync must be always or none, got '%s'", val);
+            rc = -EINVAL;
+        }
+    } else {
+        snprintf(err, cap, "unknown option '%s' (try --help)", opt);
+        rc = -EINVAL;
+    }
+    return rc;
+}
+
+int config_parse(config *c, int argc, char **argv, char *err, size_t cap)
+{
+    for (int i = 1; i < argc;) {
+        char opt[64];
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+        const char *eq = strchr(argv[i], '=');
+        int used;
+        int rc;
+        if (eq && strncmp(argv[i], "--", 2) == 0 && (size_t)(eq - argv[i]) < sizeof(opt)) {
+            /* --opt=value */
+            memcpy(opt, argv[i], (size_t)(eq - argv[i]));
+            opt[eq - argv[i]] = 0;
+            rc = config_option(c, opt, eq + 1, &used, err, cap);
+            used = 1;
+        } else {
+            rc = config_option(c, argv[i], val, &used, err, cap);
+        }
+        if (rc < 0)
+            return rc;
+        i += used;
+    }
+    return 0;
+}
+
+bool config_is_loopback(const char *addr)
+{
+    if (strcmp(addr, "localhost") == 0)
+        return true;
+    struct in_addr a4;
+    if (inet_pton(AF_INET, addr, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET6, addr, &a6) == 1)
+        return memcmp(&a6, &in6addr_loopback, sizeof(a6)) == 0;
+    return false;
+}
+
+/* ---- auth file ------------------------------------------------------------ */
+
+static int config_cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int config_cmp_token(const void *a, const void *b)
+{
+    const config_token *x = a, *y = b;
+    uint32_t n = x->token_len < y->token_len ? x->token_len : y->token_len;
+    int c = memcmp(x->token, y->token, n);
+    if (c != 0)
+        return c;
+    return x->token_len < y->token_len ? -1 : x->token_len > y->token_len;
+}
+
+void config_auth_free(config_auth *a)
+{
+    if (!a)
+        return;
+    for (uint32_t i = 0; i < a->tokens_count; i++)
+        free(a->tokens[i].merchants);
+    free(a->tokens);
+    free(a);
+}
+
+/* Parses "m1,m2,..." into t->merchants (sorted). */
+static int config_auth_merchants(config_token *t, char *list, char *err, size_t cap,
+                                 unsigned line)
+{
+    uint32_t room = 0;
+    char *save = NULL;
+    for (char *p = strtok_r(list, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+        uint64_t m;
+        if (config_parse_u64(p, strlen(p), &m) != 0 || m == 0) {
+            snprintf(err, cap, "line %u: merchant '%s' is not 1..2^64-1", line, p);
+            return -EINVAL;
+        }
+        if (t->merchants_count == CONFIG_TOKEN_MERCHANTS_MAX) {
+            snprintf(err, cap, "line %u: more than %u merchants", line,
+                     CONFIG_TOKEN_MERCHANTS_MAX);
+            return -EINVAL;
+        }
+        if (t->merchants_count == room) {
+            room = room ? room * 2 : 8;
+            uint64_t *n = realloc(t->merchants, room * sizeof(*n));
+            if (!n)
+                return -ENOMEM;
+            t->merchants = n;
+        }
+        t->merchants[t->merchants_count++] = m;
+    }
+    if (t->merchants_count == 0) {
+        snprintf(err, cap, "line %u: no merchants (use * for admin)", line);
+        return -EINVAL;
+    }
+    qsort(t->merchants, t->merchants_count, sizeof(uint64_t), config_cmp_u64);
+    return 0;
+}
+
+/* Parses one non-blank line into t. */
+static int config_auth_line(char *line, config_token *t, char *err, size_t cap, unsigned no)
+{
+    char *save = NULL;
+    char *tok = strtok_r(line, " \t", &save);
+    char *rest = strtok_r(NULL, " \t", &save);
+    char *extra = strtok_r(NULL, " \t", &save);
+    if (!tok || !rest || extra) {
+        snprintf(err, cap, "line %u: expected `token merchant[,merchant...]` or `token *`", no);
+        return -EINVAL;
+    }
+    size_t n = strlen(tok);
+    if (n > CONFIG_TOKEN_BYTES_MAX) {
+        snprintf(err, cap, "line %u: token longer than %d bytes", no, CONFIG_TOKEN_BYTES_MAX);
+        return -EINVAL;
+    }
+    memcpy(t->token, tok, n + 1);
+    t->token_len = (uint32_t)n;
+    if (strcmp(rest, "*") == 0) {
+        t->admin = true;
+        return 0;
+    }
+    return config_auth_merchants(t, rest, err, cap, no);
+}
+
+int config_auth_load(const char *path, config_auth **out, char *err, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        int e = errno;
+        snprintf(err, cap, "%s: %s", path, strerror(e));
+        return -e;
+    }
+    config_auth *a = calloc(1, sizeof(*a));
+    if (!a) {
+        fclose(f);
+        return -ENOMEM;
+    }
+    uint32_t room = 0;
+    int rc = 0;
+    char *line = NULL;
+    size_t line_cap = 0;
+    unsigned no = 0;
+    while (rc == 0 && getline(&line, &line_cap, f) >= 0) {
+        no++;
+        line[strcspn(line, "\r\n")] = 0;
+        char *p = line + strspn(line, " \t");
+        if (*p == 0 || *p == '#')
+            continue;
+        if (a->tokens_count == CONFIG_TOKENS_MAX) {
+            snprintf(err, cap, "%s: more than %u tokens", path, CONFIG_TOKENS_MAX);
+            rc = -EINVAL;
+            break;
+        }
+        if (a->tokens_count == room) {
+            room = room ? room * 2 : 16;
+            config_token *n = realloc(a->tokens, room * sizeof(*n));
+            if (!n) {
+                rc = -ENOMEM;
+                break;
+            }
+            a->tokens = n;
+        }
+        config_token *t = &a->tokens[a->tokens_count];
+        memset(t, 0, sizeof(*t));
+        a->tokens_count++;
+        rc = config_auth_line(p, t, err, cap, no);
+    }
+    free(line);
+    fclose(f);
+    if (rc == 0 && a->tokens_count == 0) {
+        snprintf(err, cap, "%s: no tokens", path);
+        rc = -EINVAL;
+    }
+    if (rc == 0) {
+        qsort(a->tokens, a->tokens_count, sizeof(*a->tokens), config_cmp_token);
+        for (uint32_t i = 1; rc == 0 && i < a->tokens_count; i++)
+            if (config_cmp_token(&a->tokens[i - 1], &a->tokens[i]) == 0) {
+                snprintf(err, cap, "%s: a token appears twice", path);
+                rc = -EINVAL;
+            }
+    }
+    if (rc < 0) {
+        config_auth_free(a);
+        return rc;
+    }
+    *out = a;
+    return 0;
+}
+
+const config_token *config_auth_find(const config_auth *a, const char *token, size_t len)
+{
+    if (!a || len == 0 || len > CONFIG_TOKEN_BYTES_MAX)
+        return NULL;
+    config_token key;
+    memcpy(key.token, token, len);
+    key.token_len = (uint32_t)len;
+    return bsearch(&key, a->tokens, a->tokens_count, sizeof(*a->tokens), config_cmp_token);
+}
+
+bool config_token_allows(const config_token *t, uint64_t merchant)
+{
+    if (t->admin)
+        return true;
+    return bsearch(&merchant, t->merchants, t->merchants_count, sizeof(uint64_t),
+                   config_cmp_u64) != NULL;
+}

@@ -1,0 +1,834 @@
+/*
+ * server.c — tallyd's network loop (server.h).
+ *
+ * One thread, one epoll set: the listening socket, every client socket, a
+ * signalfd (SIGTERM/SIGINT) and an eventfd that shard threads ring when
+ * they complete requests.
+ *
+ * Reply order (DESIGN-NOTES §3): every parsed command takes a slot at the
+ * tail of its connection's queue.  A command the server answers itself
+ * (PING, HELLO, an error) fills its slot at once; an engine request fills
+ * its slot when its shard calls done(), durable.  Only the completed
+ * prefix of the queue is encoded into the output buffer, so replies leave
+ * in request order even when pipelined commands go to different shards.
+ *
+ * Completions cross threads through a lock-free stack: done() pushes the
+ * slot and rings the eventfd only when the stack was empty, so a batch of
+ * thousands of completions costs one wakeup.  The loop reads the eventfd
+ * first and then takes the whole stack, so no completion is left behind.
+ *
+ * Backpressure: a connection stops being read while it has
+ * LIMIT_CLIENT_PIPELINE_MAX requests unanswered or
+ * LIMIT_CLIENT_OUTPUT_BYTES_MAX bytes unsent; every connection stops being
+ * read while LIMIT_SERVER_INFLIGHT_MAX requests are unanswered.  Memory is
+ * bounded by these, whatever clients send or fail to read.
+ *
+ * A connection whose client vanished while its requests are in the engine
+ * is closed at once but freed only when its last slot completes; freeing
+ * happens at the end of a loop turn (the graveyard), so no function ever
+ * holds a pointer to a freed connection.  A client that half-closes (EOF,
+ * as `nc` does at the end of its input) gets the replies to everything it
+ * sent before the connection is closed.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "command.h"
+#include "resp.h"
+#include "server.h"
+
+/* ---- constants ---------------------------------------------------------- */
+
+#define SERVER_EVENTS_MAX 256
+#define SERVER_INPUT_BYTES_MIN 16384
+#define SERVER_SLOT_CHUNK 256
+#define SERVER_TICK_MS 250
+/* After a stop: how long clients that do not read get to take their
+ * replies before their connections are closed anyway. */
+#define SERVER_DRAIN_MS 5000
+
+static_assert(SERVER_INPUT_BYTES_MIN <= LIMIT_CLIENT_INPUT_BYTES_MAX, "input buffer bounds");
+
+/* epoll data for the non-client descriptors (client data is the conn). */
+static char server_tag_listen, server_tag_done, server_tag_signal, server_tag_stop;
+
+/* ---- types -------------------------------------------------------------- */
+
+typedef struct server_conn server_conn;
+
+/* A reply slot.  req is the first member: done() gets &slot->req. */
+typedef struct server_slot {
+    tally_request req;
+    server_conn *conn;
+    struct server_slot *next;      /* connection queue / free list */
+    struct server_slot *done_next; /* completion stack */
+    resp_out pre;                  /* a reply made at dispatch time */
+    int proto;                     /* the session's protocol at dispatch */
+    bool engine;                   /* req went to the engine */
+    bool ready;
+} server_slot;
+
+struct server_conn {
+    server *srv;
+    int fd; /* -1 once closed */
+    uint64_t id;
+    command_session session;
+    resp_parser parser;
+    char *in;
+    size_t in_len, in_off, in_cap;
+    resp_out out;
+    size_t out_sent;
+    server_slot *head, *tail;
+    uint32_t pending;      /* slots in the queue */
+    uint64_t connected_ms;
+    uint64_t partial_ms;   /* when the incomplete command began; 0: none */
+    bool reading;          /* EPOLLIN registered */
+    bool writing;          /* EPOLLOUT registered */
+    bool closing;          /* close once the output is flushed */
+    bool eof;              /* the client sent EOF: read no more */
+    bool stalled;          /* waiting for the global in-flight limit */
+    bool buried;           /* in the graveyard, freed at the end of the turn */
+    server_conn *prev_all, *next_all;
+    server_conn *next_dead;
+};
+
+struct server {
+    server_options opts;
+    command_env env;
+    command_server_info info;
+    int listen_fd, epoll_fd, done_fd, signal_fd, stop_fd;
+    _Atomic(server_slot *) done_head;
+    server_slot *free_slots;
+    server_slot **chunks; /* every slot allocation, freed at close */
+    uint32_t chunks_count;
+    uint64_t slots_total;
+    uint64_t inflight;
+    uint64_t next_id;
+    server_conn *conns; /* every open or draining connection */
+    server_conn *graveyard;
+    uint32_t stalled;   /* connections waiting for in-flight room */
+    bool stopping;
+    uint64_t stop_ms;
+    resp_command cmd;   /* one parse at a time: the loop is one thread */
+};
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static uint64_t server_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t server_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void server_say(server *s, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void server_say(server *s, int level, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (s->opts.log)
+        s->opts.log(s->opts.log_ctx, level, msg);
+    else
+        fprintf(stderr, "tallyd: %s\n", msg);
+}
+
+static int server_epoll(server *s, int op, int fd, uint32_t events, void *ptr)
+{
+    struct epoll_event ev = {.events = events, .data.ptr = ptr};
+    return epoll_ctl(s->epoll_fd, op, fd, &ev) < 0 ? -errno : 0;
+}
+
+/* ---- slots -------------------------------------------------------------- */
+
+static server_slot *server_slot_get(server *s, server_conn *c)
+{
+    if (!s->free_slots) {
+        server_slot **chunks = realloc(s->chunks, (s->chunks_count + 1) * sizeof(*chunks));
+        if (!chunks)
+            return NULL;
+        s->chunks = chunks;
+        server_slot *chunk = calloc(SERVER_SLOT_CHUNK, sizeof(*chunk));
+        if (!chunk)
+            return NULL;
+        s->chunks[s->chunks_count++] = chunk;
+        for (int i = 0; i < SERVER_SLOT_CHUNK; i++) {
+            chunk[i].next = s->free_slots;
+            s->free_slots = &chunk[i];
+        }
+        s->slots_total += SERVER_SLOT_CHUNK;
+    }
+    server_slot *sl = s->free_slots;
+    s->free_slots = sl->next;
+    memset(&sl->req, 0, sizeof(sl->req));
+    sl->conn = c;
+    sl->next = NULL;
+    sl->done_next = NULL;
+    sl->pre.len = 0;
+    sl->pre.oom = false;
+    sl->proto = c->session.proto;
+    sl->engine = false;
+    sl->ready = false;
+    if (c->tail)
+        c->tail->next = sl;
+    else
+        c->head = sl;
+    c->tail = sl;
+    c->pending++;
+    s->inflight++;
+    return sl;
+}
+
+/* Back to the free list (the pre buffer's memory is kept for reuse). */
+static void server_slot_put(server *s, server_slot *sl)
+{
+    tally_result_free(&sl->req.res);
+    if (sl->pre.cap > 4096) {
+        resp_out_free(&sl->pre);
+        sl->pre = (resp_out){0};
+    }
+    sl->next = s->free_slots;
+    s->free_slots = sl;
+    s->inflight--;
+}
+
+/* Called on a shard thread when the request is durable. */
+static void server_done(tally_request *req)
+{
+    server_slot *sl = (server_slot *)req;
+    server *s = sl->conn->srv;
+    server_slot *old = atomic_load(&s->done_head);
+    do
+        sl->done_next = old;
+    while (!atomic_compare_exchange_weak(&s->done_head, &old, sl));
+    if (old == NULL) {
+        uint64_t one = 1;
+        ssize_t w = write(s->done_fd, &one, sizeof(one));
+        (void)w; /* a full eventfd counter still wakes the loop */
+    }
+}
+
+/* ---- connections: lifecycle --------------------------------------------- */
+
+static void server_conn_free(server *s, server_conn *c)
+{
+    for (server_slot *sl = c->head; sl; sl = sl->next)
+        sl->conn = NULL; /* only at close, after the engine stopped */
+    if (c->prev_all)
+        c->prev_all->next_all = c->next_all;
+    else
+        s->conns = c->next_all;
+    if (c->next_all)
+        c->next_all->prev_all = c->prev_all;
+    if (c->stalled)
+        s->stalled--;
+    free(c->in);
+    resp_out_free(&c->out);
+    free(c);
+}
+
+/* Puts a closed connection without slots in the graveyard. */
+static void server_conn_bury(server *s, server_conn *c)
+{
+    if (c->buried || c->fd >= 0 || c->pending > 0)
+        return;
+    c->buried = true;
+    c->next_dead = s->graveyard;
+    s->graveyard = c;
+}
+
+static void server_graveyard(server *s)
+{
+    while (s->graveyard) {
+        server_conn *c = s->graveyard;
+        s->graveyard = c->next_dead;
+        server_conn_free(s, c);
+    }
+}
+
+/* Closes the socket now; the connection is freed when no slot of it is
+ * still in the engine. */
+static void server_conn_close(server *s, server_conn *c)
+{
+    if (c->fd >= 0) {
+        epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        c->fd = -1;
+        s->info.clients--;
+    }
+    /* Slots already answered (or never sent to the engine) go now; those
+     * in the engine are dropped as they complete. */
+    server_slot **pp = &c->head;
+    c->tail = NULL;
+    while (*pp) {
+        server_slot *sl = *pp;
+        if (sl->ready || !sl->engine) {
+            *pp = sl->next;
+            c->pending--;
+            server_slot_put(s, sl);
+        } else {
+            c->tail = sl;
+            pp = &sl->next;
+        }
+    }
+    server_conn_bury(s, c);
+}
+
+static void server_accept(server *s)
+{
+    for (;;) {
+        int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                errno != ECONNABORTED)
+                server_say(s, 1, "accept: %s", strerror(errno));
+            return;
+        }
+        s->info.connections_total++;
+        if (s->info.clients >= s->info.max_clients || s->stopping) {
+            static const char full[] = "-ERR max number of clients reached\r\n";
+            ssize_t w = send(fd, full, sizeof(full) - 1, MSG_NOSIGNAL);
+            (void)w;
+            close(fd);
+            s->info.connections_rejected++;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        server_conn *c = calloc(1, sizeof(*c));
+        char *in = malloc(SERVER_INPUT_BYTES_MIN);
+        if (!c || !in || server_epoll(s, EPOLL_CTL_ADD, fd, EPOLLIN, c) < 0) {
+            free(c);
+            free(in);
+            close(fd);
+            s->info.connections_rejected++;
+            continue;
+        }
+        c->srv = s;
+        c->fd = fd;
+        c->in = in;
+        c->in_cap = SERVER_INPUT_BYTES_MIN;
+        c->id = ++s->next_id;
+        c->session.id = c->id;
+        c->session.proto = 2;
+        c->connected_ms = server_now_ms();
+        c->reading = true;
+        c->next_all = s->conns;
+        if (s->conns)
+            s->conns->prev_all = c;
+        s->conns = c;
+        s->info.clients++;
+    }
+}
+
+/* ---- connections: output ------------------------------------------------- */
+
+static void server_conn_events(server *s, server_conn *c, bool reading, bool writing)
+{
+    if (c->fd < 0 || (c->reading == reading && c->writing == writing))
+        return;
+    uint32_t ev = (reading ? EPOLLIN : 0) | (writing ? EPOLLOUT : 0);
+    if (server_epoll(s, EPOLL_CTL_MOD, c->fd, ev, c) == 0) {
+        c->reading = reading;
+        c->writing = writing;
+    }
+}
+
+/* Encodes the replies of the completed prefix of the queue. */
+static void server_conn_collect(server *s, server_conn *c)
+{
+    while (c->head && c->head->ready) {
+        server_slot *sl = c->head;
+        c->head = sl->next;
+        if (!c->head)
+            c->tail = NULL;
+        c->pending--;
+        if (sl->engine)
+            command_reply(sl->proto, &sl->req, &c->out);
+        else
+            resp_raw(&c->out, sl->pre.data, sl->pre.len);
+        server_slot_put(s, sl);
+    }
+}
+
+/* Writes what is buffered; closes on error or when a closing connection
+ * has sent everything.  Returns false if the connection was closed. */
+static bool server_conn_write(server *s, server_conn *c)
+{
+    if (c->out.oom) {
+        server_say(s, 1, "client %llu: out of memory for its replies; closing",
+                   (unsigned long long)c->id);
+        server_conn_close(s, c);
+        return false;
+    }
+    while (c->out_sent < c->out.len) {
+        ssize_t n = send(c->fd, c->out.data + c->out_sent, c->out.len - c->out_sent,
+                         MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_sent += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        server_conn_close(s, c);
+        return false;
+    }
+    if (c->out_sent == c->out.len) {
+        c->out.len = 0;
+        c->out_sent = 0;
+    } else if (c->out_sent > c->out.len / 2) {
+        resp_out_consume(&c->out, c->out_sent);
+        c->out_sent = 0;
+    }
+    bool done_reading = c->closing || (c->eof && c->in_off == c->in_len);
+    if (done_reading && c->out.len == 0 && c->head == NULL) {
+        server_conn_close(s, c);
+        return false;
+    }
+    return true;
+}
+
+/* ---- connections: input --------------------------------------------------- */
+
+static bool server_conn_blocked(const server *s, const server_conn *c)
+{
+    return c->pending >= LIMIT_CLIENT_PIPELINE_MAX ||
+           c->out.len - c->out_sent >= LIMIT_CLIENT_OUTPUT_BYTES_MAX ||
+           s->inflight >= LIMIT_SERVER_INFLIGHT_MAX;
+}
+
+/* Dispatches one parsed command into a new slot. */
+static void server_conn_command(server *s, server_conn *c, const char *buf)
+{
+    server_slot *sl = server_slot_get(s, c);
+    if (!sl) {
+        static const char oom[] = "-ERR out of memory\r\n";
+        resp_raw(&c->out, oom, sizeof(oom) - 1);
+        c->closing = true;
+        return;
+    }
+    s->info.commands_total++;
+    int rc = command_dispatch(&s->env, &c->session, &s->cmd, buf, &sl->req, &sl->pre);
+    if (rc == COMMAND_SUBMIT) {
+        sl->engine = true;
+        sl->req.done = server_done;
+        sl->req.user = sl;
+        tally_submit(s->opts.t, &sl->req);
+        return;
+    }
+    sl->ready = true;
+    if (c->session.quit)
+        c->closing = true;
+}
+
+/* Parses and dispatches buffered commands while the connection may. */
+static void server_conn_parse(server *s, server_conn *c)
+{
+    while (!c->closing && c->in_off < c->in_len && !server_conn_blocked(s, c)) {
+        size_t used = 0;
+        const char *buf = c->in + c->in_off;
+        int rc = resp_parse(&c->parser, buf, c->in_len - c->in_off, &s->cmd, &used);
+        if (rc == RESP_MORE) {
+            if (c->partial_ms == 0)
+                c->partial_ms = server_now_ms();
+            break;
+        }
+        if (rc == RESP_EPROTO) {
+            s->info.protocol_errors++;
+            server_slot *sl = server_slot_get(s, c);
+            if (sl) {
+                resp_error(&sl->pre, "ERR", c->parser.error);
+                sl->ready = true;
+            }
+            c->closing = true;
+            c->in_off = c->in_len = 0;
+            break;
+        }
+        c->partial_ms = 0;
+        if (rc == RESP_COMMAND)
+            server_conn_command(s, c, buf);
+        c->in_off += used;
+    }
+    if (c->in_off == c->in_len) {
+        c->in_off = c->in_len = 0;
+        c->partial_ms = 0;
+    }
+    if (server_conn_blocked(s, c) && s->inflight >= LIMIT_SERVER_INFLIGHT_MAX && !c->stalled) {
+        c->stalled = true;
+        s->stalled++;
+    }
+}
+
+/* Makes room for reading: moves the unparsed bytes to the front, grows
+ * the buffer up to its limit.  Returns the free bytes. */
+static size_t server_conn_room(server_conn *c)
+{
+    if (c->in_off > 0) {
+        memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
+        c->in_len -= c->in_off;
+        c->in_off = 0;
+    }
+    if (c->in_len == c->in_cap && c->in_cap < LIMIT_CLIENT_INPUT_BYTES_MAX) {
+        size_t cap = c->in_cap * 2 < LIMIT_CLIENT_INPUT_BYTES_MAX ? c->in_cap * 2
+                                                                  : LIMIT_CLIENT_INPUT_BYTES_MAX;
+        char *n = realloc(c->in, cap);
+        if (n) {
+            c->in = n;
+            c->in_cap = cap;
+        }
+    }
+    return c->in_cap - c->in_len;
+}
+
+/* Brings a connection up to date: encodes completed replies, writes,
+ * parses buffered input if it may, and (un)registers interest. */
+static void server_conn_pump(server *s, server_conn *c)
+{
+    if (c->fd < 0)
+        return;
+    server_conn_collect(s, c);
+    if (!server_conn_write(s, c))
+        return;
+    if (!s->stopping) {
+        server_conn_parse(s, c);
+        server_conn_collect(s, c);
+        if (!server_conn_write(s, c))
+            return;
+    }
+    bool may_read = !s->stopping && !c->closing && !c->eof && !server_conn_blocked(s, c);
+    server_conn_events(s, c, may_read, c->out.len > c->out_sent);
+}
+
+static void server_conn_read(server *s, server_conn *c)
+{
+    size_t room = server_conn_room(c);
+    if (room == 0) {
+        server_conn_pump(s, c);
+        return;
+    }
+    ssize_t n = recv(c->fd, c->in + c->in_len, room, 0);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        server_conn_close(s, c);
+        return;
+    }
+    if (n == 0) {
+        /* Half-close: answer what was sent, then close.  A partial
+         * command at EOF can never complete: drop it. */
+        c->eof = true;
+    }
+    if (n > 0)
+        c->in_len += (size_t)n;
+    server_conn_pump(s, c);
+    if (c->fd >= 0 && c->eof && c->in_off < c->in_len && !server_conn_blocked(s, c)) {
+        c->in_off = c->in_len = 0;
+        c->partial_ms = 0;
+        server_conn_write(s, c);
+    }
+}
+
+/* ---- completions -------------------------------------------------------- */
+
+static void server_completions(server *s)
+{
+    uint64_t v;
+    ssize_t r = read(s->done_fd, &v, sizeof(v));
+    (void)r;
+    server_slot *sl = atomic_exchange(&s->done_head, NULL);
+    /* Mark them all first, then pump each connection whose head is ready
+     * (once: the pump takes the whole completed prefix). */
+    for (server_slot *p = sl; p; p = p->done_next)
+        p->ready = true;
+    while (sl) {
+        server_slot *next = sl->done_next;
+        server_conn *c = sl->conn;
+        if (c->fd < 0) {
+            /* The client is gone: drop its answered slots. */
+            server_slot **pp = &c->head;
+            c->tail = NULL;
+            while (*pp) {
+                if ((*pp)->ready) {
+                    server_slot *d = *pp;
+                    *pp = d->next;
+                    c->pending--;
+                    server_slot_put(s, d);
+                } else {
+                    c->tail = *pp;
+                    pp = &(*pp)->next;
+                }
+            }
+            server_conn_bury(s, c);
+        } else if (c->head && c->head->ready) {
+            server_conn_pump(s, c);
+        }
+        sl = next;
+    }
+    /* Room again under the global limit: resume the stalled. */
+    if (s->stalled && s->inflight < LIMIT_SERVER_INFLIGHT_MAX / 2) {
+        for (server_conn *c = s->conns; c && s->stalled; c = c->next_all) {
+            if (!c->stalled)
+                continue;
+            c->stalled = false;
+            s->stalled--;
+            server_conn_pump(s, c);
+        }
+    }
+}
+
+/* ---- timers --------------------------------------------------------------- */
+
+/* Slow clients: a command must arrive whole within LIMIT_COMMAND_RECV_MS
+ * (a byte a second does not keep a connection alive), and a client of an
+ * authenticated server must authenticate within LIMIT_AUTH_MS. */
+static void server_tick(server *s)
+{
+    uint64_t now = server_now_ms();
+    server_conn *next;
+    for (server_conn *c = s->conns; c; c = next) {
+        next = c->next_all;
+        if (c->fd < 0)
+            continue;
+        const char *why = NULL;
+        if (c->partial_ms && now - c->partial_ms > LIMIT_COMMAND_RECV_MS)
+            why = "-ERR Protocol error: command not received in time\r\n";
+        else if (s->env.auth && !c->session.token && now - c->connected_ms > LIMIT_AUTH_MS)
+            why = "-NOAUTH authentication timeout\r\n";
+        else if (s->stopping && now - s->stop_ms > SERVER_DRAIN_MS)
+            why = "";
+        if (!why)
+            continue;
+        if (why[0]) {
+            ssize_t w = send(c->fd, why, strlen(why), MSG_NOSIGNAL);
+            (void)w;
+        }
+        server_conn_close(s, c);
+    }
+}
+
+/* ---- stop ------------------------------------------------------------------ */
+
+static void server_begin_stop(server *s)
+{
+    if (s->stopping)
+        return;
+    s->stopping = true;
+    s->stop_ms = server_now_ms();
+    server_say(s, 0, "stopping: no new connections or commands; answering %llu in flight",
+               (unsigned long long)s->inflight);
+    if (s->listen_fd >= 0) {
+        epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, s->listen_fd, NULL);
+        close(s->listen_fd);
+        s->listen_fd = -1;
+    }
+    for (server_conn *c = s->conns; c; c = c->next_all)
+        server_conn_events(s, c, false, c->out.len > c->out_sent);
+}
+
+/* Done when nothing is in the engine and every reply is written. */
+static bool server_drained(server *s)
+{
+    if (s->inflight > 0)
+        return false;
+    for (server_conn *c = s->conns; c; c = c->next_all)
+        if (c->fd >= 0 && c->out.len > c->out_sent)
+            return false;
+    return true;
+}
+
+void server_stop(server *s)
+{
+    uint64_t one = 1;
+    ssize_t w = write(s->stop_fd, &one, sizeof(one));
+    (void)w;
+}
+
+/* ---- open / run / close ------------------------------------------------------ */
+
+static int server_listen(server *s)
+{
+    const config *cfg = s->opts.cfg;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    char port[8];
+    snprintf(port, sizeof(port), "%u", cfg->port);
+    int rc = getaddrinfo(cfg->bind, port, &hints, &res);
+    if (rc != 0) {
+        server_say(s, 2, "cannot resolve --bind %s: %s", cfg->bind, gai_strerror(rc));
+        return -EINVAL;
+    }
+    int err = -EADDRNOTAVAIL;
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            err = -errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 1024) == 0) {
+            s->listen_fd = fd;
+            err = 0;
+            break;
+        }
+        err = -errno;
+        close(fd);
+    }
+    freeaddrinfo(res);
+    return err;
+}
+
+int server_open(const server_options *o, server **out)
+{
+    server *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->opts = *o;
+    s->listen_fd = s->epoll_fd = s->done_fd = s->signal_fd = s->stop_fd = -1;
+    s->info = (command_server_info){
+        .start_ms = server_wall_ms(), .max_clients = o->cfg->max_clients,
+        .port = o->cfg->port, .bind = o->cfg->bind, .dir = o->cfg->dir, .sync = o->cfg->sync,
+    };
+    s->env = (command_env){.t = o->t, .auth = o->auth, .info = &s->info};
+    int rc = server_listen(s);
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    if (rc == 0 && ((s->epoll_fd = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
+                    (s->done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0 ||
+                    (s->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0 ||
+                    (s->signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC)) < 0))
+        rc = -errno;
+    if (rc == 0)
+        rc = server_epoll(s, EPOLL_CTL_ADD, s->listen_fd, EPOLLIN, &server_tag_listen);
+    if (rc == 0)
+        rc = server_epoll(s, EPOLL_CTL_ADD, s->done_fd, EPOLLIN, &server_tag_done);
+    if (rc == 0)
+        rc = server_epoll(s, EPOLL_CTL_ADD, s->stop_fd, EPOLLIN, &server_tag_stop);
+    if (rc == 0)
+        rc = server_epoll(s, EPOLL_CTL_ADD, s->signal_fd, EPOLLIN, &server_tag_signal);
+    if (rc < 0) {
+        server_close(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+static void server_event(server *s, const struct epoll_event *ev)
+{
+    void *p = ev->data.ptr;
+    if (p == &server_tag_listen) {
+        server_accept(s);
+    } else if (p == &server_tag_done) {
+        server_completions(s);
+    } else if (p == &server_tag_signal) {
+        struct signalfd_siginfo si;
+        while (read(s->signal_fd, &si, sizeof(si)) == sizeof(si))
+            server_say(s, 0, "signal %u received", si.ssi_signo);
+        server_begin_stop(s);
+    } else if (p == &server_tag_stop) {
+        uint64_t v;
+        ssize_t r = read(s->stop_fd, &v, sizeof(v));
+        (void)r;
+        server_begin_stop(s);
+    } else {
+        server_conn *c = p;
+        if (c->fd < 0)
+            return;
+        if (ev->events & EPOLLERR) {
+            server_conn_close(s, c);
+            return;
+        }
+        if (ev->events & EPOLLOUT)
+            server_conn_pump(s, c);
+        if ((ev->events & (EPOLLIN | EPOLLHUP)) && c->fd >= 0 && c->reading)
+            server_conn_read(s, c);
+        else if ((ev->events & EPOLLHUP) && c->fd >= 0)
+            server_conn_close(s, c);
+    }
+}
+
+int server_run(server *s)
+{
+    struct epoll_event evs[SERVER_EVENTS_MAX];
+    uint64_t last_tick = server_now_ms();
+    for (;;) {
+        int n = epoll_wait(s->epoll_fd, evs, SERVER_EVENTS_MAX, SERVER_TICK_MS);
+        if (n < 0 && errno != EINTR)
+            return -errno;
+        for (int i = 0; i < n; i++)
+            server_event(s, &evs[i]);
+        uint64_t now = server_now_ms();
+        if (now - last_tick >= SERVER_TICK_MS) {
+            last_tick = now;
+            server_tick(s);
+        }
+        s->info.requests_inflight = s->inflight;
+        server_graveyard(s);
+        if (s->stopping && server_drained(s))
+            break;
+    }
+    server_say(s, 0, "stopped: every request handed to the engine was answered");
+    return 0;
+}
+
+void server_close(server *s)
+{
+    if (!s)
+        return;
+    /* The engine has stopped (or never got these requests): nothing will
+     * complete any more. */
+    while (s->conns) {
+        server_conn *c = s->conns;
+        if (c->fd >= 0)
+            server_conn_close(s, c);
+        if (!c->buried)
+            server_conn_free(s, c);
+        else
+            server_graveyard(s);
+    }
+    server_graveyard(s);
+    int fds[] = {s->listen_fd, s->epoll_fd, s->done_fd, s->signal_fd, s->stop_fd};
+    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    for (uint32_t i = 0; i < s->chunks_count; i++) {
+        for (int k = 0; k < SERVER_SLOT_CHUNK; k++) {
+            resp_out_free(&s->chunks[i][k].pre);
+            tally_result_free(&s->chunks[i][k].req.res);
+        }
+        free(s->chunks[i]);
+    }
+    free(s->chunks);
+    free(s);
+}
