@@ -31,7 +31,7 @@ endif
 # exact command is printed.
 DEPS_BUILD := build-essential liblmdb-dev libxxhash-dev liburing-dev pkg-config
 DEPS_TEST := $(DEPS_BUILD) libcriterion-dev libhiredis-dev redis-tools xfsprogs
-DEPS_BENCH := $(DEPS_TEST) redis-server postgresql postgresql-contrib sqlite3 libsqlite3-dev lmdb-utils gnuplot-nox
+DEPS_BENCH := $(DEPS_TEST) redis-server postgresql postgresql-contrib sqlite3 libsqlite3-dev lmdb-utils gnuplot-nox jq
 DEPS_FUZZ := $(DEPS_TEST) clang libfuzzer-14-dev
 
 ENGINE_SRC := $(wildcard engine/*.c)
