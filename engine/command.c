@@ -1053,9 +1053,18 @@ static int command_unknown(command_call *c)
         o = sizeof(args) - 1;
     args[o] = 0;
     size_t n;
-    const char *name = command_arg(c, 0, &n);
-    return command_err(c, "ERR", "unknown command '%.*s', with args beginning with: %s",
-                       (int)(n < 64 ? n : 64), name, args);
+    const char *raw = command_arg(c, 0, &n);
+    char name[65];
+    n = n < 64 ? n : 64;
+    /* Echo the name printable only: the reply is one text line. */
+    for (size_t i = 0; i < n; i++)
+        name[i] = raw[i] >= 0x20 && raw[i] < 0x7f ? raw[i] : '?';
+    name[n] = 0;
+    for (size_t i = 0; i < o; i++)
+        if (args[i] < 0x20 || args[i] >= 0x7f)
+            args[i] = '?';
+    return command_err(c, "ERR", "unknown command '%s', with args beginning with: %s", name,
+                       args);
 }
 
 int command_dispatch(const command_env *env, command_session *s, const resp_command *cmd,

@@ -1345,9 +1345,9 @@ static int ledger_read_entry(ledger *l, tally_request *q)
 static int ledger_history(ledger *l, tally_request *q)
 {
     uint32_t limit = q->limit ? q->limit : LIMIT_HISTORY_DEFAULT;
-    q->res.items = calloc(limit, sizeof(tally_entry));
-    if (!q->res.items)
-        return -ENOMEM;
+    /* Room grows with what is found: a pipeline of HISTORY requests for
+     * short histories must not pin LIMIT entries each. */
+    uint32_t cap = 0;
     uint64_t m = q->merchant, a = q->account;
     state_cursor *c;
     int rc = state_cursor_open(l->st, STATE_HISTORY, &c);
@@ -1368,6 +1368,15 @@ static int ledger_history(ledger *l, tally_request *q)
             break;
         uint64_t seq = get_be64((const uint8_t *)kk + 16);
         if (seq < before) {
+            if (q->res.items_count == cap) {
+                cap = cap ? (cap * 2 < limit ? cap * 2 : limit) : (limit < 8 ? limit : 8);
+                tally_entry *n = realloc(q->res.items, cap * sizeof(*n));
+                if (!n) {
+                    rc = -ENOMEM;
+                    break;
+                }
+                q->res.items = n;
+            }
             log_loc loc;
             memcpy(&loc, v, sizeof(loc));
             record r;

@@ -1,0 +1,494 @@
+/*
+ * command_test.c — every command of SPEC §2 and every error of §3, over
+ * TCP against a real tallyd (engine/command.c through engine/server.c).
+ */
+#include <criterion/criterion.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tallyd_util.h"
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static td srv;
+static redisContext *rc;
+
+static void up(void)
+{
+    td_init(&srv, "cmd");
+    td_start(&srv, NULL);
+    rc = td_connect(&srv);
+}
+
+static void down(void)
+{
+    redisFree(rc);
+    td_stop(&srv);
+    td_cleanup(&srv);
+}
+
+static void expect_error(const char *prefix, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(rc, fmt, ap);
+    va_end(ap);
+    cr_assert_not_null(r, "no reply to %s", fmt);
+    cr_assert_eq(r->type, REDIS_REPLY_ERROR, "'%s' should fail with %s", fmt, prefix);
+    cr_assert(strncmp(r->str, prefix, strlen(prefix)) == 0, "'%s': got '%s', want '%s...'",
+              fmt, r->str, prefix);
+    freeReplyObject(r);
+}
+
+/* The reply as an entry (flat field/value array), asserted. */
+static redisReply *entry_cmd(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(rc, fmt, ap);
+    va_end(ap);
+    cr_assert_not_null(r);
+    cr_assert_eq(r->type, REDIS_REPLY_ARRAY, "'%s' failed: %s", fmt,
+                 r->type == REDIS_REPLY_ERROR ? r->str : "not an array");
+    cr_assert_eq(r->elements, 24, "an entry has 12 fields");
+    return r;
+}
+
+static const char *str_field(const redisReply *r, const char *name)
+{
+    const redisReply *f = td_field(r, name);
+    cr_assert_not_null(f, "no field %s", name);
+    cr_assert_eq(f->type, REDIS_REPLY_STRING, "field %s is not a string", name);
+    return f->str;
+}
+
+static long long now_s(void) { return (long long)time(NULL); }
+
+/* ---- writes and reads ----------------------------------------------------- */
+
+Test(command, earn_redeem_balance_and_entry_carry_every_field, .init = up, .fini = down)
+{
+    long long exp = now_s() + 86400 * 400;
+    redisReply *e = entry_cmd("EARN 1 100 500 e1 EXPIRES %lld MEMO %s", exp, "till 4, aisle 2");
+    cr_assert_str_eq(str_field(e, "id"), "e1");
+    cr_assert_str_eq(str_field(e, "kind"), "earn");
+    cr_assert_eq(td_int_field(e, "merchant"), 1);
+    cr_assert_eq(td_int_field(e, "account"), 100);
+    cr_assert_eq(td_int_field(e, "points"), 500);
+    cr_assert_eq(td_int_field(e, "balance"), 500);
+    cr_assert_eq(td_int_field(e, "held"), 0);
+    cr_assert_eq(td_int_field(e, "seq"), 1);
+    cr_assert_eq(td_int_field(e, "expires"), exp);
+    cr_assert_str_eq(str_field(e, "ref"), "");
+    cr_assert_str_eq(str_field(e, "memo"), "till 4, aisle 2");
+    long long ts = td_int_field(e, "ts");
+    cr_assert(ts / 1000 >= now_s() - 60 && ts / 1000 <= now_s() + 60, "ts is engine ms now");
+
+    redisReply *d = entry_cmd("REDEEM 1 100 120 r1");
+    cr_assert_eq(td_int_field(d, "points"), -120);
+    cr_assert_eq(td_int_field(d, "balance"), 380);
+    cr_assert_gt(td_int_field(d, "seq"), 1);
+    cr_assert_geq(td_int_field(d, "ts"), ts, "ts never goes backwards");
+
+    redisReply *b = td_cmd(rc, "BALANCE 1 100");
+    cr_assert_eq(b->elements, 16);
+    cr_assert_eq(td_int_field(b, "available"), 380);
+    cr_assert_eq(td_int_field(b, "held"), 0);
+    cr_assert_eq(td_int_field(b, "pending"), 0);
+    cr_assert_eq(td_int_field(b, "earned"), 500);
+    cr_assert_eq(td_int_field(b, "redeemed"), 120);
+    cr_assert_eq(td_int_field(b, "expired"), 0);
+    cr_assert_eq(td_int_field(b, "next_expiry"), exp);
+    cr_assert_eq(td_int_field(b, "expiring"), 380);
+
+    redisReply *again = entry_cmd("ENTRY 1 e1");
+    for (size_t i = 0; i < 24; i++) {
+        cr_assert_eq(again->element[i]->type, e->element[i]->type);
+        if (e->element[i]->type == REDIS_REPLY_INTEGER)
+            cr_assert_eq(again->element[i]->integer, e->element[i]->integer);
+        else
+            cr_assert_str_eq(again->element[i]->str, e->element[i]->str);
+    }
+    redisReply *nil = td_cmd(rc, "ENTRY 1 no-such-id");
+    cr_assert_eq(nil->type, REDIS_REPLY_NIL);
+    freeReplyObject(e);
+    freeReplyObject(d);
+    freeReplyObject(b);
+    freeReplyObject(again);
+    freeReplyObject(nil);
+}
+
+Test(command, a_retry_replays_the_original_and_a_refusal_stays_refused, .init = up,
+     .fini = down)
+{
+    redisReply *e = entry_cmd("EARN 1 7 100 x1");
+    redisReply *again = entry_cmd("EARN 1 7 100 x1");
+    cr_assert_eq(td_int_field(again, "seq"), td_int_field(e, "seq"));
+    cr_assert_eq(td_int_field(again, "ts"), td_int_field(e, "ts"));
+    expect_error("CONFLICT", "EARN 1 7 101 x1");
+    expect_error("CONFLICT", "REDEEM 1 7 100 x1");
+    expect_error("INSUFFICIENT", "REDEEM 1 7 1000 big");
+    freeReplyObject(entry_cmd("EARN 1 7 5000 x2"));
+    expect_error("INSUFFICIENT", "REDEEM 1 7 1000 big"); /* remembered */
+    redisReply *ok = entry_cmd("REDEEM 1 7 1000 big2");
+    cr_assert_eq(td_int_field(ok, "balance"), 4100);
+    expect_error("CONFLICT", "REDEEM 1 7 999 big"); /* other request, refused id */
+    redisReply *m = td_cmd(rc, "MERCHANT 1");
+    cr_assert_eq(td_int_field(m, "entries"), 3, "refusals and replays are not entries");
+    freeReplyObject(e);
+    freeReplyObject(again);
+    freeReplyObject(ok);
+    freeReplyObject(m);
+}
+
+Test(command, hold_capture_void_follow_the_hold_lifecycle, .init = up, .fini = down)
+{
+    freeReplyObject(entry_cmd("EARN 2 7 1000 he1"));
+    redisReply *h = entry_cmd("HOLD 2 7 300 h1 TIMEOUT 600 MEMO pos-9");
+    cr_assert_str_eq(str_field(h, "kind"), "hold");
+    cr_assert_eq(td_int_field(h, "points"), -300);
+    cr_assert_eq(td_int_field(h, "balance"), 700);
+    cr_assert_eq(td_int_field(h, "held"), 300);
+    redisReply *b = td_cmd(rc, "BALANCE 2 7");
+    cr_assert_eq(td_int_field(b, "available"), 700);
+    cr_assert_eq(td_int_field(b, "held"), 300);
+    redisReply *c = entry_cmd("CAPTURE 2 h1 c1 POINTS 200");
+    cr_assert_str_eq(str_field(c, "kind"), "capture");
+    cr_assert_str_eq(str_field(c, "ref"), "h1");
+    cr_assert_eq(td_int_field(c, "account"), 7);
+    cr_assert_eq(td_int_field(c, "points"), 100, "the uncaptured rest is released");
+    cr_assert_eq(td_int_field(c, "balance"), 800);
+    cr_assert_eq(td_int_field(c, "held"), 0);
+    expect_error("INVALID", "CAPTURE 2 h1 c2");
+    expect_error("INVALID", "VOID 2 h1 v1");
+    freeReplyObject(entry_cmd("HOLD 2 7 100 h2"));
+    expect_error("INVALID", "CAPTURE 2 h2 c3 POINTS 101");
+    redisReply *v = entry_cmd("VOID 2 h2 v2");
+    cr_assert_str_eq(str_field(v, "kind"), "void");
+    cr_assert_eq(td_int_field(v, "points"), 100);
+    cr_assert_eq(td_int_field(v, "balance"), 800);
+    expect_error("NOTFOUND", "CAPTURE 2 nope c4");
+    expect_error("INVALID", "CAPTURE 2 he1 c5"); /* not a hold */
+    expect_error("INSUFFICIENT", "HOLD 2 7 5000 h3");
+    expect_error("INVALID", "HOLD 2 7 5 h4 TIMEOUT 0");
+    redisReply *b2 = td_cmd(rc, "BALANCE 2 7");
+    cr_assert_eq(td_int_field(b2, "redeemed"), 200);
+    cr_assert_eq(td_int_field(b2, "held"), 0);
+    freeReplyObject(h);
+    freeReplyObject(b);
+    freeReplyObject(c);
+    freeReplyObject(v);
+    freeReplyObject(b2);
+}
+
+Test(command, reverse_claws_back_earns_and_refunds_redeems_up_to_the_original, .init = up,
+     .fini = down)
+{
+    freeReplyObject(entry_cmd("EARN 3 1 100 re1"));
+    redisReply *p = entry_cmd("REVERSE 3 re1 rv1 POINTS 30");
+    cr_assert_str_eq(str_field(p, "kind"), "reverse");
+    cr_assert_eq(td_int_field(p, "points"), -30);
+    cr_assert_eq(td_int_field(p, "balance"), 70);
+    redisReply *rest = entry_cmd("REVERSE 3 re1 rv2");
+    cr_assert_eq(td_int_field(rest, "points"), -70);
+    expect_error("INVALID", "REVERSE 3 re1 rv3 POINTS 1");
+    freeReplyObject(entry_cmd("EARN 3 1 100 re2"));
+    freeReplyObject(entry_cmd("REDEEM 3 1 40 rd1"));
+    redisReply *refund = entry_cmd("REVERSE 3 rd1 rv4");
+    cr_assert_eq(td_int_field(refund, "points"), 40);
+    cr_assert_eq(td_int_field(refund, "balance"), 100);
+    /* A returned purchase after its points were spent: negative balance. */
+    freeReplyObject(entry_cmd("EARN 3 2 100 cb1"));
+    freeReplyObject(entry_cmd("REDEEM 3 2 100 cbr"));
+    redisReply *neg = entry_cmd("REVERSE 3 cb1 cbv");
+    cr_assert_eq(td_int_field(neg, "balance"), -100);
+    expect_error("NOTFOUND", "REVERSE 3 nothing rv5");
+    expect_error("INVALID", "REVERSE 3 rv1 rv6"); /* a reversal is not reversible */
+    freeReplyObject(p);
+    freeReplyObject(rest);
+    freeReplyObject(refund);
+    freeReplyObject(neg);
+}
+
+Test(command, adjust_may_go_below_zero_and_pending_points_are_not_spendable, .init = up,
+     .fini = down)
+{
+    redisReply *a = entry_cmd("ADJUST 4 1 -50 a1 MEMO %s", "goodwill correction");
+    cr_assert_str_eq(str_field(a, "kind"), "adjust");
+    cr_assert_eq(td_int_field(a, "balance"), -50);
+    redisReply *a2 = entry_cmd("ADJUST 4 1 200 a2");
+    cr_assert_eq(td_int_field(a2, "balance"), 150);
+    expect_error("INVALID", "ADJUST 4 1 0 a3");
+    expect_error("ERR", "ADJUST 4 1 -abc a4");
+    redisReply *p = entry_cmd("EARN 5 1 100 p1 AVAILABLE_AT %lld", now_s() + 3600);
+    cr_assert_eq(td_int_field(p, "points"), 0, "pending: no change to available");
+    redisReply *b = td_cmd(rc, "BALANCE 5 1");
+    cr_assert_eq(td_int_field(b, "pending"), 100);
+    cr_assert_eq(td_int_field(b, "available"), 0);
+    expect_error("INSUFFICIENT", "REDEEM 5 1 10 pr1");
+    freeReplyObject(a);
+    freeReplyObject(a2);
+    freeReplyObject(p);
+    freeReplyObject(b);
+}
+
+Test(command, history_is_newest_first_with_a_cursor_and_a_bounded_limit, .init = up,
+     .fini = down)
+{
+    long long seqs[6];
+    for (int i = 0; i < 6; i++) {
+        redisReply *e = entry_cmd("EARN 8 1 %d hist-%d", 10 + i, i);
+        seqs[i] = td_int_field(e, "seq");
+        freeReplyObject(e);
+    }
+    freeReplyObject(entry_cmd("EARN 8 2 5 other-account"));
+    redisReply *h = td_cmd(rc, "HISTORY 8 1");
+    cr_assert_eq(h->type, REDIS_REPLY_ARRAY);
+    cr_assert_eq(h->elements, 6);
+    for (int i = 0; i < 6; i++)
+        cr_assert_eq(td_int_field(h->element[i], "seq"), seqs[5 - i]);
+    redisReply *page = td_cmd(rc, "HISTORY 8 1 BEFORE %lld LIMIT 2", seqs[3]);
+    cr_assert_eq(page->elements, 2);
+    cr_assert_eq(td_int_field(page->element[0], "seq"), seqs[2]);
+    cr_assert_eq(td_int_field(page->element[1], "seq"), seqs[1]);
+    redisReply *none = td_cmd(rc, "HISTORY 8 99");
+    cr_assert_eq(none->elements, 0);
+    expect_error("ERR", "HISTORY 8 1 LIMIT 0");
+    expect_error("ERR", "HISTORY 8 1 LIMIT 1001");
+    expect_error("ERR", "HISTORY 8 1 LIMIT ten");
+    redisReply *max = td_cmd(rc, "HISTORY 8 1 LIMIT 1000");
+    cr_assert_eq(max->elements, 6);
+    freeReplyObject(h);
+    freeReplyObject(page);
+    freeReplyObject(none);
+    freeReplyObject(max);
+}
+
+Test(command, merchant_totals_and_liability_by_expiry_month, .init = up, .fini = down)
+{
+    /* 2030-01-15 and 2030-03-01, UTC. */
+    freeReplyObject(entry_cmd("EARN 6 1 100 l1 EXPIRES 1894665600"));
+    freeReplyObject(entry_cmd("EARN 6 2 50 l2"));
+    freeReplyObject(entry_cmd("EARN 6 1 30 l3 EXPIRES 1898553600"));
+    freeReplyObject(entry_cmd("REDEEM 6 1 20 l4")); /* from the soonest lot */
+    redisReply *m = td_cmd(rc, "MERCHANT 6");
+    cr_assert_eq(td_int_field(m, "accounts"), 2);
+    cr_assert_eq(td_int_field(m, "outstanding"), 160);
+    cr_assert_eq(td_int_field(m, "earned"), 180);
+    cr_assert_eq(td_int_field(m, "redeemed"), 20);
+    cr_assert_eq(td_int_field(m, "expired"), 0);
+    cr_assert_eq(td_int_field(m, "entries"), 4);
+    redisReply *l = td_cmd(rc, "LIABILITY 6");
+    cr_assert_eq(l->type, REDIS_REPLY_ARRAY);
+    cr_assert_eq(l->elements, 3);
+    const char *months[] = {"2030-01", "2030-03", "never"};
+    long long pts[] = {80, 30, 50};
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(l->element[i]->elements, 2);
+        cr_assert_str_eq(l->element[i]->element[0]->str, months[i]);
+        cr_assert_eq(l->element[i]->element[1]->integer, pts[i]);
+    }
+    redisReply *empty = td_cmd(rc, "LIABILITY 77");
+    cr_assert_eq(empty->elements, 1, "never is always there");
+    cr_assert_eq(empty->element[0]->element[1]->integer, 0);
+    freeReplyObject(m);
+    freeReplyObject(l);
+    freeReplyObject(empty);
+}
+
+/* ---- refused before the ledger: -ERR / -INVALID, nothing recorded ----------- */
+
+Test(command, malformed_requests_get_clear_errors_and_record_nothing, .init = up,
+     .fini = down)
+{
+    expect_error("ERR unknown command 'FROB', with args beginning with: 'x' ", "FROB x");
+    expect_error("ERR wrong number of arguments for 'earn' command", "EARN 1");
+    expect_error("ERR wrong number of arguments for 'void' command", "VOID 1 h x extra");
+    expect_error("ERR syntax error", "EARN 1 1 10 s1 COLOUR red");
+    expect_error("ERR syntax error", "EARN 1 1 10 s1 MEMO");
+    expect_error("ERR syntax error", "EARN 1 1 10 s1 MEMO a MEMO b");
+    expect_error("ERR syntax error", "REDEEM 1 1 10 s1 EXPIRES 4000000000");
+    expect_error("INVALID merchant", "EARN 0 1 10 s1");
+    expect_error("INVALID merchant", "EARN 18446744073709551616 1 10 s1");
+    expect_error("ERR value is not an integer", "EARN -1 1 10 s1");
+    expect_error("ERR value is not an integer", "EARN 1 1 1e3 s1");
+    expect_error("ERR value is not an integer", "EARN 1 1 +5 s1");
+    expect_error("INVALID account", "EARN 1 0 10 s1");
+    expect_error("INVALID points", "EARN 1 1 0 s1");
+    expect_error("INVALID points", "EARN 1 1 1000000000000001 s1");
+    expect_error("INVALID points", "EARN 1 1 99999999999999999999999 s1");
+    expect_error("INVALID", "EARN 1 1 10 %s", "~engine");
+    expect_error("INVALID", "EARN 1 1 10 %s", "has space");
+    expect_error("INVALID", "EARN 1 1 10 %s",
+                 "12345678901234567890123456789012345678901234567890123456789012345");
+    char memo[200];
+    memset(memo, 'm', 129);
+    memo[129] = 0;
+    expect_error("INVALID MEMO", "EARN 1 1 10 s1 MEMO %s", memo);
+    expect_error("INVALID EXPIRES", "EARN 1 1 10 s1 EXPIRES 0");
+    expect_error("INVALID EXPIRES", "EARN 1 1 10 s1 EXPIRES 253402300800");
+    expect_error("INVALID", "CAPTURE 1 h1 s1 POINTS 0");
+    redisReply *m = td_cmd(rc, "MERCHANT 1");
+    cr_assert_eq(td_int_field(m, "entries"), 0, "nothing was recorded");
+    freeReplyObject(m);
+    /* The id is still free for a well-formed request. */
+    redisReply *ok = entry_cmd("EARN 1 1 1000000000000000 s1 MEMO %s", memo + 1);
+    cr_assert_eq(td_int_field(ok, "points"), 1000000000000000LL);
+    freeReplyObject(ok);
+    /* Leading zeros are the same merchant. */
+    redisReply *b = td_cmd(rc, "BALANCE 0001 001");
+    cr_assert_eq(td_int_field(b, "available"), 1000000000000000LL);
+    freeReplyObject(b);
+}
+
+Test(command, an_expiry_in_the_past_is_a_ledger_refusal_and_is_remembered, .init = up,
+     .fini = down)
+{
+    expect_error("INVALID", "EARN 1 1 10 past EXPIRES 1000");
+    expect_error("INVALID", "EARN 1 1 10 past EXPIRES 1000");
+    expect_error("CONFLICT", "EARN 1 1 10 past");
+}
+
+Test(command, merchants_above_int64_are_bulk_strings_in_resp2, .init = up, .fini = down)
+{
+    redisReply *e = entry_cmd("EARN 18446744073709551615 18446744073709551614 5 big");
+    cr_assert_str_eq(str_field(e, "merchant"), "18446744073709551615");
+    cr_assert_str_eq(str_field(e, "account"), "18446744073709551614");
+    freeReplyObject(e);
+}
+
+/* ---- connection and admin commands ----------------------------------------- */
+
+Test(command, connection_commands_answer_like_redis, .init = up, .fini = down)
+{
+    redisReply *r = td_cmd(rc, "PING");
+    cr_assert_str_eq(r->str, "PONG");
+    freeReplyObject(r);
+    r = td_cmd(rc, "PING %s", "hello there");
+    cr_assert_str_eq(r->str, "hello there");
+    freeReplyObject(r);
+    r = td_cmd(rc, "ECHO %s", "abc");
+    cr_assert_str_eq(r->str, "abc");
+    freeReplyObject(r);
+    r = td_cmd(rc, "COMMAND COUNT");
+    cr_assert_eq(r->type, REDIS_REPLY_INTEGER);
+    cr_assert_geq(r->integer, 20);
+    freeReplyObject(r);
+    r = td_cmd(rc, "COMMAND INFO earn balance nosuch");
+    cr_assert_eq(r->elements, 3);
+    redisReply *earn = r->element[0];
+    cr_assert_str_eq(earn->element[0]->str, "earn");
+    cr_assert_eq(earn->element[1]->integer, -5);
+    cr_assert_str_eq(earn->element[2]->element[0]->str, "write");
+    cr_assert_eq(earn->element[3]->integer, 1, "first key: the merchant");
+    cr_assert_eq(earn->element[4]->integer, 1);
+    cr_assert_eq(earn->element[5]->integer, 1);
+    cr_assert_str_eq(r->element[1]->element[2]->element[0]->str, "readonly");
+    cr_assert_eq(r->element[2]->type, REDIS_REPLY_NIL);
+    freeReplyObject(r);
+    r = td_cmd(rc, "COMMAND");
+    cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
+    cr_assert_geq(r->elements, 20);
+    freeReplyObject(r);
+    r = td_cmd(rc, "COMMAND DOCS earn");
+    cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
+    cr_assert_str_eq(r->element[0]->str, "earn");
+    freeReplyObject(r);
+    r = td_cmd(rc, "CONFIG GET appendonly");
+    cr_assert_eq(r->elements, 2);
+    cr_assert_str_eq(r->element[1]->str, "yes");
+    freeReplyObject(r);
+    r = td_cmd(rc, "CONFIG GET nosuchparam");
+    cr_assert_eq(r->elements, 0);
+    freeReplyObject(r);
+    r = td_cmd(rc, "CLIENT SETNAME till-4");
+    cr_assert_str_eq(r->str, "OK");
+    freeReplyObject(r);
+    r = td_cmd(rc, "CLIENT GETNAME");
+    cr_assert_str_eq(r->str, "till-4");
+    freeReplyObject(r);
+    r = td_cmd(rc, "SELECT 0");
+    cr_assert_str_eq(r->str, "OK");
+    freeReplyObject(r);
+    expect_error("ERR", "SELECT 1");
+    r = td_cmd(rc, "INFO");
+    cr_assert_eq(r->type, REDIS_REPLY_STRING);
+    cr_assert_not_null(strstr(r->str, "# Server\r\ntally_version:"));
+    cr_assert_not_null(strstr(r->str, "# Clients\r\nconnected_clients:1\r\n"));
+    cr_assert_not_null(strstr(r->str, "# Ledger"));
+    cr_assert_not_null(strstr(r->str, "shard0:status=ok"));
+    cr_assert_not_null(strstr(r->str, "flush_latency_us_avg:"));
+    freeReplyObject(r);
+    r = td_cmd(rc, "INFO commit");
+    cr_assert_null(strstr(r->str, "# Server"));
+    cr_assert_not_null(strstr(r->str, "# Commit"));
+    freeReplyObject(r);
+    r = td_cmd(rc, "QUIT");
+    cr_assert_str_eq(r->str, "OK");
+    freeReplyObject(r);
+    cr_assert_null(redisCommand(rc, "PING"), "QUIT closes the connection");
+}
+
+Test(command, verify_checks_one_shard_or_all_of_them, .init = up, .fini = down)
+{
+    freeReplyObject(entry_cmd("EARN 11 1 10 v1"));
+    redisReply *r = td_cmd(rc, "VERIFY");
+    cr_assert_eq(r->type, REDIS_REPLY_STATUS, "%s", r->str);
+    cr_assert_str_eq(r->str, "OK");
+    freeReplyObject(r);
+    r = td_cmd(rc, "VERIFY 11");
+    cr_assert_str_eq(r->str, "OK");
+    freeReplyObject(r);
+    expect_error("ERR wrong number", "VERIFY 1 2");
+}
+
+/* ---- RESP3 -------------------------------------------------------------------- */
+
+Test(command, hello_3_switches_to_maps_and_resp3_nulls, .init = up, .fini = down)
+{
+    int fd = td_raw(&srv);
+    char buf[4096];
+    td_sends(fd, "HELLO 3\r\n");
+    td_recv_until(fd, buf, sizeof(buf), "*0\r\n", 5000); /* modules: the last field */
+    cr_assert(strncmp(buf, "%7\r\n$6\r\nserver\r\n$5\r\ntally\r\n", 26) == 0, "%s", buf);
+    cr_assert_not_null(strstr(buf, "$5\r\nproto\r\n:3\r\n"));
+    td_sends(fd, "BALANCE 9 9\r\n");
+    td_recv_until(fd, buf, sizeof(buf), "expiring\r\n:0\r\n", 5000);
+    cr_assert(strncmp(buf, "%8\r\n$9\r\navailable\r\n:0\r\n$4\r\nheld\r\n:0\r\n", 37) == 0,
+              "%s", buf);
+    td_sends(fd, "ENTRY 9 none\r\n");
+    cr_assert_eq(td_recv(fd, buf, 3, 5000), 3);
+    cr_assert(memcmp(buf, "_\r\n", 3) == 0);
+    td_sends(fd, "EARN 18446744073709551615 1 5 big3\r\n");
+    td_recv_until(fd, buf, sizeof(buf), "memo\r\n$0\r\n\r\n", 5000);
+    cr_assert(strncmp(buf, "%12\r\n", 5) == 0, "%s", buf);
+    cr_assert_not_null(strstr(buf, "$8\r\nmerchant\r\n(18446744073709551615\r\n"),
+                       "a RESP3 big number: %s", buf);
+    td_sends(fd, "HELLO 4\r\n");
+    td_recv_until(fd, buf, sizeof(buf), "\r\n", 5000);
+    cr_assert(strncmp(buf, "-NOPROTO", 8) == 0, "%s", buf);
+    td_sends(fd, "HELLO 2\r\nENTRY 9 none\r\n");
+    td_recv_until(fd, buf, sizeof(buf), "$-1\r\n", 5000);
+    cr_assert(strncmp(buf, "*14\r\n", 5) == 0, "back to RESP2: %s", buf);
+    close(fd);
+}
+
+Test(command, inline_commands_work_as_telnet_sends_them, .init = up, .fini = down)
+{
+    int fd = td_raw(&srv);
+    char buf[4096];
+    td_sends(fd, "PING\r\n");
+    td_recv(fd, buf, 7, 5000);
+    cr_assert(memcmp(buf, "+PONG\r\n", 7) == 0);
+    td_sends(fd, "EARN 12 1 10 \"quoted id\"\n");
+    td_recv_until(fd, buf, sizeof(buf), "\r\n", 5000);
+    cr_assert(strncmp(buf, "-INVALID", 8) == 0, "a space is not allowed in an id: %s", buf);
+    td_sends(fd, "EARN 12 1 10 tel-1 MEMO \"hello world\"\r\n");
+    td_recv_until(fd, buf, sizeof(buf), "memo\r\n$11\r\nhello world\r\n", 5000);
+    cr_assert(strncmp(buf, "*24\r\n", 5) == 0, "%s", buf);
+    close(fd);
+}

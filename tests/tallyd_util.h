@@ -1,0 +1,63 @@
+/*
+ * tallyd_util.h — integration tests against a real tallyd process: start
+ * it from $TALLY_BUILD on a free loopback port, talk to it with hiredis
+ * (RESP2) or raw sockets (RESP3, malformed input), stop it with SIGTERM
+ * or kill -9.  Every server is also killed if the test process dies
+ * (PR_SET_PDEATHSIG), so a crashing test leaves nothing running.
+ */
+#ifndef TALLY_TESTS_TALLYD_UTIL_H
+#define TALLY_TESTS_TALLYD_UTIL_H
+
+#include <hiredis/hiredis.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef struct td {
+    pid_t pid;
+    uint16_t port;
+    char dir[64];     /* data directory */
+    char log[96];     /* tallyd's stderr */
+    char auth[96];    /* auth file, "" if none */
+} td;
+
+/* Makes a fresh data directory under /tmp (td->dir). */
+void td_init(td *t, const char *tag);
+/* Starts tallyd on t->dir with extra arguments (NULL-terminated list, may
+ * be NULL) and waits until it accepts connections.  Asserts it came up. */
+void td_start(td *t, const char *const *extra);
+/* Starts and returns the exit status without asserting it came up (for
+ * refused configurations): -1 if it is serving (then it is stopped). */
+int td_start_expect_exit(td *t, const char *const *extra);
+/* SIGTERM and wait; returns the exit status (asserts a clean exit 0). */
+void td_stop(td *t);
+/* kill -9 and reap. */
+void td_kill9(td *t);
+/* Stops if running and removes the directory. */
+void td_cleanup(td *t);
+/* Writes an auth file into the data directory's parent and remembers it. */
+void td_write_auth(td *t, const char *text);
+
+/* A hiredis connection (RESP2), asserted. */
+redisContext *td_connect(const td *t);
+/* A command; asserts a reply came back (the connection is alive). */
+redisReply *td_cmd(redisContext *c, const char *fmt, ...);
+/* Field of a flat field/value array reply (RESP2 map), or NULL. */
+const redisReply *td_field(const redisReply *r, const char *name);
+long long td_int_field(const redisReply *r, const char *name);
+
+/* Raw socket to the server, with a receive timeout. */
+int td_raw(const td *t);
+void td_send(int fd, const void *buf, size_t n);
+void td_sends(int fd, const char *s);
+/* Reads until `need` bytes, EOF or timeout; returns bytes read. */
+size_t td_recv(int fd, char *buf, size_t need, int timeout_ms);
+/* Reads until the text ends with `suffix` (or EOF/timeout). */
+size_t td_recv_until(int fd, char *buf, size_t cap, const char *suffix, int timeout_ms);
+/* True if the peer has closed the connection (EOF within timeout_ms). */
+int td_closed(int fd, int timeout_ms);
+
+/* tallyd's resident memory in KiB (from /proc). */
+long td_rss_kib(const td *t);
+
+#endif
