@@ -275,7 +275,7 @@ peers_table() {
     say ""
     say "points-v1, every write durable before its ack; ratio = tally peak / system"
     tee -a "$LOG" < "$OUT/peers.txt" >&2
-    plot_peers
+    plot_peers "$names"
 }
 
 scaling_suite() {
@@ -344,8 +344,12 @@ memory_suite() {
 
 plot_peers() {
     command -v gnuplot >/dev/null || { say "(gnuplot missing: no charts)"; return 0; }
-    jq -r '.[] | [(.system + " " + (.label | split(";")[0] | split(",")[0] | .[0:28])
-        | gsub(" "; "_")), .ops_per_s, (.latency_us.p99 / 1000)] | @tsv' "$OUT/peers.json" \
+    local n
+    for n in $1; do
+        [ -f "$OUT/runs/$n.json" ] || continue
+        jq -r --arg n "${n#peer-}" '[$n, .ops_per_s, (.latency_us.p99 / 1000)] | @tsv' \
+            "$OUT/runs/$n.json"
+    done \
         > "$OUT/peers.dat"
     for term in "pngcairo size 1100,600" "svg size 1100,600"; do
         local ext=${term%% *}; ext=${ext%cairo}
