@@ -5,6 +5,7 @@
  *   tally-bench engine [options]  the engine's C API, no network
  *   tally-bench summarize ...     latencies from a file (pgbench's log) as a report
  *   tally-bench freeport          prints a free TCP port on 127.0.0.1
+ *   tally-bench selftest          checks the bench's own modules
  *
  * Every option is listed by `tally-bench --help` and in bench/README.md.
  */
@@ -20,6 +21,7 @@
 
 #include "engine.h"
 #include "net.h"
+#include "selftest.h"
 #include "tally.h"
 #include "wire.h"
 
@@ -31,6 +33,7 @@ static const char main_usage[] =
     "       tally-bench engine [options]     engine API benchmark (no network)\n"
     "       tally-bench summarize [options]  latencies from a file as a report\n"
     "       tally-bench freeport             print a free TCP port on 127.0.0.1\n"
+    "       tally-bench selftest             check the histogram, RESP scanner, workload\n"
     "\n"
     "run:\n"
     "  -H, --host ADDR        server address (127.0.0.1)\n"
@@ -404,6 +407,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(sub, "freeport") == 0)
         return main_freeport();
+    if (strcmp(sub, "selftest") == 0)
+        return selftest_run();
     main_args a;
     main_defaults(&a);
     int opt;

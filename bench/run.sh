@@ -394,6 +394,7 @@ EOF
 # ---- main ----------------------------------------------------------------------
 
 say "tally bench $(date -u +%FT%TZ) on $(nproc) CPUs; $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+"$BENCH" selftest >>"$LOG" || { say "tally-bench selftest failed"; exit 1; }
 [ "$SUITE" = 1 ] && tally_suite
 [ "$PEERS" = 1 ] && peers_suite
 [ "$SCALING" = 1 ] && scaling_suite
