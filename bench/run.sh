@@ -68,7 +68,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 if [ "${ALL:-0}" = 1 ]; then
-    [ "$MEMORY" = 0 ] && MEMORY=1000000
+    if [ "$MEMORY" = 0 ]; then MEMORY=1000000; fi
     LEDGER=${LEDGER:-1e6 1e7}
 fi
 SHORT=$(( DURATION / 2 > 0 ? DURATION / 2 : 1 ))
@@ -86,7 +86,7 @@ declare -A PIDS=()
 cleanup() {
     local rc=$?
     for name in "${!PIDS[@]}"; do stop_server "$name"; done
-    [ -n "${PG_DATA:-}" ] && pg_stop
+    if [ -n "${PG_DATA:-}" ]; then pg_stop; fi
     rm -rf "$WORK"
     exit $rc
 }
@@ -140,13 +140,12 @@ PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 pg_start() { # port
     PG_DATA=$WORK/pg
     mkdir -p "$PG_DATA"
-    [ "$(id -u)" = 0 ] && chown postgres "$PG_DATA"
+    if [ "$(id -u)" = 0 ]; then chown postgres "$PG_DATA"; fi
     as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 >>"$LOG" 2>&1
     as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w start -o \
         "-p $1 -k $PG_DATA -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on \
          -c full_page_writes=on -c shared_buffers=1GB -c max_connections=200 \
          -c max_wal_size=4GB" >>"$LOG" 2>&1
-    PG_PORT=$1
 }
 
 pg_stop() {
@@ -164,17 +163,37 @@ run_bench() { # name, tally-bench arguments...: one measured run, text to the lo
     "$BENCH" "$@" -q --json "$OUT/runs/$name.json" | tee -a "$LOG" >&2
 }
 
+best_of() { # runs...: the name of the one with the most ops/s
+    local best="" ops=-1 n o
+    for n in "$@"; do
+        o=$(field "$n" '.ops_per_s | floor')
+        if [ "$o" -gt "$ops" ]; then best=$n; ops=$o; fi
+    done
+    echo "$best"
+}
+
+# p99 at half of peak: the best closed-loop run's ops/s, halved, replayed
+# as an open loop with that run's connections and pipeline.
+half_of_best() { # name "common args" runs...
+    local name=$1 w=$2; shift 2
+    local best; best=$(best_of "$@")
+    local half c p
+    half=$(field "$best" '.ops_per_s / 2 | floor')
+    c=$(field "$best" .connections)
+    p=$(field "$best" .pipeline)
+    run_bench "$name" $w -c "$c" -P "$p" -d "$DURATION" --rate "$half" \
+        --label "tallyd --sync always; open loop at half of $best ($half ops/s), c=$c P=$p"
+}
+
 tally_suite() {
     local port; port=$(free_port)
     start_tally "$port" always
     local w="--accounts $ACCOUNTS --merchants $MERCHANTS -p $port"
     run_bench tally-peak $w -c "$TALLY_CONNS" -P "$TALLY_PIPELINE" -d "$DURATION" --warmup 2 \
-        --label "tallyd --sync always, closed loop at peak setting"
-    local half; half=$(field tally-peak '.ops_per_s / 2 | floor')
-    run_bench tally-half $w -c "$TALLY_CONNS" -P "$TALLY_PIPELINE" -d "$DURATION" --rate "$half" \
-        --label "tallyd --sync always, open loop at half of peak ($half ops/s)"
-    run_bench tally-redis-setting $w -c "$REDIS_CONNS" -P "$REDIS_PIPELINE" -d "$SHORT" \
-        --label "tallyd --sync always, Redis's client setting"
+        --label "tallyd --sync always, closed loop, c=$TALLY_CONNS P=$TALLY_PIPELINE"
+    run_bench tally-redis-setting $w -c "$REDIS_CONNS" -P "$REDIS_PIPELINE" -d "$DURATION" \
+        --warmup 2 --label "tallyd --sync always, closed loop, c=$REDIS_CONNS P=$REDIS_PIPELINE"
+    half_of_best tally-half "$w" tally-peak tally-redis-setting
     for mix in earn-only redeem-heavy read-heavy hold-capture; do
         run_bench "tally-$mix" $w -w $mix -c "$TALLY_CONNS" -P "$TALLY_PIPELINE" -d "$SHORT" \
             --label "tallyd --sync always"
@@ -202,9 +221,7 @@ peers_suite() {
     run_bench peer-tally-redis-setting $w -c "$REDIS_CONNS" -P "$REDIS_PIPELINE" -d "$DURATION" \
         --warmup 2 --system tally \
         --label "tallyd --sync always; Redis's setting c=$REDIS_CONNS P=$REDIS_PIPELINE"
-    local half; half=$(field peer-tally '.ops_per_s / 2 | floor')
-    run_bench peer-tally-half $w -c "$TALLY_CONNS" -P "$TALLY_PIPELINE" -d "$DURATION" \
-        --rate "$half" --system tally --label "tallyd --sync always; open loop at half of peak"
+    half_of_best peer-tally-half "$w --system tally" peer-tally peer-tally-redis-setting
     stop_server tally
 
     port=$(free_port)
@@ -253,7 +270,8 @@ peers_suite() {
 
 # The comparison table: every peer against tally's peak in this same run.
 peers_table() {
-    local tally_ops; tally_ops=$(field peer-tally .ops_per_s)
+    local tally_best; tally_best=$(best_of peer-tally peer-tally-redis-setting)
+    local tally_ops; tally_ops=$(field "$tally_best" .ops_per_s)
     local names="peer-tally peer-tally-redis-setting peer-tally-half peer-redis
         peer-redis-tally-setting peer-postgres peer-sqlite-1 peer-sqlite-1000 peer-lmdb-1
         peer-lmdb-1000"
@@ -273,7 +291,7 @@ peers_table() {
         $(for n in $names; do [ -f "$OUT/runs/$n.json" ] && echo "$OUT/runs/$n.json"; done) \
         > "$OUT/peers.json"
     say ""
-    say "points-v1, every write durable before its ack; ratio = tally peak / system"
+    say "points-v1, every write durable before its ack; ratio = tally's best ($tally_best) / system"
     tee -a "$LOG" < "$OUT/peers.txt" >&2
     plot_peers "$names"
 }
@@ -395,19 +413,28 @@ EOF
 
 say "tally bench $(date -u +%FT%TZ) on $(nproc) CPUs; $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
 "$BENCH" selftest >>"$LOG" || { say "tally-bench selftest failed"; exit 1; }
-[ "$SUITE" = 1 ] && tally_suite
-[ "$PEERS" = 1 ] && peers_suite
-[ "$SCALING" = 1 ] && scaling_suite
-[ -n "$LEDGER" ] && ledger_suite
-[ "$MEMORY" != 0 ] && memory_suite
+if [ "$SUITE" = 1 ]; then tally_suite; fi
+if [ "$PEERS" = 1 ]; then peers_suite; fi
+if [ "$SCALING" = 1 ]; then scaling_suite; fi
+if [ -n "$LEDGER" ]; then ledger_suite; fi
+if [ "$MEMORY" != 0 ]; then memory_suite; fi
 if [ "$SUITE" = 1 ]; then
-    jq -s . "$OUT"/runs/tally-*.json "$OUT"/runs/engine-*.json > "$OUT/suite.json"
+    n=$(nproc)
+    suite_runs=""
+    for r in tally-peak tally-redis-setting tally-half tally-earn-only tally-redeem-heavy \
+        tally-read-heavy tally-hold-capture tally-zipf engine-always-1 "engine-always-$n" \
+        engine-none-1 "engine-none-$n"; do
+        if [ -f "$OUT/runs/$r.json" ]; then suite_runs="$suite_runs $OUT/runs/$r.json"; fi
+    done
+    # shellcheck disable=SC2086
+    jq -s . $suite_runs > "$OUT/suite.json"
     {
-        printf '%-22s %-60s %12s %9s %9s %9s\n' run setting ops/s p50_ms p99_ms batch
-        jq -r '.[] | [.system + "/" + .workload, .label, (.ops_per_s|floor),
-            (.latency_us.p50/1000*100|round/100), (.latency_us.p99/1000*100|round/100),
-            ((.batch_entries_avg // 0)*10|round/10)] | @tsv' "$OUT/suite.json" |
-            awk -F'\t' '{printf "%-22s %-60s %12s %9s %9s %9s\n", $1, substr($2,1,60), $3, $4, $5, $6}'
+        printf '%-20s %-12s %-64s %10s %9s %9s %7s\n' run workload setting ops/s p50_ms p99_ms batch
+        for r in $suite_runs; do
+            jq -r --arg n "$(basename "$r" .json)" '[$n, .workload, .label, (.ops_per_s|floor),
+                (.latency_us.p50/1000*100|round/100), (.latency_us.p99/1000*100|round/100),
+                ((.batch_entries_avg // 0)*10|round/10)] | @tsv' "$r"
+        done | awk -F'\t' '{printf "%-20s %-12s %-64s %10s %9s %9s %7s\n", $1, $2, substr($3,1,64), $4, $5, $6, $7}'
     } > "$OUT/suite.txt"
     say ""
     tee -a "$LOG" < "$OUT/suite.txt" >&2
