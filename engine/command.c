@@ -966,6 +966,11 @@ static void command_info_engine(command_text *t, const command_env *env, bool le
         if (st.batch_entries_max > sum.batch_entries_max)
             sum.batch_entries_max = st.batch_entries_max;
         sum.checkpoints += st.checkpoints;
+        sum.checkpoint_us_total += st.checkpoint_us_total;
+        if (st.checkpoint_us_max > sum.checkpoint_us_max)
+            sum.checkpoint_us_max = st.checkpoint_us_max;
+        if (st.checkpoint_stall_us_max > sum.checkpoint_stall_us_max)
+            sum.checkpoint_stall_us_max = st.checkpoint_stall_us_max;
         sum.log_bytes += st.log_bytes;
         sum.sweep_entries += st.sweep_entries;
         failed += st.status != 0;
@@ -1003,10 +1008,16 @@ static void command_info_engine(command_text *t, const command_env *env, bool le
         command_textf(t,
                       "# Commit\r\nbatches:%llu\r\nbatch_records_avg:%.1f\r\n"
                       "batch_records_max:%llu\r\nflush_latency_us_avg:%.0f\r\n"
-                      "flush_latency_us_max:%llu\r\n\r\n",
+                      "flush_latency_us_max:%llu\r\ncheckpoints:%llu\r\n"
+                      "checkpoint_us_avg:%.0f\r\ncheckpoint_us_max:%llu\r\n"
+                      "checkpoint_stall_us_max:%llu\r\n\r\n",
                       (unsigned long long)sum.batches, per_batch,
                       (unsigned long long)sum.batch_entries_max, avg_us,
-                      (unsigned long long)sum.flush_us_max);
+                      (unsigned long long)sum.flush_us_max, (unsigned long long)sum.checkpoints,
+                      sum.checkpoints ? (double)sum.checkpoint_us_total / (double)sum.checkpoints
+                                      : 0,
+                      (unsigned long long)sum.checkpoint_us_max,
+                      (unsigned long long)sum.checkpoint_stall_us_max);
     }
 }
 

@@ -22,9 +22,24 @@
  *   acct_holds (m,a,seq)        → deadline        open holds by account
  *   merchants  m                → ledger_merchant
  *   liability  (m,month)        → int64 points    month = yyyymm or MAX
+ *   meta       "seq", "ts", "format"
  *
  * Lots whose remaining reaches zero are deleted; a refund or release
  * recreates them from the allocation lists, which name the lot's key.
+ *
+ * The write path reads no old log record: a reference row (refs) carries
+ * what expiries, hold timeouts, captures and reversals need, the entry's
+ * id included, so log segments dropped by retention (snapshot.h) never
+ * stop the ledger.  Only replies that show a whole old entry (ENTRY,
+ * HISTORY, an idempotent retry) read the log, and say so when the record
+ * lies before the retained log (TALLY_EARCHIVED).
+ *
+ * Merchant totals and liability by month change with nearly every entry
+ * but are few rows: their changes accumulate in memory (deltas) and are
+ * written at checkpoints; reads add the delta to the stored row.  Each
+ * account row keeps the soonest expiry of its lots and the soonest
+ * deadline of its open holds (exact, maintained where lots and holds
+ * change), so a write finds "nothing due" without a cursor seek.
  */
 #include <assert.h>
 #include <errno.h>
@@ -40,6 +55,10 @@
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "state values are little-endian");
 
+/* The layout of the tables below and of their values.  Changing either
+ * changes the format: bump it (open refuses other formats). */
+#define LEDGER_FORMAT 2
+
 /* ---- stored values ------------------------------------------------------ */
 
 typedef struct ledger_account {
@@ -48,6 +67,8 @@ typedef struct ledger_account {
     int64_t debt;          /* >= 0: points owed (available below zero) */
     int64_t lots_total;    /* Σ remaining of all lots, pending included */
     int64_t pending_total; /* Σ remaining of lots not yet normalised spendable */
+    uint64_t lots_min_exp; /* soonest expiry of its lots, UINT64_MAX: none */
+    uint64_t holds_min_deadline; /* soonest deadline of open holds, or MAX */
 } ledger_account;
 
 typedef struct ledger_lot {
@@ -82,13 +103,27 @@ typedef struct ledger_ref {
     uint64_t lot_expkey;   /* credits: their lot */
     uint64_t expire_count; /* credits: times their lot expired */
     uint32_t alloc_count;
-    uint32_t pad;
-    /* ledger_alloc allocs[alloc_count] follow */
+    uint32_t id_len;
+    /* then ledger_alloc allocs[alloc_count], then the entry's id */
 } ledger_ref;
 
 typedef struct ledger_merchant {
     int64_t accounts, outstanding, earned, redeemed, expired, entries;
 } ledger_merchant;
+
+/* Uncheckpointed changes of a merchant's totals / of its liability in one
+ * month (open addressing, linear probing; key 0 / merchant 0 = empty,
+ * merchants start at 1). */
+typedef struct ledger_mdelta {
+    uint64_t merchant;
+    ledger_merchant d;
+} ledger_mdelta;
+
+typedef struct ledger_ldelta {
+    uint64_t merchant;
+    uint64_t month;
+    int64_t points;
+} ledger_ldelta;
 
 /* ---- the ledger --------------------------------------------------------- */
 
@@ -103,6 +138,17 @@ struct ledger {
     ledger_alloc *allocs; /* scratch, LIMIT_LOTS_PER_DEBIT_MAX */
     ledger_alloc *allocs2;
     uint8_t *refbuf;      /* scratch for a ref with allocations */
+    ledger_mdelta *mdelta;
+    uint32_t mdelta_cap, mdelta_count;
+    ledger_ldelta *ldelta;
+    uint32_t ldelta_cap, ldelta_count;
+    tally_request *scratch; /* replay's request */
+    /* The account read or written last: a write reads its account two or
+     * three times (engine entries, then the write). acct_put keeps it
+     * current; a rollback drops it. */
+    bool acct_cached;
+    uint64_t acct_m, acct_a;
+    ledger_account acct;
 };
 
 /* One execution: the time and, when replaying, the record to match. */
@@ -212,19 +258,31 @@ static bool ledger_due(uint64_t unix_s, uint64_t ts_ms)
 
 static int acct_get(ledger *l, uint64_t m, uint64_t a, ledger_account *out, bool *is_new)
 {
+    if (l->acct_cached && l->acct_m == m && l->acct_a == a) {
+        *out = l->acct;
+        if (is_new)
+            *is_new = false;
+        return 0;
+    }
     uint8_t k[16];
     const void *v;
     size_t vl;
     int rc = state_get(l->st, STATE_ACCOUNTS, k, key2(k, m, a), &v, &vl);
     if (rc < 0)
         return rc;
-    if (rc == 1 || vl != sizeof(*out)) {
-        *out = (ledger_account){0};
+    if (rc == 1) {
+        *out = (ledger_account){.lots_min_exp = UINT64_MAX, .holds_min_deadline = UINT64_MAX};
         if (is_new)
             *is_new = true;
         return 0;
     }
+    if (vl != sizeof(*out))
+        return TALLY_ECORRUPT;
     memcpy(out, v, sizeof(*out));
+    l->acct_cached = true;
+    l->acct_m = m;
+    l->acct_a = a;
+    l->acct = *out;
     if (is_new)
         *is_new = false;
     return 0;
@@ -233,10 +291,124 @@ static int acct_get(ledger *l, uint64_t m, uint64_t a, ledger_account *out, bool
 static int acct_put(ledger *l, uint64_t m, uint64_t a, const ledger_account *ac)
 {
     uint8_t k[16];
-    return state_put(l->st, STATE_ACCOUNTS, k, key2(k, m, a), ac, sizeof(*ac));
+    int rc = state_put(l->st, STATE_ACCOUNTS, k, key2(k, m, a), ac, sizeof(*ac));
+    l->acct_cached = rc == 0;
+    l->acct_m = m;
+    l->acct_a = a;
+    l->acct = *ac;
+    return rc;
 }
 
-static int merchant_get(ledger *l, uint64_t m, ledger_merchant *out)
+/* ---- in-memory deltas: merchant totals, liability by month ---------------- */
+
+static uint64_t ledger_mix(uint64_t a, uint64_t b)
+{
+    uint64_t h = a * 0x9E3779B97F4A7C15ull ^ (b + 0x632BE59BD9B4E019ull);
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9ull;
+    return h ^ h >> 32;
+}
+
+/* Doubles a delta table (or makes the first one) and re-inserts. */
+static int ledger_mdelta_grow(ledger *l)
+{
+    uint32_t cap = l->mdelta_cap ? l->mdelta_cap * 2 : 64;
+    ledger_mdelta *n = calloc(cap, sizeof(*n));
+    if (!n)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < l->mdelta_cap; i++) {
+        if (!l->mdelta[i].merchant)
+            continue;
+        uint32_t k = (uint32_t)ledger_mix(l->mdelta[i].merchant, 0) & (cap - 1);
+        while (n[k].merchant)
+            k = (k + 1) & (cap - 1);
+        n[k] = l->mdelta[i];
+    }
+    free(l->mdelta);
+    l->mdelta = n;
+    l->mdelta_cap = cap;
+    return 0;
+}
+
+static int ledger_ldelta_grow(ledger *l)
+{
+    uint32_t cap = l->ldelta_cap ? l->ldelta_cap * 2 : 256;
+    ledger_ldelta *n = calloc(cap, sizeof(*n));
+    if (!n)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < l->ldelta_cap; i++) {
+        if (!l->ldelta[i].merchant)
+            continue;
+        uint32_t k = (uint32_t)ledger_mix(l->ldelta[i].merchant, l->ldelta[i].month) & (cap - 1);
+        while (n[k].merchant)
+            k = (k + 1) & (cap - 1);
+        n[k] = l->ldelta[i];
+    }
+    free(l->ldelta);
+    l->ldelta = n;
+    l->ldelta_cap = cap;
+    return 0;
+}
+
+/* The delta slot of merchant m, created if create; NULL if absent. */
+static ledger_mdelta *ledger_mdelta_slot(ledger *l, uint64_t m, bool create)
+{
+    if (create && (l->mdelta_count + 1) * 2 > l->mdelta_cap && ledger_mdelta_grow(l) < 0)
+        return NULL;
+    if (!l->mdelta_cap)
+        return NULL;
+    uint32_t k = (uint32_t)ledger_mix(m, 0) & (l->mdelta_cap - 1);
+    while (l->mdelta[k].merchant && l->mdelta[k].merchant != m)
+        k = (k + 1) & (l->mdelta_cap - 1);
+    if (l->mdelta[k].merchant == m)
+        return &l->mdelta[k];
+    if (!create)
+        return NULL;
+    l->mdelta[k].merchant = m;
+    l->mdelta_count++;
+    return &l->mdelta[k];
+}
+
+static ledger_ldelta *ledger_ldelta_slot(ledger *l, uint64_t m, uint64_t month, bool create)
+{
+    if (create && (l->ldelta_count + 1) * 2 > l->ldelta_cap && ledger_ldelta_grow(l) < 0)
+        return NULL;
+    if (!l->ldelta_cap)
+        return NULL;
+    uint32_t k = (uint32_t)ledger_mix(m, month) & (l->ldelta_cap - 1);
+    while (l->ldelta[k].merchant &&
+           (l->ldelta[k].merchant != m || l->ldelta[k].month != month))
+        k = (k + 1) & (l->ldelta_cap - 1);
+    if (l->ldelta[k].merchant == m && l->ldelta[k].month == month)
+        return &l->ldelta[k];
+    if (!create)
+        return NULL;
+    l->ldelta[k] = (ledger_ldelta){.merchant = m, .month = month};
+    l->ldelta_count++;
+    return &l->ldelta[k];
+}
+
+static void ledger_deltas_clear(ledger *l)
+{
+    if (l->mdelta)
+        memset(l->mdelta, 0, l->mdelta_cap * sizeof(*l->mdelta));
+    if (l->ldelta)
+        memset(l->ldelta, 0, l->ldelta_cap * sizeof(*l->ldelta));
+    l->mdelta_count = l->ldelta_count = 0;
+}
+
+static void merchant_sum(ledger_merchant *a, const ledger_merchant *d)
+{
+    a->accounts += d->accounts;
+    a->outstanding += d->outstanding;
+    a->earned += d->earned;
+    a->redeemed += d->redeemed;
+    a->expired += d->expired;
+    a->entries += d->entries;
+}
+
+/* The stored totals only (without the delta). */
+static int merchant_stored(ledger *l, uint64_t m, ledger_merchant *out)
 {
     uint8_t k[8];
     be64(k, m);
@@ -245,51 +417,91 @@ static int merchant_get(ledger *l, uint64_t m, ledger_merchant *out)
     int rc = state_get(l->st, STATE_MERCHANTS, k, 8, &v, &vl);
     if (rc < 0)
         return rc;
-    if (rc == 1 || vl != sizeof(*out))
+    if (rc == 0 && vl != sizeof(*out))
+        return TALLY_ECORRUPT;
+    if (rc == 1)
         *out = (ledger_merchant){0};
     else
         memcpy(out, v, sizeof(*out));
     return 0;
 }
 
+static int merchant_get(ledger *l, uint64_t m, ledger_merchant *out)
+{
+    int rc = merchant_stored(l, m, out);
+    const ledger_mdelta *d = rc == 0 ? ledger_mdelta_slot(l, m, false) : NULL;
+    if (d)
+        merchant_sum(out, &d->d);
+    return rc;
+}
+
 static int merchant_add(ledger *l, uint64_t m, const ledger_merchant *d)
 {
-    ledger_merchant mm;
-    int rc = merchant_get(l, m, &mm);
-    if (rc < 0)
-        return rc;
-    mm.accounts += d->accounts;
-    mm.outstanding += d->outstanding;
-    mm.earned += d->earned;
-    mm.redeemed += d->redeemed;
-    mm.expired += d->expired;
-    mm.entries += d->entries;
-    uint8_t k[8];
-    be64(k, m);
-    return state_put(l->st, STATE_MERCHANTS, k, 8, &mm, sizeof(mm));
+    ledger_mdelta *slot = ledger_mdelta_slot(l, m, true);
+    if (!slot)
+        return -ENOMEM;
+    merchant_sum(&slot->d, d);
+    return 0;
 }
 
 static int liability_add(ledger *l, uint64_t m, uint64_t expkey, int64_t delta)
 {
     if (delta == 0)
         return 0;
-    uint8_t k[16];
-    size_t kl = key2(k, m, month_of(expkey));
-    const void *v;
-    size_t vl;
-    int64_t cur = 0;
-    int rc = state_get(l->st, STATE_LIABILITY, k, kl, &v, &vl);
-    if (rc < 0)
-        return rc;
-    if (rc == 0 && vl == 8)
-        memcpy(&cur, v, 8);
-    cur += delta;
-    if (cur == 0)
-        return state_del(l->st, STATE_LIABILITY, k, kl) < 0 ? TALLY_EFAILED : 0;
-    return state_put(l->st, STATE_LIABILITY, k, kl, &cur, 8);
+    ledger_ldelta *slot = ledger_ldelta_slot(l, m, month_of(expkey), true);
+    if (!slot)
+        return -ENOMEM;
+    slot->points += delta;
+    return 0;
 }
 
-static int ref_get(ledger *l, uint64_t m, uint64_t seq, ledger_ref *out, ledger_alloc *allocs)
+/* Writes the deltas into the open transaction and forgets them (before a
+ * checkpoint's commit, or a comparison of two states). */
+static int ledger_flush_deltas(ledger *l)
+{
+    for (uint32_t i = 0; i < l->mdelta_cap; i++) {
+        ledger_mdelta *d = &l->mdelta[i];
+        if (!d->merchant)
+            continue;
+        ledger_merchant mm;
+        int rc = merchant_stored(l, d->merchant, &mm);
+        if (rc < 0)
+            return rc;
+        merchant_sum(&mm, &d->d);
+        uint8_t k[8];
+        be64(k, d->merchant);
+        rc = state_put(l->st, STATE_MERCHANTS, k, 8, &mm, sizeof(mm));
+        if (rc < 0)
+            return rc;
+    }
+    for (uint32_t i = 0; i < l->ldelta_cap; i++) {
+        ledger_ldelta *d = &l->ldelta[i];
+        if (!d->merchant || d->points == 0)
+            continue;
+        uint8_t k[16];
+        size_t kl = key2(k, d->merchant, d->month);
+        const void *v;
+        size_t vl;
+        int64_t cur = 0;
+        int rc = state_get(l->st, STATE_LIABILITY, k, kl, &v, &vl);
+        if (rc < 0)
+            return rc;
+        if (rc == 0 && vl == 8)
+            memcpy(&cur, v, 8);
+        cur += d->points;
+        rc = cur == 0 ? state_del(l->st, STATE_LIABILITY, k, kl)
+                      : state_put(l->st, STATE_LIABILITY, k, kl, &cur, 8);
+        if (rc < 0)
+            return rc;
+    }
+    ledger_deltas_clear(l);
+    return 0;
+}
+
+/* A reference row: the header, its allocations (if allocs) and its id (if
+ * id, LIMIT_ENGINE_ID_BYTES_MAX bytes).  0, 1 if absent. */
+static int ref_get(ledger *l, uint64_t m, uint64_t seq, ledger_ref *out, ledger_alloc *allocs,
+                   char *id)
 {
     uint8_t k[16];
     const void *v;
@@ -300,40 +512,69 @@ static int ref_get(ledger *l, uint64_t m, uint64_t seq, ledger_ref *out, ledger_
     if (vl < sizeof(*out))
         return TALLY_ECORRUPT;
     memcpy(out, v, sizeof(*out));
-    if (vl != sizeof(*out) + out->alloc_count * sizeof(ledger_alloc) ||
-        out->alloc_count > LIMIT_LOTS_PER_DEBIT_MAX)
+    size_t alloc_bytes = (size_t)out->alloc_count * sizeof(ledger_alloc);
+    if (out->alloc_count > LIMIT_LOTS_PER_DEBIT_MAX || out->id_len == 0 ||
+        out->id_len > LIMIT_ENGINE_ID_BYTES_MAX || vl != sizeof(*out) + alloc_bytes + out->id_len)
         return TALLY_ECORRUPT;
+    const uint8_t *p = (const uint8_t *)v + sizeof(*out);
     if (allocs && out->alloc_count)
-        memcpy(allocs, (const uint8_t *)v + sizeof(*out), out->alloc_count * sizeof(*allocs));
+        memcpy(allocs, p, alloc_bytes);
+    if (id)
+        memcpy(id, p + alloc_bytes, out->id_len);
     return 0;
 }
 
 static int ref_put(ledger *l, uint64_t m, uint64_t seq, const ledger_ref *r,
-                   const ledger_alloc *allocs)
+                   const ledger_alloc *allocs, const char *id)
 {
-    size_t n = sizeof(*r) + r->alloc_count * sizeof(ledger_alloc);
+    assert(r->id_len >= 1 && r->id_len <= LIMIT_ENGINE_ID_BYTES_MAX);
+    assert(r->alloc_count <= LIMIT_LOTS_PER_DEBIT_MAX);
+    size_t alloc_bytes = (size_t)r->alloc_count * sizeof(ledger_alloc);
     memcpy(l->refbuf, r, sizeof(*r));
     if (r->alloc_count)
-        memcpy(l->refbuf + sizeof(*r), allocs, r->alloc_count * sizeof(ledger_alloc));
+        memcpy(l->refbuf + sizeof(*r), allocs, alloc_bytes);
+    memcpy(l->refbuf + sizeof(*r) + alloc_bytes, id, r->id_len);
     uint8_t k[16];
-    return state_put(l->st, STATE_REFS, k, key2(k, m, seq), l->refbuf, n);
+    return state_put(l->st, STATE_REFS, k, key2(k, m, seq), l->refbuf,
+                     sizeof(*r) + alloc_bytes + r->id_len);
 }
 
 /* ---- lots --------------------------------------------------------------- */
 
+/* The soonest expiry among an account's lots (its first lot: lots sort by
+ * expiry), UINT64_MAX if it has none that expire. */
+static int lots_first_exp(ledger *l, uint64_t m, uint64_t a, uint64_t *out)
+{
+    state_cursor *c;
+    int rc = state_cursor_open(l->st, STATE_LOTS, &c);
+    if (rc < 0)
+        return rc;
+    uint8_t k[32];
+    key4(k, m, a, 0, 0);
+    const void *kk, *v;
+    size_t kl, vl;
+    rc = state_cursor_seek(c, k, 32, &kk, &kl, &v, &vl);
+    *out = UINT64_MAX;
+    if (rc == 0 && kl == 32 && get_be64(kk) == m && get_be64((const uint8_t *)kk + 8) == a)
+        *out = get_be64((const uint8_t *)kk + 16);
+    state_cursor_close(c);
+    return rc < 0 ? rc : 0;
+}
+
 /* Changes a lot's remaining by delta (creating or deleting the row), with
  * the account's totals, the expiry and pending indexes and, if liab, the
  * liability by month.  ts decides whether the lot is still pending. */
-static int lot_change(ledger *l, uint64_t m, uint64_t a, ledger_account *ac, uint64_t expkey,
-                      uint64_t seq, int64_t delta, uint64_t available_at, bool liab,
-                      uint64_t ts_ms)
+static int lot_apply(ledger *l, uint64_t m, uint64_t a, ledger_account *ac, uint64_t expkey,
+                     uint64_t seq, int64_t delta, uint64_t available_at, bool liab,
+                     uint64_t ts_ms, bool fresh)
 {
     uint8_t k[32];
     size_t kl = key4(k, m, a, expkey, seq);
     const void *v;
     size_t vl;
     ledger_lot lot = {0, available_at};
-    int rc = state_get(l->st, STATE_LOTS, k, kl, &v, &vl);
+    /* A fresh lot (an earn's own, seq just assigned) cannot exist yet. */
+    int rc = fresh ? 1 : state_get(l->st, STATE_LOTS, k, kl, &v, &vl);
     if (rc < 0)
         return rc;
     bool existed = rc == 0;
@@ -353,16 +594,28 @@ static int lot_change(ledger *l, uint64_t m, uint64_t a, ledger_account *ac, uin
             rc = state_del(l->st, STATE_EXPIRY, ek, ekl);
         if (rc >= 0 && pending)
             rc = state_del(l->st, STATE_PENDING, pk, pkl);
+        /* The soonest lot went: the next one is now the soonest. */
+        if (rc >= 0 && expkey == ac->lots_min_exp && expkey != UINT64_MAX)
+            rc = lots_first_exp(l, m, a, &ac->lots_min_exp);
     } else {
         rc = state_put(l->st, STATE_LOTS, k, kl, &lot, sizeof(lot));
         if (rc == 0 && !existed && expkey != UINT64_MAX)
             rc = state_put(l->st, STATE_EXPIRY, ek, ekl, "", 0);
         if (rc == 0 && !existed && pending)
             rc = state_put(l->st, STATE_PENDING, pk, pkl, "", 0);
+        if (expkey < ac->lots_min_exp)
+            ac->lots_min_exp = expkey;
     }
     if (rc < 0)
         return rc;
     return liab ? liability_add(l, m, expkey, delta) : 0;
+}
+
+static int lot_change(ledger *l, uint64_t m, uint64_t a, ledger_account *ac, uint64_t expkey,
+                      uint64_t seq, int64_t delta, uint64_t available_at, bool liab,
+                      uint64_t ts_ms)
+{
+    return lot_apply(l, m, a, ac, expkey, seq, delta, available_at, liab, ts_ms, false);
 }
 
 /* Lots whose AVAILABLE_AT has passed become spendable (no record: it
@@ -647,13 +900,10 @@ static int ledger_expire_lot(ledger *l, ledger_x *x, uint64_t m, uint64_t a, uin
     ledger_lot lot;
     memcpy(&lot, v, sizeof(lot));
     ledger_ref src;
-    rc = ref_get(l, m, seq, &src, NULL);
+    char src_id[LIMIT_ENGINE_ID_BYTES_MAX];
+    rc = ref_get(l, m, seq, &src, NULL, src_id);
     if (rc != 0)
         return rc < 0 ? rc : TALLY_ECORRUPT;
-    record er;
-    rc = log_read(l->log, src.loc, &er);
-    if (rc < 0)
-        return rc;
     ledger_account ac;
     rc = acct_get(l, m, a, &ac, NULL);
     if (rc < 0)
@@ -663,9 +913,9 @@ static int ledger_expire_lot(ledger *l, ledger_x *x, uint64_t m, uint64_t a, uin
         return rc;
     bool pending = lot.available_at && lot.available_at > x->ts_ms / 1000;
     record r = {.type = RECORD_ENTRY, .kind = TALLY_KIND_EXPIRE, .merchant = m, .account = a,
-                .expires = expkey, .ref_len = er.id_len};
-    memcpy(r.ref, er.id, er.id_len);
-    r.id_len = (uint8_t)engine_id(r.id, "~exp:", er.id, er.id_len, src.expire_count + 1);
+                .expires = expkey, .ref_len = (uint8_t)src.id_len};
+    memcpy(r.ref, src_id, src.id_len);
+    r.id_len = (uint8_t)engine_id(r.id, "~exp:", src_id, src.id_len, src.expire_count + 1);
     r.points = pending ? 0 : -lot.remaining;
     ledger_account after = ac;
     after.lots_total -= lot.remaining;
@@ -683,7 +933,7 @@ static int ledger_expire_lot(ledger *l, ledger_x *x, uint64_t m, uint64_t a, uin
         return rc;
     ac.expired += gone;
     src.expire_count++;
-    rc = ref_put(l, m, seq, &src, NULL);
+    rc = ref_put(l, m, seq, &src, NULL, src_id);
     if (rc == 0)
         rc = acct_put(l, m, a, &ac);
     if (rc == 0)
@@ -694,81 +944,87 @@ static int ledger_expire_lot(ledger *l, ledger_x *x, uint64_t m, uint64_t a, uin
     return rc;
 }
 
-static int ledger_release(ledger *l, ledger_x *x, tally_request *q, const record *hold_rec,
-                          uint64_t hold_seq, int64_t capture, bool engine);
+static int ledger_release(ledger *l, ledger_x *x, tally_request *q, uint64_t m,
+                          uint64_t hold_seq, int64_t capture);
+
+/* The seq of the account's open hold with the soonest deadline, and that
+ * deadline (UINT64_MAX: none). */
+static int holds_first(ledger *l, uint64_t m, uint64_t a, uint64_t *seq, uint64_t *deadline)
+{
+    state_cursor *c;
+    int rc = state_cursor_open(l->st, STATE_ACCT_HOLDS, &c);
+    if (rc < 0)
+        return rc;
+    uint8_t k[24];
+    key3(k, m, a, 0);
+    const void *kk, *v;
+    size_t kl, vl;
+    *seq = 0;
+    *deadline = UINT64_MAX;
+    rc = state_cursor_seek(c, k, 24, &kk, &kl, &v, &vl);
+    while (rc == 0 && kl == 24 && get_be64(kk) == m && get_be64((const uint8_t *)kk + 8) == a) {
+        uint64_t d;
+        memcpy(&d, v, 8);
+        if (d < *deadline) {
+            *deadline = d;
+            *seq = get_be64((const uint8_t *)kk + 16);
+        }
+        rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
+    }
+    state_cursor_close(c);
+    return rc < 0 ? rc : 0;
+}
 
 /* Live only: the account's lots whose expiry passed and holds whose
- * timeout passed get their engine entries before the account's write. */
+ * timeout passed get their engine entries before the account's write.
+ * The account row says when the soonest of each is due, so the usual
+ * case ("nothing due") costs one read. */
 static int ledger_engine_entries(ledger *l, ledger_x *x, uint64_t m, uint64_t a)
 {
     if (!x->engine_entries)
         return 0;
     for (;;) {
-        state_cursor *c;
-        int rc = state_cursor_open(l->st, STATE_LOTS, &c);
+        ledger_account ac;
+        int rc = acct_get(l, m, a, &ac, NULL);
         if (rc < 0)
             return rc;
-        uint8_t k[32];
-        key4(k, m, a, 0, 0);
-        const void *kk, *v;
-        size_t kl, vl;
-        rc = state_cursor_seek(c, k, 32, &kk, &kl, &v, &vl);
-        uint64_t expkey = 0, seq = 0;
-        bool due = false;
-        if (rc == 0 && kl == 32 && get_be64(kk) == m && get_be64((const uint8_t *)kk + 8) == a) {
-            expkey = get_be64((const uint8_t *)kk + 16);
-            seq = get_be64((const uint8_t *)kk + 24);
-            due = ledger_due(expkey, x->ts_ms);
-        }
-        state_cursor_close(c);
-        if (rc < 0)
-            return rc;
-        if (!due)
-            break;
-        rc = ledger_expire_lot(l, x, m, a, expkey, seq);
-        if (rc < 0)
-            return rc;
-    }
-    for (;;) {
-        state_cursor *c;
-        int rc = state_cursor_open(l->st, STATE_ACCT_HOLDS, &c);
-        if (rc < 0)
-            return rc;
-        uint8_t k[24];
-        key3(k, m, a, 0);
-        const void *kk, *v;
-        size_t kl, vl;
-        uint64_t seq = 0;
-        bool due = false;
-        rc = state_cursor_seek(c, k, 24, &kk, &kl, &v, &vl);
-        while (rc == 0 && kl == 24 && get_be64(kk) == m &&
-               get_be64((const uint8_t *)kk + 8) == a) {
-            uint64_t deadline;
-            memcpy(&deadline, v, 8);
-            if (ledger_due(deadline, x->ts_ms)) {
-                seq = get_be64((const uint8_t *)kk + 16);
-                due = true;
-                break;
+        if (ledger_due(ac.lots_min_exp, x->ts_ms)) {
+            /* The first lot is the soonest-expiring one. */
+            state_cursor *c;
+            rc = state_cursor_open(l->st, STATE_LOTS, &c);
+            if (rc < 0)
+                return rc;
+            uint8_t k[32];
+            key4(k, m, a, 0, 0);
+            const void *kk, *v;
+            size_t kl, vl;
+            rc = state_cursor_seek(c, k, 32, &kk, &kl, &v, &vl);
+            uint64_t expkey = 0, seq = 0;
+            if (rc == 0 && kl == 32 && get_be64(kk) == m &&
+                get_be64((const uint8_t *)kk + 8) == a) {
+                expkey = get_be64((const uint8_t *)kk + 16);
+                seq = get_be64((const uint8_t *)kk + 24);
             }
-            rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
+            state_cursor_close(c);
+            if (rc < 0)
+                return rc;
+            if (expkey != ac.lots_min_exp)
+                return TALLY_ECORRUPT; /* the row's soonest expiry is wrong */
+            rc = ledger_expire_lot(l, x, m, a, expkey, seq);
+        } else if (ledger_due(ac.holds_min_deadline, x->ts_ms)) {
+            uint64_t seq, deadline;
+            rc = holds_first(l, m, a, &seq, &deadline);
+            if (rc < 0)
+                return rc;
+            if (deadline != ac.holds_min_deadline)
+                return TALLY_ECORRUPT;
+            rc = ledger_release(l, x, NULL, m, seq, 0);
+        } else {
+            return 0;
         }
-        state_cursor_close(c);
-        if (rc < 0)
-            return rc;
-        if (!due)
-            break;
-        ledger_ref h;
-        rc = ref_get(l, m, seq, &h, NULL);
-        if (rc != 0)
-            return rc < 0 ? rc : TALLY_ECORRUPT;
-        record hr;
-        rc = log_read(l->log, h.loc, &hr);
-        if (rc == 0)
-            rc = ledger_release(l, x, NULL, &hr, seq, 0, true);
         if (rc < 0)
             return rc;
     }
-    return 0;
 }
 
 /* ---- credits: earn, positive adjust -------------------------------------- */
@@ -809,14 +1065,14 @@ static int ledger_credit(ledger *l, ledger_x *x, tally_request *q)
     ac.debt -= repay;
     ac.earned += amount;
     if (amount - repay > 0)
-        rc = lot_change(l, m, a, &ac, expkey, r.seq, amount - repay,
-                        pending ? q->available_at : 0, true, x->ts_ms);
+        rc = lot_apply(l, m, a, &ac, expkey, r.seq, amount - repay,
+                       pending ? q->available_at : 0, true, x->ts_ms, true);
     if (rc == 0)
         rc = liability_add(l, m, UINT64_MAX, repay);
     ledger_ref ref = {.account = a, .loc = loc, .kind = r.kind, .amount = amount,
-                      .lot_expkey = expkey};
+                      .lot_expkey = expkey, .id_len = r.id_len};
     if (rc == 0)
-        rc = ref_put(l, m, r.seq, &ref, NULL);
+        rc = ref_put(l, m, r.seq, &ref, NULL, r.id);
     if (rc == 0)
         rc = acct_put(l, m, a, &ac);
     if (rc == 0)
@@ -879,12 +1135,14 @@ static int ledger_debit(ledger *l, ledger_x *x, tally_request *q)
     if (rc == 0)
         rc = liability_add(l, m, UINT64_MAX, -(amount - taken));
     ledger_ref ref = {.account = a, .loc = loc, .kind = r.kind, .amount = amount,
-                      .alloc_count = n};
+                      .alloc_count = n, .id_len = r.id_len};
     if (hold) {
         ac.held += amount;
         uint64_t timeout = q->flags & TALLY_REQ_TIMEOUT ? q->timeout_s
                                                          : LIMIT_HOLD_TIMEOUT_DEFAULT_S;
         ref.deadline_s = r.ts_ms / 1000 + timeout;
+        if (ref.deadline_s < ac.holds_min_deadline)
+            ac.holds_min_deadline = ref.deadline_s;
         uint8_t k[24];
         if (rc == 0)
             rc = state_put(l->st, STATE_HOLDS_DUE, k, key3(k, ref.deadline_s, m, r.seq), "", 0);
@@ -894,7 +1152,7 @@ static int ledger_debit(ledger *l, ledger_x *x, tally_request *q)
         ac.redeemed += amount;
     }
     if (rc == 0)
-        rc = ref_put(l, m, r.seq, &ref, l->allocs);
+        rc = ref_put(l, m, r.seq, &ref, l->allocs, r.id);
     if (rc == 0)
         rc = acct_put(l, m, a, &ac);
     if (rc == 0)
@@ -952,23 +1210,24 @@ static uint32_t ledger_slice_allocs(const ledger_alloc *al, uint32_t n, int64_t 
 }
 
 /* Capture (capture > 0: that many points of the hold) or void (0) of the
- * hold at hold_seq.  q NULL: an engine void of a timed-out hold. */
-static int ledger_release(ledger *l, ledger_x *x, tally_request *q, const record *hold_rec,
-                          uint64_t hold_seq, int64_t capture, bool engine)
+ * open hold at hold_seq.  q NULL: an engine void of a timed-out hold. */
+static int ledger_release(ledger *l, ledger_x *x, tally_request *q, uint64_t m,
+                          uint64_t hold_seq, int64_t capture)
 {
-    uint64_t m = hold_rec->merchant, a = hold_rec->account;
     ledger_ref h;
-    int rc = ref_get(l, m, hold_seq, &h, l->allocs);
+    char hold_id[LIMIT_ENGINE_ID_BYTES_MAX];
+    int rc = ref_get(l, m, hold_seq, &h, l->allocs, hold_id);
     if (rc != 0)
         return rc < 0 ? rc : TALLY_ECORRUPT;
+    uint64_t a = h.account;
     record r;
     if (q) {
         record_from_request(q, &r);
     } else {
         r = (record){.type = RECORD_ENTRY, .kind = TALLY_KIND_VOID, .merchant = m,
-                     .ref_len = hold_rec->id_len};
-        memcpy(r.ref, hold_rec->id, hold_rec->id_len);
-        r.id_len = (uint8_t)engine_id(r.id, "~void:", hold_rec->id, hold_rec->id_len, 1);
+                     .ref_len = (uint8_t)h.id_len};
+        memcpy(r.ref, hold_id, h.id_len);
+        r.id_len = (uint8_t)engine_id(r.id, "~void:", hold_id, h.id_len, 1);
     }
     r.account = a;
     if (!q && h.state != HOLD_OPEN)
@@ -1005,16 +1264,20 @@ static int ledger_release(ledger *l, ledger_x *x, tally_request *q, const record
         rc = liability_add(l, m, l->allocs2[i].expkey, -l->allocs2[i].points);
     h.state = capture > 0 ? HOLD_CAPTURED : HOLD_VOIDED;
     if (rc == 0)
-        rc = ref_put(l, m, hold_seq, &h, l->allocs);
+        rc = ref_put(l, m, hold_seq, &h, l->allocs, hold_id);
     uint8_t k[24];
     if (rc == 0)
         rc = state_del(l->st, STATE_HOLDS_DUE, k, key3(k, h.deadline_s, m, hold_seq));
     if (rc >= 0)
         rc = state_del(l->st, STATE_ACCT_HOLDS, k, key3(k, m, a, hold_seq));
+    if (rc >= 0 && h.deadline_s == ac.holds_min_deadline) {
+        uint64_t next_seq;
+        rc = holds_first(l, m, a, &next_seq, &ac.holds_min_deadline);
+    }
     if (rc >= 0 && capture > 0) {
         ledger_ref cref = {.account = a, .loc = loc, .kind = TALLY_KIND_CAPTURE,
-                           .amount = capture, .alloc_count = kept};
-        rc = ref_put(l, m, r.seq, &cref, l->allocs2);
+                           .amount = capture, .alloc_count = kept, .id_len = r.id_len};
+        rc = ref_put(l, m, r.seq, &cref, l->allocs2, r.id);
     }
     if (rc >= 0)
         rc = acct_put(l, m, a, &ac);
@@ -1025,16 +1288,17 @@ static int ledger_release(ledger *l, ledger_x *x, tally_request *q, const record
         rc = merchant_add(l, m, &d);
     if (rc == 0 && q)
         ledger_answer_entry(q, &r);
-    (void)engine;
     if (rc == 0)
         rc = ledger_engine_entries(l, x, m, a); /* released into expired lots */
     return rc;
 }
 
-/* Looks up the entry a request refers to (q->ref): 0 and *out, *seq;
- * 1 if there is no such entry (or it names a refusal). */
-static int ledger_lookup_ref(ledger *l, uint64_t m, const char *id, size_t id_len, record *out,
-                             uint64_t *seq)
+/* The entry an id names, as a target of CAPTURE, VOID or REVERSE (or of
+ * an engine entry being replayed): its seq and, if it is a referable kind
+ * (earn, adjust, redeem, capture, hold), its reference row.
+ * 0: found (*has_ref says whether it is referable); 1: no such entry. */
+static int ledger_target(ledger *l, uint64_t m, const char *id, size_t id_len, uint64_t *seq,
+                         ledger_ref *ref, bool *has_ref)
 {
     uint8_t k[24];
     const void *v;
@@ -1043,45 +1307,61 @@ static int ledger_lookup_ref(ledger *l, uint64_t m, const char *id, size_t id_le
     if (rc != 0)
         return rc;
     ledger_idref ir;
+    if (vl != sizeof(ir))
+        return TALLY_ECORRUPT;
     memcpy(&ir, v, sizeof(ir));
     if (ir.type != RECORD_ENTRY)
-        return 1;
-    rc = log_read(l->log, ir.loc, out);
+        return 1; /* a remembered refusal is not an entry */
+    char stored[LIMIT_ENGINE_ID_BYTES_MAX];
+    rc = ref_get(l, m, ir.seq, ref, NULL, stored);
     if (rc < 0)
         return rc;
-    if (out->id_len != id_len || memcmp(out->id, id, id_len) != 0)
-        return 1; /* a 128-bit hash collision: not this id */
+    *has_ref = rc == 0;
+    /* A 128-bit hash collision would name another id: check the id where
+     * it is at hand (the reference row, else the retained log record). */
+    if (*has_ref && (ref->id_len != id_len || memcmp(stored, id, id_len) != 0))
+        return 1;
+    if (!*has_ref) {
+        record r;
+        rc = log_read(l->log, ir.loc, &r);
+        if (rc == 0 && (r.id_len != id_len || memcmp(r.id, id, id_len) != 0))
+            return 1;
+        if (rc < 0 && rc != TALLY_EARCHIVED)
+            return rc;
+    }
     *seq = ir.seq;
     return 0;
 }
 
 static int ledger_hold_op(ledger *l, ledger_x *x, tally_request *q)
 {
-    record ref_rec, r;
-    uint64_t seq;
-    int rc = ledger_lookup_ref(l, q->merchant, q->ref, q->ref_len, &ref_rec, &seq);
+    record r;
+    uint64_t seq = 0;
+    ledger_ref h;
+    bool has_ref = false;
+    int rc = ledger_target(l, q->merchant, q->ref, q->ref_len, &seq, &h, &has_ref);
     if (rc < 0)
         return rc;
     record_from_request(q, &r);
     if (rc == 1)
         return ledger_refuse(l, x, q, &r, TALLY_ENOTFOUND, R_NOTFOUND);
-    r.account = ref_rec.account;
-    if (ref_rec.kind != TALLY_KIND_HOLD || ref_rec.id[0] == '~')
+    r.account = has_ref ? h.account : 0;
+    if (!has_ref || h.kind != TALLY_KIND_HOLD)
         return ledger_refuse(l, x, q, &r, TALLY_EINVALID, R_NOT_HOLD);
-    rc = ledger_engine_entries(l, x, q->merchant, ref_rec.account);
+    rc = ledger_engine_entries(l, x, q->merchant, h.account);
     if (rc < 0)
         return rc;
+    /* The engine may just have voided it (timed out): read it again. */
+    rc = ref_get(l, q->merchant, seq, &h, NULL, NULL);
+    if (rc != 0)
+        return rc < 0 ? rc : TALLY_ECORRUPT;
     int64_t capture = 0;
     if (q->op == TALLY_OP_CAPTURE) {
-        ledger_ref h;
-        rc = ref_get(l, q->merchant, seq, &h, NULL);
-        if (rc != 0)
-            return rc < 0 ? rc : TALLY_ECORRUPT;
         capture = q->flags & TALLY_REQ_POINTS ? q->points : h.amount;
         if (capture == 0)
             capture = h.amount;
     }
-    return ledger_release(l, x, q, &ref_rec, seq, capture, false);
+    return ledger_release(l, x, q, q->merchant, seq, capture);
 }
 
 /* ---- reverse ------------------------------------------------------------- */
@@ -1089,25 +1369,27 @@ static int ledger_hold_op(ledger *l, ledger_x *x, tally_request *q)
 static int ledger_reverse(ledger *l, ledger_x *x, tally_request *q)
 {
     uint64_t m = q->merchant;
-    record src, r;
-    uint64_t seq;
-    int rc = ledger_lookup_ref(l, m, q->ref, q->ref_len, &src, &seq);
+    record r;
+    uint64_t seq = 0;
+    ledger_ref ref;
+    bool has_ref = false;
+    int rc = ledger_target(l, m, q->ref, q->ref_len, &seq, &ref, &has_ref);
     if (rc < 0)
         return rc;
     record_from_request(q, &r);
     if (rc == 1)
         return ledger_refuse(l, x, q, &r, TALLY_ENOTFOUND, R_NOTFOUND);
-    uint64_t a = src.account;
+    uint64_t a = has_ref ? ref.account : 0;
     r.account = a;
-    bool credit = src.kind == TALLY_KIND_EARN;
-    bool debit = src.kind == TALLY_KIND_REDEEM || src.kind == TALLY_KIND_CAPTURE;
-    if ((!credit && !debit) || src.id[0] == '~')
+    bool credit = has_ref && ref.kind == TALLY_KIND_EARN;
+    bool debit = has_ref && (ref.kind == TALLY_KIND_REDEEM || ref.kind == TALLY_KIND_CAPTURE);
+    if (!credit && !debit)
         return ledger_refuse(l, x, q, &r, TALLY_EINVALID, R_NOT_REVERSIBLE);
     rc = ledger_engine_entries(l, x, m, a);
     if (rc < 0)
         return rc;
-    ledger_ref ref;
-    rc = ref_get(l, m, seq, &ref, l->allocs);
+    char ref_id[LIMIT_ENGINE_ID_BYTES_MAX];
+    rc = ref_get(l, m, seq, &ref, l->allocs, ref_id);
     if (rc != 0)
         return rc < 0 ? rc : TALLY_ECORRUPT;
     int64_t left = ref.amount - ref.reversed;
@@ -1180,7 +1462,7 @@ static int ledger_reverse(ledger *l, ledger_x *x, tally_request *q)
     }
     ref.reversed += n;
     if (rc == 0)
-        rc = ref_put(l, m, seq, &ref, l->allocs);
+        rc = ref_put(l, m, seq, &ref, l->allocs, ref_id);
     if (rc == 0)
         rc = acct_put(l, m, a, &ac);
     if (rc == 0)
@@ -1224,14 +1506,26 @@ static int ledger_idempotent(ledger *l, tally_request *q)
     if (rc != 0)
         return rc;
     ledger_idref ir;
+    if (vl != sizeof(ir))
+        return TALLY_ECORRUPT;
     memcpy(&ir, v, sizeof(ir));
     record r;
     rc = log_read(l->log, ir.loc, &r);
+    q->res.replayed = true;
+    if (rc == TALLY_EARCHIVED) {
+        /* Retention dropped the record: the id stays used (nothing is
+         * applied twice) but the first reply cannot be repeated. */
+        q->res.status = TALLY_EARCHIVED;
+        snprintf(q->res.message, sizeof(q->res.message),
+                 "id already used at seq %llu, before the retained log: the original reply "
+                 "is no longer available (nothing was applied again)",
+                 (unsigned long long)ir.seq);
+        return 0;
+    }
     if (rc < 0)
         return rc;
     if (r.id_len != q->id_len || memcmp(r.id, q->id, q->id_len) != 0)
         return TALLY_ECORRUPT; /* a 128-bit collision is not expected */
-    q->res.replayed = true;
     if (!ledger_same_request(q, &r)) {
         q->res.status = TALLY_ECONFLICT;
         snprintf(q->res.message, sizeof(q->res.message),
@@ -1298,7 +1592,7 @@ static int ledger_balance(ledger *l, uint64_t m, uint64_t a, uint64_t now_ms, ta
         memcpy(&deadline, v, 8);
         if (ledger_due(deadline, now_ms)) {
             ledger_ref h;
-            int r2 = ref_get(l, m, get_be64((const uint8_t *)kk + 16), &h, l->allocs);
+            int r2 = ref_get(l, m, get_be64((const uint8_t *)kk + 16), &h, l->allocs, NULL);
             if (r2 != 0) {
                 rc = r2 < 0 ? r2 : TALLY_ECORRUPT;
                 break;
@@ -1331,14 +1625,37 @@ static int ledger_balance(ledger *l, uint64_t m, uint64_t a, uint64_t now_ms, ta
 
 static int ledger_read_entry(ledger *l, tally_request *q)
 {
-    record r;
-    uint64_t seq;
-    int rc = ledger_lookup_ref(l, q->merchant, q->ref, q->ref_len, &r, &seq);
+    uint8_t k[24];
+    const void *v;
+    size_t vl;
+    int rc = state_get(l->st, STATE_IDS, k, key_ids(k, q->merchant, q->ref, q->ref_len), &v,
+                       &vl);
     if (rc < 0)
         return rc;
-    q->res.found = rc == 0;
-    if (rc == 0)
-        ledger_entry_from_record(&r, &q->res.entry);
+    q->res.found = false;
+    if (rc == 1)
+        return 0;
+    ledger_idref ir;
+    if (vl != sizeof(ir))
+        return TALLY_ECORRUPT;
+    memcpy(&ir, v, sizeof(ir));
+    if (ir.type != RECORD_ENTRY)
+        return 0; /* a remembered refusal is not an entry */
+    record r;
+    rc = log_read(l->log, ir.loc, &r);
+    if (rc == TALLY_EARCHIVED) {
+        q->res.status = TALLY_EARCHIVED;
+        snprintf(q->res.message, sizeof(q->res.message),
+                 "entry %.*s (seq %llu) lies before the retained log", (int)q->ref_len, q->ref,
+                 (unsigned long long)ir.seq);
+        return 0;
+    }
+    if (rc < 0)
+        return rc;
+    if (r.id_len != q->ref_len || memcmp(r.id, q->ref, q->ref_len) != 0)
+        return 0; /* a 128-bit hash collision: not this id */
+    q->res.found = true;
+    ledger_entry_from_record(&r, &q->res.entry);
     return 0;
 }
 
@@ -1381,6 +1698,18 @@ static int ledger_history(ledger *l, tally_request *q)
             memcpy(&loc, v, sizeof(loc));
             record r;
             int r2 = log_read(l->log, loc, &r);
+            if (r2 == TALLY_EARCHIVED) {
+                /* Older entries lie before the retained log: a page ends
+                 * here, and a page that would start here says so. */
+                if (q->res.items_count == 0) {
+                    q->res.status = TALLY_EARCHIVED;
+                    snprintf(q->res.message, sizeof(q->res.message),
+                             "entries before seq %llu lie before the retained log",
+                             (unsigned long long)(seq + 1));
+                }
+                rc = 1;
+                break;
+            }
             if (r2 < 0) {
                 rc = r2;
                 break;
@@ -1393,6 +1722,38 @@ static int ledger_history(ledger *l, tally_request *q)
     return rc < 0 ? rc : 0;
 }
 
+static int ledger_cmp_row(const void *a, const void *b)
+{
+    const tally_liability_row *x = a, *y = b;
+    /* "never" (year 0) sorts last. */
+    uint64_t kx = x->year ? (uint64_t)x->year * 100 + (uint64_t)x->month : UINT64_MAX;
+    uint64_t ky = y->year ? (uint64_t)y->year * 100 + (uint64_t)y->month : UINT64_MAX;
+    return kx < ky ? -1 : kx > ky;
+}
+
+/* Adds points to the row of a month (yyyymm or MAX), making it if new. */
+static int ledger_liability_row(tally_result *res, uint32_t *cap, uint64_t month, int64_t pts)
+{
+    int32_t year = month == UINT64_MAX ? 0 : (int32_t)(month / 100);
+    int32_t mon = month == UINT64_MAX ? 0 : (int32_t)(month % 100);
+    for (uint32_t i = 0; i < res->rows_count; i++)
+        if (res->rows[i].year == year && res->rows[i].month == mon) {
+            res->rows[i].points += pts;
+            return 0;
+        }
+    if (res->rows_count == *cap) {
+        *cap = *cap ? *cap * 2 : 16;
+        tally_liability_row *n = realloc(res->rows, *cap * sizeof(*n));
+        if (!n)
+            return -ENOMEM;
+        res->rows = n;
+    }
+    res->rows[res->rows_count++] = (tally_liability_row){year, mon, pts};
+    return 0;
+}
+
+/* Stored rows plus the uncheckpointed delta, in month order, "never" last,
+ * months with nothing outstanding left out. */
 static int ledger_liability(ledger *l, tally_request *q)
 {
     uint64_t m = q->merchant;
@@ -1407,27 +1768,26 @@ static int ledger_liability(ledger *l, tally_request *q)
     uint32_t cap = 0;
     rc = state_cursor_seek(c, k, 16, &kk, &kl, &v, &vl);
     while (rc == 0 && kl == 16 && get_be64(kk) == m) {
-        if (q->res.rows_count == cap) {
-            cap = cap ? cap * 2 : 16;
-            tally_liability_row *n = realloc(q->res.rows, cap * sizeof(*n));
-            if (!n) {
-                rc = -ENOMEM;
-                break;
-            }
-            q->res.rows = n;
-        }
-        uint64_t month = get_be64((const uint8_t *)kk + 8);
         int64_t pts;
         memcpy(&pts, v, 8);
-        q->res.rows[q->res.rows_count++] = (tally_liability_row){
-            .year = month == UINT64_MAX ? 0 : (int32_t)(month / 100),
-            .month = month == UINT64_MAX ? 0 : (int32_t)(month % 100),
-            .points = pts,
-        };
-        rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
+        rc = ledger_liability_row(&q->res, &cap, get_be64((const uint8_t *)kk + 8), pts);
+        if (rc == 0)
+            rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
     }
     state_cursor_close(c);
-    return rc < 0 ? rc : 0;
+    for (uint32_t i = 0; rc >= 0 && i < l->ldelta_cap; i++)
+        if (l->ldelta[i].merchant == m && l->ldelta[i].points != 0)
+            rc = ledger_liability_row(&q->res, &cap, l->ldelta[i].month, l->ldelta[i].points);
+    if (rc < 0)
+        return rc;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < q->res.rows_count; i++)
+        if (q->res.rows[i].points != 0)
+            q->res.rows[n++] = q->res.rows[i];
+    q->res.rows_count = n;
+    if (n > 1)
+        qsort(q->res.rows, n, sizeof(*q->res.rows), ledger_cmp_row);
+    return 0;
 }
 
 /* ---- public: lifecycle ---------------------------------------------------- */
@@ -1443,8 +1803,10 @@ int ledger_open(const ledger_options *opts, log_t *log, ledger **out)
     l->log = log;
     l->allocs = calloc(LIMIT_LOTS_PER_DEBIT_MAX, sizeof(ledger_alloc));
     l->allocs2 = calloc(LIMIT_LOTS_PER_DEBIT_MAX, sizeof(ledger_alloc));
-    l->refbuf = malloc(sizeof(ledger_ref) + LIMIT_LOTS_PER_DEBIT_MAX * sizeof(ledger_alloc));
-    int rc = l->allocs && l->allocs2 && l->refbuf ? 0 : -ENOMEM;
+    l->refbuf = malloc(sizeof(ledger_ref) + LIMIT_LOTS_PER_DEBIT_MAX * sizeof(ledger_alloc) +
+                       LIMIT_ENGINE_ID_BYTES_MAX);
+    l->scratch = calloc(1, sizeof(*l->scratch));
+    int rc = l->allocs && l->allocs2 && l->refbuf && l->scratch ? 0 : -ENOMEM;
     if (rc == 0)
         rc = state_open(l->dir, opts->map_bytes ? opts->map_bytes : LIMIT_STATE_MAP_BYTES_DEFAULT,
                         &l->st);
@@ -1456,9 +1818,21 @@ int ledger_open(const ledger_options *opts, log_t *log, ledger **out)
             rc = g;
         else if (g == 0 && vl == 8)
             memcpy(&l->checkpoint_seq, v, 8);
+        bool used = g == 0;
         g = rc == 0 ? state_get(l->st, STATE_META, "ts", 2, &v, &vl) : 1;
         if (g == 0 && vl == 8)
             memcpy(&l->last_ts_ms, v, 8);
+        uint64_t format = 0;
+        g = rc == 0 ? state_get(l->st, STATE_META, "format", 6, &v, &vl) : 1;
+        if (g < 0)
+            rc = g;
+        else if (g == 0 && vl == 8)
+            memcpy(&format, v, 8);
+        if (rc == 0 && used && format != LEDGER_FORMAT) {
+            ledger_say(l, 2, "%s: state format %llu, this build reads format %d", l->dir,
+                       (unsigned long long)format, LEDGER_FORMAT);
+            rc = TALLY_EFORMAT;
+        }
     }
     if (rc < 0) {
         ledger_close(l);
@@ -1478,6 +1852,9 @@ void ledger_close(ledger *l)
     free(l->allocs);
     free(l->allocs2);
     free(l->refbuf);
+    free(l->mdelta);
+    free(l->ldelta);
+    free(l->scratch);
     free(l);
 }
 
@@ -1486,9 +1863,14 @@ uint64_t ledger_delta_records(const ledger *l) { return l->delta_records; }
 
 int ledger_checkpoint(ledger *l, uint64_t seq)
 {
-    int rc = state_put(l->st, STATE_META, "seq", 3, &seq, 8);
+    static const uint64_t format = LEDGER_FORMAT;
+    int rc = ledger_flush_deltas(l);
+    if (rc == 0)
+        rc = state_put(l->st, STATE_META, "seq", 3, &seq, 8);
     if (rc == 0)
         rc = state_put(l->st, STATE_META, "ts", 2, &l->last_ts_ms, 8);
+    if (rc == 0)
+        rc = state_put(l->st, STATE_META, "format", 6, &format, 8);
     if (rc == 0)
         rc = state_commit(l->st);
     if (rc < 0)
@@ -1501,6 +1883,8 @@ int ledger_checkpoint(ledger *l, uint64_t seq)
 void ledger_rollback(ledger *l)
 {
     state_abort(l->st);
+    ledger_deltas_clear(l);
+    l->acct_cached = false;
     l->delta_records = 0;
     const void *v;
     size_t vl;
@@ -1601,30 +1985,25 @@ int ledger_replay(ledger *l, const record *r, log_loc loc)
 {
     ledger_x x = {.ts_ms = r->ts_ms, .replay = r, .replay_loc = loc};
     int rc;
-    if (r->id[0] == '~' && r->kind == TALLY_KIND_EXPIRE) {
-        record src;
-        uint64_t seq;
-        rc = ledger_lookup_ref(l, r->merchant, r->ref, r->ref_len, &src, &seq);
-        if (rc == 0)
+    bool engine = r->id[0] == '~';
+    if (engine && (r->kind == TALLY_KIND_EXPIRE || r->kind == TALLY_KIND_VOID)) {
+        /* The earn whose lot expired / the hold that timed out. */
+        uint64_t seq = 0;
+        ledger_ref ref;
+        bool has_ref = false;
+        rc = ledger_target(l, r->merchant, r->ref, r->ref_len, &seq, &ref, &has_ref);
+        if (rc == 0 && !has_ref)
+            rc = 1;
+        if (rc == 0 && r->kind == TALLY_KIND_EXPIRE)
             rc = ledger_expire_lot(l, &x, r->merchant, r->account, expkey_of(r->expires), seq);
-        else if (rc == 1)
-            rc = TALLY_ECORRUPT;
-    } else if (r->id[0] == '~' && r->kind == TALLY_KIND_VOID) {
-        record hold;
-        uint64_t seq;
-        rc = ledger_lookup_ref(l, r->merchant, r->ref, r->ref_len, &hold, &seq);
-        if (rc == 0)
-            rc = ledger_release(l, &x, NULL, &hold, seq, 0, true);
-        else if (rc == 1)
+        else if (rc == 0)
+            rc = ledger_release(l, &x, NULL, r->merchant, seq, 0);
+        if (rc == 1)
             rc = TALLY_ECORRUPT;
     } else {
-        tally_request *q = malloc(sizeof(*q));
-        if (!q)
-            return -ENOMEM;
-        request_from_record(r, q);
-        rc = ledger_write(l, &x, q);
-        tally_result_free(&q->res);
-        free(q);
+        request_from_record(r, l->scratch);
+        rc = ledger_write(l, &x, l->scratch);
+        tally_result_free(&l->scratch->res);
     }
     if (rc == 0 && x.replay != NULL) {
         ledger_say(l, 2, "replay of seq %llu (%.*s) produced no record",
@@ -1681,12 +2060,9 @@ int ledger_sweep(ledger *l, uint64_t now_ms, uint32_t max, uint32_t *count, bool
             } else if (table == STATE_HOLDS_DUE && keyl == 24) {
                 uint64_t m = get_be64(key + 8), seq = get_be64(key + 16);
                 ledger_ref h;
-                rc = ref_get(l, m, seq, &h, NULL);
+                rc = ref_get(l, m, seq, &h, NULL, NULL);
                 if (rc == 0) {
-                    record hr;
-                    rc = log_read(l->log, h.loc, &hr);
-                    if (rc == 0)
-                        rc = ledger_engine_entries(l, &x, m, hr.account);
+                    rc = ledger_engine_entries(l, &x, m, h.account);
                     /* A row left by a closed hold must not stop the sweep. */
                     if (rc == 0 && state_del(l->st, STATE_HOLDS_DUE, key, 24) < 0)
                         rc = TALLY_EFAILED;
@@ -1726,12 +2102,15 @@ static int ledger_verify_account(ledger *l, uint64_t m, uint64_t a, const ledger
     const void *kk, *v;
     size_t kl, vl;
     int64_t lots = 0;
+    uint64_t first_exp = UINT64_MAX;
     rc = state_cursor_seek(c, k, 32, &kk, &kl, &v, &vl);
     while (rc == 0 && kl == 32 && get_be64(kk) == m && get_be64((const uint8_t *)kk + 8) == a) {
         ledger_lot lot;
         memcpy(&lot, v, sizeof(lot));
         if (lot.remaining <= 0)
             rc = TALLY_ECORRUPT;
+        if (lots == 0)
+            first_exp = get_be64((const uint8_t *)kk + 16);
         lots += lot.remaining;
         if (rc == 0)
             rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
@@ -1739,6 +2118,20 @@ static int ledger_verify_account(ledger *l, uint64_t m, uint64_t a, const ledger
     state_cursor_close(c);
     if (rc < 0 && rc != TALLY_ECORRUPT)
         return rc;
+    uint64_t hold_seq, first_deadline;
+    int hrc = holds_first(l, m, a, &hold_seq, &first_deadline);
+    if (hrc < 0)
+        return hrc;
+    if (first_exp != ac->lots_min_exp || first_deadline != ac->holds_min_deadline) {
+        snprintf(msg, cap,
+                 "merchant %llu account %llu: soonest expiry %llu / hold deadline %llu "
+                 "recorded, %llu / %llu found",
+                 (unsigned long long)m, (unsigned long long)a,
+                 (unsigned long long)ac->lots_min_exp,
+                 (unsigned long long)ac->holds_min_deadline, (unsigned long long)first_exp,
+                 (unsigned long long)first_deadline);
+        return TALLY_ECORRUPT;
+    }
     int64_t total = ac->lots_total - ac->debt + ac->held;
     if (rc == TALLY_ECORRUPT || lots != ac->lots_total || ac->debt < 0 || ac->held < 0 ||
         total != ac->earned - ac->redeemed - ac->expired) {
@@ -1831,5 +2224,11 @@ int ledger_verify(ledger *l, uint64_t merchant, char *msg, size_t cap)
 
 int ledger_compare(ledger *a, ledger *b, char *msg, size_t cap)
 {
+    /* Uncheckpointed totals live in memory: into both transactions first. */
+    int rc = ledger_flush_deltas(a);
+    if (rc == 0)
+        rc = ledger_flush_deltas(b);
+    if (rc < 0)
+        return rc;
     return state_compare(a->st, b->st, msg, cap);
 }

@@ -48,6 +48,7 @@ const char *tally_strerror(int err)
     case TALLY_ELOCKED: return "data directory is in use by another process";
     case TALLY_ECLOSED: return "engine is shutting down";
     case TALLY_ETOOBIG: return "request exceeds an engine limit";
+    case TALLY_EARCHIVED: return "the entry lies before the retained log";
     default: break;
     }
     if (err < 0 && err > TALLY_EBASE)

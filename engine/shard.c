@@ -95,7 +95,9 @@ struct shard {
     /* counters for tally_shard_stats_get */
     _Atomic uint64_t st_entries, st_batches, st_batch_entries_max, st_flush_us_total,
         st_flush_us_max, st_checkpoints, st_sweep_entries, st_seq, st_durable_seq,
-        st_checkpoint_seq, st_log_bytes;
+        st_checkpoint_seq, st_log_bytes, st_checkpoint_us_total, st_checkpoint_us_max,
+        st_checkpoint_stall_us_max;
+    uint64_t checkpoint_wanted_ns; /* when the pump stopped taking requests */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -454,7 +456,19 @@ static void shard_sweep(shard *s)
 static void shard_checkpoint(shard *s)
 {
     uint64_t seq = log_durable_seq(s->log);
+    uint64_t t0 = shard_mono_ns();
     int rc = ledger_checkpoint(s->ledger, seq);
+    uint64_t t1 = shard_mono_ns();
+    uint64_t us = (t1 - t0) / 1000u;
+    atomic_fetch_add(&s->st_checkpoint_us_total, us);
+    if (us > atomic_load(&s->st_checkpoint_us_max))
+        atomic_store(&s->st_checkpoint_us_max, us);
+    if (s->checkpoint_wanted_ns) {
+        uint64_t stall = (t1 - s->checkpoint_wanted_ns) / 1000u;
+        if (stall > atomic_load(&s->st_checkpoint_stall_us_max))
+            atomic_store(&s->st_checkpoint_stall_us_max, stall);
+        s->checkpoint_wanted_ns = 0;
+    }
     s->checkpoint_wanted = false;
     s->last_checkpoint_ms = shard_now(s);
     if (rc < 0) {
@@ -484,8 +498,10 @@ static void shard_take_inbox(shard *s)
  * in flight. */
 static void shard_pump(shard *s)
 {
-    if (!s->checkpoint_wanted && shard_checkpoint_due(s))
+    if (!s->checkpoint_wanted && shard_checkpoint_due(s)) {
         s->checkpoint_wanted = true;
+        s->checkpoint_wanted_ns = shard_mono_ns();
+    }
     if (!s->checkpoint_wanted) {
         shard_take_inbox(s);
         tally_request *r;
@@ -752,6 +768,9 @@ void shard_stats(shard *s, tally_shard_stats *out)
     out->flush_us_total = atomic_load(&s->st_flush_us_total);
     out->flush_us_max = atomic_load(&s->st_flush_us_max);
     out->checkpoints = atomic_load(&s->st_checkpoints);
+    out->checkpoint_us_total = atomic_load(&s->st_checkpoint_us_total);
+    out->checkpoint_us_max = atomic_load(&s->st_checkpoint_us_max);
+    out->checkpoint_stall_us_max = atomic_load(&s->st_checkpoint_stall_us_max);
     out->log_bytes = atomic_load(&s->st_log_bytes);
     out->sweep_entries = atomic_load(&s->st_sweep_entries);
     out->status = atomic_load(&s->status);

@@ -16,6 +16,7 @@
 
 #include <lmdb.h>
 
+#include "checksum.h"
 #include "state.h"
 #include "tally.h"
 
@@ -30,9 +31,12 @@ struct state {
     MDB_env *env;
     MDB_txn *txn;
     MDB_dbi dbi[STATE_TABLES];
+    char error[160];
 };
 
 struct state_cursor {
+    state *s;
+    int table;
     MDB_cursor *cur;
 };
 
@@ -48,7 +52,7 @@ static int state_err(int rc)
     case MDB_PAGE_NOTFOUND:
     case MDB_INVALID:
     case MDB_VERSION_MISMATCH:
-        return TALLY_ECORRUPT;
+        return TALLY_ECORRUPT; /* the caller names the shard; LMDB's words below */
     case MDB_MAP_FULL:
         return -ENOSPC;
     default:
@@ -61,6 +65,62 @@ const char *state_table_name(int table)
     return table >= 0 && table < STATE_TABLES ? state_names[table] : "?";
 }
 
+const char *state_error(const state *s) { return s->error; }
+
+/* state_err, remembering LMDB's own words when it reports damage. */
+static int state_errs(state *s, int rc)
+{
+    int err = state_err(rc);
+    if (err == TALLY_ECORRUPT)
+        snprintf(s->error, sizeof(s->error), "LMDB: %s", mdb_strerror(rc));
+    return err;
+}
+
+/* ---- value checksums ---------------------------------------------------- */
+
+static void state_put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t state_get64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* XXH3 of the value, seeded with XXH3 of (table, key): a value moved to
+ * another key or table fails too. */
+static uint64_t state_sum(int table, const void *key, size_t key_len, const void *val,
+                          size_t val_len)
+{
+    return checksum64(val, val_len, checksum64(key, key_len, (uint64_t)table + 1));
+}
+
+/* Checks a stored value and strips its checksum: 0, or TALLY_ECORRUPT with
+ * the place in s->error. */
+static int state_check(state *s, int table, const MDB_val *k, MDB_val *v)
+{
+    if (v->mv_size >= STATE_CHECKSUM_BYTES) {
+        size_t n = v->mv_size - STATE_CHECKSUM_BYTES;
+        const uint8_t *p = v->mv_data;
+        if (state_get64(p + n) == state_sum(table, k->mv_data, k->mv_size, p, n)) {
+            v->mv_size = n;
+            return 0;
+        }
+    }
+    char hex[65] = "";
+    const uint8_t *kb = k->mv_data;
+    for (size_t i = 0; i < k->mv_size && i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", kb[i]);
+    snprintf(s->error, sizeof(s->error), "state table %s, key %s: checksum mismatch",
+             state_names[table], hex);
+    return TALLY_ECORRUPT;
+}
+
 /* ---- lifecycle ---------------------------------------------------------- */
 
 static int state_begin(state *s)
@@ -68,7 +128,7 @@ static int state_begin(state *s)
     int rc = mdb_txn_begin(s->env, NULL, 0, &s->txn);
     if (rc != 0) {
         s->txn = NULL;
-        return state_err(rc);
+        return state_errs(s, rc);
     }
     return 0;
 }
@@ -134,7 +194,7 @@ int state_commit(state *s)
         return rc;
     rc = mdb_txn_commit(s->txn);
     s->txn = NULL;
-    return state_err(rc);
+    return state_errs(s, rc);
 }
 
 int state_abort(state *s)
@@ -158,7 +218,10 @@ int state_get(state *s, int table, const void *key, size_t key_len, const void *
     if (rc == MDB_NOTFOUND)
         return 1;
     if (rc != 0)
-        return state_err(rc);
+        return state_errs(s, rc);
+    rc = state_check(s, table, &k, &v);
+    if (rc < 0)
+        return rc;
     *val = v.mv_data;
     *val_len = v.mv_size;
     return 0;
@@ -171,8 +234,17 @@ int state_put(state *s, int table, const void *key, size_t key_len, const void *
     if (trc < 0)
         return trc;
     MDB_val k = {.mv_size = key_len, .mv_data = (void *)key};
-    MDB_val v = {.mv_size = val_len, .mv_data = (void *)val};
-    return state_err(mdb_put(s->txn, s->dbi[table], &k, &v, 0));
+    /* MDB_RESERVE: LMDB hands out the space, the value and its checksum
+     * are written straight into the page. */
+    MDB_val v = {.mv_size = val_len + STATE_CHECKSUM_BYTES};
+    int rc = mdb_put(s->txn, s->dbi[table], &k, &v, MDB_RESERVE);
+    if (rc != 0)
+        return state_errs(s, rc);
+    uint8_t *p = v.mv_data;
+    if (val_len)
+        memcpy(p, val, val_len);
+    state_put64(p + val_len, state_sum(table, key, key_len, val, val_len));
+    return 0;
 }
 
 int state_del(state *s, int table, const void *key, size_t key_len)
@@ -184,7 +256,7 @@ int state_del(state *s, int table, const void *key, size_t key_len)
     int rc = mdb_del(s->txn, s->dbi[table], &k, NULL);
     if (rc == MDB_NOTFOUND)
         return 1;
-    return state_err(rc);
+    return state_errs(s, rc);
 }
 
 /* ---- cursors ------------------------------------------------------------ */
@@ -197,10 +269,12 @@ int state_cursor_open(state *s, int table, state_cursor **out)
     state_cursor *c = calloc(1, sizeof(*c));
     if (!c)
         return -ENOMEM;
+    c->s = s;
+    c->table = table;
     int rc = mdb_cursor_open(s->txn, s->dbi[table], &c->cur);
     if (rc != 0) {
         free(c);
-        return state_err(rc);
+        return state_errs(s, rc);
     }
     *out = c;
     return 0;
@@ -222,7 +296,10 @@ static int state_cursor_get(state_cursor *c, MDB_val *k, MDB_cursor_op op, const
     if (rc == MDB_NOTFOUND)
         return 1;
     if (rc != 0)
-        return state_err(rc);
+        return state_errs(c->s, rc);
+    rc = state_check(c->s, c->table, k, &v);
+    if (rc < 0)
+        return rc;
     *ko = k->mv_data;
     *kl = k->mv_size;
     *vo = v.mv_data;
@@ -311,7 +388,7 @@ int state_compare(state *a, state *b, char *msg, size_t cap)
 
 int state_copy_fd(state *s, int fd)
 {
-    return state_err(mdb_env_copyfd2(s->env, fd, MDB_CP_COMPACT));
+    return state_errs(s, mdb_env_copyfd2(s->env, fd, MDB_CP_COMPACT));
 }
 
 int state_file_seq(const char *path, uint64_t *seq)
@@ -331,10 +408,14 @@ int state_file_seq(const char *path, uint64_t *seq)
     MDB_val k = {.mv_size = 3, .mv_data = "seq"}, v;
     if (rc == 0)
         rc = mdb_get(txn, dbi, &k, &v);
-    if (rc == 0 && v.mv_size == 8)
+    if (rc == 0 && v.mv_size == 8 + STATE_CHECKSUM_BYTES &&
+        state_get64((const uint8_t *)v.mv_data + 8) ==
+            state_sum(STATE_META, "seq", 3, v.mv_data, 8))
         memcpy(seq, v.mv_data, 8);
-    else if (rc == 0 || rc == MDB_NOTFOUND)
+    else if (rc == MDB_NOTFOUND)
         *seq = 0, rc = 0;
+    else if (rc == 0)
+        rc = MDB_CORRUPTED;
     if (txn)
         mdb_txn_abort(txn);
     mdb_env_close(env);

@@ -4,10 +4,17 @@
  * byte keys and values, one long write transaction that the ledger keeps
  * open across batches and commits (synced) at checkpoints.
  *
+ * Every stored value carries a checksum: the caller's bytes, then an
+ * XXH3-64 of (table, key, value) — 8 bytes, little-endian — because LMDB
+ * checks nothing it reads back.  Every read verifies it: a flipped bit in
+ * data.mdb is reported as TALLY_ECORRUPT (state_error() says where), never
+ * served.  (Damage to LMDB's own page structure is not covered; LMDB then
+ * reports MDB_CORRUPTED / MDB_PAGE_NOTFOUND, mapped to TALLY_ECORRUPT.)
+ *
  * Keys are built big-endian by the caller so that they sort by their
- * numeric fields.  Errors are -errno, TALLY_ECORRUPT (LMDB found damage)
- * or TALLY_EFAILED (map full or another LMDB limit); state_get's
- * "not found" is 1.
+ * numeric fields.  Errors are -errno, TALLY_ECORRUPT (damage found) or
+ * TALLY_EFAILED (another LMDB limit), -ENOSPC (map or disk full);
+ * state_get's "not found" is 1.
  */
 #ifndef TALLY_STATE_H
 #define TALLY_STATE_H
@@ -84,5 +91,12 @@ int state_file_seq(const char *path, uint64_t *seq);
 
 /* Names a table, for messages. */
 const char *state_table_name(int table);
+
+/* After TALLY_ECORRUPT: which table and key failed its checksum, or what
+ * LMDB reported.  "" if nothing failed. */
+const char *state_error(const state *s);
+
+/* Bytes a stored value carries beyond the caller's (the checksum). */
+#define STATE_CHECKSUM_BYTES 8
 
 #endif

@@ -35,7 +35,8 @@ enum {
     TALLY_ELOCKED = -10010,       /* data directory in use by another */
     TALLY_ECLOSED = -10011,       /* engine is shutting down */
     TALLY_ETOOBIG = -10012,       /* request exceeds an engine limit */
-    TALLY_ELAST = -10013,
+    TALLY_EARCHIVED = -10013,     /* the record lies before the retained log */
+    TALLY_ELAST = -10014,
 };
 
 /* Names an error code: "-INSUFFICIENT" style codes map to their text,
@@ -278,6 +279,9 @@ typedef struct tally_shard_stats {
     uint64_t flush_us_total;
     uint64_t flush_us_max;
     uint64_t checkpoints;
+    uint64_t checkpoint_us_total; /* LMDB commit time */
+    uint64_t checkpoint_us_max;
+    uint64_t checkpoint_stall_us_max; /* requests held back for a checkpoint */
     uint64_t log_bytes;
     uint64_t sweep_entries;  /* engine-written expire/void entries */
     int status;              /* 0, TALLY_EFAILED or TALLY_ECORRUPT */
