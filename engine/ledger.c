@@ -988,7 +988,11 @@ static int ledger_engine_entries(ledger *l, ledger_x *x, uint64_t m, uint64_t a)
         int rc = acct_get(l, m, a, &ac, NULL);
         if (rc < 0)
             return rc;
-        if (ledger_due(ac.lots_min_exp, x->ts_ms)) {
+        /* The earliest due first, as time ran: a hold that timed out
+         * before its lot expired goes back to the lot, then expires. */
+        bool lot_due = ledger_due(ac.lots_min_exp, x->ts_ms);
+        bool hold_due = ledger_due(ac.holds_min_deadline, x->ts_ms);
+        if (lot_due && !(hold_due && ac.holds_min_deadline <= ac.lots_min_exp)) {
             /* The first lot is the soonest-expiring one. */
             state_cursor *c;
             rc = state_cursor_open(l->st, STATE_LOTS, &c);
@@ -1011,7 +1015,7 @@ static int ledger_engine_entries(ledger *l, ledger_x *x, uint64_t m, uint64_t a)
             if (expkey != ac.lots_min_exp)
                 return TALLY_ECORRUPT; /* the row's soonest expiry is wrong */
             rc = ledger_expire_lot(l, x, m, a, expkey, seq);
-        } else if (ledger_due(ac.holds_min_deadline, x->ts_ms)) {
+        } else if (hold_due) {
             uint64_t seq, deadline;
             rc = holds_first(l, m, a, &seq, &deadline);
             if (rc < 0)
