@@ -286,7 +286,9 @@ static void net_refill(net_thread *t, net_conn *c)
         net_flush(t, c);
 }
 
-/* Open loop: issue every operation that is due, to connections with room. */
+/* Open loop: issue every operation that is due, to connections with room,
+ * then write each connection that got some once (one syscall per
+ * connection per wake-up, not one per operation). */
 static void net_issue_due(net_thread *t, uint64_t *due_ns, uint64_t interval_ns, uint64_t now)
 {
     while (!t->stopping && *due_ns <= now) {
@@ -300,15 +302,17 @@ static void net_issue_due(net_thread *t, uint64_t *due_ns, uint64_t interval_ns,
             }
         }
         if (!c)
-            return; /* every pipeline is full: the backlog waits, its clock runs */
+            break; /* every pipeline is full: the backlog waits, its clock runs */
         uint64_t before = t->sent;
         if (!net_issue(t, c, *due_ns)) {
             t->stopping = true;
-            return;
+            break;
         }
         *due_ns += interval_ns * (t->sent - before);
-        net_flush(t, c);
     }
+    for (uint32_t i = 0; i < t->conn_count; i++)
+        if (!t->conns[i].dead && t->conns[i].out_len > t->conns[i].out_off)
+            net_flush(t, &t->conns[i]);
 }
 
 /* ---- receiving ---------------------------------------------------------- */
