@@ -117,14 +117,19 @@ bench-peers: deps-bench
 	$(Q)$(MAKE) --no-print-directory all $(PEER_BIN)
 	bench/run.sh --peers $(BENCH_ARGS)
 
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Iengine
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+	-fno-sanitize-recover=undefined -Iengine
 FUZZ_SECONDS ?= 60
 fuzz: deps-fuzz
 	@mkdir -p build-fuzz
 	clang $(FUZZ_CFLAGS) tests/fuzz/fuzz_resp.c engine/resp.c -o build-fuzz/fuzz_resp
 	clang $(FUZZ_CFLAGS) tests/fuzz/fuzz_record.c engine/record.c engine/checksum.c -o build-fuzz/fuzz_record -lxxhash
-	build-fuzz/fuzz_resp -max_total_time=$(FUZZ_SECONDS) tests/fuzz/corpus/resp
-	build-fuzz/fuzz_record -max_total_time=$(FUZZ_SECONDS) tests/fuzz/corpus/record
+	@mkdir -p build-fuzz/corpus/resp build-fuzz/corpus/record
+	# New inputs go to build-fuzz/corpus; the seeds in the repo stay as they are.
+	build-fuzz/fuzz_resp -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build-fuzz/ \
+		build-fuzz/corpus/resp tests/fuzz/corpus/resp
+	build-fuzz/fuzz_record -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build-fuzz/ \
+		build-fuzz/corpus/record tests/fuzz/corpus/record
 
 clean:
 	rm -rf build build-san build-fuzz

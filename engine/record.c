@@ -65,6 +65,10 @@ uint64_t record_encode(const record *r, uint8_t *out)
     assert(r->ref_len <= LIMIT_ENGINE_ID_BYTES_MAX);
     assert(r->memo_len <= LIMIT_MEMO_BYTES_MAX);
     assert(r->seq >= 1);
+    /* What record_decode() refuses must never be written (fuzzing found
+     * these four accepted here). */
+    assert(r->batch_seq >= 1 && r->batch_seq <= r->seq);
+    assert((r->type == RECORD_ENTRY) == (r->error == 0));
     size_t len = record_size(r);
     memset(out, 0, len);
     record_put32(out + 0, (uint32_t)len);
