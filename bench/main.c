@@ -303,7 +303,8 @@ static int main_run(main_args *a)
     report_run r = {.latency = h};
     snprintf(r.system, sizeof(r.system), "%s", a->target);
     snprintf(r.label, sizeof(r.label), "%s:%u c=%u P=%u threads=%u%s", a->net.host, a->net.port,
-             a->net.connections, a->net.pipeline, a->net.threads, a->net.rate > 0 ? " open-loop" : "");
+             a->net.connections, a->net.pipeline, a->net.threads,
+             a->net.rate > 0 ? " open-loop" : "");
     int rc = net_run(&a->net, &r);
     if (rc < 0) {
         fprintf(stderr, "tally-bench: %s\n", strerror(-rc));

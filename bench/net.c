@@ -155,7 +155,9 @@ long net_call(const char *host, uint16_t port, int argc, const char *const *argv
         int st = wire_scan(buf, got, &used, &r);
         if (st == WIRE_REPLY)
             break;
-        ssize_t n = st == WIRE_MORE && got < sizeof(buf) ? read(fd, buf + got, sizeof(buf) - got) : -1;
+        ssize_t n = -1;
+        if (st == WIRE_MORE && got < sizeof(buf))
+            n = read(fd, buf + got, sizeof(buf) - got);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {

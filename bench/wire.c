@@ -179,7 +179,8 @@ static size_t wire_encode_redis(char *out, const char *sha, const workload_op *o
 size_t wire_encode(char *out, int target, const char *sha, const workload_op *op)
 {
     assert(op->kind < WORKLOAD_OP_COUNT);
-    size_t len = target == WIRE_REDIS ? wire_encode_redis(out, sha, op) : wire_encode_tally(out, op);
+    size_t len = target == WIRE_REDIS ? wire_encode_redis(out, sha, op)
+                                      : wire_encode_tally(out, op);
     assert(len <= WIRE_COMMAND_BYTES_MAX);
     return len;
 }
