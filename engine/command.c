@@ -993,11 +993,16 @@ static void command_info_engine(command_text *t, const command_env *env, bool le
                                  : st.status == TALLY_ECORRUPT ? "corrupt" : "failed";
             command_textf(t,
                           "shard%u:status=%s,seq=%llu,durable_seq=%llu,checkpoint_seq=%llu,"
-                          "log_bytes=%llu%s%s\r\n",
+                          "log_first_seq=%llu,log_bytes=%llu,snapshot_seq=%llu,"
+                          "snapshot_bytes=%llu,snapshots_taken=%llu,snapshot_ms_last=%llu%s%s\r\n",
                           i, status, (unsigned long long)st.seq,
                           (unsigned long long)st.durable_seq,
                           (unsigned long long)st.checkpoint_seq,
-                          (unsigned long long)st.log_bytes, st.status ? ",reason=" : "",
+                          (unsigned long long)st.log_first_seq,
+                          (unsigned long long)st.log_bytes, (unsigned long long)st.snapshot_seq,
+                          (unsigned long long)st.snapshot_bytes,
+                          (unsigned long long)st.snapshots,
+                          (unsigned long long)st.snapshot_ms_last, st.status ? ",reason=" : "",
                           st.status ? st.status_message : "");
         }
         command_textf(t, "\r\n");

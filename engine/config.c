@@ -48,6 +48,14 @@ static const char config_usage_text[] =
     "  --insecure           allow a non-loopback --bind without an auth file\n"
     "  --maxclients N       connections served at once (default 10000)\n"
     "  --checkpoint-ms N    state checkpoint interval (default 500)\n"
+    "  --segment-kib N      size of new log segment files, 64..1048576 (default 65536):\n"
+    "                       the unit retention drops\n"
+    "  --snapshot-every X   take a snapshot every X records per shard (a number), or\n"
+    "                       every X seconds/minutes/hours (30s, 10m, 1h); default: only\n"
+    "                       when SNAPSHOT is called\n"
+    "  --retention R        log segments a snapshot covers: keep (default), delete,\n"
+    "                       or archive (moved to --archive-dir)\n"
+    "  --archive-dir DIR    where --retention archive moves them\n"
     "  --help\n";
 
 const char *config_usage(void) { return config_usage_text; }
@@ -84,6 +92,26 @@ static int config_string(const char *name, const char *v, char *dst, size_t dst_
         return -EINVAL;
     }
     memcpy(dst, v, n + 1);
+    return 0;
+}
+
+/* --snapshot-every: a record count, or a time with s, m or h. */
+static int config_every(config *c, const char *v, char *err, size_t cap)
+{
+    size_t n = strlen(v);
+    uint64_t unit_ms = 0, x = 0;
+    if (n > 1 && (v[n - 1] == 's' || v[n - 1] == 'm' || v[n - 1] == 'h'))
+        unit_ms = v[n - 1] == 's' ? 1000 : v[n - 1] == 'm' ? 60000 : 3600000;
+    size_t digits = unit_ms ? n - 1 : n;
+    if (config_parse_u64(v, digits, &x) != 0 || x == 0 || x > 1000000000000ull) {
+        snprintf(err, cap, "--snapshot-every must be a record count or a time like 30s, 10m, "
+                           "1h, got '%s'", v);
+        return -EINVAL;
+    }
+    if (unit_ms)
+        c->snapshot_every_ms = x * unit_ms;
+    else
+        c->snapshot_every_records = x;
     return 0;
 }
 
@@ -126,6 +154,24 @@ static int config_option(config *c, const char *opt, const char *val, int *used,
     } else if (strcmp(opt, "--checkpoint-ms") == 0) {
         rc = config_number(opt, val, 1, 3600000, &n, err, cap);
         c->checkpoint_ms = (uint32_t)n;
+    } else if (strcmp(opt, "--segment-kib") == 0) {
+        rc = config_number(opt, val, LIMIT_SEGMENT_BYTES_MIN / 1024, 1048576, &n, err, cap);
+        c->segment_bytes = (uint32_t)(n * 1024);
+    } else if (strcmp(opt, "--snapshot-every") == 0) {
+        rc = config_every(c, val, err, cap);
+    } else if (strcmp(opt, "--retention") == 0) {
+        if (strcmp(val, "keep") == 0)
+            c->retention = TALLY_RETAIN_KEEP;
+        else if (strcmp(val, "delete") == 0)
+            c->retention = TALLY_RETAIN_DELETE;
+        else if (strcmp(val, "archive") == 0)
+            c->retention = TALLY_RETAIN_ARCHIVE;
+        else {
+            snprintf(err, cap, "--retention must be keep, delete or archive, got '%s'", val);
+            rc = -EINVAL;
+        }
+    } else if (strcmp(opt, "--archive-dir") == 0) {
+        rc = config_string(opt, val, c->archive_dir, sizeof(c->archive_dir), err, cap);
     } else if (strcmp(opt, "--sync") == 0) {
         if (strcmp(val, "always") == 0)
             c->sync = TALLY_SYNC_ALWAYS;
@@ -162,6 +208,10 @@ int config_parse(config *c, int argc, char **argv, char *err, size_t cap)
         if (rc < 0)
             return rc;
         i += used;
+    }
+    if (c->retention == TALLY_RETAIN_ARCHIVE && !c->archive_dir[0]) {
+        snprintf(err, cap, "--retention archive needs --archive-dir DIR");
+        return -EINVAL;
     }
     return 0;
 }

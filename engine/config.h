@@ -42,13 +42,19 @@ typedef struct config {
     bool insecure;
     uint32_t max_clients;
     uint32_t checkpoint_ms;      /* 0 = engine default */
+    uint32_t segment_bytes;      /* 0 = engine default */
+    uint64_t snapshot_every_records; /* --snapshot-every N */
+    uint64_t snapshot_every_ms;      /* --snapshot-every Ns|Nm|Nh */
+    int retention;                   /* enum tally_retention */
+    char archive_dir[4096];
     bool help;
 } config;
 
 /* Defaults: ./data, 127.0.0.1:7379, sync always. */
 void config_defaults(config *c);
 
-/* Parses tallyd's arguments.  0, or -EINVAL with a message in err. */
+/* Parses tallyd's arguments.  0, or -EINVAL with a message in err.
+ * --retention archive needs --archive-dir. */
 int config_parse(config *c, int argc, char **argv, char *err, size_t cap);
 
 /* The usage text. */

@@ -1863,6 +1863,8 @@ void ledger_close(ledger *l)
 }
 
 uint64_t ledger_checkpoint_seq(const ledger *l) { return l->checkpoint_seq; }
+struct state *ledger_state(ledger *l) { return l->st; }
+const char *ledger_state_error(const ledger *l) { return state_error(l->st); }
 uint64_t ledger_delta_records(const ledger *l) { return l->delta_records; }
 
 int ledger_checkpoint(ledger *l, uint64_t seq)

@@ -83,6 +83,13 @@ void ledger_rollback(ledger *l);
 /* Records executed since the last checkpoint. */
 uint64_t ledger_delta_records(const ledger *l);
 
+/* The state underneath (snapshots copy it from another thread). */
+struct state;
+struct state *ledger_state(ledger *l);
+/* What the state layer last found damaged ("" if nothing): tells state
+ * corruption (rebuildable from the log) from other TALLY_ECORRUPT. */
+const char *ledger_state_error(const ledger *l);
+
 /* Checks the state of merchant m (0: all) for internal consistency:
  * every account's available + held + pending equals its lots, holds and
  * debt, lifetime totals add up, merchant totals equal the sum of their

@@ -389,6 +389,21 @@ static int log_recover(log_t *l, log_recovery *rec)
     uint64_t ts = 0, bytes = 0;
     if (k > 0 && l->segs[k - 1].first_seq > expect)
         return TALLY_ECORRUPT;
+    if (expect > l->opts.from_seq + 1) {
+        /* Retention dropped records the state has not seen: nothing can
+         * bring the state up to date. */
+        snprintf(rec->message, sizeof(rec->message),
+                 "shard %u: the log starts at seq %llu (older segments dropped) but the "
+                 "state reflects only seq %llu",
+                 l->opts.shard, (unsigned long long)expect,
+                 (unsigned long long)l->opts.from_seq);
+        rec->status = TALLY_ECORRUPT;
+        l->status = TALLY_ECORRUPT;
+        l->last_seq = l->durable_seq = expect - 1;
+        l->write_seg = l->durable_seg = k;
+        l->write_off = l->durable_off = LOG_HEADER_BYTES;
+        return 0;
+    }
     for (;;) {
         const uint8_t *m = l->segs[k].map;
         record r;
@@ -555,6 +570,11 @@ uint64_t log_last_seq(const log_t *l) { return l->last_seq; }
 uint64_t log_durable_seq(const log_t *l) { return l->durable_seq; }
 uint64_t log_bytes(const log_t *l) { return l->bytes; }
 
+uint64_t log_first_seq(const log_t *l)
+{
+    return l->segs_count ? l->segs[0].first_seq : l->last_seq + 1;
+}
+
 /* ---- appending ---------------------------------------------------------- */
 
 size_t log_batch_bytes(const log_t *l) { return l->filling ? l->filling->len : 0; }
@@ -693,6 +713,101 @@ void log_discard(log_t *l)
     l->sealed = NULL;
 }
 
+/* ---- retention ---------------------------------------------------------- */
+
+/* Copies a file (an archive on another filesystem), flushed. */
+static int log_copy_file(const log_t *l, int src_fd, const char *to)
+{
+    const os_ops *os = l->os;
+    int fd = os->open(os->ctx, to, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return fd;
+    static char buf[1 << 16];
+    int rc = 0;
+    for (uint64_t off = 0; rc == 0 && off < l->segment_bytes;) {
+        ssize_t n = os->pread(os->ctx, src_fd, buf, sizeof(buf), off);
+        if (n <= 0) {
+            rc = n < 0 ? (int)n : -EIO;
+            break;
+        }
+        rc = os_pwrite_all(os, fd, buf, (size_t)n, off);
+        off += (uint64_t)n;
+    }
+    if (rc == 0)
+        rc = os->fdatasync(os->ctx, fd);
+    os->close(os->ctx, fd);
+    if (rc < 0)
+        os->unlink(os->ctx, to);
+    return rc;
+}
+
+/* Moves one segment file into the archive, or deletes it. */
+static int log_drop_file(log_t *l, const log_segment *sg, const char *archive_dir)
+{
+    char path[4200];
+    log_path(l, sg->index, "", path, sizeof(path));
+    if (!archive_dir)
+        return l->os->unlink(l->os->ctx, path);
+    char dir[4200], to[4400];
+    snprintf(dir, sizeof(dir), "%s/shard-%03u", archive_dir, l->opts.shard);
+    if (mkdir(archive_dir, 0755) < 0 && errno != EEXIST)
+        return -errno;
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+        return -errno;
+    snprintf(to, sizeof(to), "%s/log-%010u.seg", dir, sg->index);
+    int rc = l->os->rename(l->os->ctx, path, to);
+    if (rc == -EXDEV) {
+        rc = log_copy_file(l, sg->fd, to);
+        if (rc == 0)
+            rc = l->os->unlink(l->os->ctx, path);
+    }
+    if (rc == 0)
+        rc = l->os->fsync_dir(l->os->ctx, dir);
+    return rc;
+}
+
+int log_retain(log_t *l, uint64_t seq, const char *archive_dir, uint32_t *dropped)
+{
+    *dropped = 0;
+    /* Segments a batch may still touch stay: the one being written, the
+     * durable end, and those of the filling and sealed batches. */
+    uint32_t limit = l->write_seg < l->durable_seg ? l->write_seg : l->durable_seg;
+    for (int i = 0; i < 2; i++)
+        if ((l->bufs[i].len > 0 || &l->bufs[i] == l->sealed) && l->bufs[i].seg < limit)
+            limit = l->bufs[i].seg;
+    uint32_t k = 0;
+    while (k < limit && k + 1 < l->segs_count && l->segs[k + 1].first_seq <= seq + 1)
+        k++;
+    uint32_t done = 0;
+    int rc = 0;
+    for (; done < k; done++) {
+        log_segment *sg = &l->segs[done];
+        rc = log_drop_file(l, sg, archive_dir);
+        if (rc < 0)
+            break;
+        munmap((void *)sg->map, l->segment_bytes);
+        l->os->close(l->os->ctx, sg->fd);
+    }
+    if (done > 0) {
+        int src = l->os->fsync_dir(l->os->ctx, l->dir);
+        if (rc == 0)
+            rc = src;
+        memmove(l->segs, l->segs + done, (l->segs_count - done) * sizeof(*l->segs));
+        l->segs_count -= done;
+        l->write_seg -= done;
+        l->durable_seg -= done;
+        for (int i = 0; i < 2; i++) {
+            l->bufs[i].seg = l->bufs[i].seg >= done ? l->bufs[i].seg - done : 0;
+            l->bufs[i].end_seg = l->bufs[i].end_seg >= done ? l->bufs[i].end_seg - done : 0;
+        }
+        log_say(l, 0, "shard %u: retention %s %u segment(s); the log now starts at seq %llu",
+                l->opts.shard, archive_dir ? "archived" : "deleted", done,
+                (unsigned long long)l->segs[0].first_seq);
+    }
+    *dropped = done;
+    return rc;
+}
+
 /* ---- reading ------------------------------------------------------------ */
 
 /* The bytes of the record at (seg index, off): from a batch buffer if it
@@ -720,7 +835,7 @@ static const uint8_t *log_bytes_at(const log_t *l, uint32_t seg_index, uint64_t 
             return b->buf + b->split + (off - LOG_HEADER_BYTES);
         }
     }
-    if (l->segs_count == 0 || seg_index < l->segs[0].index)
+    if (l->segs_count == 0)
         return NULL;
     uint32_t k = seg_index - l->segs[0].index;
     if (k >= l->segs_count || off < LOG_HEADER_BYTES || off >= l->segment_bytes)
@@ -735,6 +850,8 @@ int log_read(log_t *l, log_loc loc, record *out)
 {
     uint32_t seg_index = (uint32_t)(loc >> 32);
     uint64_t off = (loc & 0xffffffffu) * 8;
+    if (l->segs_count > 0 && seg_index < l->segs[0].index)
+        return TALLY_EARCHIVED;
     size_t avail = 0;
     const uint8_t *p = log_bytes_at(l, seg_index, off, &avail);
     if (!p)
@@ -751,6 +868,8 @@ int log_iter_init(log_t *l, uint64_t after_seq, log_iter *it)
     *it = (log_iter){.log = l, .segment = UINT32_MAX, .end_seq = l->durable_seq};
     if (l->segs_count == 0 || after_seq >= l->durable_seq)
         return 0;
+    if (after_seq + 1 < l->segs[0].first_seq)
+        return TALLY_EARCHIVED;
     uint32_t k = log_seg_for(l, after_seq + 1);
     it->segment = k;
     it->offset = LOG_HEADER_BYTES;

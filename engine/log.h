@@ -79,6 +79,16 @@ int log_status(const log_t *l);
 uint64_t log_last_seq(const log_t *l);    /* appended, maybe not durable */
 uint64_t log_durable_seq(const log_t *l); /* on stable storage */
 uint64_t log_bytes(const log_t *l);       /* bytes of records written */
+/* First seq of the retained log: 1 unless retention dropped segments. */
+uint64_t log_first_seq(const log_t *l);
+
+/* Retention (snapshot.h): drops every segment whose records all have
+ * seq <= seq, except segments the log still writes or a batch still uses;
+ * deleted, or moved into archive_dir/shard-NNN/ (any filesystem) when
+ * archive_dir is given.  Their records then read as TALLY_EARCHIVED.
+ * *dropped: how many segments went.  Errors: -errno (the log stays
+ * usable: a segment is forgotten only after its file is gone or moved). */
+int log_retain(log_t *l, uint64_t seq, const char *archive_dir, uint32_t *dropped);
 
 /* ---- writing: the filling batch ---------------------------------------- */
 
@@ -128,7 +138,8 @@ void log_discard(log_t *l);
 
 /* Reads the record at loc (from the mapping, or from a batch buffer if it
  * is not written yet).  Checks its checksum.  Errors: TALLY_ECORRUPT,
- * TALLY_ENOTFOUND (loc past the end). */
+ * TALLY_ENOTFOUND (loc past the end), TALLY_EARCHIVED (dropped by
+ * retention). */
 int log_read(log_t *l, log_loc loc, record *out);
 
 typedef struct log_iter {
@@ -140,7 +151,8 @@ typedef struct log_iter {
 } log_iter;
 
 /* Iterates records with seq > after_seq up to log_durable_seq() (or, for a
- * corrupt log, up to the last valid record), checking the chain. */
+ * corrupt log, up to the last valid record), checking the chain.
+ * TALLY_EARCHIVED if records after after_seq were dropped by retention. */
 int log_iter_init(log_t *l, uint64_t after_seq, log_iter *it);
 /* 1 and *r, *loc: a record; 0: end; TALLY_ECORRUPT: a bad record. */
 int log_iter_next(log_iter *it, record *r, log_loc *loc);

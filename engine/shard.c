@@ -21,7 +21,14 @@
  * A failed write or flush (or append) is sticky (STYLE rule 6): the shard
  * answers every request of the failed and filling batches with an error,
  * drops the ledger's delta, rebuilds it from the durable log, and from then
- * on refuses writes and serves reads of that durable state.
+ * on refuses writes and serves reads of that durable state.  Damage found
+ * in the state (a value failing its checksum) refuses the shard entirely
+ * and marks the state for a rebuild at the next open.
+ *
+ * Snapshots (snapshot.h) are written by a helper thread from LMDB's last
+ * checkpoint, so writes go on; when one is published the shard thread
+ * prunes old snapshots, applies the retention policy to the log and
+ * answers the SNAPSHOT requests that waited for it.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -39,6 +46,8 @@
 #include "log.h"
 #include "ring.h"
 #include "shard.h"
+#include "snapshot.h"
+#include "state.h"
 
 /* ---- constants ---------------------------------------------------------- */
 
@@ -88,6 +97,18 @@ struct shard {
     bool checkpoint_wanted;
     bool wake_rearm; /* the inbox poll fired while draining a failure */
 
+    /* snapshots: one helper thread at a time */
+    pthread_t snap_thread;
+    bool snap_running;
+    _Atomic int snap_done;
+    int snap_rc;
+    snapshot_info snap_info;
+    uint64_t snap_started_ns;
+    bool snap_wanted;
+    shard_list snap_waiting; /* answered by the running (or next) snapshot */
+    shard_list snap_next;    /* arrived while one ran: answered by the next */
+    uint64_t snap_last_seq, snap_last_ms;
+
     /* status: 0, TALLY_EFAILED or TALLY_ECORRUPT; set once, read anywhere */
     _Atomic int status;
     char status_message[160];
@@ -96,7 +117,8 @@ struct shard {
     _Atomic uint64_t st_entries, st_batches, st_batch_entries_max, st_flush_us_total,
         st_flush_us_max, st_checkpoints, st_sweep_entries, st_seq, st_durable_seq,
         st_checkpoint_seq, st_log_bytes, st_checkpoint_us_total, st_checkpoint_us_max,
-        st_checkpoint_stall_us_max;
+        st_checkpoint_stall_us_max, st_log_first_seq, st_snapshot_seq, st_snapshot_bytes,
+        st_snapshots, st_snapshot_ms_last;
     uint64_t checkpoint_wanted_ns; /* when the pump stopped taking requests */
 };
 
@@ -204,6 +226,7 @@ static void shard_fail_list(shard_list *l, int code, const char *msg)
 
 static void shard_publish(shard *s)
 {
+    atomic_store(&s->st_log_first_seq, log_first_seq(s->log));
     atomic_store(&s->st_seq, log_last_seq(s->log));
     atomic_store(&s->st_durable_seq, log_durable_seq(s->log));
     atomic_store(&s->st_log_bytes, log_bytes(s->log));
@@ -256,6 +279,44 @@ static int shard_replay(shard *s, uint64_t from_seq)
     return 0;
 }
 
+/* Path of the marker that asks the next open to rebuild the state. */
+static void shard_marker_path(const shard *s, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/state/REBUILD", s->dir);
+}
+
+/* Damage found while serving: refuse the shard (reads too — never serve
+ * a balance from a damaged state) and, if the damage is in the state,
+ * mark it so the next open rebuilds it from the snapshot and the log. */
+static void shard_refuse_corrupt(shard *s, const char *what)
+{
+    const char *where = ledger_state_error(s->ledger);
+    bool in_state = where[0] != 0;
+    atomic_store(&s->status, 0);
+    shard_set_status(s, TALLY_ECORRUPT, "shard %u refused: %s found damage%s%s%s", s->opts.index,
+                     what, in_state ? " (" : "", where,
+                     in_state ? "); restart to rebuild its state" : "");
+    if (in_state && !s->opts.read_only) {
+        char path[4200];
+        shard_marker_path(s, path, sizeof(path));
+        FILE *f = fopen(path, "w");
+        if (f) {
+            fprintf(f, "%s\n", s->status_message);
+            fflush(f);
+            fsync(fileno(f));
+            fclose(f);
+        }
+    }
+    char msg[200];
+    snprintf(msg, sizeof(msg), "%s", s->status_message);
+    log_discard(s->log);
+    shard_fail_list(&s->inflight, TALLY_ECORRUPT, msg);
+    shard_fail_list(&s->filling, TALLY_ECORRUPT, msg);
+    s->batch_inflight = false;
+    ledger_rollback(s->ledger);
+    shard_publish(s);
+}
+
 /* A write or flush failed (or the ledger hit a fatal error): answer
  * everything not yet durable with an error, drop the delta and rebuild
  * the state from the durable log.  Never retried (fsyncgate). */
@@ -279,6 +340,10 @@ static void shard_fail(shard *s, int err, const char *what)
     if (s->batch_inflight) {
         s->batch_inflight = false;
         log_complete(s->log, s->batch_res);
+    }
+    if (err == TALLY_ECORRUPT) {
+        shard_refuse_corrupt(s, what);
+        return;
     }
     shard_set_status(s, TALLY_EFAILED,
                      "%s failed (%s): shard %u stopped taking writes; restart to resume",
@@ -311,8 +376,10 @@ static int shard_verify(shard *s, uint64_t merchant, char *msg, size_t cap)
         snprintf(msg, cap, "%s", s->status_message);
         return st;
     }
+    /* From the first retained record: retention may have dropped older. */
+    uint64_t first = log_first_seq(s->log);
     log_iter it;
-    int rc = log_iter_init(s->log, 0, &it);
+    int rc = log_iter_init(s->log, first - 1, &it);
     record r;
     log_loc loc;
     uint64_t n = 0;
@@ -320,7 +387,7 @@ static int shard_verify(shard *s, uint64_t merchant, char *msg, size_t cap)
         n++;
     if (rc < 0) {
         snprintf(msg, cap, "shard %u: log check failed after %llu records (seq %llu): %s",
-                 s->opts.index, (unsigned long long)n, (unsigned long long)(n + 1),
+                 s->opts.index, (unsigned long long)n, (unsigned long long)(first + n),
                  tally_strerror(rc));
         return TALLY_ECORRUPT;
     }
@@ -393,6 +460,130 @@ static void shard_batch_done(shard *s, int res)
     shard_complete_list(&s->inflight);
 }
 
+/* ---- snapshots ------------------------------------------------------------ */
+
+static void shard_snap_dir(const shard *s, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/snapshots", s->dir);
+}
+
+static void *shard_snap_main(void *arg)
+{
+    shard *s = arg;
+    char dir[4200];
+    shard_snap_dir(s, dir, sizeof(dir));
+    const os_ops *os = s->opts.os ? s->opts.os : os_default();
+    s->snap_rc = snapshot_write(ledger_state(s->ledger), os, dir, s->opts.index, &s->snap_info);
+    atomic_store(&s->snap_done, 1);
+    uint64_t one = 1;
+    ssize_t w = write(s->wake_fd, &one, sizeof(one)); /* wake the shard thread */
+    (void)w;
+    return NULL;
+}
+
+static void shard_snap_start(shard *s)
+{
+    s->snap_wanted = false;
+    atomic_store(&s->snap_done, 0);
+    s->snap_started_ns = shard_mono_ns();
+    int rc = pthread_create(&s->snap_thread, NULL, shard_snap_main, s);
+    if (rc != 0) {
+        shard_say(s, 2, "snapshot: cannot start its thread: %s", strerror(rc));
+        shard_fail_list(&s->snap_waiting, -rc, "snapshot: cannot start its thread");
+        return;
+    }
+    s->snap_running = true;
+}
+
+/* Drops the log segments the oldest kept snapshot covers (retention). */
+static void shard_retain(shard *s)
+{
+    if (s->opts.retention == TALLY_RETAIN_KEEP)
+        return;
+    char dir[4200];
+    shard_snap_dir(s, dir, sizeof(dir));
+    snapshot_info list[SNAPSHOT_KEEP];
+    uint32_t n = 0;
+    if (snapshot_list(dir, false, list, SNAPSHOT_KEEP, &n) != 0 || n == 0)
+        return;
+    uint32_t dropped = 0;
+    const char *archive = s->opts.retention == TALLY_RETAIN_ARCHIVE ? s->opts.archive_dir : NULL;
+    int rc = log_retain(s->log, list[n - 1].seq, archive, &dropped);
+    if (rc < 0)
+        shard_say(s, 1, "retention after snapshot seq %llu: %s (segments kept)",
+                  (unsigned long long)list[n - 1].seq, tally_strerror(rc));
+}
+
+/* On the shard thread, once the helper is done: publish the outcome. */
+static void shard_snap_finish(shard *s)
+{
+    pthread_join(s->snap_thread, NULL);
+    s->snap_running = false;
+    int rc = s->snap_rc;
+    uint64_t ms = (shard_mono_ns() - s->snap_started_ns) / 1000000u;
+    char msg[160] = "";
+    if (rc == 0) {
+        char dir[4200];
+        shard_snap_dir(s, dir, sizeof(dir));
+        int prc = snapshot_prune(dir, s->opts.os ? s->opts.os : os_default(), SNAPSHOT_KEEP);
+        if (prc < 0)
+            shard_say(s, 1, "snapshot: pruning old ones: %s", tally_strerror(prc));
+        shard_retain(s);
+        s->snap_last_seq = s->snap_info.seq;
+        s->snap_last_ms = shard_now(s);
+        atomic_store(&s->st_snapshot_seq, s->snap_info.seq);
+        atomic_store(&s->st_snapshot_bytes, s->snap_info.bytes);
+        atomic_fetch_add(&s->st_snapshots, 1);
+        atomic_store(&s->st_snapshot_ms_last, ms);
+        shard_publish(s);
+        shard_say(s, 0, "snapshot at seq %llu: %llu bytes in %llu ms",
+                  (unsigned long long)s->snap_info.seq, (unsigned long long)s->snap_info.bytes,
+                  (unsigned long long)ms);
+    } else {
+        snprintf(msg, sizeof(msg), "snapshot of shard %u failed: %s", s->opts.index,
+                 tally_strerror(rc));
+        shard_say(s, 2, "%s", msg);
+    }
+    for (tally_request *r = s->snap_waiting.head; r; r = r->next_)
+        shard_fail_request(r, rc, msg);
+    shard_complete_list(&s->snap_waiting);
+    if (s->snap_next.head) {
+        shard_list_append(&s->snap_waiting, &s->snap_next);
+        s->snap_wanted = true;
+    }
+}
+
+static bool shard_snapshot_due(shard *s)
+{
+    uint64_t seq = log_durable_seq(s->log);
+    if (seq <= s->snap_last_seq || atomic_load(&s->status) != 0)
+        return false;
+    if (s->opts.snapshot_every_records && seq - s->snap_last_seq >= s->opts.snapshot_every_records)
+        return true;
+    return s->opts.snapshot_every_ms && shard_now(s) - s->snap_last_ms >= s->opts.snapshot_every_ms;
+}
+
+/* Snapshots copy the last checkpoint: take one first if anything is newer,
+ * then start the helper. */
+static void shard_snap_pump(shard *s)
+{
+    if (!s->snap_wanted && !s->snap_running && shard_snapshot_due(s))
+        s->snap_wanted = true;
+    if (!s->snap_wanted || s->snap_running || s->checkpoint_wanted)
+        return;
+    if (atomic_load(&s->status) != 0) {
+        s->snap_wanted = false;
+        shard_fail_list(&s->snap_waiting, atomic_load(&s->status), s->status_message);
+        return;
+    }
+    if (ledger_delta_records(s->ledger) > 0) {
+        s->checkpoint_wanted = true;
+        s->checkpoint_wanted_ns = shard_mono_ns();
+        return;
+    }
+    shard_snap_start(s);
+}
+
 /* ---- applying requests -------------------------------------------------- */
 
 static bool shard_is_write(const tally_request *r)
@@ -408,6 +599,12 @@ static bool shard_apply(shard *s, tally_request *r)
     if (st != 0 && shard_is_write(r)) {
         shard_fail_request(r, st, s->status_message);
         r->done(r);
+        return true;
+    }
+    if (r->op == TALLY_OP_SNAPSHOT) {
+        /* Answered when a snapshot taken after it is published. */
+        shard_list_push(s->snap_running ? &s->snap_next : &s->snap_waiting, r);
+        s->snap_wanted = s->snap_wanted || !s->snap_running;
         return true;
     }
     if (shard_is_write(r) && !log_batch_room(s->log, SHARD_WRITE_ROOM_BYTES))
@@ -529,6 +726,7 @@ static void shard_pump(shard *s)
             shard_checkpoint(s);
         s->checkpoint_wanted = false;
     }
+    shard_snap_pump(s);
 }
 
 /* ---- the thread --------------------------------------------------------- */
@@ -537,7 +735,8 @@ static int shard_wait_ms(shard *s)
 {
     if (s->batch_inflight)
         return -1;
-    if (s->queued.count > 0 || s->checkpoint_wanted || s->sweep_more)
+    if (s->queued.count > 0 || s->checkpoint_wanted || s->sweep_more ||
+        (s->snap_wanted && !s->snap_running))
         return 0;
     uint64_t now = shard_now(s);
     uint64_t next = s->last_sweep_ms + SHARD_SWEEP_MS;
@@ -565,6 +764,7 @@ static void *shard_main(void *arg)
     if (rc < 0)
         shard_set_status(s, TALLY_EFAILED, "io_uring poll: %s", tally_strerror(rc));
     s->last_checkpoint_ms = shard_now(s);
+    s->snap_last_ms = s->last_checkpoint_ms;
     for (;;) {
         uint64_t tag = 0;
         int res = 0;
@@ -580,6 +780,8 @@ static void *shard_main(void *arg)
         } else if (rc < 0 && rc != -ETIME && rc != -EINTR) {
             shard_say(s, 2, "io_uring wait: %s", tally_strerror(rc));
         }
+        if (s->snap_running && atomic_load(&s->snap_done))
+            shard_snap_finish(s);
         if (s->wake_rearm) {
             s->wake_rearm = false;
             if (ring_poll(s->ring, s->wake_fd, SHARD_TAG_INBOX) == 0)
@@ -591,6 +793,10 @@ static void *shard_main(void *arg)
     }
     if (atomic_load(&s->status) == 0 && ledger_delta_records(s->ledger) > 0)
         shard_checkpoint(s);
+    if (s->snap_running)
+        shard_snap_finish(s); /* waits for the helper */
+    shard_fail_list(&s->snap_waiting, TALLY_ECLOSED, "engine is shutting down");
+    shard_fail_list(&s->snap_next, TALLY_ECLOSED, "engine is shutting down");
     return NULL;
 }
 
@@ -599,18 +805,96 @@ static void *shard_main(void *arg)
 static void shard_tally_log(void *ctx, int level, const char *msg)
 {
     shard *s = ctx;
+    /* The log module names the shard itself. */
+    if (strncmp(msg, "shard ", 6) == 0) {
+        if (s->opts.log)
+            s->opts.log(s->opts.log_ctx, level, msg);
+        else
+            fprintf(stderr, "tally: %s\n", msg);
+        return;
+    }
     shard_say(s, level, "%s", msg);
+}
+
+/* Moves the state aside (state.bad-<ms>, kept for a post-mortem) and puts
+ * the newest snapshot that checks out in its place; with none, the state
+ * starts empty and the whole retained log rebuilds it. */
+static int shard_rebuild_state(shard *s, const char *state_dir, const char *why)
+{
+    const os_ops *os = s->opts.os ? s->opts.os : os_default();
+    char bad[4300], snaps[4200], msg[400];
+    snprintf(bad, sizeof(bad), "%s.bad-%llu", state_dir,
+             (unsigned long long)shard_wall_ms(NULL));
+    bool existed = access(state_dir, F_OK) == 0;
+    if (existed && rename(state_dir, bad) != 0)
+        return -errno;
+    if (existed)
+        shard_say(s, 1, "state %s: moved to %s; rebuilding it", why, bad);
+    else
+        shard_say(s, 1, "state %s: rebuilding it", why);
+    shard_snap_dir(s, snaps, sizeof(snaps));
+    snapshot_info list[SNAPSHOT_LIST_MAX];
+    uint32_t n = 0;
+    int rc = snapshot_list(snaps, false, list, SNAPSHOT_LIST_MAX, &n);
+    for (uint32_t i = 0; rc == 0 && i < n; i++) {
+        if (snapshot_check(&list[i], msg, sizeof(msg)) != 0) {
+            shard_say(s, 1, "%s: not used", msg);
+            continue;
+        }
+        rc = snapshot_restore(&list[i], os, state_dir);
+        if (rc == 0)
+            shard_say(s, 1, "state restored from snapshot seq %llu; the log after it is replayed",
+                      (unsigned long long)list[i].seq);
+        return rc;
+    }
+    if (rc == 0)
+        shard_say(s, 1, "no usable snapshot: the state is rebuilt from the whole log");
+    return rc;
+}
+
+static int shard_open_ledger(shard *s, const char *state_dir)
+{
+    /* Offline (read_only) shards still replay the log tail into the
+     * ledger's open transaction; they never commit it. */
+    ledger_options lo = {.dir = state_dir, .map_bytes = s->opts.map_bytes,
+                         .read_only = false, .log = shard_tally_log, .log_ctx = s};
+    return ledger_open(&lo, NULL, &s->ledger);
 }
 
 static int shard_recover(shard *s)
 {
-    char path[4200];
+    char path[4200], file[4300], snaps[4200];
     snprintf(path, sizeof(path), "%s/state", s->dir);
-    /* Offline (read_only) shards still replay the log tail into the
-     * ledger's open transaction; they never commit it. */
-    ledger_options lo = {.dir = path, .map_bytes = s->opts.map_bytes,
-                         .read_only = false, .log = shard_tally_log, .log_ctx = s};
-    int rc = ledger_open(&lo, NULL, &s->ledger);
+    shard_snap_dir(s, snaps, sizeof(snaps));
+    snapshot_info newest;
+    uint32_t have_snap = 0;
+    int rc = snapshot_list(snaps, s->opts.read_only, &newest, 1, &have_snap);
+    if (rc < 0)
+        return rc;
+    if (have_snap) {
+        s->snap_last_seq = newest.seq;
+        atomic_store(&s->st_snapshot_seq, newest.seq);
+        atomic_store(&s->st_snapshot_bytes, newest.bytes);
+    }
+    shard_marker_path(s, file, sizeof(file));
+    bool marked = access(file, F_OK) == 0;
+    snprintf(file, sizeof(file), "%s/data.mdb", path);
+    bool missing = access(file, F_OK) != 0;
+    if (marked && s->opts.read_only) {
+        shard_set_status(s, TALLY_ECORRUPT,
+                         "shard %u: state marked damaged; start tallyd to rebuild it",
+                         s->opts.index);
+    } else if (!s->opts.read_only && (marked || (missing && have_snap))) {
+        rc = shard_rebuild_state(s, path, marked ? "marked damaged" : "missing");
+        if (rc < 0)
+            return rc;
+    }
+    rc = shard_open_ledger(s, path);
+    if (rc == TALLY_ECORRUPT && !s->opts.read_only) {
+        rc = shard_rebuild_state(s, path, "unreadable");
+        if (rc == 0)
+            rc = shard_open_ledger(s, path);
+    }
     if (rc < 0)
         return rc;
     uint64_t cp = ledger_checkpoint_seq(s->ledger);
@@ -625,8 +909,9 @@ static int shard_recover(shard *s)
     if (rec.torn_bytes > 0)
         shard_say(s, 1, "torn log tail truncated: %llu bytes at seq %llu (never acknowledged)",
                   (unsigned long long)rec.torn_bytes, (unsigned long long)rec.torn_seq);
-    if (rec.status != 0) {
+    if (rec.status != 0 || atomic_load(&s->status) != 0) {
         shard_set_status(s, TALLY_ECORRUPT, "%s", rec.message);
+        shard_publish(s);
         return 0;
     }
     if (rec.last_seq < cp) {
@@ -773,6 +1058,11 @@ void shard_stats(shard *s, tally_shard_stats *out)
     out->checkpoint_stall_us_max = atomic_load(&s->st_checkpoint_stall_us_max);
     out->log_bytes = atomic_load(&s->st_log_bytes);
     out->sweep_entries = atomic_load(&s->st_sweep_entries);
+    out->log_first_seq = atomic_load(&s->st_log_first_seq);
+    out->snapshot_seq = atomic_load(&s->st_snapshot_seq);
+    out->snapshot_bytes = atomic_load(&s->st_snapshot_bytes);
+    out->snapshots = atomic_load(&s->st_snapshots);
+    out->snapshot_ms_last = atomic_load(&s->st_snapshot_ms_last);
     out->status = atomic_load(&s->status);
     if (out->status)
         snprintf(out->status_message, sizeof(out->status_message), "%s", s->status_message);
@@ -794,21 +1084,26 @@ static void shard_rm_env(const char *dir)
     rmdir(dir);
 }
 
-int shard_verify_full(shard *s, char *msg, size_t cap)
+/* Replays the log after from_seq into a ledger on the state in base (a
+ * snapshot's copy, or an empty state when base is NULL) and compares the
+ * result with the shard's state.  0, or TALLY_ECORRUPT with msg. */
+static int shard_verify_replay(shard *s, const snapshot_info *base, char *msg, size_t cap)
 {
-    int rc = shard_verify(s, 0, msg, cap);
-    if (rc < 0)
-        return rc;
     char tmp[] = "/tmp/tally-verify-XXXXXX";
     if (!mkdtemp(tmp))
         return -errno;
+    uint64_t from = base ? base->seq : 0;
+    int rc = base ? snapshot_restore(base, os_default(), tmp) : 0;
     ledger_options lo = {.dir = tmp, .map_bytes = s->opts.map_bytes,
                          .log = shard_tally_log, .log_ctx = s};
     ledger *fresh = NULL;
-    rc = ledger_open(&lo, s->log, &fresh);
+    if (rc == 0)
+        rc = ledger_open(&lo, s->log, &fresh);
+    if (rc == 0 && ledger_checkpoint_seq(fresh) != from)
+        rc = TALLY_ECORRUPT;
     log_iter it;
     if (rc == 0)
-        rc = log_iter_init(s->log, 0, &it);
+        rc = log_iter_init(s->log, from, &it);
     record r;
     log_loc loc;
     uint64_t n = 0, last_report = shard_mono_ns();
@@ -816,18 +1111,80 @@ int shard_verify_full(shard *s, char *msg, size_t cap)
         rc = ledger_replay(fresh, &r, loc);
         if (rc == 0 && (++n & 0xffff) == 0 && shard_mono_ns() - last_report > 1000000000u) {
             last_report = shard_mono_ns();
-            shard_say(s, 0, "verify: replayed %llu of %llu records", (unsigned long long)n,
+            shard_say(s, 0, "verify: replayed %llu records (seq %llu of %llu)",
+                      (unsigned long long)n, (unsigned long long)r.seq,
                       (unsigned long long)it.end_seq);
         }
     }
+    char what[64];
+    if (base)
+        snprintf(what, sizeof(what), "snapshot seq %llu", (unsigned long long)from);
+    else
+        snprintf(what, sizeof(what), "an empty state");
     if (rc == 0)
         rc = ledger_compare(s->ledger, fresh, msg, cap);
     else if (rc < 0)
-        snprintf(msg, cap, "shard %u: replay of the log failed at record %llu: %s",
-                 s->opts.index, (unsigned long long)(n + 1), tally_strerror(rc));
+        snprintf(msg, cap, "shard %u: replay of the log from %s failed at record %llu: %s",
+                 s->opts.index, what, (unsigned long long)(from + n + 1), tally_strerror(rc));
     if (rc == 0)
-        snprintf(msg, cap, "ok: %llu records replayed, state matches", (unsigned long long)n);
+        snprintf(msg, cap, "ok: %s + %llu records replayed, state matches", what,
+                 (unsigned long long)n);
+    else if (rc == TALLY_ECORRUPT && base) {
+        char inner[200];
+        snprintf(inner, sizeof(inner), "%s", msg);
+        snprintf(msg, cap, "shard %u, from %s: %s", s->opts.index, what, inner);
+    }
     ledger_close(fresh);
     shard_rm_env(tmp);
     return rc < 0 ? TALLY_ECORRUPT : 0;
+}
+
+int shard_verify_full(shard *s, char *msg, size_t cap)
+{
+    int rc = shard_verify(s, 0, msg, cap);
+    if (rc < 0)
+        return rc;
+    uint64_t first = log_first_seq(s->log);
+    int bases = 0;
+    if (first == 1) {
+        rc = shard_verify_replay(s, NULL, msg, cap);
+        if (rc < 0)
+            return rc;
+        bases++;
+    }
+    char dir[4200];
+    shard_snap_dir(s, dir, sizeof(dir));
+    snapshot_info list[SNAPSHOT_LIST_MAX];
+    uint32_t count = 0;
+    rc = snapshot_list(dir, true, list, SNAPSHOT_LIST_MAX, &count);
+    for (uint32_t i = 0; rc == 0 && i < count; i++) {
+        rc = snapshot_check(&list[i], msg, cap);
+        if (rc == 0 && list[i].seq + 1 < first) {
+            snprintf(msg, cap, "shard %u: snapshot seq %llu is older than the retained log "
+                               "(it starts at seq %llu)",
+                     s->opts.index, (unsigned long long)list[i].seq, (unsigned long long)first);
+            rc = TALLY_ECORRUPT;
+        }
+        if (rc == 0 && list[i].seq > log_durable_seq(s->log)) {
+            snprintf(msg, cap, "shard %u: snapshot seq %llu is past the end of the log (seq "
+                               "%llu)",
+                     s->opts.index, (unsigned long long)list[i].seq,
+                     (unsigned long long)log_durable_seq(s->log));
+            rc = TALLY_ECORRUPT;
+        }
+        if (rc == 0)
+            rc = shard_verify_replay(s, &list[i], msg, cap);
+        bases += rc == 0;
+    }
+    if (rc < 0)
+        return TALLY_ECORRUPT;
+    if (bases == 0) {
+        snprintf(msg, cap, "shard %u: the log starts at seq %llu and no snapshot covers what "
+                           "was dropped",
+                 s->opts.index, (unsigned long long)first);
+        return TALLY_ECORRUPT;
+    }
+    snprintf(msg, cap, "ok: %d replay(s) match the state (log from seq %llu, %u snapshot(s))",
+             bases, (unsigned long long)first, count);
+    return 0;
 }

@@ -31,12 +31,19 @@ typedef struct shard_options {
     tally_log_fn log;
     void *log_ctx;
     bool read_only; /* recover and serve reads, never write, no thread */
+    uint64_t snapshot_every_records; /* 0: not by count */
+    uint64_t snapshot_every_ms;      /* 0: not by time */
+    int retention;                   /* enum tally_retention */
+    const char *archive_dir;
 } shard_options;
 
 /* Opens the ledger and log, recovers (replays the log after the state's
- * checkpoint) and starts the writer thread.  A shard whose acknowledged
- * data is corrupt still opens, refused: every request fails with
- * TALLY_ECORRUPT.  Errors: -errno, TALLY_EFORMAT. */
+ * checkpoint) and starts the writer thread.  A state that is missing,
+ * unreadable or marked damaged (state/REBUILD, written when damage was
+ * found while serving) is moved aside to state.bad-<ms> and rebuilt from
+ * the newest valid snapshot plus the retained log.  A shard whose
+ * acknowledged data is corrupt still opens, refused: every request fails
+ * with TALLY_ECORRUPT.  Errors: -errno, TALLY_EFORMAT. */
 int shard_open(const shard_options *opts, shard **out);
 
 /* Answers everything queued, writes a final checkpoint, stops the thread

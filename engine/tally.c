@@ -114,6 +114,9 @@ static int tally_open_shards(tally *t)
             .map_bytes = t->opts.state_map_bytes, .os = t->opts.os, .clock = t->opts.clock,
             .clock_ctx = t->opts.clock_ctx, .log = t->opts.log, .log_ctx = t->opts.log_ctx,
             .read_only = t->opts.read_only,
+            .snapshot_every_records = t->opts.snapshot_every_records,
+            .snapshot_every_ms = t->opts.snapshot_every_ms,
+            .retention = t->opts.retention, .archive_dir = t->opts.archive_dir,
         };
         int rc = shard_open(&so, &t->shards[i]);
         if (rc < 0)
@@ -195,8 +198,13 @@ int tally_scan(tally *t, uint32_t index, uint64_t after_seq, tally_scan_fn fn, v
 {
     if (!t->opts.read_only || index >= t->shard_count)
         return -EINVAL;
+    /* Records dropped by retention cannot be scanned: start at the first
+     * retained one (tally_shard_stats says where that is). */
+    log_t *log = shard_log(t->shards[index]);
+    if (after_seq + 1 < log_first_seq(log))
+        after_seq = log_first_seq(log) - 1;
     log_iter it;
-    int rc = log_iter_init(shard_log(t->shards[index]), after_seq, &it);
+    int rc = log_iter_init(log, after_seq, &it);
     record r;
     log_loc loc;
     while (rc >= 0 && (rc = log_iter_next(&it, &r, &loc)) == 1) {

@@ -201,6 +201,13 @@ int tally_request_check(tally_request *req);
 
 enum tally_sync { TALLY_SYNC_ALWAYS = 0, TALLY_SYNC_NONE = 1 };
 
+/* What happens to log segments a snapshot fully covers (snapshot.h). */
+enum tally_retention {
+    TALLY_RETAIN_KEEP = 0,    /* keep every segment (the default) */
+    TALLY_RETAIN_DELETE = 1,  /* delete them */
+    TALLY_RETAIN_ARCHIVE = 2, /* move them into archive_dir/shard-NNN/ */
+};
+
 struct os_ops; /* os.h: the I/O seam for fault injection */
 
 /* Engine time source in unix milliseconds; the engine never lets a shard's
@@ -225,6 +232,12 @@ typedef struct tally_options {
     tally_log_fn log;         /* NULL = stderr */
     void *log_ctx;
     bool read_only;           /* offline tools: open without writing */
+    /* Snapshots: taken by SNAPSHOT, and every so many records or ms per
+     * shard (0: not by that measure). */
+    uint64_t snapshot_every_records;
+    uint64_t snapshot_every_ms;
+    int retention;            /* enum tally_retention */
+    const char *archive_dir;  /* TALLY_RETAIN_ARCHIVE */
 } tally_options;
 
 typedef struct tally tally;
@@ -258,7 +271,7 @@ int tally_call(tally *t, tally_request *req);
 int tally_verify_full(tally *t, char *msg, size_t cap);
 
 /* Offline (read_only) scan of one shard's durable log in seq order, after
- * after_seq: fn gets each entry (refusal=false) or remembered refusal
+ * after_seq (or from the first record retention kept): fn gets each entry (refusal=false) or remembered refusal
  * (refusal=true, e->kind is the refused write's kind, *status its code).
  * A non-zero return from fn stops the scan and is returned.  Errors:
  * -EINVAL (not read_only, bad shard), TALLY_ECORRUPT (a bad record). */
@@ -284,6 +297,11 @@ typedef struct tally_shard_stats {
     uint64_t checkpoint_stall_us_max; /* requests held back for a checkpoint */
     uint64_t log_bytes;
     uint64_t sweep_entries;  /* engine-written expire/void entries */
+    uint64_t log_first_seq;  /* first seq still in the log (retention) */
+    uint64_t snapshot_seq;   /* seq of the newest snapshot, 0: none */
+    uint64_t snapshot_bytes;
+    uint64_t snapshots;      /* taken since open */
+    uint64_t snapshot_ms_last; /* how long the last one took */
     int status;              /* 0, TALLY_EFAILED or TALLY_ECORRUPT */
     char status_message[160];
 } tally_shard_stats;

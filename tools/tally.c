@@ -2,9 +2,10 @@
  * tally.c — the offline tool (SPEC §6): works on a data directory while no
  * tallyd has it open (the directory's LOCK enforces that).
  *
- *   tally verify DIR                 checksums, chain, state == replay of the log
+ *   tally verify DIR                 checksums, chain, snapshots, state == replay
  *   tally dump DIR [--merchant m] [--refusals]   entries as JSON lines
  *   tally stats DIR                  per-shard and per-kind counts, sizes
+ *   tally snapshot DIR [--retention keep|delete|archive] [--archive-dir D]
  *
  * Exit status: 0 ok, 1 a fault was found (verify) or an error, 2 usage.
  */
@@ -214,8 +215,10 @@ static int tool_stats_run(const char *dir)
     for (uint32_t i = 0; i < tally_shard_count(t) && rc == 0; i++) {
         tally_shard_stats st;
         tally_shard_stats_get(t, i, &st);
-        printf("shard %u: seq %" PRIu64 ", checkpoint seq %" PRIu64 ", status %s\n", i,
-               st.durable_seq, st.checkpoint_seq, st.status ? st.status_message : "ok");
+        printf("shard %u: seq %" PRIu64 ", checkpoint seq %" PRIu64 ", log from seq %" PRIu64
+               ", snapshot seq %" PRIu64 " (%" PRIu64 " bytes), status %s\n",
+               i, st.durable_seq, st.checkpoint_seq, st.log_first_seq, st.snapshot_seq,
+               st.snapshot_bytes, st.status ? st.status_message : "ok");
         rc = tally_scan(t, i, 0, tool_stats_one, &s);
     }
     for (int k = 1; k < TALLY_KIND_COUNT; k++)
@@ -228,13 +231,52 @@ static int tool_stats_run(const char *dir)
     return rc < 0;
 }
 
+/* ---- snapshot ------------------------------------------------------------- */
+
+/* Opens the directory as tallyd would (recovering every shard, holding its
+ * LOCK), takes a snapshot of every shard and applies the retention. */
+static int tool_snapshot(const char *dir, int retention, const char *archive)
+{
+    tally_options o = {.dir = dir, .log = tool_log, .retention = retention,
+                       .archive_dir = archive};
+    tally *t;
+    int rc = tally_open(&o, &t);
+    if (rc < 0) {
+        fprintf(stderr, "tally: cannot open %s: %s\n", dir,
+                rc == TALLY_ELOCKED ? "in use by a running tallyd (send it SNAPSHOT instead)"
+                                    : tally_strerror(rc));
+        return 1;
+    }
+    uint64_t t0 = tool_mono_ms();
+    tally_request r;
+    memset(&r, 0, sizeof(r));
+    r.op = TALLY_OP_SNAPSHOT;
+    rc = tally_call(t, &r);
+    if (rc != 0) {
+        fprintf(stderr, "tally: snapshot failed: %s\n",
+                r.res.message[0] ? r.res.message : tally_strerror(rc));
+    } else {
+        for (uint32_t i = 0; i < tally_shard_count(t); i++) {
+            tally_shard_stats st;
+            tally_shard_stats_get(t, i, &st);
+            printf("shard %u: snapshot at seq %" PRIu64 ", %" PRIu64 " bytes; log from seq %" PRIu64
+                   "\n",
+                   i, st.snapshot_seq, st.snapshot_bytes, st.log_first_seq);
+        }
+        printf("ok (%.1f s)\n", (double)(tool_mono_ms() - t0) / 1000.0);
+    }
+    tally_close(t);
+    return rc != 0;
+}
+
 /* ---- main --------------------------------------------------------------- */
 
 static int tool_usage(void)
 {
     fputs("usage: tally verify DIR\n"
           "       tally dump DIR [--merchant M] [--refusals]\n"
-          "       tally stats DIR\n",
+          "       tally stats DIR\n"
+          "       tally snapshot DIR [--retention keep|delete|archive] [--archive-dir D]\n",
           stderr);
     return 2;
 }
@@ -248,6 +290,32 @@ int main(int argc, char **argv)
         return tool_verify(dir);
     if (strcmp(cmd, "stats") == 0 && argc == 3)
         return tool_stats_run(dir);
+    if (strcmp(cmd, "snapshot") == 0) {
+        int retention = TALLY_RETAIN_KEEP;
+        const char *archive = NULL;
+        for (int i = 3; i < argc; i++) {
+            if (strcmp(argv[i], "--retention") == 0 && i + 1 < argc) {
+                const char *v = argv[++i];
+                if (strcmp(v, "keep") == 0)
+                    retention = TALLY_RETAIN_KEEP;
+                else if (strcmp(v, "delete") == 0)
+                    retention = TALLY_RETAIN_DELETE;
+                else if (strcmp(v, "archive") == 0)
+                    retention = TALLY_RETAIN_ARCHIVE;
+                else
+                    return tool_usage();
+            } else if (strcmp(argv[i], "--archive-dir") == 0 && i + 1 < argc) {
+                archive = argv[++i];
+            } else {
+                return tool_usage();
+            }
+        }
+        if (retention == TALLY_RETAIN_ARCHIVE && !archive) {
+            fprintf(stderr, "tally: --retention archive needs --archive-dir\n");
+            return 2;
+        }
+        return tool_snapshot(dir, retention, archive);
+    }
     if (strcmp(cmd, "dump") == 0) {
         uint64_t merchant = 0;
         int refusals = 0;

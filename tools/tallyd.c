@@ -98,7 +98,12 @@ int main(int argc, char **argv)
                    "storage; a crash or power loss loses acknowledged entries. For "
                    "benchmarks only. ***");
     tally_options topts = {.dir = cfg.dir, .shards = cfg.shards, .sync = cfg.sync,
-                           .checkpoint_ms = cfg.checkpoint_ms, .log = tallyd_log};
+                           .checkpoint_ms = cfg.checkpoint_ms, .log = tallyd_log,
+                           .segment_bytes = cfg.segment_bytes,
+                           .snapshot_every_records = cfg.snapshot_every_records,
+                           .snapshot_every_ms = cfg.snapshot_every_ms,
+                           .retention = cfg.retention,
+                           .archive_dir = cfg.archive_dir[0] ? cfg.archive_dir : NULL};
     tally *t = NULL;
     int rc = tally_open(&topts, &t);
     if (rc != 0) {

@@ -1,0 +1,335 @@
+/*
+ * snapshot.c — compacted, checksummed copies of a shard's state
+ * (snapshot.h: file layout and the publication protocol).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "checksum.h"
+#include "snapshot.h"
+#include "tally.h"
+
+#define SNAPSHOT_FORMAT 1
+#define SNAPSHOT_IO_BYTES (1u << 20)
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void snapshot_path(const char *dir, uint64_t seq, const char *suffix, char *out,
+                          size_t cap)
+{
+    snprintf(out, cap, "%s/snap-%020" PRIu64 "%s", dir, seq, suffix);
+}
+
+static uint64_t snapshot_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* XXH3-64 and size of a whole file. */
+static int snapshot_hash_file(const char *path, uint64_t *sum, uint64_t *bytes)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    char *buf = malloc(SNAPSHOT_IO_BYTES);
+    checksum_stream *cs = checksum_stream_new();
+    int rc = buf && cs ? 0 : -ENOMEM;
+    uint64_t total = 0;
+    while (rc == 0) {
+        ssize_t n = pread(fd, buf, SNAPSHOT_IO_BYTES, (off_t)total);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            rc = -errno;
+        if (n <= 0)
+            break;
+        checksum_stream_update(cs, buf, (size_t)n);
+        total += (uint64_t)n;
+    }
+    if (rc == 0) {
+        *sum = checksum_stream_digest(cs);
+        *bytes = total;
+    }
+    checksum_stream_free(cs);
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+/* Copies a file with the seam's writes, flushed. */
+static int snapshot_copy_file(const os_ops *os, const char *from, const char *to)
+{
+    int in = open(from, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        return -errno;
+    int out = os->open(os->ctx, to, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (out < 0) {
+        close(in);
+        return out;
+    }
+    char *buf = malloc(SNAPSHOT_IO_BYTES);
+    int rc = buf ? 0 : -ENOMEM;
+    for (uint64_t off = 0; rc == 0;) {
+        ssize_t n = pread(in, buf, SNAPSHOT_IO_BYTES, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            rc = -errno;
+        if (n <= 0)
+            break;
+        rc = os_pwrite_all(os, out, buf, (size_t)n, off);
+        off += (uint64_t)n;
+    }
+    if (rc == 0)
+        rc = os->fdatasync(os->ctx, out);
+    free(buf);
+    close(in);
+    os->close(os->ctx, out);
+    return rc;
+}
+
+/* ---- meta ---------------------------------------------------------------- */
+
+static int snapshot_meta_text(const snapshot_info *s, char *out, size_t cap)
+{
+    int n = snprintf(out, cap,
+                     "tally-snapshot %d\nshard %u\nseq %" PRIu64 "\nbytes %" PRIu64
+                     "\nxxh3 %016" PRIx64 "\ncreated_ms %" PRIu64 "\n",
+                     SNAPSHOT_FORMAT, s->shard, s->seq, s->bytes, s->checksum, s->created_ms);
+    uint64_t check = checksum64(out, (size_t)n, 0);
+    n += snprintf(out + n, cap - (size_t)n, "check %016" PRIx64 "\n", check);
+    return n;
+}
+
+/* Parses and checks a meta file into *s (path filled from dir). */
+static int snapshot_meta_read(const char *dir, const char *name, snapshot_info *s)
+{
+    char path[4400], text[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = read(fd, text, sizeof(text) - 1);
+    close(fd);
+    if (n <= 0)
+        return TALLY_ECORRUPT;
+    text[n] = 0;
+    char *check = strstr(text, "check ");
+    if (!check)
+        return TALLY_ECORRUPT;
+    uint64_t want = 0;
+    if (sscanf(check, "check %" SCNx64, &want) != 1 ||
+        want != checksum64(text, (size_t)(check - text), 0))
+        return TALLY_ECORRUPT;
+    int format = 0;
+    *s = (snapshot_info){0};
+    if (sscanf(text,
+               "tally-snapshot %d\nshard %u\nseq %" SCNu64 "\nbytes %" SCNu64 "\nxxh3 %" SCNx64
+               "\ncreated_ms %" SCNu64,
+               &format, &s->shard, &s->seq, &s->bytes, &s->checksum, &s->created_ms) != 6 ||
+        format != SNAPSHOT_FORMAT)
+        return TALLY_ECORRUPT;
+    snapshot_path(dir, s->seq, ".mdb", s->path, sizeof(s->path));
+    struct stat st;
+    if (stat(s->path, &st) != 0 || (uint64_t)st.st_size != s->bytes)
+        return TALLY_ECORRUPT;
+    return 0;
+}
+
+/* ---- write ----------------------------------------------------------------- */
+
+int snapshot_write(state *st, const os_ops *os, const char *dir, uint32_t shard,
+                   snapshot_info *out)
+{
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+        return -errno;
+    char tmp[4200], path[4200], meta_tmp[4200], meta[4200];
+    snprintf(tmp, sizeof(tmp), "%s/snap-writing.mdb.tmp", dir);
+    int fd = os->open(os->ctx, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return fd;
+    /* The compacting copy reads the last committed state in a read
+     * transaction: the shard's writer is not stopped. */
+    int rc = state_copy_fd(st, fd);
+    if (rc == 0)
+        rc = os->fdatasync(os->ctx, fd);
+    os->close(os->ctx, fd);
+    snapshot_info s = {.shard = shard, .created_ms = snapshot_now_ms()};
+    if (rc == 0)
+        rc = state_file_seq(tmp, &s.seq);
+    if (rc == 0)
+        rc = snapshot_hash_file(tmp, &s.checksum, &s.bytes);
+    snapshot_path(dir, s.seq, ".mdb", path, sizeof(path));
+    snapshot_path(dir, s.seq, ".meta", meta, sizeof(meta));
+    snapshot_path(dir, s.seq, ".meta.tmp", meta_tmp, sizeof(meta_tmp));
+    snprintf(s.path, sizeof(s.path), "%s", path);
+    if (rc == 0) {
+        /* No checkpoint since the last snapshot: keep the published one. */
+        snapshot_info have;
+        char name[64];
+        snprintf(name, sizeof(name), "snap-%020" PRIu64 ".meta", s.seq);
+        if (snapshot_meta_read(dir, name, &have) == 0) {
+            os->unlink(os->ctx, tmp);
+            *out = have;
+            return 0;
+        }
+    }
+    if (rc == 0) {
+        char text[512];
+        int n = snapshot_meta_text(&s, text, sizeof(text));
+        int mfd = os->open(os->ctx, meta_tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        rc = mfd < 0 ? mfd : os_pwrite_all(os, mfd, text, (size_t)n, 0);
+        if (mfd >= 0 && rc == 0)
+            rc = os->fdatasync(os->ctx, mfd);
+        if (mfd >= 0)
+            os->close(os->ctx, mfd);
+    }
+    /* Publish: the data first, the meta last (the commit point). */
+    if (rc == 0)
+        rc = os->rename(os->ctx, tmp, path);
+    if (rc == 0)
+        rc = os->rename(os->ctx, meta_tmp, meta);
+    if (rc == 0)
+        rc = os->fsync_dir(os->ctx, dir);
+    if (rc < 0) {
+        os->unlink(os->ctx, tmp);
+        os->unlink(os->ctx, meta_tmp);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+/* ---- list, check, restore, prune ----------------------------------------------- */
+
+static int snapshot_cmp_newest(const void *a, const void *b)
+{
+    const snapshot_info *x = a, *y = b;
+    return x->seq > y->seq ? -1 : x->seq < y->seq;
+}
+
+/* True if name is a published snapshot's meta, a leftover, or neither. */
+static bool snapshot_is_leftover(const char *dir, const char *name)
+{
+    size_t n = strlen(name);
+    if (strncmp(name, "snap-", 5) != 0)
+        return false;
+    if (n > 4 && strcmp(name + n - 4, ".tmp") == 0)
+        return true;
+    if (n > 4 && strcmp(name + n - 4, ".mdb") == 0) {
+        /* A data file whose meta never got published. */
+        char meta[4400];
+        snprintf(meta, sizeof(meta), "%s/%.*s.meta", dir, (int)(n - 4), name);
+        return access(meta, F_OK) != 0;
+    }
+    return false;
+}
+
+int snapshot_list(const char *dir, bool read_only, snapshot_info *out, uint32_t cap,
+                  uint32_t *count)
+{
+    *count = 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        return errno == ENOENT ? 0 : -errno;
+    snapshot_info *all = calloc(SNAPSHOT_LIST_MAX, sizeof(*all));
+    if (!all) {
+        closedir(d);
+        return -ENOMEM;
+    }
+    uint32_t n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+        if (!read_only && snapshot_is_leftover(dir, de->d_name)) {
+            char p[4400];
+            snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+            unlink(p);
+            continue;
+        }
+        if (len > 5 && strcmp(de->d_name + len - 5, ".meta") == 0 && n < SNAPSHOT_LIST_MAX &&
+            snapshot_meta_read(dir, de->d_name, &all[n]) == 0)
+            n++;
+    }
+    closedir(d);
+    qsort(all, n, sizeof(*all), snapshot_cmp_newest);
+    *count = n < cap ? n : cap;
+    memcpy(out, all, *count * sizeof(*out));
+    free(all);
+    return 0;
+}
+
+int snapshot_check(const snapshot_info *s, char *msg, size_t cap)
+{
+    uint64_t sum = 0, bytes = 0, seq = 0;
+    int rc = snapshot_hash_file(s->path, &sum, &bytes);
+    if (rc < 0) {
+        snprintf(msg, cap, "snapshot seq %" PRIu64 ": cannot read %s: %s", s->seq, s->path,
+                 tally_strerror(rc));
+        return TALLY_ECORRUPT;
+    }
+    if (sum != s->checksum || bytes != s->bytes) {
+        snprintf(msg, cap, "snapshot seq %" PRIu64 ": checksum mismatch (%s)", s->seq, s->path);
+        return TALLY_ECORRUPT;
+    }
+    rc = state_file_seq(s->path, &seq);
+    if (rc < 0 || seq != s->seq) {
+        snprintf(msg, cap, "snapshot seq %" PRIu64 ": its state says seq %" PRIu64, s->seq,
+                 seq);
+        return TALLY_ECORRUPT;
+    }
+    return 0;
+}
+
+int snapshot_restore(const snapshot_info *s, const os_ops *os, const char *state_dir)
+{
+    if (mkdir(state_dir, 0755) < 0 && errno != EEXIST)
+        return -errno;
+    char tmp[4200], data[4200], lock[4200];
+    snprintf(tmp, sizeof(tmp), "%s/data.mdb.tmp", state_dir);
+    snprintf(data, sizeof(data), "%s/data.mdb", state_dir);
+    snprintf(lock, sizeof(lock), "%s/lock.mdb", state_dir);
+    int rc = snapshot_copy_file(os, s->path, tmp);
+    if (rc == 0)
+        rc = os->rename(os->ctx, tmp, data);
+    if (rc == 0) {
+        int u = os->unlink(os->ctx, lock);
+        rc = u == -ENOENT ? 0 : u;
+    }
+    if (rc == 0)
+        rc = os->fsync_dir(os->ctx, state_dir);
+    if (rc < 0)
+        os->unlink(os->ctx, tmp);
+    return rc;
+}
+
+int snapshot_prune(const char *dir, const os_ops *os, uint32_t keep)
+{
+    snapshot_info *list = calloc(SNAPSHOT_LIST_MAX, sizeof(*list));
+    if (!list)
+        return -ENOMEM;
+    uint32_t n = 0;
+    int rc = snapshot_list(dir, false, list, SNAPSHOT_LIST_MAX, &n);
+    for (uint32_t i = keep; rc == 0 && i < n; i++) {
+        char meta[4200];
+        snapshot_path(dir, list[i].seq, ".meta", meta, sizeof(meta));
+        /* Unpublish first: a crash in between leaves a leftover. */
+        rc = os->unlink(os->ctx, meta);
+        if (rc == 0)
+            rc = os->unlink(os->ctx, list[i].path);
+    }
+    if (rc == 0 && n > keep)
+        rc = os->fsync_dir(os->ctx, dir);
+    free(list);
+    return rc;
+}

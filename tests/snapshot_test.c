@@ -1,0 +1,386 @@
+/*
+ * snapshot_test.c — snapshots, retention and rebuilds (engine/snapshot.c,
+ * the snapshot and rebuild parts of engine/shard.c, log_retain in
+ * engine/log.c) through the public API on real files: balances, replies
+ * and history across retention and restarts, a lost or damaged state
+ * rebuilt from the snapshot and the log, kill -9 in the middle of
+ * snapshots, and the periodic policy.
+ */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "engine_util.h"
+
+/* ---- helpers ------------------------------------------------------------ */
+
+#define SHARD_DIR "%s/shard-000"
+
+static tally *open_dir(const char *dir, int retention, const char *archive, uint64_t every)
+{
+    tally_options o = {.dir = dir, .shards = 1, .log = eu_log, .segment_bytes = 64u << 10,
+                       .state_map_bytes = 1ull << 30, .retention = retention,
+                       .archive_dir = archive, .snapshot_every_records = every};
+    tally *t;
+    cr_assert_eq(tally_open(&o, &t), 0);
+    return t;
+}
+
+static void snapshot(tally *t)
+{
+    tally_request r;
+    memset(&r, 0, sizeof(r));
+    r.op = TALLY_OP_SNAPSHOT;
+    cr_assert_eq(tally_call(t, &r), 0, "SNAPSHOT: %s", r.res.message);
+}
+
+static void verify_offline(const char *dir)
+{
+    tally_options ro = {.dir = dir, .read_only = true, .log = eu_log};
+    tally *t;
+    cr_assert_eq(tally_open(&ro, &t), 0);
+    char msg[512];
+    cr_assert_eq(tally_verify_full(t, msg, sizeof(msg)), 0, "%s", msg);
+    tally_close(t);
+}
+
+static int count_files(const char *dir, const char *prefix, const char *suffix)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        size_t l = strlen(de->d_name), sl = strlen(suffix);
+        n += strncmp(de->d_name, prefix, strlen(prefix)) == 0 && l >= sl &&
+             strcmp(de->d_name + l - sl, suffix) == 0;
+    }
+    closedir(d);
+    return n;
+}
+
+/* 100 accounts; each write a 100-byte memo so that segments fill fast. */
+static void write_batch(tally *t, int from, int to)
+{
+    for (int i = from; i < to; i++) {
+        tally_request r;
+        char id[32];
+        snprintf(id, sizeof(id), "w-%d", i);
+        eu_write(&r, TALLY_OP_EARN, 7, 1 + (uint64_t)(i % 100), 1 + i % 9, id);
+        memset(r.memo, 'm', 100);
+        r.memo_len = 100;
+        r.flags |= TALLY_REQ_MEMO;
+        cr_assert_eq(tally_call(t, &r), 0);
+        tally_result_free(&r.res);
+    }
+}
+
+static int64_t expected(int to, uint64_t account)
+{
+    int64_t sum = 0;
+    for (int i = 0; i < to; i++)
+        if (1 + (uint64_t)(i % 100) == account)
+            sum += 1 + i % 9;
+    return sum;
+}
+
+static void check_balances(tally *t, int to)
+{
+    for (uint64_t a = 1; a <= 100; a += 11) {
+        tally_balance b;
+        cr_assert_eq(eu_balance(t, 7, a, &b), 0);
+        cr_assert_eq(b.available, expected(to, a), "account %llu", (unsigned long long)a);
+    }
+}
+
+/* ---- tests -------------------------------------------------------------- */
+
+Test(snapshot, retention_drops_covered_segments_and_keeps_balances_replies_and_history,
+     .timeout = 120)
+{
+    char dir[64];
+    eu_tmpdir(dir, "snap");
+    tally *t = open_dir(dir, TALLY_RETAIN_DELETE, NULL, 0);
+    write_batch(t, 0, 2000);
+    snapshot(t);
+    write_batch(t, 2000, 4000);
+    snapshot(t); /* the older of the two kept covers the first segments */
+    tally_shard_stats st;
+    tally_shard_stats_get(t, 0, &st);
+    cr_assert_gt(st.log_first_seq, 1, "retention dropped segments");
+    cr_assert_geq(st.snapshot_seq, 4000);
+    check_balances(t, 4000);
+    /* A recent write replays its original reply; an old one cannot, but
+     * is still never applied twice. */
+    tally_request r;
+    eu_write(&r, TALLY_OP_EARN, 7, 1 + 3999 % 100, 1 + 3999 % 9, "w-3999");
+    memset(r.memo, 'm', 100);
+    r.memo_len = 100;
+    r.flags |= TALLY_REQ_MEMO;
+    cr_assert_eq(tally_call(t, &r), 0);
+    cr_assert(r.res.replayed);
+    eu_write(&r, TALLY_OP_EARN, 7, 1, 1, "w-0");
+    memset(r.memo, 'm', 100);
+    r.memo_len = 100;
+    r.flags |= TALLY_REQ_MEMO;
+    cr_assert_eq(tally_call(t, &r), TALLY_EARCHIVED, "%s", r.res.message);
+    cr_assert_not_null(strstr(r.res.message, "before the retained log"));
+    check_balances(t, 4000);
+    cr_assert_eq(eu_find(t, 7, "w-0", NULL), TALLY_EARCHIVED);
+    cr_assert_eq(eu_find(t, 7, "w-3999", NULL), 1);
+    /* HISTORY pages through what is retained, then says where it ends. */
+    uint64_t before = UINT64_MAX;
+    int pages = 0, entries = 0, status = 0;
+    for (; pages < 200; pages++) {
+        eu_read(&r, TALLY_OP_HISTORY, 7, 1);
+        r.limit = 7;
+        if (before != UINT64_MAX) {
+            r.before_seq = before;
+            r.flags |= TALLY_REQ_BEFORE;
+        }
+        status = tally_call(t, &r);
+        if (status != 0 || r.res.items_count == 0)
+            break;
+        entries += (int)r.res.items_count;
+        before = r.res.items[r.res.items_count - 1].seq;
+        tally_result_free(&r.res);
+    }
+    cr_assert_eq(status, TALLY_EARCHIVED, "paging ends with a clear error");
+    tally_result_free(&r.res);
+    cr_assert_gt(entries, 0);
+    cr_assert_lt(entries, 40, "only the retained part of the 40 entries");
+    tally_close(t);
+    /* Restart: the same balances from the state and the retained log. */
+    t = open_dir(dir, TALLY_RETAIN_DELETE, NULL, 0);
+    check_balances(t, 4000);
+    tally_close(t);
+    verify_offline(dir);
+    eu_rmrf(dir);
+}
+
+Test(snapshot, archive_moves_segments_and_the_shard_still_verifies)
+{
+    char dir[64], arch[96];
+    eu_tmpdir(dir, "snap");
+    snprintf(arch, sizeof(arch), "%s-archive", dir);
+    tally *t = open_dir(dir, TALLY_RETAIN_ARCHIVE, arch, 0);
+    write_batch(t, 0, 1500);
+    snapshot(t);
+    write_batch(t, 1500, 3000);
+    snapshot(t);
+    tally_close(t);
+    char shard_arch[160], shard_dir[128];
+    snprintf(shard_arch, sizeof(shard_arch), "%s/shard-000", arch);
+    snprintf(shard_dir, sizeof(shard_dir), SHARD_DIR, dir);
+    int archived = count_files(shard_arch, "log-", ".seg");
+    cr_assert_gt(archived, 0, "segments moved to the archive");
+    cr_assert_eq(count_files(shard_dir, "snapshots", ""), 1);
+    verify_offline(dir);
+    eu_rmrf(dir);
+    eu_rmrf(arch);
+}
+
+Test(snapshot, a_lost_state_is_rebuilt_from_the_snapshot_and_the_retained_log)
+{
+    char dir[64], cmd[200];
+    eu_tmpdir(dir, "snap");
+    tally *t = open_dir(dir, TALLY_RETAIN_DELETE, NULL, 0);
+    write_batch(t, 0, 1500);
+    snapshot(t);
+    write_batch(t, 1500, 3000);
+    snapshot(t);
+    write_batch(t, 3000, 3500); /* a tail after the last snapshot */
+    tally_close(t);
+    snprintf(cmd, sizeof(cmd), "rm -rf " SHARD_DIR "/state", dir);
+    cr_assert_eq(system(cmd), 0);
+    eu_log_warnings = 0;
+    t = open_dir(dir, TALLY_RETAIN_DELETE, NULL, 0);
+    cr_assert_gt(eu_log_warnings, 0, "the rebuild is reported");
+    check_balances(t, 3500);
+    cr_assert_eq(eu_find(t, 7, "w-3499", NULL), 1);
+    write_batch(t, 3500, 3600);
+    check_balances(t, 3600);
+    tally_close(t);
+    verify_offline(dir);
+    eu_rmrf(dir);
+}
+
+/* Flips one bit of every copy of an 8-byte value in a file. */
+static int flip_value(const char *path, int64_t value)
+{
+    int fd = open(path, O_RDWR);
+    cr_assert(fd >= 0);
+    struct stat st;
+    fstat(fd, &st);
+    uint8_t *buf = malloc((size_t)st.st_size);
+    cr_assert(pread(fd, buf, (size_t)st.st_size, 0) == st.st_size);
+    int hits = 0;
+    for (off_t o = 0; o + 8 <= st.st_size; o++)
+        if (memcmp(buf + o, &value, 8) == 0) {
+            buf[o] ^= 0x01;
+            cr_assert(pwrite(fd, buf + o, 1, o) == 1);
+            hits++;
+        }
+    fsync(fd);
+    close(fd);
+    free(buf);
+    return hits;
+}
+
+Test(snapshot, a_damaged_state_value_is_refused_then_rebuilt_at_the_next_open)
+{
+    char dir[64], path[160];
+    eu_tmpdir(dir, "snap");
+    tally *t = open_dir(dir, TALLY_RETAIN_KEEP, NULL, 0);
+    cr_assert_eq(eu_earn(t, 7, 1, 123456789012LL, "big", NULL), 0);
+    write_batch(t, 0, 300);
+    tally_close(t);
+    /* The account's `earned` (and lot) values hold 123456789012 + ...:
+     * find the lot's remaining, which is exactly the earn's amount. */
+    snprintf(path, sizeof(path), SHARD_DIR "/state/data.mdb", dir);
+    cr_assert_gt(flip_value(path, 123456789012LL), 0, "the value is in data.mdb");
+    t = open_dir(dir, TALLY_RETAIN_KEEP, NULL, 0);
+    tally_request r;
+    /* A debit reads the damaged lot: the shard is refused, never a wrong
+     * balance. */
+    int rc = eu_redeem(t, 7, 1, 5, "after-damage", NULL);
+    cr_assert_eq(rc, TALLY_ECORRUPT, "%s", tally_strerror(rc));
+    tally_balance b;
+    cr_assert_eq(eu_balance(t, 7, 1, &b), TALLY_ECORRUPT, "reads are refused too");
+    tally_shard_stats st;
+    tally_shard_stats_get(t, 0, &st);
+    cr_assert_eq(st.status, TALLY_ECORRUPT);
+    cr_assert_not_null(strstr(st.status_message, "checksum mismatch"), "%s", st.status_message);
+    tally_close(t);
+    snprintf(path, sizeof(path), SHARD_DIR "/state/REBUILD", dir);
+    cr_assert_eq(access(path, F_OK), 0, "marked for a rebuild");
+    /* The next open rebuilds the state from the log: served again. */
+    t = open_dir(dir, TALLY_RETAIN_KEEP, NULL, 0);
+    cr_assert_eq(eu_balance(t, 7, 1, &b), 0);
+    cr_assert_eq(b.available, 123456789012LL + expected(300, 1));
+    cr_assert_eq(eu_redeem(t, 7, 1, 5, "after-rebuild", NULL), 0);
+    (void)r;
+    tally_close(t);
+    verify_offline(dir);
+    eu_rmrf(dir);
+}
+
+Test(snapshot, a_damaged_snapshot_is_found_by_verify_and_skipped_by_a_rebuild)
+{
+    char dir[64], snaps[128], cmd[300];
+    eu_tmpdir(dir, "snap");
+    tally *t = open_dir(dir, TALLY_RETAIN_KEEP, NULL, 0);
+    write_batch(t, 0, 500);
+    snapshot(t);
+    write_batch(t, 500, 1000);
+    snapshot(t);
+    tally_close(t);
+    snprintf(snaps, sizeof(snaps), SHARD_DIR "/snapshots", dir);
+    cr_assert_eq(count_files(snaps, "snap-", ".meta"), 2);
+    /* Damage the newest snapshot's data (a byte in its middle). */
+    snprintf(cmd, sizeof(cmd),
+             "f=$(ls %s/snap-*.mdb | sort | tail -1); "
+             "printf '\\xff' | dd of=$f bs=1 seek=$(( $(stat -c %%s $f) / 2 )) conv=notrunc "
+             "2>/dev/null",
+             snaps);
+    cr_assert_eq(system(cmd), 0);
+    tally_options ro = {.dir = dir, .read_only = true, .log = eu_log};
+    cr_assert_eq(tally_open(&ro, &t), 0);
+    char msg[512];
+    cr_assert_eq(tally_verify_full(t, msg, sizeof(msg)), TALLY_ECORRUPT);
+    cr_assert_not_null(strstr(msg, "checksum mismatch"), "%s", msg);
+    tally_close(t);
+    /* A lost state is rebuilt from the older, sound snapshot. */
+    snprintf(cmd, sizeof(cmd), "rm -rf " SHARD_DIR "/state", dir);
+    cr_assert_eq(system(cmd), 0);
+    t = open_dir(dir, TALLY_RETAIN_KEEP, NULL, 0);
+    check_balances(t, 1000);
+    tally_close(t);
+    eu_rmrf(dir);
+}
+
+Test(snapshot, the_periodic_policy_takes_snapshots_by_record_count)
+{
+    char dir[64], snaps[128];
+    eu_tmpdir(dir, "snap");
+    tally *t = open_dir(dir, TALLY_RETAIN_DELETE, NULL, 400);
+    write_batch(t, 0, 2000);
+    tally_shard_stats st;
+    for (int i = 0; i < 300; i++) {
+        tally_shard_stats_get(t, 0, &st);
+        if (st.snapshots >= 3 && st.log_first_seq > 1)
+            break;
+        usleep(10000);
+    }
+    cr_assert_geq(st.snapshots, 3, "a snapshot every 400 records");
+    cr_assert_gt(st.log_first_seq, 1);
+    tally_close(t);
+    snprintf(snaps, sizeof(snaps), SHARD_DIR "/snapshots", dir);
+    cr_assert_eq(count_files(snaps, "snap-", ".meta"), 2, "two are kept");
+    verify_offline(dir);
+    eu_rmrf(dir);
+}
+
+/* A writer that loops: writes, snapshots (retention on), forever. */
+static void snapshot_child(const char *dir, int cycle)
+{
+    tally_options o = {.dir = dir, .shards = 1, .log = eu_log, .segment_bytes = 64u << 10,
+                       .state_map_bytes = 1ull << 30, .retention = TALLY_RETAIN_DELETE};
+    tally *t;
+    if (tally_open(&o, &t) != 0)
+        _exit(2);
+    for (int i = 0;; i++) {
+        tally_request r;
+        char id[48];
+        snprintf(id, sizeof(id), "k%d-%d", cycle, i);
+        eu_write(&r, TALLY_OP_EARN, 7, 1 + (uint64_t)(i % 50), 3, id);
+        memset(r.memo, 'k', 100);
+        r.memo_len = 100;
+        r.flags |= TALLY_REQ_MEMO;
+        tally_call(t, &r);
+        if (i % 300 == 299) {
+            memset(&r, 0, sizeof(r));
+            r.op = TALLY_OP_SNAPSHOT;
+            tally_call(t, &r);
+        }
+    }
+}
+
+Test(snapshot, kill_9_during_snapshots_leaves_the_old_or_the_new_never_a_half_one,
+     .timeout = 240)
+{
+    char dir[64], snaps[128];
+    eu_tmpdir(dir, "snap");
+    snprintf(snaps, sizeof(snaps), SHARD_DIR "/snapshots", dir);
+    srand((unsigned)getpid());
+    int published_max = 0;
+    for (int cycle = 0; cycle < 12; cycle++) {
+        pid_t pid = fork();
+        cr_assert(pid >= 0);
+        if (pid == 0)
+            snapshot_child(dir, cycle);
+        usleep((useconds_t)(150000 + rand() % 600000));
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        /* Offline: whatever is published checks out, and the state (with
+         * the retained log, and every snapshot) verifies. */
+        verify_offline(dir);
+        int n = count_files(snaps, "snap-", ".meta");
+        if (n > published_max)
+            published_max = n;
+        /* A normal open clears leftovers of the snapshot that was cut. */
+        tally *t = open_dir(dir, TALLY_RETAIN_DELETE, NULL, 0);
+        tally_close(t);
+        cr_assert_eq(count_files(snaps, "snap-", ".tmp"), 0, "no leftover after an open");
+    }
+    cr_assert_gt(published_max, 0, "snapshots were published between the kills");
+    eu_rmrf(dir);
+}
