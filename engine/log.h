@@ -4,8 +4,9 @@
  * back through mmap.
  *
  * Segment file DIR/log-NNNNNNNNNN.seg (N = segment index from 1, 10
- * digits), preallocated to segment_bytes with fallocate so that a flush
- * does not also commit a size change.  Layout (little-endian):
+ * digits), preallocated to segment_bytes by writing zeros, so that a
+ * batch's flush commits its data and nothing else (no size change, no
+ * extent conversion; see log.c).  Layout (little-endian):
  *
  *   off  size  field
  *     0     8  magic "TALLYSEG"

@@ -51,13 +51,6 @@ static int os_real_fdatasync(void *ctx, int fd)
     return fdatasync(fd) < 0 ? -errno : 0;
 }
 
-static int os_real_fallocate(void *ctx, int fd, uint64_t off, uint64_t len)
-{
-    (void)ctx;
-    int rc = posix_fallocate(fd, (off_t)off, (off_t)len);
-    return -rc;
-}
-
 static int os_real_ftruncate(void *ctx, int fd, uint64_t len)
 {
     (void)ctx;
@@ -93,7 +86,6 @@ static const os_ops os_real = {
     .pwrite = os_real_pwrite,
     .pread = os_real_pread,
     .fdatasync = os_real_fdatasync,
-    .fallocate = os_real_fallocate,
     .ftruncate = os_real_ftruncate,
     .rename = os_real_rename,
     .unlink = os_real_unlink,

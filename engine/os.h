@@ -23,7 +23,6 @@ typedef struct os_ops {
     ssize_t (*pwrite)(void *ctx, int fd, const void *buf, size_t len, uint64_t off);
     ssize_t (*pread)(void *ctx, int fd, void *buf, size_t len, uint64_t off);
     int (*fdatasync)(void *ctx, int fd);
-    int (*fallocate)(void *ctx, int fd, uint64_t off, uint64_t len);
     int (*ftruncate)(void *ctx, int fd, uint64_t len);
     int (*rename)(void *ctx, const char *from, const char *to);
     int (*unlink)(void *ctx, const char *path);

@@ -340,6 +340,10 @@ static void shard_fail(shard *s, int err, const char *what)
     if (s->batch_inflight) {
         s->batch_inflight = false;
         log_complete(s->log, s->batch_res);
+        /* Its write and flush succeeded: those requests are durable, and
+         * are answered as executed, whatever failed after them. */
+        if (s->batch_res == 0)
+            shard_complete_list(&s->inflight);
     }
     if (err == TALLY_ECORRUPT) {
         shard_refuse_corrupt(s, what);

@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +73,15 @@ static pid_t td_spawn(td *t, const char *const *extra)
     if (!extra || !extra[0] || strcmp(extra[0], "--bind") != 0) {
         argv[argc++] = "--bind";
         argv[argc++] = "127.0.0.1";
+    }
+    bool sized = false;
+    for (int i = 0; extra && extra[i]; i++)
+        sized |= strcmp(extra[i], "--segment-kib") == 0;
+    if (!sized) {
+        /* New segments are zero-filled: 64 MiB per shard per test would
+         * only cost time. */
+        argv[argc++] = "--segment-kib";
+        argv[argc++] = "4096";
     }
     for (int i = 0; extra && extra[i] && argc < 62; i++)
         argv[argc++] = extra[i];
