@@ -60,6 +60,7 @@ typedef int (*command_fn)(command_call *c);
 
 typedef struct command_def {
     const char *name;
+    size_t name_len;
     int arity;
     uint32_t flags;
     int key_first;
@@ -85,7 +86,7 @@ static int command_select(command_call *c);
 
 static const command_def command_table[] = {
 #define CMD(name, arity, flags, key, op, shape, options, handler, summary, args) \
-    {name, arity, flags, key, op, shape, options, handler, summary, args},
+    {name, sizeof(name) - 1, arity, flags, key, op, shape, options, handler, summary, args},
 #include "commands.def"
 #undef CMD
 };
@@ -130,7 +131,7 @@ static const command_def *command_find(const char *name, size_t len)
 {
     for (size_t i = 0; i < COMMAND_TABLE_COUNT; i++) {
         const command_def *d = &command_table[i];
-        if (strlen(d->name) == len && strncasecmp(d->name, name, len) == 0)
+        if (d->name_len == len && strncasecmp(d->name, name, len) == 0)
             return d;
     }
     return NULL;

@@ -3,7 +3,9 @@
  * names, kind and op names, and the checks that refuse a malformed request
  * before it reaches a shard (SPEC §3: such a request records nothing).
  */
+#include <assert.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +85,25 @@ void tally_request_init(tally_request *req)
 {
     tally_result_free(&req->res);
     memset(req, 0, sizeof(*req));
+}
+
+void tally_request_reset(tally_request *req)
+{
+    static_assert(offsetof(tally_request, id) < offsetof(tally_request, res),
+                  "the fixed fields come before the id bytes");
+    memset(req, 0, offsetof(tally_request, id));
+    req->res.status = 0;
+    req->res.message[0] = 0;
+    req->res.found = false;
+    req->res.replayed = false;
+    req->res.items = NULL;
+    req->res.items_count = 0;
+    req->res.rows = NULL;
+    req->res.rows_count = 0;
+    req->done = NULL;
+    req->user = NULL;
+    req->next_ = NULL;
+    req->engine_ = NULL;
 }
 
 /* ---- checks ------------------------------------------------------------- */

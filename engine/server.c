@@ -187,7 +187,7 @@ static server_slot *server_slot_get(server *s, server_conn *c)
     }
     server_slot *sl = s->free_slots;
     s->free_slots = sl->next;
-    memset(&sl->req, 0, sizeof(sl->req));
+    tally_request_reset(&sl->req); /* its result was freed when it was answered */
     sl->conn = c;
     sl->next = NULL;
     sl->done_next = NULL;

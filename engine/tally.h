@@ -189,6 +189,13 @@ struct tally_request {
 
 /* Zeroes a request (and frees a previous result). */
 void tally_request_init(tally_request *req);
+/* Makes a request (never submitted, or completed and its result freed)
+ * ready to be filled again, clearing only what the filling relies on: the
+ * fixed fields before id[] and the result's status, flags and pointers —
+ * the id/ref/memo bytes are used up to their lengths, and an answer
+ * overwrites the entry, balance or totals it returns.  For hot paths
+ * (the server resets one per command); tally_request_init otherwise. */
+void tally_request_reset(tally_request *req);
 /* Frees items/rows of a result; safe to call twice. */
 void tally_result_free(tally_result *res);
 /* Checks what can be checked without the ledger: amounts in range, id
