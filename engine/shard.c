@@ -739,8 +739,14 @@ static int shard_wait_ms(shard *s)
 {
     if (s->batch_inflight)
         return -1;
-    if (s->queued.count > 0 || s->checkpoint_wanted || s->sweep_more ||
-        (s->snap_wanted && !s->snap_running))
+    if (s->queued.count > 0 || s->checkpoint_wanted || (s->snap_wanted && !s->snap_running))
+        return 0;
+    /* A failed or refused shard has no timed work (no sweep, no
+     * checkpoint): it sleeps until a request comes.  Computing a deadline
+     * from timers it no longer advances would spin. */
+    if (atomic_load(&s->status) != 0)
+        return -1;
+    if (s->sweep_more)
         return 0;
     uint64_t now = shard_now(s);
     uint64_t next = s->last_sweep_ms + SHARD_SWEEP_MS;

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "engine_util.h"
@@ -431,4 +432,60 @@ Test(engine, eio_on_flush_fails_the_batch_stops_writes_and_loses_nothing_acknowl
 Test(engine, enospc_on_write_fails_the_batch_stops_writes_and_loses_nothing_acknowledged)
 {
     io_failure_case(OS_IO_WRITE, -ENOSPC);
+}
+
+/* ---- a stopped shard sleeps ------------------------------------------------ */
+
+static double process_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* CPU the whole process uses while idle for 1.5 s: a spinning thread
+ * would use about as much as the wall clock. */
+static double idle_cpu_s(void)
+{
+    double c0 = process_cpu_s();
+    usleep(1500000);
+    return process_cpu_s() - c0;
+}
+
+Test(engine, a_failed_or_refused_shard_sleeps_instead_of_spinning)
+{
+    char dir[64];
+    eu_tmpdir(dir, "idle");
+    fo.ops = *os_default();
+    fo.ops.io_result = fail_io_result;
+    fo.kind = OS_IO_FSYNC;
+    fo.err = -EIO;
+    atomic_store(&fo.countdown, 2);
+    tally_options o = {.dir = dir, .shards = 1, .os = &fo.ops, .log = eu_log,
+                       .state_map_bytes = 1ull << 30, .segment_bytes = 1u << 20};
+    tally *t;
+    cr_assert_eq(tally_open(&o, &t), 0);
+    for (int i = 0; i < 6; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "i%d", i);
+        eu_earn(t, 3, 1, 10, id, NULL);
+    }
+    tally_shard_stats st;
+    tally_shard_stats_get(t, 0, &st);
+    cr_assert_eq(st.status, TALLY_EFAILED);
+    double failed = idle_cpu_s();
+    cr_assert_lt(failed, 0.3, "a failed shard used %.2f s of CPU in 1.5 s idle", failed);
+    tally_close(t);
+
+    /* Refused at open (a flipped bit in acknowledged data). */
+    char seg[256];
+    last_segment(dir, seg, sizeof(seg));
+    flip_bit(seg, 64 + 50);
+    cr_assert_eq(eu_open(dir, 1, &t), 0);
+    tally_shard_stats_get(t, 0, &st);
+    cr_assert_eq(st.status, TALLY_ECORRUPT);
+    double refused = idle_cpu_s();
+    cr_assert_lt(refused, 0.3, "a refused shard used %.2f s of CPU in 1.5 s idle", refused);
+    tally_close(t);
+    eu_rmrf(dir);
 }
