@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -72,6 +73,16 @@ static int engine_rm(const char *path, const struct stat *st, int flag, struct F
     return 0;
 }
 
+/* CPU seconds this process (engine threads and the driver) has used. */
+static double engine_cpu_s(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return -1;
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 /* ---- requests ----------------------------------------------------------- */
 
 static const uint8_t engine_ops[WORKLOAD_OP_COUNT] = {
@@ -110,6 +121,7 @@ typedef struct engine_run_state {
     uint64_t ok, refused, errors;
     char first_error[96];
     hist *lat;
+    double cpu_begin_s;
 } engine_run_state;
 
 /* Submits bursts while there are free slots for a whole one. */
@@ -207,6 +219,7 @@ static void engine_loop(engine_run_state *st, uint64_t *first_ns, uint64_t *last
             *first_ns = *last_ns = now;
             engine_stats(st->t, entries0, batches0);
             hist_reset(st->lat);
+            st->cpu_begin_s = engine_cpu_s();
         }
         if (now >= end)
             st->stopping = true;
@@ -275,6 +288,8 @@ int engine_run(const engine_options *o, report_run *out)
         hist_reset(st.lat);
         engine_loop(&st, &first, &last, &entries0, &batches0);
         engine_stats(st.t, &entries1, &batches1);
+        double cpu_end = engine_cpu_s();
+        out->server_cpu_s = cpu_end >= 0 && st.cpu_begin_s >= 0 ? cpu_end - st.cpu_begin_s : -1;
         out->ok = st.ok;
         out->refused = st.refused;
         out->errors = st.errors;

@@ -48,6 +48,7 @@ static const char main_usage[] =
     "      --rate R           open loop at R ops/s in total, latency from schedule (0: closed)\n"
     "      --prefill P        first EARN P points to every account once (not measured)\n"
     "      --script-sha SHA   redis: use this loaded script instead of SCRIPT LOAD\n"
+    "      --server-pid PID   report the CPU time this (local) server process used per op\n"
     "common to run and engine:\n"
     "  -w, --workload W       points-v1 | earn-only | redeem-heavy | read-heavy |\n"
     "                         hold-capture | ping (points-v1)\n"
@@ -69,6 +70,7 @@ static const char main_usage[] =
     "      --column N         1-based column holding the latency (3)\n"
     "      --unit us|ms|ns    unit of that column (us)\n"
     "      --elapsed S        seconds the operations took (for ops/s)\n"
+    "      --server-cpu S     CPU seconds the server used, measured by the caller\n"
     "      --connections N, --pipeline N   recorded in the report\n";
 
 typedef struct main_args {
@@ -86,12 +88,14 @@ typedef struct main_args {
     uint32_t column;
     const char *unit;
     double elapsed_s;
+    double server_cpu_s; /* summarize: measured by the caller, -1 = unknown */
 } main_args;
 
 enum {
     OPT_TARGET = 256, OPT_THREADS, OPT_WARMUP, OPT_RATE, OPT_PREFILL, OPT_SHA, OPT_ACCOUNTS,
     OPT_MERCHANTS, OPT_ZIPF, OPT_SEED, OPT_JSON, OPT_SYSTEM, OPT_LABEL, OPT_DIR, OPT_SHARDS,
-    OPT_SYNC, OPT_INFLIGHT, OPT_FILE, OPT_COLUMN, OPT_UNIT, OPT_ELAPSED,
+    OPT_SYNC, OPT_INFLIGHT, OPT_FILE, OPT_COLUMN, OPT_UNIT, OPT_ELAPSED, OPT_SERVER_PID,
+    OPT_SERVER_CPU,
 };
 
 static const struct option main_options[] = {
@@ -114,6 +118,8 @@ static const struct option main_options[] = {
     {"inflight", required_argument, NULL, OPT_INFLIGHT},
     {"file", required_argument, NULL, OPT_FILE},  {"column", required_argument, NULL, OPT_COLUMN},
     {"unit", required_argument, NULL, OPT_UNIT},  {"elapsed", required_argument, NULL, OPT_ELAPSED},
+    {"server-pid", required_argument, NULL, OPT_SERVER_PID},
+    {"server-cpu", required_argument, NULL, OPT_SERVER_CPU},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -156,6 +162,7 @@ static void main_defaults(main_args *a)
     a->target = "tally";
     a->column = 3;
     a->unit = "us";
+    a->server_cpu_s = -1;
 }
 
 static void main_option(main_args *a, int opt, const char *arg)
@@ -198,6 +205,8 @@ static void main_option(main_args *a, int opt, const char *arg)
     case OPT_COLUMN: a->column = (uint32_t)main_u64(arg, 64); break;
     case OPT_UNIT: a->unit = arg; break;
     case OPT_ELAPSED: a->elapsed_s = main_double(arg, 1e7); break;
+    case OPT_SERVER_PID: a->net.server_pid = (int)main_u64(arg, INT32_MAX); break;
+    case OPT_SERVER_CPU: a->server_cpu_s = main_double(arg, 1e9); break;
     case 'h': fputs(main_usage, stdout); exit(0);
     default: fputs(main_usage, stderr); exit(2);
     }
@@ -268,7 +277,7 @@ static int main_prefill(main_args *a)
     hist *h = malloc(sizeof(hist));
     if (!h)
         return 1;
-    report_run r = {.latency = h};
+    report_run r = {.latency = h, .server_cpu_s = -1};
     double t0 = net_now_s();
     int rc = net_run(&o, &r);
     fprintf(stderr, "prefill: %llu accounts earned %lld points each in %.1f s (errors %llu)\n",
@@ -300,7 +309,7 @@ static int main_run(main_args *a)
     hist *h = malloc(sizeof(hist));
     if (!h)
         return 1;
-    report_run r = {.latency = h};
+    report_run r = {.latency = h, .server_cpu_s = -1};
     snprintf(r.system, sizeof(r.system), "%s", a->target);
     snprintf(r.label, sizeof(r.label), "%s:%u c=%u P=%u threads=%u%s", a->net.host, a->net.port,
              a->net.connections, a->net.pipeline, a->net.threads,
@@ -324,7 +333,7 @@ static int main_engine(main_args *a)
     hist *h = malloc(sizeof(hist));
     if (!h)
         return 1;
-    report_run r = {.latency = h};
+    report_run r = {.latency = h, .server_cpu_s = -1};
     snprintf(r.system, sizeof(r.system), "engine");
     int rc = engine_run(&a->engine, &r);
     if (rc < 0) {
@@ -357,7 +366,7 @@ static int main_summarize(main_args *a)
         return 1;
     }
     hist_reset(h);
-    report_run r = {.latency = h, .elapsed_s = a->elapsed_s, .connections = a->net.connections,
+    report_run r = {.latency = h, .server_cpu_s = a->server_cpu_s, .elapsed_s = a->elapsed_s, .connections = a->net.connections,
                     .pipeline = a->net.pipeline, .threads = 1};
     char line[MAIN_LINE_BYTES_MAX];
     while (fgets(line, sizeof(line), f)) {

@@ -76,6 +76,7 @@ typedef struct net_shared {
     uint32_t count;
     uint64_t start_ns;
     hist *scratch;
+    double cpu_begin_s; /* server CPU when thread 0 began measuring */
 } net_shared;
 
 static net_shared net_run_state;
@@ -92,6 +93,28 @@ static uint64_t net_mono_ns(void)
 double net_now_s(void)
 {
     return (double)net_mono_ns() / 1e9;
+}
+
+double net_proc_cpu_s(int pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* Fields after "(comm)": state is field 3; utime, stime, cutime,
+     * cstime are fields 14..17. */
+    char *p = strrchr(buf, ')');
+    unsigned long long v[15];
+    if (!p || sscanf(p + 2, "%*c %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu "
+                            "%llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7],
+                     &v[8], &v[9], &v[10], &v[11], &v[12], &v[13]) != 14)
+        return -1;
+    long hz = sysconf(_SC_CLK_TCK);
+    return (double)(v[10] + v[11] + v[12] + v[13]) / (double)(hz > 0 ? hz : 100);
 }
 
 /* ---- connections -------------------------------------------------------- */
@@ -429,6 +452,8 @@ static void net_begin_measuring(net_thread *t, uint64_t now)
     t->last_reply_ns = now;
     t->ok = t->refused = t->errors = 0;
     hist_reset(t->lat);
+    if (t->index == 0 && t->o->server_pid > 0)
+        net_run_state.cpu_begin_s = net_proc_cpu_s(t->o->server_pid);
 }
 
 static void *net_thread_main(void *arg)
@@ -616,6 +641,10 @@ int net_run(const net_options *o, report_run *out)
         if (started < o->threads && rc == 0)
             rc = -EAGAIN;
         net_collect(o, threads, out);
+        double cpu_end = o->server_pid > 0 ? net_proc_cpu_s(o->server_pid) : -1;
+        out->server_cpu_s = cpu_end >= 0 && net_run_state.cpu_begin_s >= 0
+                                ? cpu_end - net_run_state.cpu_begin_s
+                                : -1;
     }
     for (uint32_t i = 0; i < ready; i++)
         net_thread_free(&threads[i]);

@@ -45,6 +45,7 @@ typedef struct net_options {
     double warmup_s;   /* replies before this are not measured */
     double rate;       /* ops/s in total; 0 = closed loop */
     bool progress;     /* a line per second on stderr */
+    int server_pid;    /* > 0: measure this process's CPU time (Linux /proc) */
     workload_config work;
 } net_options;
 
@@ -57,6 +58,10 @@ int net_run(const net_options *o, report_run *out);
  * Returns the reply's length, or -errno / -EPROTO. */
 long net_call(const char *host, uint16_t port, int argc, const char *const *argv,
               char *reply, size_t cap);
+
+/* CPU seconds (user + system, including reaped children) that process pid
+ * has used, from /proc/PID/stat; -1 if it cannot be read. */
+double net_proc_cpu_s(int pid);
 
 /* Seconds on the monotonic clock. */
 double net_now_s(void);

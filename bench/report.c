@@ -31,6 +31,9 @@ void report_text(FILE *f, const report_run *r)
                    "%u shards, sync %s\n",
                 (unsigned long long)r->entries, (unsigned long long)r->batches,
                 (double)r->entries / (double)r->batches, r->shards, r->sync);
+    if (r->server_cpu_s >= 0 && r->ops)
+        fprintf(f, "  server CPU  %.1f us/op  (%.2f CPU-s)\n",
+                r->server_cpu_s * 1e6 / (double)r->ops, r->server_cpu_s);
     if (r->errors)
         fprintf(f, "  first error %s\n", r->first_error);
 }
@@ -71,6 +74,9 @@ void report_json(FILE *f, const report_run *r)
             report_us(r, 1.0));
     fputs(",\"first_error\":", f);
     report_json_string(f, r->first_error);
+    if (r->server_cpu_s >= 0 && r->ops)
+        fprintf(f, ",\"server_cpu_s\":%.3f,\"server_cpu_us_per_op\":%.2f", r->server_cpu_s,
+                r->server_cpu_s * 1e6 / (double)r->ops);
     if (r->batches) {
         fprintf(f, ",\"entries\":%llu,\"batches\":%llu,\"batch_entries_avg\":%.2f,\"shards\":%u",
                 (unsigned long long)r->entries, (unsigned long long)r->batches,

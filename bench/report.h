@@ -5,7 +5,8 @@
  *
  * JSON fields: system, workload, label, connections, pipeline, threads,
  * elapsed_s, ops, ok, refused, errors, ops_per_s, latency_us {count,
- * mean, p50, p90, p99, p999, max}, first_error, and for the engine
+ * mean, p50, p90, p99, p999, max}, first_error, server_cpu_s and
+ * server_cpu_us_per_op (when the server's pid was given), and for the engine
  * benchmark batches, batch_entries_avg, shards, sync.
  */
 #ifndef TALLY_BENCH_REPORT_H
@@ -30,6 +31,9 @@ typedef struct report_run {
     uint64_t errors;   /* anything else: not counted in ops */
     char first_error[96];
     hist *latency;     /* nanoseconds; owned by the caller */
+    /* CPU time (user + system, threads and reaped children) the server
+     * process used over the measured interval; < 0 when not measured */
+    double server_cpu_s;
     /* engine benchmark only (batches == 0 elsewhere) */
     uint64_t entries;
     uint64_t batches;

@@ -148,6 +148,18 @@ pg_start() { # port
          -c max_wal_size=4GB" >>"$LOG" 2>&1
 }
 
+# CPU seconds of the cluster: the postmaster, its live children, and the
+# children it has reaped (pgbench's backends exit when it disconnects).
+pg_cpu_s() {
+    local pm; pm=$(head -1 "$PG_DATA/postmaster.pid")
+    local p ticks=0
+    for p in "$pm" $(pgrep -P "$pm" || true); do
+        [ -r "/proc/$p/stat" ] || continue
+        ticks=$(( ticks + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 + $14 + $15 }') ))
+    done
+    awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t / hz }'
+}
+
 pg_stop() {
     as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >>"$LOG" 2>&1 || true
     PG_DATA=""
@@ -188,7 +200,7 @@ half_of_best() { # name "common args" runs...
 tally_suite() {
     local port; port=$(free_port)
     start_tally "$port" always
-    local w="--accounts $ACCOUNTS --merchants $MERCHANTS -p $port"
+    local w="--accounts $ACCOUNTS --merchants $MERCHANTS -p $port --server-pid ${PIDS[tally]}"
     run_bench tally-peak $w -c "$TALLY_CONNS" -P "$TALLY_PIPELINE" -d "$DURATION" --warmup 2 \
         --label "tallyd --sync always, closed loop, c=$TALLY_CONNS P=$TALLY_PIPELINE"
     run_bench tally-redis-setting $w -c "$REDIS_CONNS" -P "$REDIS_PIPELINE" -d "$DURATION" \
@@ -215,7 +227,7 @@ peers_suite() {
     say "== peers: tally, Redis, PostgreSQL, SQLite, LMDB; ${DURATION}s each"
     port=$(free_port)
     start_tally "$port" always
-    local w="--accounts $ACCOUNTS --merchants $MERCHANTS -p $port"
+    local w="--accounts $ACCOUNTS --merchants $MERCHANTS -p $port --server-pid ${PIDS[tally]}"
     run_bench peer-tally $w -c "$TALLY_CONNS" -P "$TALLY_PIPELINE" -d "$DURATION" --warmup 2 \
         --system tally --label "tallyd --sync always; c=$TALLY_CONNS P=$TALLY_PIPELINE"
     run_bench peer-tally-redis-setting $w -c "$REDIS_CONNS" -P "$REDIS_PIPELINE" -d "$DURATION" \
@@ -227,6 +239,7 @@ peers_suite() {
     port=$(free_port)
     start_redis "$port"
     w="--accounts $ACCOUNTS --merchants $MERCHANTS -p $port --target redis --system redis"
+    w="$w --server-pid ${PIDS[redis]}"
     run_bench peer-redis $w -c "$REDIS_CONNS" -P "$REDIS_PIPELINE" -d "$DURATION" --warmup 2 \
         --label "appendonly yes, appendfsync always; EVALSHA; c=$REDIS_CONNS P=$REDIS_PIPELINE"
     run_bench peer-redis-tally-setting $w -c "$TALLY_CONNS" -P "$TALLY_PIPELINE" -d "$DURATION" \
@@ -241,15 +254,19 @@ peers_suite() {
         -f "$WORK/postgres.sql" postgres >>"$LOG" 2>&1
     mkdir -p "$WORK/pgb" && chmod 777 "$WORK/pgb"
     say "== peer-postgres: pgbench -c $PG_CLIENTS -j 2 -M prepared -T $DURATION"
+    local cpu0 cpu1; cpu0=$(pg_cpu_s)
     as_pg pgbench -h 127.0.0.1 -p "$port" -U postgres -n -M prepared -c "$PG_CLIENTS" -j 2 \
         -T "$DURATION" -D accounts="$ACCOUNTS" -D merchants="$MERCHANTS" -f "$WORK/postgres.pgbench" \
         -l --log-prefix="$WORK/pgb/log" postgres 2>&1 | tee -a "$LOG" >&2
+    sleep 0.5 # let the postmaster reap the backends, so their CPU time is counted
+    cpu1=$(pg_cpu_s)
     cat "$WORK"/pgb/log.* > "$WORK/pgb.all"
     local refused
     refused=$(as_pg "$PG_BIN/psql" -tA -h 127.0.0.1 -p "$port" -U postgres \
         -c "SELECT count(*) FROM entries WHERE kind = 'refused'" postgres)
     "$BENCH" summarize --file "$WORK/pgb.all" --column 3 --unit us --elapsed "$DURATION" \
         --system postgres --connections "$PG_CLIENTS" --pipeline 1 -q \
+        --server-cpu "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.3f", b - a }')" \
         --label "synchronous_commit on, plpgsql per op; pgbench -c $PG_CLIENTS ($refused refused)" \
         --json "$OUT/runs/peer-postgres.json" | tee -a "$LOG" >&2
     pg_stop
@@ -276,14 +293,16 @@ peers_table() {
         peer-redis-tally-setting peer-postgres peer-sqlite-1 peer-sqlite-1000 peer-lmdb-1
         peer-lmdb-1000"
     {
-        printf '%-10s %-72s %12s %10s %10s %9s\n' system setting ops/s p50_ms p99_ms tally/x
+        printf '%-10s %-64s %10s %9s %9s %8s %9s\n' system setting ops/s p50_ms p99_ms \
+            cpu_us/op tally/x
         for n in $names; do
             [ -f "$OUT/runs/$n.json" ] || continue
             jq -r --argjson t "$tally_ops" '[.system, .label, (.ops_per_s|floor),
                 (.latency_us.p50/1000*100|round/100), (.latency_us.p99/1000*100|round/100),
+                ((.server_cpu_us_per_op // -1)*10|round/10),
                 (if .ops_per_s > 0 then ($t / .ops_per_s * 10 | round / 10) else 0 end)]
                 | @tsv' "$OUT/runs/$n.json" |
-                awk -F'\t' '{printf "%-10s %-72s %12s %10s %10s %8sx\n", $1, substr($2,1,72), $3, $4, $5, $6}'
+                awk -F'\t' '{printf "%-10s %-64s %10s %9s %9s %9s %8sx\n", $1, substr($2,1,64), $3, $4, $5, $6, $7}'
         done
     } > "$OUT/peers.txt"
     jq -s --argjson t "$tally_ops" \
@@ -299,7 +318,8 @@ peers_table() {
 scaling_suite() {
     local port; port=$(free_port)
     start_tally "$port" always
-    local w="--accounts $ACCOUNTS --merchants $MERCHANTS -p $port -d $(( SHORT / 2 > 2 ? SHORT / 2 : 2 ))"
+    local w="--accounts $ACCOUNTS --merchants $MERCHANTS -p $port --server-pid ${PIDS[tally]}"
+    w="$w -d $(( SHORT / 2 > 2 ? SHORT / 2 : 2 ))"
     : > "$OUT/scaling-conns.dat"
     for c in 1 2 4 8 16 32 64 128 256; do
         run_bench "scale-c$c" $w -c $c -P 1 --label "connections sweep, pipeline 1"
@@ -429,12 +449,15 @@ if [ "$SUITE" = 1 ]; then
     # shellcheck disable=SC2086
     jq -s . $suite_runs > "$OUT/suite.json"
     {
-        printf '%-20s %-12s %-64s %10s %9s %9s %7s\n' run workload setting ops/s p50_ms p99_ms batch
+        printf '%-20s %-12s %-56s %10s %9s %9s %9s %7s\n' run workload setting ops/s p50_ms \
+            p99_ms cpu_us/op batch
         for r in $suite_runs; do
             jq -r --arg n "$(basename "$r" .json)" '[$n, .workload, .label, (.ops_per_s|floor),
                 (.latency_us.p50/1000*100|round/100), (.latency_us.p99/1000*100|round/100),
+                ((.server_cpu_us_per_op // -1)*10|round/10),
                 ((.batch_entries_avg // 0)*10|round/10)] | @tsv' "$r"
-        done | awk -F'\t' '{printf "%-20s %-12s %-64s %10s %9s %9s %7s\n", $1, $2, substr($3,1,64), $4, $5, $6, $7}'
+        done | awk -F'\t' '{printf "%-20s %-12s %-56s %10s %9s %9s %9s %7s\n", $1, $2,
+            substr($3,1,56), $4, $5, $6, $7, $8}'
     } > "$OUT/suite.txt"
     say ""
     tee -a "$LOG" < "$OUT/suite.txt" >&2

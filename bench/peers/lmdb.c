@@ -152,7 +152,7 @@ int main(int argc, char **argv)
         return 1;
     }
     static const peer_backend backend = {lmdb_begin, lmdb_apply, lmdb_commit, lmdb_error};
-    report_run r = {0};
+    report_run r = {.server_cpu_s = -1};
     snprintf(r.system, sizeof(r.system), "lmdb");
     snprintf(r.label, sizeof(r.label), "synced commits, %u op(s) per txn", o.batch);
     rc = peer_run(&o, &backend, &p, &r);

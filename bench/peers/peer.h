@@ -14,6 +14,7 @@
 #define TALLY_BENCH_PEER_H
 
 #include <getopt.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,16 @@ static uint64_t peer_mono_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* CPU seconds of this process: the database engine and the driver both. */
+static double peer_cpu_s(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return -1;
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 static void peer_usage(const char *prog, const char *what)
@@ -122,6 +133,7 @@ static int peer_run(const peer_options *o, const peer_backend *b, void *ctx, rep
     r->latency = h;
     uint64_t t0 = peer_mono_ns(), end = t0 + (uint64_t)(o->duration_s * 1e9), last = t0;
     uint64_t tick = t0 + 1000000000ull, tick_ops = 0, tick_ns = t0;
+    double cpu0 = peer_cpu_s();
     while ((o->duration_s <= 0 || last < end) && (!o->ops_max || r->ok + r->refused < o->ops_max)) {
         if (b->begin(ctx) != 0)
             break;
@@ -159,6 +171,8 @@ static int peer_run(const peer_options *o, const peer_backend *b, void *ctx, rep
     }
     r->ops = r->ok + r->refused;
     r->elapsed_s = (double)(last - t0) / 1e9;
+    double cpu1 = peer_cpu_s();
+    r->server_cpu_s = cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1;
     r->connections = 1;
     r->pipeline = o->batch;
     r->threads = 1;

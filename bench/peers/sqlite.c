@@ -137,7 +137,7 @@ int main(int argc, char **argv)
         return 1;
     }
     static const peer_backend backend = {sqlite_begin, sqlite_apply, sqlite_commit, sqlite_error};
-    report_run r = {0};
+    report_run r = {.server_cpu_s = -1};
     snprintf(r.system, sizeof(r.system), "sqlite");
     snprintf(r.label, sizeof(r.label), "WAL, synchronous=FULL, %u op(s) per txn", o.batch);
     int rc = peer_run(&o, &backend, &p, &r);
