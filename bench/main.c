@@ -366,8 +366,9 @@ static int main_summarize(main_args *a)
         return 1;
     }
     hist_reset(h);
-    report_run r = {.latency = h, .server_cpu_s = a->server_cpu_s, .elapsed_s = a->elapsed_s, .connections = a->net.connections,
-                    .pipeline = a->net.pipeline, .threads = 1};
+    report_run r = {.latency = h, .server_cpu_s = a->server_cpu_s, .elapsed_s = a->elapsed_s,
+                    .connections = a->net.connections, .pipeline = a->net.pipeline,
+                    .threads = 1};
     char line[MAIN_LINE_BYTES_MAX];
     while (fgets(line, sizeof(line), f)) {
         char *save = NULL, *tok = strtok_r(line, " \t\n", &save);
