@@ -741,6 +741,14 @@ static int shard_wait_ms(shard *s)
         return -1;
     if (s->queued.count > 0 || s->checkpoint_wanted || (s->snap_wanted && !s->snap_running))
         return 0;
+    /* Requests the pump left in the inbox (it does not take them while a
+     * checkpoint is wanted): submitters ring the eventfd only when the
+     * inbox was empty, so nothing else would wake us for them. */
+    pthread_mutex_lock(&s->inbox_lock);
+    bool inbox = s->inbox.head != NULL;
+    pthread_mutex_unlock(&s->inbox_lock);
+    if (inbox)
+        return 0;
     /* A failed or refused shard has no timed work (no sweep, no
      * checkpoint): it sleeps until a request comes.  Computing a deadline
      * from timers it no longer advances would spin. */
