@@ -111,19 +111,18 @@ typedef struct ledger_merchant {
     int64_t accounts, outstanding, earned, redeemed, expired, entries;
 } ledger_merchant;
 
-/* Uncheckpointed changes of a merchant's totals / of its liability in one
- * month (open addressing, linear probing; key 0 / merchant 0 = empty,
- * merchants start at 1). */
-typedef struct ledger_mdelta {
-    uint64_t merchant;
-    ledger_merchant d;
-} ledger_mdelta;
-
-typedef struct ledger_ldelta {
+/* An uncheckpointed change: of a merchant's totals (month 0) or of its
+ * liability in one month (yyyymm, or UINT64_MAX for never).  One table,
+ * open addressing with linear probing; merchant 0 marks an empty slot
+ * (merchants start at 1). */
+typedef struct ledger_delta {
     uint64_t merchant;
     uint64_t month;
-    int64_t points;
-} ledger_ldelta;
+    ledger_merchant totals; /* month 0 */
+    int64_t points;         /* a month */
+} ledger_delta;
+
+#define LEDGER_TOTALS 0 /* the month key of a merchant's totals */
 
 /* ---- the ledger --------------------------------------------------------- */
 
@@ -138,10 +137,8 @@ struct ledger {
     ledger_alloc *allocs; /* scratch, LIMIT_LOTS_PER_DEBIT_MAX */
     ledger_alloc *allocs2;
     uint8_t *refbuf;      /* scratch for a ref with allocations */
-    ledger_mdelta *mdelta;
-    uint32_t mdelta_cap, mdelta_count;
-    ledger_ldelta *ldelta;
-    uint32_t ldelta_cap, ldelta_count;
+    ledger_delta *delta;
+    uint32_t delta_cap, delta_count;
     tally_request *scratch; /* replay's request */
     /* The account read or written last: a write reads its account two or
      * three times (engine entries, then the write). acct_put keeps it
@@ -309,92 +306,52 @@ static uint64_t ledger_mix(uint64_t a, uint64_t b)
     return h ^ h >> 32;
 }
 
-/* Doubles a delta table (or makes the first one) and re-inserts. */
-static int ledger_mdelta_grow(ledger *l)
+/* Doubles the delta table (or makes the first one) and re-inserts. */
+static int ledger_delta_grow(ledger *l)
 {
-    uint32_t cap = l->mdelta_cap ? l->mdelta_cap * 2 : 64;
-    ledger_mdelta *n = calloc(cap, sizeof(*n));
+    uint32_t cap = l->delta_cap ? l->delta_cap * 2 : 256;
+    ledger_delta *n = calloc(cap, sizeof(*n));
     if (!n)
         return -ENOMEM;
-    for (uint32_t i = 0; i < l->mdelta_cap; i++) {
-        if (!l->mdelta[i].merchant)
+    for (uint32_t i = 0; i < l->delta_cap; i++) {
+        const ledger_delta *d = &l->delta[i];
+        if (!d->merchant)
             continue;
-        uint32_t k = (uint32_t)ledger_mix(l->mdelta[i].merchant, 0) & (cap - 1);
+        uint32_t k = (uint32_t)ledger_mix(d->merchant, d->month) & (cap - 1);
         while (n[k].merchant)
             k = (k + 1) & (cap - 1);
-        n[k] = l->mdelta[i];
+        n[k] = *d;
     }
-    free(l->mdelta);
-    l->mdelta = n;
-    l->mdelta_cap = cap;
+    free(l->delta);
+    l->delta = n;
+    l->delta_cap = cap;
     return 0;
 }
 
-static int ledger_ldelta_grow(ledger *l)
+/* The delta of (merchant m, month), created if create; NULL if absent. */
+static ledger_delta *ledger_delta_slot(ledger *l, uint64_t m, uint64_t month, bool create)
 {
-    uint32_t cap = l->ldelta_cap ? l->ldelta_cap * 2 : 256;
-    ledger_ldelta *n = calloc(cap, sizeof(*n));
-    if (!n)
-        return -ENOMEM;
-    for (uint32_t i = 0; i < l->ldelta_cap; i++) {
-        if (!l->ldelta[i].merchant)
-            continue;
-        uint32_t k = (uint32_t)ledger_mix(l->ldelta[i].merchant, l->ldelta[i].month) & (cap - 1);
-        while (n[k].merchant)
-            k = (k + 1) & (cap - 1);
-        n[k] = l->ldelta[i];
-    }
-    free(l->ldelta);
-    l->ldelta = n;
-    l->ldelta_cap = cap;
-    return 0;
-}
-
-/* The delta slot of merchant m, created if create; NULL if absent. */
-static ledger_mdelta *ledger_mdelta_slot(ledger *l, uint64_t m, bool create)
-{
-    if (create && (l->mdelta_count + 1) * 2 > l->mdelta_cap && ledger_mdelta_grow(l) < 0)
+    if (create && (l->delta_count + 1) * 2 > l->delta_cap && ledger_delta_grow(l) < 0)
         return NULL;
-    if (!l->mdelta_cap)
+    if (!l->delta_cap)
         return NULL;
-    uint32_t k = (uint32_t)ledger_mix(m, 0) & (l->mdelta_cap - 1);
-    while (l->mdelta[k].merchant && l->mdelta[k].merchant != m)
-        k = (k + 1) & (l->mdelta_cap - 1);
-    if (l->mdelta[k].merchant == m)
-        return &l->mdelta[k];
+    uint32_t k = (uint32_t)ledger_mix(m, month) & (l->delta_cap - 1);
+    while (l->delta[k].merchant && (l->delta[k].merchant != m || l->delta[k].month != month))
+        k = (k + 1) & (l->delta_cap - 1);
+    if (l->delta[k].merchant == m)
+        return &l->delta[k];
     if (!create)
         return NULL;
-    l->mdelta[k].merchant = m;
-    l->mdelta_count++;
-    return &l->mdelta[k];
-}
-
-static ledger_ldelta *ledger_ldelta_slot(ledger *l, uint64_t m, uint64_t month, bool create)
-{
-    if (create && (l->ldelta_count + 1) * 2 > l->ldelta_cap && ledger_ldelta_grow(l) < 0)
-        return NULL;
-    if (!l->ldelta_cap)
-        return NULL;
-    uint32_t k = (uint32_t)ledger_mix(m, month) & (l->ldelta_cap - 1);
-    while (l->ldelta[k].merchant &&
-           (l->ldelta[k].merchant != m || l->ldelta[k].month != month))
-        k = (k + 1) & (l->ldelta_cap - 1);
-    if (l->ldelta[k].merchant == m && l->ldelta[k].month == month)
-        return &l->ldelta[k];
-    if (!create)
-        return NULL;
-    l->ldelta[k] = (ledger_ldelta){.merchant = m, .month = month};
-    l->ldelta_count++;
-    return &l->ldelta[k];
+    l->delta[k] = (ledger_delta){.merchant = m, .month = month};
+    l->delta_count++;
+    return &l->delta[k];
 }
 
 static void ledger_deltas_clear(ledger *l)
 {
-    if (l->mdelta)
-        memset(l->mdelta, 0, l->mdelta_cap * sizeof(*l->mdelta));
-    if (l->ldelta)
-        memset(l->ldelta, 0, l->ldelta_cap * sizeof(*l->ldelta));
-    l->mdelta_count = l->ldelta_count = 0;
+    if (l->delta)
+        memset(l->delta, 0, l->delta_cap * sizeof(*l->delta));
+    l->delta_count = 0;
 }
 
 static void merchant_sum(ledger_merchant *a, const ledger_merchant *d)
@@ -429,18 +386,18 @@ static int merchant_stored(ledger *l, uint64_t m, ledger_merchant *out)
 static int merchant_get(ledger *l, uint64_t m, ledger_merchant *out)
 {
     int rc = merchant_stored(l, m, out);
-    const ledger_mdelta *d = rc == 0 ? ledger_mdelta_slot(l, m, false) : NULL;
+    const ledger_delta *d = rc == 0 ? ledger_delta_slot(l, m, LEDGER_TOTALS, false) : NULL;
     if (d)
-        merchant_sum(out, &d->d);
+        merchant_sum(out, &d->totals);
     return rc;
 }
 
 static int merchant_add(ledger *l, uint64_t m, const ledger_merchant *d)
 {
-    ledger_mdelta *slot = ledger_mdelta_slot(l, m, true);
+    ledger_delta *slot = ledger_delta_slot(l, m, LEDGER_TOTALS, true);
     if (!slot)
         return -ENOMEM;
-    merchant_sum(&slot->d, d);
+    merchant_sum(&slot->totals, d);
     return 0;
 }
 
@@ -448,7 +405,7 @@ static int liability_add(ledger *l, uint64_t m, uint64_t expkey, int64_t delta)
 {
     if (delta == 0)
         return 0;
-    ledger_ldelta *slot = ledger_ldelta_slot(l, m, month_of(expkey), true);
+    ledger_delta *slot = ledger_delta_slot(l, m, month_of(expkey), true);
     if (!slot)
         return -ENOMEM;
     slot->points += delta;
@@ -459,38 +416,35 @@ static int liability_add(ledger *l, uint64_t m, uint64_t expkey, int64_t delta)
  * checkpoint's commit, or a comparison of two states). */
 static int ledger_flush_deltas(ledger *l)
 {
-    for (uint32_t i = 0; i < l->mdelta_cap; i++) {
-        ledger_mdelta *d = &l->mdelta[i];
+    for (uint32_t i = 0; i < l->delta_cap; i++) {
+        const ledger_delta *d = &l->delta[i];
         if (!d->merchant)
             continue;
-        ledger_merchant mm;
-        int rc = merchant_stored(l, d->merchant, &mm);
-        if (rc < 0)
-            return rc;
-        merchant_sum(&mm, &d->d);
-        uint8_t k[8];
-        be64(k, d->merchant);
-        rc = state_put(l->st, STATE_MERCHANTS, k, 8, &mm, sizeof(mm));
-        if (rc < 0)
-            return rc;
-    }
-    for (uint32_t i = 0; i < l->ldelta_cap; i++) {
-        ledger_ldelta *d = &l->ldelta[i];
-        if (!d->merchant || d->points == 0)
-            continue;
-        uint8_t k[16];
-        size_t kl = key2(k, d->merchant, d->month);
-        const void *v;
-        size_t vl;
-        int64_t cur = 0;
-        int rc = state_get(l->st, STATE_LIABILITY, k, kl, &v, &vl);
-        if (rc < 0)
-            return rc;
-        if (rc == 0 && vl == 8)
-            memcpy(&cur, v, 8);
-        cur += d->points;
-        rc = cur == 0 ? state_del(l->st, STATE_LIABILITY, k, kl)
-                      : state_put(l->st, STATE_LIABILITY, k, kl, &cur, 8);
+        int rc;
+        if (d->month == LEDGER_TOTALS) {
+            ledger_merchant mm;
+            rc = merchant_stored(l, d->merchant, &mm);
+            merchant_sum(&mm, &d->totals);
+            uint8_t k[8];
+            be64(k, d->merchant);
+            if (rc == 0)
+                rc = state_put(l->st, STATE_MERCHANTS, k, 8, &mm, sizeof(mm));
+        } else {
+            if (d->points == 0)
+                continue;
+            uint8_t k[16];
+            size_t kl = key2(k, d->merchant, d->month);
+            const void *v;
+            size_t vl;
+            int64_t cur = 0;
+            rc = state_get(l->st, STATE_LIABILITY, k, kl, &v, &vl);
+            if (rc == 0 && vl == 8)
+                memcpy(&cur, v, 8);
+            cur += d->points;
+            if (rc >= 0)
+                rc = cur == 0 ? state_del(l->st, STATE_LIABILITY, k, kl)
+                              : state_put(l->st, STATE_LIABILITY, k, kl, &cur, 8);
+        }
         if (rc < 0)
             return rc;
     }
@@ -1779,9 +1733,10 @@ static int ledger_liability(ledger *l, tally_request *q)
             rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
     }
     state_cursor_close(c);
-    for (uint32_t i = 0; rc >= 0 && i < l->ldelta_cap; i++)
-        if (l->ldelta[i].merchant == m && l->ldelta[i].points != 0)
-            rc = ledger_liability_row(&q->res, &cap, l->ldelta[i].month, l->ldelta[i].points);
+    for (uint32_t i = 0; rc >= 0 && i < l->delta_cap; i++)
+        if (l->delta[i].merchant == m && l->delta[i].month != LEDGER_TOTALS &&
+            l->delta[i].points != 0)
+            rc = ledger_liability_row(&q->res, &cap, l->delta[i].month, l->delta[i].points);
     if (rc < 0)
         return rc;
     uint32_t n = 0;
@@ -1856,8 +1811,7 @@ void ledger_close(ledger *l)
     free(l->allocs);
     free(l->allocs2);
     free(l->refbuf);
-    free(l->mdelta);
-    free(l->ldelta);
+    free(l->delta);
     free(l->scratch);
     free(l);
 }
