@@ -89,6 +89,9 @@ $(BUILD)/tally-bench: $(BENCH_OBJ) $(LIB)
 $(BUILD)/peer-%: $(BUILD)/bench/peers/%.o
 	@$(if $(Q),echo "  LD $@")
 	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lsqlite3
+# Keep the peers' objects (make would delete them as intermediates and
+# rebuild them every time).
+.SECONDARY: $(PEER_BIN:$(BUILD)/peer-%=$(BUILD)/bench/peers/%.o)
 
 $(TEST_BIN): $(TEST_OBJ) $(LIB)
 	@$(if $(Q),echo "  LD $@")
