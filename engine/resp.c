@@ -519,10 +519,22 @@ static void resp_out_put_line(resp_out *o, const char *s, size_t n)
 /* <type><v>\r\n for the headers of integers, bulks, arrays and maps. */
 static void resp_out_header(resp_out *o, char type, int64_t v)
 {
+    /* Written backwards from the end: no printf for the ~40 headers of
+     * every entry reply. */
     char line[32];
-    int n = snprintf(line, sizeof(line), "%c%lld\r\n", type, (long long)v);
-    assert(n > 3 && (size_t)n < sizeof(line));
-    resp_out_put(o, line, (size_t)n);
+    char *end = line + sizeof(line), *p = end;
+    *--p = '\n';
+    *--p = '\r';
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--p = '-';
+    *--p = type;
+    assert(end - p > 3);
+    resp_out_put(o, p, (size_t)(end - p));
 }
 
 static void resp_out_crlf(resp_out *o)
