@@ -6,6 +6,7 @@
  *   tally-bench summarize ...     latencies from a file (pgbench's log) as a report
  *   tally-bench freeport          prints a free TCP port on 127.0.0.1
  *   tally-bench selftest          checks the bench's own modules
+ *   tally-bench redis-script      prints the ledger Lua script the Redis peer runs
  *
  * Every option is listed by `tally-bench --help` and in bench/README.md.
  */
@@ -34,6 +35,7 @@ static const char main_usage[] =
     "       tally-bench summarize [options]  latencies from a file as a report\n"
     "       tally-bench freeport             print a free TCP port on 127.0.0.1\n"
     "       tally-bench selftest             check the histogram, RESP scanner, workload\n"
+    "       tally-bench redis-script         print the ledger Lua script the Redis peer runs\n"
     "\n"
     "run:\n"
     "  -H, --host ADDR        server address (127.0.0.1)\n"
@@ -418,6 +420,10 @@ int main(int argc, char **argv)
     }
     if (strcmp(sub, "freeport") == 0)
         return main_freeport();
+    if (strcmp(sub, "redis-script") == 0) {
+        fputs(wire_redis_script, stdout);
+        return 0;
+    }
     if (strcmp(sub, "selftest") == 0)
         return selftest_run();
     main_args a;

@@ -48,6 +48,7 @@ static const char config_usage_text[] =
     "  --insecure           allow a non-loopback --bind without an auth file\n"
     "  --maxclients N       connections served at once (default 10000)\n"
     "  --checkpoint-ms N    state checkpoint interval (default 500)\n"
+    "  --checkpoint-records N  ... or after this many records per shard, if sooner\n"
     "  --segment-kib N      size of new log segment files, 64..1048576 (default 65536):\n"
     "                       the unit retention drops\n"
     "  --snapshot-every X   take a snapshot every X records per shard (a number), or\n"
@@ -154,6 +155,9 @@ static int config_option(config *c, const char *opt, const char *val, int *used,
     } else if (strcmp(opt, "--checkpoint-ms") == 0) {
         rc = config_number(opt, val, 1, 3600000, &n, err, cap);
         c->checkpoint_ms = (uint32_t)n;
+    } else if (strcmp(opt, "--checkpoint-records") == 0) {
+        rc = config_number(opt, val, 1, 10000000, &n, err, cap);
+        c->checkpoint_records = (uint32_t)n;
     } else if (strcmp(opt, "--segment-kib") == 0) {
         rc = config_number(opt, val, LIMIT_SEGMENT_BYTES_MIN / 1024, 1048576, &n, err, cap);
         c->segment_bytes = (uint32_t)(n * 1024);

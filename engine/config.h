@@ -42,6 +42,7 @@ typedef struct config {
     bool insecure;
     uint32_t max_clients;
     uint32_t checkpoint_ms;      /* 0 = engine default */
+    uint32_t checkpoint_records; /* 0 = engine default */
     uint32_t segment_bytes;      /* 0 = engine default */
     uint64_t snapshot_every_records; /* --snapshot-every N */
     uint64_t snapshot_every_ms;      /* --snapshot-every Ns|Nm|Nh */

@@ -99,6 +99,7 @@ int main(int argc, char **argv)
                    "benchmarks only. ***");
     tally_options topts = {.dir = cfg.dir, .shards = cfg.shards, .sync = cfg.sync,
                            .checkpoint_ms = cfg.checkpoint_ms, .log = tallyd_log,
+                           .checkpoint_entries = cfg.checkpoint_records,
                            .segment_bytes = cfg.segment_bytes,
                            .snapshot_every_records = cfg.snapshot_every_records,
                            .snapshot_every_ms = cfg.snapshot_every_ms,
