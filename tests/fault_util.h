@@ -47,6 +47,9 @@ char *fu_read_file(const char *path, size_t *len);
 int fu_log_count(const td *t, const char *const *needles);
 /* Prints tallyd's log through cr_log_info (after a failure, for context). */
 void fu_log_dump(const td *t, const char *why);
+/* tallyd's anonymous resident memory in KiB (RssAnon: heap and stacks,
+ * not the mapped log segments and LMDB file, which VmRSS also counts). */
+long fu_rss_anon_kib(const td *t);
 /* Runs "$TALLY_BUILD/tally <args>"; output (stdout+stderr) into out;
  * returns the exit status. */
 int fu_tally_tool(const char *args, char *out, size_t cap);
