@@ -21,6 +21,7 @@
  * its header, flushes, renames it into place and flushes the directory,
  * so a crash never leaves a half-made segment under a real name.
  */
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -166,21 +167,23 @@ static int log_header_check(const log_t *l, const uint8_t *h, uint32_t index, ch
                             size_t cap)
 {
     if (memcmp(h, LOG_MAGIC, 8) != 0) {
-        snprintf(why, cap, "segment %u: bad magic", index);
+        snprintf(why, cap, "shard %u: segment %u: bad magic", l->opts.shard, index);
         return TALLY_ECORRUPT;
     }
     if (log_get64(h + 56) != checksum64(h, 56, 0)) {
-        snprintf(why, cap, "segment %u: header checksum mismatch", index);
+        snprintf(why, cap, "shard %u: segment %u: header checksum mismatch", l->opts.shard,
+                 index);
         return TALLY_ECORRUPT;
     }
     if (h[8] != LOG_VERSION) {
-        snprintf(why, cap, "segment %u: format version %u unknown", index, h[8]);
+        snprintf(why, cap, "shard %u: segment %u: format version %u unknown", l->opts.shard,
+                 index, h[8]);
         return TALLY_EFORMAT;
     }
     uint32_t shard = (uint32_t)h[12] | (uint32_t)h[13] << 8;
     if (shard != l->opts.shard || log_get64(h + 16) != index) {
-        snprintf(why, cap, "segment %u: belongs to shard %u segment %llu", index, shard,
-                 (unsigned long long)log_get64(h + 16));
+        snprintf(why, cap, "shard %u: segment %u: belongs to shard %u segment %llu",
+                 l->opts.shard, index, shard, (unsigned long long)log_get64(h + 16));
         return TALLY_ECORRUPT;
     }
     return 0;
@@ -359,8 +362,8 @@ static int log_segment_open(log_t *l, uint32_t index, char *why, size_t cap)
         return fd;
     struct stat st;
     if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != l->segment_bytes) {
-        snprintf(why, cap, "segment %u: size %lld, expected %u", index,
-                 (long long)st.st_size, l->segment_bytes);
+        snprintf(why, cap, "shard %u: segment %u: size %lld, expected %u", l->opts.shard,
+                 index, (long long)st.st_size, l->segment_bytes);
         l->os->close(l->os->ctx, fd);
         return TALLY_ECORRUPT;
     }
@@ -412,6 +415,22 @@ static bool log_later_batch_follows(const log_t *l, uint32_t seg, uint64_t off, 
                 r.batch_seq > seq)
                 return true;
         }
+    }
+    return false;
+}
+
+/* True if any byte of segment seg after off is not zero. */
+static bool log_data_after(const log_t *l, uint32_t seg, uint64_t off)
+{
+    /* Records are 8-byte aligned and segments whole pages: eight bytes at
+     * a time (a whole segment at recovery, so it matters). */
+    const uint8_t *m = l->segs[seg].map;
+    assert(off % 8 == 0 && l->segment_bytes % 8 == 0);
+    for (uint64_t o = off; o < l->segment_bytes; o += 8) {
+        uint64_t w;
+        memcpy(&w, m + o, 8);
+        if (w != 0)
+            return true;
     }
     return false;
 }
@@ -485,7 +504,8 @@ static int log_recover(log_t *l, log_recovery *rec)
         size_t len = 0;
         uint64_t sum = 0;
         int drc = record_decode(m + off, l->segment_bytes - off, &r, &len, &sum);
-        if (drc == RECORD_END || (drc == RECORD_TRUNCATED && off + 4 > l->segment_bytes)) {
+        bool end = drc == RECORD_END || (drc == RECORD_TRUNCATED && off + 4 > l->segment_bytes);
+        if (end) {
             if (k + 1 < l->segs_count) {
                 /* The next segment must continue the chain exactly. */
                 if (l->segs[k + 1].first_seq != expect || l->segs[k + 1].prev != prev) {
@@ -499,9 +519,15 @@ static int log_recover(log_t *l, log_recovery *rec)
                 off = LOG_HEADER_BYTES;
                 continue;
             }
-            break; /* the clean end of the log */
+            /* Zeros where the next record should be are the end of the log
+             * only if nothing but zeros follows: otherwise records were
+             * lost there (a zeroed block from a record boundary), handled
+             * below like a bad record — a torn tail if they belonged to the
+             * last batch, corruption if a later batch follows. */
+            if (!log_data_after(l, k, off))
+                break; /* the clean end of the log */
         }
-        if (drc == RECORD_OK && r.seq == expect && r.prev == prev) {
+        if (!end && drc == RECORD_OK && r.seq == expect && r.prev == prev) {
             prev = sum;
             expect++;
             ts = r.ts_ms;
@@ -515,7 +541,9 @@ static int log_recover(log_t *l, log_recovery *rec)
             continue;
         }
         /* The first lie: torn tail or corruption (DESIGN-NOTES §7). */
-        const char *why = drc != RECORD_OK ? log_decode_reason(drc) : "chain broken";
+        const char *why = end                ? "zeros where a record should be"
+                          : drc != RECORD_OK ? log_decode_reason(drc)
+                                             : "chain broken";
         if (expect <= l->opts.from_seq || log_later_batch_follows(l, k, off, expect)) {
             snprintf(rec->message, sizeof(rec->message),
                      "shard %u: corrupt record at seq %llu (segment %u offset %llu): %s",
