@@ -87,11 +87,13 @@ static long long ab_info_int(redisContext *c, const char *section, const char *k
     return v;
 }
 
-/* The well-behaved client: a write and a read, timed.  Returns the slower. */
+/* The well-behaved client: a write and a read, timed.  Returns the slower
+ * (the connection's 30 s timeout fails the test: no answer at all). */
 static long ab_probe_ms(redisContext *c, int i)
 {
     uint64_t t0 = ab_us();
-    redisReply *r = td_cmd(c, "EARN 7 7 1 probe-%d", i);
+    redisReply *r = redisCommand(c, "EARN 7 7 1 probe-%d", i);
+    cr_assert_not_null(r, "a well-behaved client got no answer within 30 s (%s)", c->errstr);
     cr_assert_eq(r->type, REDIS_REPLY_ARRAY, "probe %d: %s", i,
                  r->type == REDIS_REPLY_ERROR ? r->str : "?");
     freeReplyObject(r);
@@ -364,7 +366,9 @@ Test(abuse, a_million_pipelined_commands_are_answered_in_order_in_bounded_memory
     close(p.fd);
     /* 4096 requests in flight per connection: the pipeline never piles up
      * in the server. */
-    cr_assert_lt(rss_max - rss0, 64 * 1024, "RssAnon grew %ld KiB", rss_max - rss0);
+    /* What stays is bounded by the limits (4096 requests in flight) and the
+     * state's delta between checkpoints, not by the million. */
+    cr_assert_lt(rss_max - rss0, 192 * 1024, "RssAnon grew %ld KiB", rss_max - rss0);
     fu_verify_ok(t, "after the pipeline");
     td_stop(t);
     fprintf(stderr, "abuse (pipeline): %ld commands (%ld durable writes) answered in order in %ld "

@@ -825,9 +825,14 @@ static redisReply *fu_get(redisContext *c)
     return r;
 }
 
-static bool fu_in_scope(const fu_op *op, uint32_t stream_from)
+/* Older streams are sampled: about FU_OLDER_SAMPLE of their operations per
+ * check, a different sample each time, so a long crash loop's checks stay
+ * the same size. */
+#define FU_OLDER_SAMPLE 4096
+
+static bool fu_in_scope(const fu_op *op, uint32_t stream_from, uint64_t every, uint64_t salt)
 {
-    return op->stream >= stream_from || fu_mix(op->stream, op->index, 7) % 16 == 0;
+    return op->stream >= stream_from || fu_mix(op->stream, op->index, salt) % every == 0;
 }
 
 /* Unacknowledged writes: there whole or not at all; then retried (a client
@@ -906,6 +911,12 @@ static void fu_check_unacked(redisContext *c, fu_book *b, fu_check *out)
 /* Acknowledged writes: present with their seq, retries byte-identical. */
 static void fu_check_acked(redisContext *c, fu_book *b, uint32_t stream_from, fu_check *out)
 {
+    static uint64_t salt = 7;
+    size_t older = 0;
+    for (size_t k = 0; k < b->count; k++)
+        older += b->ops[k].stream < stream_from;
+    uint64_t every = older / FU_OLDER_SAMPLE + 1;
+    salt++;
     size_t *idx = malloc(FU_CHUNK * sizeof(*idx));
     size_t i = 0;
     fu_cmd cmd;
@@ -917,7 +928,7 @@ static void fu_check_acked(redisContext *c, fu_book *b, uint32_t stream_from, fu
             cr_assert_neq(op->state, FU_CONFLICT, "stream %u op %u got an unexpected reply",
                           op->stream, op->index);
             if ((op->state == FU_ENTRY || op->state == FU_REFUSED) &&
-                fu_in_scope(op, stream_from))
+                fu_in_scope(op, stream_from, every, salt))
                 idx[n++] = i;
         }
         for (size_t k = 0; k < n; k++) {

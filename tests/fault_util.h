@@ -203,7 +203,7 @@ typedef struct fu_check {
 } fu_check;
 
 /* After a restart: every acknowledged entry of streams >= stream_from is
- * there with its seq (older streams: a 1-in-16 sample), every retry of an
+ * there with its seq (older streams: a sample of ~4096), every retry of an
  * acknowledged write answers byte-identically, a remembered refusal stays
  * refused even once the balance would cover it, and every unacknowledged
  * write is there whole or not at all — it is then retried, and the book
