@@ -156,7 +156,7 @@ static int config_option(config *c, const char *opt, const char *val, int *used,
         rc = config_number(opt, val, 1, 3600000, &n, err, cap);
         c->checkpoint_ms = (uint32_t)n;
     } else if (strcmp(opt, "--checkpoint-records") == 0) {
-        rc = config_number(opt, val, 1, 10000000, &n, err, cap);
+        rc = config_number(opt, val, 1, 4000000000u, &n, err, cap);
         c->checkpoint_records = (uint32_t)n;
     } else if (strcmp(opt, "--segment-kib") == 0) {
         rc = config_number(opt, val, LIMIT_SEGMENT_BYTES_MIN / 1024, 1048576, &n, err, cap);

@@ -63,15 +63,23 @@
 #define LIMIT_INLINE_BYTES_MAX 16384
 /* Unparsed input buffered per client before it is refused. */
 #define LIMIT_CLIENT_INPUT_BYTES_MAX (1u << 20)
-/* Requests in flight per connection: beyond it the server stops reading
- * that socket (backpressure) instead of queueing without bound. */
+/* Requests in flight per connection, counted in reply units (an entry's
+ * worth: HISTORY LIMIT n weighs n, anything else 1): beyond it the server
+ * stops reading that socket (backpressure) instead of queueing, and
+ * holding the results of, requests without bound. */
 #define LIMIT_CLIENT_PIPELINE_MAX 4096
 /* Unsent reply bytes per client before the server stops reading it. */
 #define LIMIT_CLIENT_OUTPUT_BYTES_MAX (4u << 20)
 #define LIMIT_CONNECTIONS_MAX 10000
-/* Requests parsed and not yet answered, over all connections: each holds
- * a reply slot (~1.2 KiB); beyond it the server stops reading sockets. */
+/* Requests parsed and not yet answered, over all connections, in the same
+ * reply units: each holds a reply slot (~1.2 KiB) and its result; beyond
+ * it the server stops reading sockets. */
 #define LIMIT_SERVER_INFLIGHT_MAX 65536
+/* A client whose unsent replies sit at LIMIT_CLIENT_OUTPUT_BYTES_MAX with
+ * no progress is disconnected after this long — after one second when the
+ * server is short of reply units, since its results hold them. */
+#define LIMIT_CLIENT_STUCK_MS 60000
+#define LIMIT_CLIENT_STUCK_PRESSED_MS 1000
 /* Time to receive one whole command (slowloris) and to authenticate. */
 #define LIMIT_COMMAND_RECV_MS 10000
 #define LIMIT_AUTH_MS 10000
@@ -84,6 +92,8 @@ static_assert(LIMIT_BATCH_BYTES_MAX < LIMIT_SEGMENT_BYTES_MIN * 1024u,
               "segments hold many batches");
 static_assert(LIMIT_RECORD_BYTES_MAX * 2 <= LIMIT_SEGMENT_BYTES_MIN,
               "a record always fits in a fresh segment");
+static_assert(LIMIT_HISTORY_MAX <= LIMIT_CLIENT_PIPELINE_MAX,
+              "one HISTORY request always fits a connection's reply units");
 static_assert(LIMIT_BULK_BYTES_MAX < LIMIT_CLIENT_INPUT_BYTES_MAX,
               "a whole maximal command fits in the input buffer");
 

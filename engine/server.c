@@ -18,10 +18,13 @@
  * first and then takes the whole stack, so no completion is left behind.
  *
  * Backpressure: a connection stops being read while it has
- * LIMIT_CLIENT_PIPELINE_MAX requests unanswered or
- * LIMIT_CLIENT_OUTPUT_BYTES_MAX bytes unsent; every connection stops being
- * read while LIMIT_SERVER_INFLIGHT_MAX requests are unanswered.  Memory is
- * bounded by these, whatever clients send or fail to read.
+ * LIMIT_CLIENT_PIPELINE_MAX reply units unanswered (a unit is an entry's
+ * worth of reply: HISTORY LIMIT n weighs n) or LIMIT_CLIENT_OUTPUT_BYTES_MAX
+ * bytes unsent; every connection stops being read while
+ * LIMIT_SERVER_INFLIGHT_MAX units are unanswered.  Completed replies are
+ * encoded only while the client's unsent bytes are under its limit; the
+ * rest wait in their slots.  Memory is bounded by these, whatever clients
+ * send or fail to read.
  *
  * A connection whose client vanished while its requests are in the engine
  * is closed at once but freed only when its last slot completes; freeing
@@ -80,6 +83,7 @@ typedef struct server_slot {
     struct server_slot *done_next; /* completion stack */
     resp_out pre;                  /* a reply made at dispatch time */
     int proto;                     /* the session's protocol at dispatch */
+    uint32_t units;                /* reply units it holds (backpressure) */
     bool engine;                   /* req went to the engine */
     bool ready;
 } server_slot;
@@ -96,8 +100,10 @@ struct server_conn {
     size_t out_sent;
     server_slot *head, *tail;
     uint32_t pending;      /* slots in the queue */
+    uint32_t pending_units; /* their reply units */
     uint64_t connected_ms;
     uint64_t partial_ms;   /* when the incomplete command began; 0: none */
+    uint64_t sent_ms;      /* last time its replies moved (or had room) */
     bool reading;          /* EPOLLIN registered */
     bool writing;          /* EPOLLOUT registered */
     bool closing;          /* close once the output is flushed */
@@ -106,6 +112,8 @@ struct server_conn {
     bool buried;           /* in the graveyard, freed at the end of the turn */
     server_conn *prev_all, *next_all;
     server_conn *next_dead;
+    server_conn *next_done; /* on the list of connections with completions */
+    bool done_listed;
 };
 
 struct server {
@@ -118,7 +126,8 @@ struct server {
     server_slot **chunks; /* every slot allocation, freed at close */
     uint32_t chunks_count;
     uint64_t slots_total;
-    uint64_t inflight;
+    uint64_t inflight;       /* slots taken, over all connections */
+    uint64_t inflight_units; /* their reply units */
     uint64_t next_id;
     server_conn *conns; /* every open or draining connection */
     server_conn *graveyard;
@@ -201,14 +210,21 @@ static server_slot *server_slot_get(server *s, server_conn *c)
     else
         c->head = sl;
     c->tail = sl;
+    sl->units = 1;
     c->pending++;
+    c->pending_units++;
     s->inflight++;
+    s->inflight_units++;
     return sl;
 }
 
 /* Back to the free list (the pre buffer's memory is kept for reuse). */
 static void server_slot_put(server *s, server_slot *sl)
 {
+    if (sl->conn) {
+        sl->conn->pending_units -= sl->units;
+    }
+    s->inflight_units -= sl->units;
     tally_result_free(&sl->req.res);
     if (sl->pre.cap > 4096) {
         resp_out_free(&sl->pre);
@@ -339,6 +355,7 @@ static void server_accept(server *s)
         c->session.id = c->id;
         c->session.proto = 2;
         c->connected_ms = server_now_ms();
+        c->sent_ms = c->connected_ms;
         c->reading = true;
         c->next_all = s->conns;
         if (s->conns)
@@ -361,10 +378,13 @@ static void server_conn_events(server *s, server_conn *c, bool reading, bool wri
     }
 }
 
-/* Encodes the replies of the completed prefix of the queue. */
+/* Encodes the replies of the completed prefix of the queue, while the
+ * client's unsent bytes are under its limit (the rest wait in their
+ * slots: encoding them would only move the memory). */
 static void server_conn_collect(server *s, server_conn *c)
 {
-    while (c->head && c->head->ready) {
+    while (c->head && c->head->ready &&
+           c->out.len - c->out_sent < LIMIT_CLIENT_OUTPUT_BYTES_MAX) {
         server_slot *sl = c->head;
         c->head = sl->next;
         if (!c->head)
@@ -393,6 +413,7 @@ static bool server_conn_write(server *s, server_conn *c)
                          MSG_NOSIGNAL);
         if (n > 0) {
             c->out_sent += (size_t)n;
+            c->sent_ms = server_now_ms();
             continue;
         }
         if (n < 0 && errno == EINTR)
@@ -421,9 +442,9 @@ static bool server_conn_write(server *s, server_conn *c)
 
 static bool server_conn_blocked(const server *s, const server_conn *c)
 {
-    return c->pending >= LIMIT_CLIENT_PIPELINE_MAX ||
+    return c->pending_units >= LIMIT_CLIENT_PIPELINE_MAX ||
            c->out.len - c->out_sent >= LIMIT_CLIENT_OUTPUT_BYTES_MAX ||
-           s->inflight >= LIMIT_SERVER_INFLIGHT_MAX;
+           s->inflight_units >= LIMIT_SERVER_INFLIGHT_MAX;
 }
 
 /* Dispatches one parsed command into a new slot. */
@@ -439,6 +460,13 @@ static void server_conn_command(server *s, server_conn *c, const char *buf)
     s->info.commands_total++;
     int rc = command_dispatch(&s->env, &c->session, &s->cmd, buf, &sl->req, &sl->pre);
     if (rc == COMMAND_SUBMIT) {
+        /* A HISTORY reply can hold LIMIT entries: it weighs that much. */
+        if (sl->req.op == TALLY_OP_HISTORY) {
+            uint32_t w = sl->req.limit ? sl->req.limit : LIMIT_HISTORY_DEFAULT;
+            c->pending_units += w - 1;
+            s->inflight_units += w - 1;
+            sl->units = w;
+        }
         sl->engine = true;
         sl->req.done = server_done;
         sl->req.user = sl;
@@ -457,6 +485,12 @@ static void server_conn_parse(server *s, server_conn *c)
         size_t used = 0;
         const char *buf = c->in + c->in_off;
         int rc = resp_parse(&c->parser, buf, c->in_len - c->in_off, &s->cmd, &used);
+        if (rc == RESP_MORE && c->eof) {
+            /* The client half-closed mid-command: it can never complete. */
+            resp_parser_reset(&c->parser);
+            c->in_off = c->in_len;
+            break;
+        }
         if (rc == RESP_MORE) {
             if (c->partial_ms == 0)
                 c->partial_ms = server_now_ms();
@@ -482,7 +516,8 @@ static void server_conn_parse(server *s, server_conn *c)
         c->in_off = c->in_len = 0;
         c->partial_ms = 0;
     }
-    if (server_conn_blocked(s, c) && s->inflight >= LIMIT_SERVER_INFLIGHT_MAX && !c->stalled) {
+    if (server_conn_blocked(s, c) && s->inflight_units >= LIMIT_SERVER_INFLIGHT_MAX &&
+        !c->stalled) {
         c->stalled = true;
         s->stalled++;
     }
@@ -548,11 +583,6 @@ static void server_conn_read(server *s, server_conn *c)
     if (n > 0)
         c->in_len += (size_t)n;
     server_conn_pump(s, c);
-    if (c->fd >= 0 && c->eof && c->in_off < c->in_len && !server_conn_blocked(s, c)) {
-        c->in_off = c->in_len = 0;
-        c->partial_ms = 0;
-        server_conn_write(s, c);
-    }
 }
 
 /* ---- completions -------------------------------------------------------- */
@@ -563,43 +593,60 @@ static void server_completions(server *s)
     ssize_t r = read(s->done_fd, &v, sizeof(v));
     (void)r;
     server_slot *sl = atomic_exchange(&s->done_head, NULL);
-    /* Mark them all first, then pump each connection whose head is ready
-     * (once: the pump takes the whole completed prefix). */
-    for (server_slot *p = sl; p; p = p->done_next)
+    /* First mark every completion and list their connections, touching no
+     * slot after that: pumping a connection answers slots, frees them and
+     * may reuse them for new commands, so the completion list must not be
+     * walked once pumping began. */
+    server_conn *todo = NULL;
+    for (server_slot *p = sl; p; p = p->done_next) {
         p->ready = true;
-    while (sl) {
-        server_slot *next = sl->done_next;
-        server_conn *c = sl->conn;
-        if (c->fd < 0) {
-            /* The client is gone: drop its answered slots. */
-            server_slot **pp = &c->head;
-            c->tail = NULL;
-            while (*pp) {
-                if ((*pp)->ready) {
-                    server_slot *d = *pp;
-                    *pp = d->next;
-                    c->pending--;
-                    server_slot_put(s, d);
-                } else {
-                    c->tail = *pp;
-                    pp = &(*pp)->next;
-                }
-            }
-            server_conn_bury(s, c);
-        } else if (c->head && c->head->ready) {
-            server_conn_pump(s, c);
+        server_conn *c = p->conn;
+        if (!c->done_listed) {
+            c->done_listed = true;
+            c->next_done = todo;
+            todo = c;
         }
-        sl = next;
     }
-    /* Room again under the global limit: resume the stalled. */
-    if (s->stalled && s->inflight < LIMIT_SERVER_INFLIGHT_MAX / 2) {
-        for (server_conn *c = s->conns; c && s->stalled; c = c->next_all) {
-            if (!c->stalled)
-                continue;
-            c->stalled = false;
-            s->stalled--;
-            server_conn_pump(s, c);
+    while (todo) {
+        server_conn *c = todo;
+        todo = c->next_done;
+        c->done_listed = false;
+        if (c->fd >= 0) {
+            server_conn_pump(s, c); /* answers the completed prefix */
+            continue;
         }
+        /* The client is gone: drop its answered slots. */
+        server_slot **pp = &c->head;
+        c->tail = NULL;
+        while (*pp) {
+            if ((*pp)->ready) {
+                server_slot *d = *pp;
+                *pp = d->next;
+                c->pending--;
+                server_slot_put(s, d);
+            } else {
+                c->tail = *pp;
+                pp = &(*pp)->next;
+            }
+        }
+        server_conn_bury(s, c);
+    }
+}
+
+/* Room again under the global limit (requests answered, or connections
+ * closed): the connections that waited for it go on. */
+static void server_resume_stalled(server *s)
+{
+    if (!s->stalled || s->inflight_units >= LIMIT_SERVER_INFLIGHT_MAX / 2)
+        return;
+    server_conn *next;
+    for (server_conn *c = s->conns; c && s->stalled; c = next) {
+        next = c->next_all;
+        if (!c->stalled)
+            continue;
+        c->stalled = false;
+        s->stalled--;
+        server_conn_pump(s, c);
     }
 }
 
@@ -617,7 +664,17 @@ static void server_tick(server *s)
         if (c->fd < 0)
             continue;
         const char *why = NULL;
-        if (c->partial_ms && now - c->partial_ms > LIMIT_COMMAND_RECV_MS)
+        /* Replies stuck at the output limit: the client does not read. */
+        bool stuck = c->out.len - c->out_sent >= LIMIT_CLIENT_OUTPUT_BYTES_MAX;
+        bool pressed = s->inflight_units >= LIMIT_SERVER_INFLIGHT_MAX / 2;
+        if (!stuck)
+            c->sent_ms = now;
+        if (stuck && now - c->sent_ms > (pressed ? LIMIT_CLIENT_STUCK_PRESSED_MS
+                                                 : LIMIT_CLIENT_STUCK_MS)) {
+            server_say(s, 1, "client %llu does not read its replies (%zu bytes waiting): closed",
+                       (unsigned long long)c->id, c->out.len - c->out_sent);
+            why = "";
+        } else if (c->partial_ms && now - c->partial_ms > LIMIT_COMMAND_RECV_MS)
             why = "-ERR Protocol error: command not received in time\r\n";
         else if (s->env.auth && !c->session.token && now - c->connected_ms > LIMIT_AUTH_MS)
             why = "-NOAUTH authentication timeout\r\n";
@@ -794,6 +851,7 @@ int server_run(server *s)
             server_tick(s);
         }
         s->info.requests_inflight = s->inflight;
+        server_resume_stalled(s);
         server_graveyard(s);
         if (s->stopping && server_drained(s))
             break;
