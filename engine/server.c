@@ -36,6 +36,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -131,6 +132,7 @@ struct server {
     uint64_t next_id;
     server_conn *conns; /* every open or draining connection */
     server_conn *graveyard;
+    uint32_t freed_since_trim; /* connections freed since the heap was trimmed */
     uint32_t stalled;   /* connections waiting for in-flight room */
     bool stopping;
     uint64_t stop_ms;
@@ -286,6 +288,7 @@ static void server_graveyard(server *s)
         server_conn *c = s->graveyard;
         s->graveyard = c->next_dead;
         server_conn_free(s, c);
+        s->freed_since_trim++;
     }
 }
 
@@ -652,6 +655,17 @@ static void server_resume_stalled(server *s)
 
 /* ---- timers --------------------------------------------------------------- */
 
+/* After many connections came and went, give their freed buffers back to
+ * the system: glibc keeps a freed heap otherwise, and a server that saw a
+ * burst of clients would hold that memory for good. */
+static void server_trim(server *s)
+{
+    if (s->freed_since_trim < 1000)
+        return;
+    s->freed_since_trim = 0;
+    malloc_trim(0);
+}
+
 /* Slow clients: a command must arrive whole within LIMIT_COMMAND_RECV_MS
  * (a byte a second does not keep a connection alive), and a client of an
  * authenticated server must authenticate within LIMIT_AUTH_MS. */
@@ -849,6 +863,7 @@ int server_run(server *s)
         if (now - last_tick >= SERVER_TICK_MS) {
             last_tick = now;
             server_tick(s);
+            server_trim(s);
         }
         s->info.requests_inflight = s->inflight;
         server_resume_stalled(s);
