@@ -507,9 +507,9 @@ Test(damage, flipped_bits_zeroed_blocks_and_duplicated_sectors_truncate_tail_or_
     cr_assert_gt(tl.refused, 0);
 }
 
-/* Regression test for a gap found here: the shard is refused, but the
- * error its clients get ("segment 1: header checksum mismatch") does not
- * name the shard. */
+/* Regression test for a gap these tests found (fixed in 95e783b): the
+ * shard was refused, but the error its clients got ("segment 1: header
+ * checksum mismatch") did not name the shard. */
 Test(damage, a_damaged_segment_header_refuses_the_shard_with_an_error_naming_it,
      .timeout = 600, .fini = dm_free)
 {
@@ -517,10 +517,11 @@ Test(damage, a_damaged_segment_header_refuses_the_shard_with_an_error_naming_it,
     cr_assert_eq(tl.refused, DM_SHARDS);
 }
 
-/* Regression test for a bug found here (see the report of issue 6): zeros
+/* Regression test for a bug these tests found (fixed in 95e783b): zeros
  * that begin exactly at a record boundary read as the clean end of the
- * log, so the acknowledged batches after them are dropped without a word
- * and the shard serves balances without them. */
+ * log, so the acknowledged batches after them were dropped without a word
+ * (tallyd served the balances without them; VERIFY and `tally verify`
+ * said ok). */
 Test(damage, zeros_from_a_record_boundary_do_not_silently_hide_the_records_after_them,
      .timeout = 600, .fini = dm_free)
 {
