@@ -218,7 +218,9 @@ Test(abuse, thousands_of_connections_opened_and_dropped_leave_nothing_behind, .t
     cr_assert_eq(clients, 1, "only this client is left connected");
     cr_assert_leq(fds, fds0 + 2, "tallyd holds %d descriptors, %d before the churn", fds, fds0);
     long rss1 = fu_rss_anon_kib(t);
-    cr_assert_lt(rss1 - rss0, 64 * 1024, "RssAnon grew %ld KiB", rss1 - rss0);
+    /* 10000 connections: a leak of 13 KiB each would cross this (ASan's
+     * own overhead on a clean server is ~60 MB). */
+    cr_assert_lt(rss1 - rss0, 128 * 1024, "RssAnon grew %ld KiB", rss1 - rss0);
     cr_assert_lt(worst, 3000, "a well-behaved client waited %ld ms", worst);
     /* Writes of reset connections are whole or absent; the ledger checks. */
     long present = 0;
@@ -692,7 +694,7 @@ Test(abuse, many_clients_trickling_a_byte_at_a_time_are_cut_off_and_others_serve
  * wait for the shard's next timer (the 1 s sweep): the shard took the
  * inbox's wake-up but not the requests (fixed in a60bc4c).  A client
  * writing one request at a time then saw ~1 s stalls every few
- * checkpoints.  Generous: one stall over 300 ms is allowed as noise. */
+ * checkpoints.  Generous: two stalls over 500 ms are allowed as noise. */
 Test(latency, a_lone_client_never_waits_for_the_shards_timers, .timeout = 120,
      .fini = fu_cleanup)
 {
@@ -707,15 +709,15 @@ Test(latency, a_lone_client_never_waits_for_the_shards_timers, .timeout = 120,
         cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
         freeReplyObject(r);
         long ms = (long)((ab_us() - a) / 1000);
-        stalls += ms > 300;
+        stalls += ms > 500;
         worst = ms > worst ? ms : worst;
         n++;
     }
     redisFree(c);
     td_stop(t);
-    fprintf(stderr, "latency: %d sequential writes, %d over 300 ms, worst %ld ms\n", n, stalls,
+    fprintf(stderr, "latency: %d sequential writes, %d over 500 ms, worst %ld ms\n", n, stalls,
             worst);
-    cr_assert_leq(stalls, 1, "%d of %d writes waited over 300 ms (worst %ld ms): requests wait "
+    cr_assert_leq(stalls, 2, "%d of %d writes waited over 500 ms (worst %ld ms): requests wait "
                              "for the shard's timers",
                   stalls, n, worst);
 }
