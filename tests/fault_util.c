@@ -450,10 +450,18 @@ void fu_cleanup(void)
     }
     fu_reg_fs_count = 0;
     for (int i = 0; i < fu_reg_dir_count; i++) {
-        if (getenv("TALLY_FU_KEEP"))
+        if (getenv("TALLY_FU_KEEP")) {
             fprintf(stderr, "TALLY_FU_KEEP: left %s\n", fu_reg_dir[i]);
-        else
-            eu_rmrf(fu_reg_dir[i]);
+            continue;
+        }
+        /* A lazily unmounted loop filesystem lets go of its mount point a
+         * little later. */
+        struct stat st;
+        for (int k = 0; k < 50 && stat(fu_reg_dir[i], &st) == 0; k++) {
+            if (k > 0)
+                usleep(200000);
+            fu_sh("rm -rf '%s' >/dev/null 2>&1", fu_reg_dir[i]);
+        }
     }
     fu_reg_dir_count = 0;
 }
