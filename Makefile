@@ -30,7 +30,7 @@ endif
 # Debian packages each target needs; installed when missing (as root) or the
 # exact command is printed.
 DEPS_BUILD := build-essential liblmdb-dev libxxhash-dev liburing-dev pkg-config
-DEPS_TEST := $(DEPS_BUILD) libcriterion-dev libhiredis-dev redis-tools xfsprogs
+DEPS_TEST := $(DEPS_BUILD) libcriterion-dev libhiredis-dev redis-tools xfsprogs strace
 DEPS_BENCH := $(DEPS_TEST) redis-server postgresql postgresql-contrib sqlite3 libsqlite3-dev lmdb-utils gnuplot-nox jq
 DEPS_FUZZ := $(DEPS_TEST) clang libfuzzer-14-dev
 
@@ -104,9 +104,18 @@ run: deps-build
 
 # Integration tests find the binaries through TALLY_BUILD.  Criterion's
 # summary line is what CI reads.  TEST_ARGS=--filter='ledger/*' narrows.
+# Criterion counts a test whose worker leaks (LeakSanitizer reports at the
+# worker's exit, after its result) as passed: a leak report anywhere in the
+# output fails the run instead (tests/main.c says why the runner's own exit
+# is not checked).
 test: deps-test
 	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN)
-	TALLY_BUILD=$(abspath $(BUILD)) $(TEST_BIN) --jobs 2 $(TEST_ARGS)
+	$(Q){ TALLY_BUILD=$(abspath $(BUILD)) $(TEST_BIN) --jobs 2 $(TEST_ARGS); \
+	  echo $$? > $(BUILD)/test.rc; } 2>&1 | tee $(BUILD)/test.out; \
+	rc=$$(cat $(BUILD)/test.rc); \
+	if grep -q 'ERROR: LeakSanitizer' $(BUILD)/test.out; then \
+	  echo "make test: LeakSanitizer reported leaks (above): failing"; rc=1; fi; \
+	exit $$rc
 
 test-crash: deps-test
 	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN)

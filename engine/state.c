@@ -45,7 +45,7 @@ static int state_err(int rc)
 {
     if (rc == 0)
         return 0;
-    if (rc > 0 && rc < MDB_KEYEXIST)
+    if (rc > 0)
         return -rc; /* an errno */
     switch (rc) {
     case MDB_CORRUPTED:
