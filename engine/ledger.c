@@ -132,6 +132,7 @@ struct ledger {
     state *st;
     log_t *log;
     uint64_t checkpoint_seq;
+    uint64_t frozen_seq; /* a checkpoint set aside, being committed; 0: none */
     uint64_t delta_records;
     uint64_t last_ts_ms;
     ledger_alloc *allocs; /* scratch, LIMIT_LOTS_PER_DEBIT_MAX */
@@ -1821,7 +1822,8 @@ struct state *ledger_state(ledger *l) { return l->st; }
 const char *ledger_state_error(const ledger *l) { return state_error(l->st); }
 uint64_t ledger_delta_records(const ledger *l) { return l->delta_records; }
 
-int ledger_checkpoint(ledger *l, uint64_t seq)
+/* The deltas and the meta rows of a checkpoint at seq, into the state. */
+static int ledger_checkpoint_rows(ledger *l, uint64_t seq)
 {
     static const uint64_t format = LEDGER_FORMAT;
     int rc = ledger_flush_deltas(l);
@@ -1831,14 +1833,53 @@ int ledger_checkpoint(ledger *l, uint64_t seq)
         rc = state_put(l->st, STATE_META, "ts", 2, &l->last_ts_ms, 8);
     if (rc == 0)
         rc = state_put(l->st, STATE_META, "format", 6, &format, 8);
+    return rc;
+}
+
+int ledger_checkpoint(ledger *l, uint64_t seq)
+{
+    int rc = ledger_checkpoint_rows(l, seq);
     if (rc == 0)
         rc = state_commit(l->st);
     if (rc < 0)
         return rc;
     l->checkpoint_seq = seq;
+    l->frozen_seq = 0;
     l->delta_records = 0;
     return 0;
 }
+
+int ledger_checkpoint_freeze(ledger *l, uint64_t seq)
+{
+    if (state_has_frozen(l->st))
+        return -EBUSY;
+    int rc = ledger_checkpoint_rows(l, seq);
+    if (rc == 0)
+        rc = state_freeze(l->st);
+    if (rc < 0)
+        return rc;
+    l->frozen_seq = seq;
+    l->delta_records = 0;
+    return 0;
+}
+
+int ledger_checkpoint_commit(ledger *l, void (*done)(void *ctx), void *ctx)
+{
+    return state_commit_frozen(l->st, done, ctx);
+}
+
+int ledger_checkpoint_finish(ledger *l)
+{
+    int rc = state_commit_finish(l->st);
+    if (rc == 0) {
+        l->checkpoint_seq = l->frozen_seq;
+        l->frozen_seq = 0;
+    }
+    return rc;
+}
+
+bool ledger_checkpoint_frozen(const ledger *l) { return state_has_frozen(l->st); }
+size_t ledger_pending_bytes(const ledger *l) { return state_active_bytes(l->st); }
 
 void ledger_rollback(ledger *l)
 {
@@ -1846,11 +1887,15 @@ void ledger_rollback(ledger *l)
     ledger_deltas_clear(l);
     l->acct_cached = false;
     l->delta_records = 0;
+    /* What LMDB holds now (a commit may have finished meanwhile). */
     const void *v;
     size_t vl;
     l->last_ts_ms = 0;
     if (state_get(l->st, STATE_META, "ts", 2, &v, &vl) == 0 && vl == 8)
         memcpy(&l->last_ts_ms, v, 8);
+    if (state_get(l->st, STATE_META, "seq", 3, &v, &vl) == 0 && vl == 8)
+        memcpy(&l->checkpoint_seq, v, 8);
+    l->frozen_seq = 0;
 }
 
 /* ---- public: execute, replay, sweep ---------------------------------------- */

@@ -76,8 +76,24 @@ int ledger_sweep(ledger *l, uint64_t now_ms, uint32_t max, uint32_t *count, bool
 /* The client's view of a logged record (ENTRY, HISTORY, dump). */
 void ledger_entry_from_record(const record *r, tally_entry *e);
 
-/* Commits everything executed so far, synced, as reflecting `seq`. */
+/* Commits everything executed so far, synced, as reflecting `seq`, on the
+ * calling thread (tools, recovery, close). */
 int ledger_checkpoint(ledger *l, uint64_t seq);
+
+/* Asynchronous checkpoints (the shard thread).  ledger_checkpoint_freeze
+ * sets aside everything executed so far as reflecting `seq` (-EBUSY while
+ * an earlier one is set aside); ledger_checkpoint_commit starts writing it
+ * into LMDB on a committer thread — only once `seq` is durable — which
+ * calls done(ctx) when finished; ledger_checkpoint_finish: 1 none started,
+ * 2 still running, 0 done (ledger_checkpoint_seq() now says seq), < 0
+ * failed (then ledger_rollback).  ledger_checkpoint_frozen: one is set
+ * aside (started or not). */
+int ledger_checkpoint_freeze(ledger *l, uint64_t seq);
+int ledger_checkpoint_commit(ledger *l, void (*done)(void *ctx), void *ctx);
+int ledger_checkpoint_finish(ledger *l);
+bool ledger_checkpoint_frozen(const ledger *l);
+/* Memory the uncheckpointed changes hold (backpressure). */
+size_t ledger_pending_bytes(const ledger *l);
 /* Drops everything since the last checkpoint (after a failed flush). */
 void ledger_rollback(ledger *l);
 /* Records executed since the last checkpoint. */

@@ -52,6 +52,10 @@
 /* Checkpoint of the in-memory delta into LMDB (DESIGN-NOTES §1). */
 #define LIMIT_CHECKPOINT_MS_DEFAULT 500
 #define LIMIT_CHECKPOINT_ENTRIES_DEFAULT 200000
+/* Changes not yet committed to LMDB, per shard: past this while a commit
+ * is still running, the shard stops taking requests until it finishes
+ * (the disk sets the pace). */
+#define LIMIT_STATE_PENDING_BYTES_MAX (256u << 20)
 /* LMDB map per shard: address space only, the file grows with use. */
 #define LIMIT_STATE_MAP_BYTES_DEFAULT (64ULL << 30)
 

@@ -14,9 +14,13 @@
  * batch lists, so a read is answered only once every write it saw is
  * durable (DESIGN-NOTES §2).
  *
- * Checkpoints (DESIGN-NOTES §1) commit the ledger's transaction only when
- * nothing applied is non-durable: when one is due, the pump stops taking
- * new requests until the in-flight and filling batches are durable.
+ * Checkpoints (DESIGN-NOTES §1) never stop the shard: when one is due, the
+ * state's changes are set aside (frozen) as the next batch is sealed — so
+ * they are exactly the records up to that batch — and a committer thread
+ * writes them into LMDB once that batch is durable, while requests go on
+ * into a fresh layer.  Only if the uncommitted changes outgrow
+ * LIMIT_STATE_PENDING_BYTES_MAX before the commit ends does the pump stop
+ * taking requests (the disk sets the pace).
  *
  * A failed write or flush (or append) is sticky (STYLE rule 6): the shard
  * answers every request of the failed and filling batches with an error,
@@ -57,6 +61,8 @@ enum { SHARD_TAG_INBOX = 1, SHARD_TAG_BATCH = 2 };
 #define SHARD_WRITE_ROOM_BYTES (256u << 10)
 #define SHARD_SWEEP_MS 1000
 #define SHARD_RING_DEPTH 64
+/* Replays (recovery, rebuilds, verify) checkpoint this often, so that a
+ * long log does not pile up in memory. */
 
 /* ---- types -------------------------------------------------------------- */
 
@@ -94,7 +100,11 @@ struct shard {
     uint64_t last_sweep_ms;
     bool sweep_more;
     uint64_t last_checkpoint_ms;
-    bool checkpoint_wanted;
+    bool checkpoint_wanted;   /* freeze at the next batch seal */
+    uint64_t ckpt_seq;        /* frozen checkpoint's seq; 0: none */
+    bool ckpt_committing;     /* its committer runs */
+    uint64_t ckpt_started_ns;
+    uint64_t snap_min_seq;    /* a snapshot waits for a checkpoint past this */
     bool wake_rearm; /* the inbox poll fired while draining a failure */
 
     /* snapshots: one helper thread at a time */
@@ -119,7 +129,7 @@ struct shard {
         st_checkpoint_seq, st_log_bytes, st_checkpoint_us_total, st_checkpoint_us_max,
         st_checkpoint_stall_us_max, st_log_first_seq, st_snapshot_seq, st_snapshot_bytes,
         st_snapshots, st_snapshot_ms_last;
-    uint64_t checkpoint_wanted_ns; /* when the pump stopped taking requests */
+    uint64_t stall_ns; /* when the pump stopped taking requests; 0: it takes them */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -248,8 +258,15 @@ static void shard_set_status(shard *s, int status, const char *fmt, ...)
     shard_say(s, 2, "%s", s->status_message);
 }
 
-/* Rebuilds the ledger's state from its checkpoint and the durable log. */
-static int shard_replay(shard *s, uint64_t from_seq)
+/* Rebuilds the ledger's state from its checkpoint and the durable log.
+ * With `commit` it checkpoints whenever the state's in-memory layer
+ * reaches LIMIT_STATE_PENDING_BYTES_MAX, so a long recovery does not hold
+ * the whole tail in memory — and no more often: each commit copies the
+ * pages it touches, and the file grows by what the previous commit still
+ * pins.  After a failure it must not commit (the disk that failed would
+ * be written again): the rebuilt state stays in memory for reads until
+ * restart. */
+static int shard_replay(shard *s, uint64_t from_seq, bool commit)
 {
     log_iter it;
     int rc = log_iter_init(s->log, from_seq, &it);
@@ -260,9 +277,12 @@ static int shard_replay(shard *s, uint64_t from_seq)
     uint64_t n = 0, t0 = shard_mono_ns(), last_report = t0;
     while ((rc = log_iter_next(&it, &r, &loc)) == 1) {
         rc = ledger_replay(s->ledger, &r, loc);
+        n++;
+        if (rc == 0 && commit && (n & 1023) == 0 &&
+            ledger_pending_bytes(s->ledger) >= LIMIT_STATE_PENDING_BYTES_MAX)
+            rc = ledger_checkpoint(s->ledger, r.seq);
         if (rc < 0)
             return rc;
-        n++;
         if ((n & 0xffff) == 0 && shard_mono_ns() - last_report > 1000000000u) {
             last_report = shard_mono_ns();
             shard_say(s, 0, "recovery: replayed %llu records (seq %llu of %llu)",
@@ -313,7 +333,10 @@ static void shard_refuse_corrupt(shard *s, const char *what)
     shard_fail_list(&s->inflight, TALLY_ECORRUPT, msg);
     shard_fail_list(&s->filling, TALLY_ECORRUPT, msg);
     s->batch_inflight = false;
-    ledger_rollback(s->ledger);
+    ledger_rollback(s->ledger); /* waits for a running commit */
+    s->ckpt_seq = 0;
+    s->ckpt_committing = false;
+    s->checkpoint_wanted = false;
     shard_publish(s);
 }
 
@@ -358,8 +381,11 @@ static void shard_fail(shard *s, int err, const char *what)
     shard_fail_list(&s->inflight, TALLY_EFAILED, msg);
     shard_fail_list(&s->filling, TALLY_EFAILED, msg);
     s->batch_inflight = false;
-    ledger_rollback(s->ledger);
-    int rc = shard_replay(s, ledger_checkpoint_seq(s->ledger));
+    ledger_rollback(s->ledger); /* waits for a running commit */
+    s->ckpt_seq = 0;
+    s->ckpt_committing = false;
+    s->checkpoint_wanted = false;
+    int rc = shard_replay(s, ledger_checkpoint_seq(s->ledger), false);
     if (rc < 0) {
         atomic_store(&s->status, 0);
         shard_set_status(s, TALLY_ECORRUPT, "rebuilding state after failure: %s",
@@ -404,6 +430,9 @@ static int shard_verify(shard *s, uint64_t merchant, char *msg, size_t cap)
 
 /* ---- batches ------------------------------------------------------------ */
 
+static void shard_ckpt_freeze(shard *s, uint64_t seq);
+static void shard_ckpt_start(shard *s);
+
 static void shard_submit_batch(shard *s)
 {
     log_batch b;
@@ -437,6 +466,10 @@ static void shard_submit_batch(shard *s)
     s->batch_submit_ns = shard_mono_ns();
     s->batch_records = b.last_seq - b.first_seq + 1;
     shard_list_append(&s->inflight, &s->filling);
+    /* The state now holds exactly the records up to this batch: the moment
+     * to set a checkpoint aside (committed once the batch is durable). */
+    if (s->checkpoint_wanted && !s->ckpt_seq && atomic_load(&s->status) == 0)
+        shard_ckpt_freeze(s, b.last_seq);
 }
 
 static void shard_batch_done(shard *s, int res)
@@ -462,6 +495,7 @@ static void shard_batch_done(shard *s, int res)
     atomic_fetch_add(&s->st_entries, s->batch_records);
     shard_publish(s);
     shard_complete_list(&s->inflight);
+    shard_ckpt_start(s);
 }
 
 /* ---- snapshots ------------------------------------------------------------ */
@@ -573,19 +607,23 @@ static void shard_snap_pump(shard *s)
 {
     if (!s->snap_wanted && !s->snap_running && shard_snapshot_due(s))
         s->snap_wanted = true;
-    if (!s->snap_wanted || s->snap_running || s->checkpoint_wanted)
+    if (!s->snap_wanted || s->snap_running)
         return;
     if (atomic_load(&s->status) != 0) {
         s->snap_wanted = false;
         shard_fail_list(&s->snap_waiting, atomic_load(&s->status), s->status_message);
         return;
     }
-    if (ledger_delta_records(s->ledger) > 0) {
+    /* What the snapshot must contain: every record applied before it was
+     * wanted, committed by a checkpoint. */
+    if (!s->snap_min_seq)
+        s->snap_min_seq = log_last_seq(s->log);
+    if (ledger_checkpoint_seq(s->ledger) >= s->snap_min_seq) {
+        s->snap_min_seq = 0;
+        shard_snap_start(s);
+    } else if (!s->ckpt_seq) {
         s->checkpoint_wanted = true;
-        s->checkpoint_wanted_ns = shard_mono_ns();
-        return;
     }
-    shard_snap_start(s);
 }
 
 /* ---- applying requests -------------------------------------------------- */
@@ -654,35 +692,90 @@ static void shard_sweep(shard *s)
     atomic_fetch_add(&s->st_sweep_entries, count);
 }
 
+/* A synchronous checkpoint of everything durable (closing). */
 static void shard_checkpoint(shard *s)
 {
     uint64_t seq = log_durable_seq(s->log);
     uint64_t t0 = shard_mono_ns();
     int rc = ledger_checkpoint(s->ledger, seq);
-    uint64_t t1 = shard_mono_ns();
-    uint64_t us = (t1 - t0) / 1000u;
-    atomic_fetch_add(&s->st_checkpoint_us_total, us);
-    if (us > atomic_load(&s->st_checkpoint_us_max))
-        atomic_store(&s->st_checkpoint_us_max, us);
-    if (s->checkpoint_wanted_ns) {
-        uint64_t stall = (t1 - s->checkpoint_wanted_ns) / 1000u;
-        if (stall > atomic_load(&s->st_checkpoint_stall_us_max))
-            atomic_store(&s->st_checkpoint_stall_us_max, stall);
-        s->checkpoint_wanted_ns = 0;
-    }
+    uint64_t us = (shard_mono_ns() - t0) / 1000u;
+    s->ckpt_seq = 0;
+    s->ckpt_committing = false;
     s->checkpoint_wanted = false;
     s->last_checkpoint_ms = shard_now(s);
     if (rc < 0) {
         shard_fail(s, rc, "checkpoint of the state");
         return;
     }
+    atomic_fetch_add(&s->st_checkpoint_us_total, us);
+    if (us > atomic_load(&s->st_checkpoint_us_max))
+        atomic_store(&s->st_checkpoint_us_max, us);
+    atomic_fetch_add(&s->st_checkpoints, 1);
+    atomic_store(&s->st_checkpoint_seq, seq);
+}
+
+/* The committer is done (its thread): wake the shard thread. */
+static void shard_ckpt_done(void *ctx)
+{
+    shard *s = ctx;
+    uint64_t one = 1;
+    ssize_t w = write(s->wake_fd, &one, sizeof(one));
+    (void)w;
+}
+
+/* Sets aside the changes of every record up to seq as a checkpoint. */
+static void shard_ckpt_freeze(shard *s, uint64_t seq)
+{
+    s->checkpoint_wanted = false;
+    int rc = ledger_checkpoint_freeze(s->ledger, seq);
+    if (rc < 0) {
+        shard_fail(s, rc, "setting aside a checkpoint");
+        return;
+    }
+    s->ckpt_seq = seq;
+    s->last_checkpoint_ms = shard_now(s);
+}
+
+/* Once its records are durable, the frozen checkpoint is committed. */
+static void shard_ckpt_start(shard *s)
+{
+    if (!s->ckpt_seq || s->ckpt_committing || log_durable_seq(s->log) < s->ckpt_seq)
+        return;
+    s->ckpt_started_ns = shard_mono_ns();
+    int rc = ledger_checkpoint_commit(s->ledger, shard_ckpt_done, s);
+    if (rc < 0) {
+        shard_fail(s, rc, "starting a checkpoint's commit");
+        return;
+    }
+    s->ckpt_committing = true;
+}
+
+/* The committer's outcome, if it has one. */
+static void shard_ckpt_finish(shard *s)
+{
+    if (!s->ckpt_committing)
+        return;
+    int rc = ledger_checkpoint_finish(s->ledger);
+    if (rc == 2)
+        return; /* still running */
+    s->ckpt_committing = false;
+    uint64_t seq = s->ckpt_seq;
+    s->ckpt_seq = 0;
+    if (rc < 0) {
+        shard_fail(s, rc, "checkpoint of the state");
+        return;
+    }
+    uint64_t us = (shard_mono_ns() - s->ckpt_started_ns) / 1000u;
+    atomic_fetch_add(&s->st_checkpoint_us_total, us);
+    if (us > atomic_load(&s->st_checkpoint_us_max))
+        atomic_store(&s->st_checkpoint_us_max, us);
     atomic_fetch_add(&s->st_checkpoints, 1);
     atomic_store(&s->st_checkpoint_seq, seq);
 }
 
 static bool shard_checkpoint_due(shard *s)
 {
-    if (atomic_load(&s->status) != 0 || ledger_delta_records(s->ledger) == 0)
+    if (atomic_load(&s->status) != 0 || ledger_delta_records(s->ledger) == 0 || s->ckpt_seq)
         return false;
     return ledger_delta_records(s->ledger) >= s->opts.checkpoint_entries ||
            shard_now(s) - s->last_checkpoint_ms >= s->opts.checkpoint_ms;
@@ -699,11 +792,19 @@ static void shard_take_inbox(shard *s)
  * in flight. */
 static void shard_pump(shard *s)
 {
-    if (!s->checkpoint_wanted && shard_checkpoint_due(s)) {
+    if (!s->checkpoint_wanted && shard_checkpoint_due(s))
         s->checkpoint_wanted = true;
-        s->checkpoint_wanted_ns = shard_mono_ns();
+    /* Backpressure from the disk: changes pile up while a commit runs. */
+    bool full = s->ckpt_seq && ledger_pending_bytes(s->ledger) > LIMIT_STATE_PENDING_BYTES_MAX;
+    if (full && !s->stall_ns)
+        s->stall_ns = shard_mono_ns();
+    if (!full && s->stall_ns) {
+        uint64_t us = (shard_mono_ns() - s->stall_ns) / 1000u;
+        if (us > atomic_load(&s->st_checkpoint_stall_us_max))
+            atomic_store(&s->st_checkpoint_stall_us_max, us);
+        s->stall_ns = 0;
     }
-    if (!s->checkpoint_wanted) {
+    if (!full) {
         shard_take_inbox(s);
         tally_request *r;
         while ((r = s->queued.head) != NULL) {
@@ -724,11 +825,13 @@ static void shard_pump(shard *s)
     }
     if (!s->batch_inflight)
         shard_submit_batch(s);
-    if (s->checkpoint_wanted && !s->batch_inflight && s->filling.count == 0 &&
-        log_batch_records(s->log) == 0) {
-        if (atomic_load(&s->status) == 0)
-            shard_checkpoint(s);
-        s->checkpoint_wanted = false;
+    /* Nothing in flight and nothing filling: everything applied is
+     * durable, so a checkpoint can be set aside and committed at once. */
+    if (s->checkpoint_wanted && !s->ckpt_seq && !s->batch_inflight && s->filling.count == 0 &&
+        log_batch_records(s->log) == 0 && atomic_load(&s->status) == 0 &&
+        ledger_delta_records(s->ledger) > 0) {
+        shard_ckpt_freeze(s, log_durable_seq(s->log));
+        shard_ckpt_start(s);
     }
     shard_snap_pump(s);
 }
@@ -739,7 +842,8 @@ static int shard_wait_ms(shard *s)
 {
     if (s->batch_inflight)
         return -1;
-    if (s->queued.count > 0 || s->checkpoint_wanted || (s->snap_wanted && !s->snap_running))
+    if (s->queued.count > 0 || (s->checkpoint_wanted && !s->ckpt_seq) ||
+        (s->snap_wanted && !s->snap_running && !s->ckpt_seq))
         return 0;
     /* Requests the pump left in the inbox (it does not take them while a
      * checkpoint is wanted): submitters ring the eventfd only when the
@@ -800,6 +904,7 @@ static void *shard_main(void *arg)
         }
         if (s->snap_running && atomic_load(&s->snap_done))
             shard_snap_finish(s);
+        shard_ckpt_finish(s);
         if (s->wake_rearm) {
             s->wake_rearm = false;
             if (ring_poll(s->ring, s->wake_fd, SHARD_TAG_INBOX) == 0)
@@ -809,8 +914,9 @@ static void *shard_main(void *arg)
         if (shard_should_exit(s))
             break;
     }
-    if (atomic_load(&s->status) == 0 && ledger_delta_records(s->ledger) > 0)
-        shard_checkpoint(s);
+    if (atomic_load(&s->status) == 0 &&
+        (ledger_delta_records(s->ledger) > 0 || ledger_checkpoint_frozen(s->ledger)))
+        shard_checkpoint(s); /* waits for a running commit first */
     if (s->snap_running)
         shard_snap_finish(s); /* waits for the helper */
     shard_fail_list(&s->snap_waiting, TALLY_ECLOSED, "engine is shutting down");
@@ -939,7 +1045,7 @@ static int shard_recover(shard *s)
         return 0;
     }
     s->now_ms = rec.last_ts_ms;
-    rc = shard_replay(s, cp);
+    rc = shard_replay(s, cp, !s->opts.read_only);
     if (rc == TALLY_ECORRUPT) {
         shard_set_status(s, TALLY_ECORRUPT, "replay after checkpoint seq %llu diverged",
                          (unsigned long long)cp);
@@ -1127,7 +1233,10 @@ static int shard_verify_replay(shard *s, const snapshot_info *base, char *msg, s
     uint64_t n = 0, last_report = shard_mono_ns();
     while (rc == 0 && (rc = log_iter_next(&it, &r, &loc)) == 1) {
         rc = ledger_replay(fresh, &r, loc);
-        if (rc == 0 && (++n & 0xffff) == 0 && shard_mono_ns() - last_report > 1000000000u) {
+        if (rc == 0 && (++n & 1023) == 0 &&
+            ledger_pending_bytes(fresh) >= LIMIT_STATE_PENDING_BYTES_MAX)
+            rc = ledger_checkpoint(fresh, r.seq); /* its own temporary state */
+        if (rc == 0 && (n & 0xffff) == 0 && shard_mono_ns() - last_report > 1000000000u) {
             last_report = shard_mono_ns();
             shard_say(s, 0, "verify: replayed %llu records (seq %llu of %llu)",
                       (unsigned long long)n, (unsigned long long)r.seq,

@@ -1,8 +1,17 @@
 /*
- * state.h — one shard's materialised state in LMDB: the only module that
- * includes lmdb.h (STYLE rule 2).  A thin typed layer: named tables of
- * byte keys and values, one long write transaction that the ledger keeps
- * open across batches and commits (synced) at checkpoints.
+ * state.h — one shard's materialised state: named tables of byte keys and
+ * values, kept in LMDB (the only module that includes lmdb.h, STYLE rule 2)
+ * under an in-memory layer of recent changes (DESIGN-NOTES §1).
+ *
+ * Writes go to the active layer (ordered, in memory).  Reads look at the
+ * active layer, then at a frozen layer being committed, then at LMDB's
+ * last commit through a read transaction.  A checkpoint freezes the active
+ * layer and a committer thread writes it into LMDB in one synced
+ * transaction (state_freeze, state_commit_frozen, state_commit_finish), so
+ * the writer never waits for LMDB's page writes and flushes; or, for tools
+ * and recovery, state_commit does it all on the calling thread.  LMDB on
+ * disk is thus always one whole checkpoint, committed with its default
+ * synced commits (never MDB_NOSYNC).
  *
  * Every stored value carries a checksum: the caller's bytes, then an
  * XXH3-64 of (table, key, value) — 8 bytes, little-endian — because LMDB
@@ -43,15 +52,32 @@ enum state_table {
 typedef struct state state;
 
 /* Opens (creating) the environment in directory dir with a map of
- * map_bytes and begins the write transaction. */
+ * map_bytes. */
 int state_open(const char *dir, uint64_t map_bytes, state **out);
-/* Aborts the open transaction and closes. NULL is ok. */
+/* Waits for a running commit, drops what is not committed, closes.  NULL
+ * is ok. */
 void state_close(state *s);
 
-/* Commits the open transaction (synced) and begins the next one. */
+/* Writes everything not yet committed into LMDB in one synced commit, on
+ * the calling thread (waiting first for a running commit). */
 int state_commit(state *s);
-/* Aborts the open transaction and begins a new one. */
+/* Drops the changes not committed: the active layer, and a frozen one no
+ * committer took yet (a running commit is waited for and kept). */
 int state_abort(state *s);
+
+/* Asynchronous checkpoints.  state_freeze makes the active layer the
+ * frozen one and starts an empty active layer (-EBUSY if a frozen layer is
+ * still there).  state_commit_frozen starts a thread that writes it into
+ * LMDB and commits, then calls done(ctx) from that thread.
+ * state_commit_finish, on the writer's thread: 1 if no commit was started,
+ * 2 if it is still running, else its outcome (0: the read view now shows
+ * it and the frozen layer is gone; < 0: it failed — call state_abort). */
+int state_freeze(state *s);
+bool state_has_frozen(const state *s);
+int state_commit_frozen(state *s, void (*done)(void *ctx), void *ctx);
+int state_commit_finish(state *s);
+/* Bytes the active layer holds (for backpressure). */
+size_t state_active_bytes(const state *s);
 
 /* 0 and *val and *val_len (valid until the next write), 1 if absent. */
 int state_get(state *s, int table, const void *key, size_t key_len, const void **val,
