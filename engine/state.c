@@ -55,7 +55,7 @@ static const char *const state_names[STATE_TABLES] = {
 /* A version of a key in a layer.  val_len STATE_TOMBSTONE: deleted. */
 typedef struct state_node {
     struct state_node *prev; /* level 0, backwards */
-    const uint8_t *val;
+    uint8_t *val; /* in the layer's arena (NULL: empty or a tombstone) */
     uint32_t val_len;
     uint16_t key_len;
     uint8_t level;
@@ -312,6 +312,15 @@ static int state_layer_set(state_layer *l, int t, const void *key, size_t key_le
     assert(key_len > 0 && key_len <= 511);
     state_node *update[STATE_LEVELS];
     state_node *n = state_find_ge(l, t, key, key_len, update);
+    bool found = n && state_nodecmp(n, key, key_len) == 0;
+    /* A key rewritten within one layer (a busy account) reuses its value's
+     * bytes when the new one fits: the arena grows with keys, not writes. */
+    if (found && n->val && n->val_len != STATE_TOMBSTONE && val_len != STATE_TOMBSTONE &&
+        val_len <= n->val_len) {
+        memmove(n->val, val, val_len);
+        n->val_len = val_len;
+        return 0;
+    }
     uint8_t *copy = NULL;
     if (val_len != STATE_TOMBSTONE && val_len > 0) {
         copy = state_alloc(l, val_len);
@@ -319,7 +328,7 @@ static int state_layer_set(state_layer *l, int t, const void *key, size_t key_le
             return -ENOMEM;
         memcpy(copy, val, val_len);
     }
-    if (n && state_nodecmp(n, key, key_len) == 0) {
+    if (found) {
         n->val = copy;
         n->val_len = val_len;
         return 0;
