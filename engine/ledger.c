@@ -496,23 +496,64 @@ static int ref_put(ledger *l, uint64_t m, uint64_t seq, const ledger_ref *r,
 
 /* ---- lots --------------------------------------------------------------- */
 
-/* The soonest expiry among an account's lots (its first lot: lots sort by
- * expiry), UINT64_MAX if it has none that expire. */
-static int lots_first_exp(ledger *l, uint64_t m, uint64_t a, uint64_t *out)
-{
+/* Walks one account's lots in key order: soonest expiry first, then by
+ * the seq of the entry that made the lot. */
+typedef struct lot_iter {
     state_cursor *c;
-    int rc = state_cursor_open(l->st, STATE_LOTS, &c);
-    if (rc < 0)
-        return rc;
-    uint8_t k[32];
-    key4(k, m, a, 0, 0);
+    uint64_t m, a;
+    bool started;
+    uint64_t expkey, seq; /* the current lot's key */
+    ledger_lot lot;       /* and its value */
+} lot_iter;
+
+static int lot_iter_open(ledger *l, uint64_t m, uint64_t a, lot_iter *it)
+{
+    *it = (lot_iter){.m = m, .a = a};
+    return state_cursor_open(l->st, STATE_LOTS, &it->c);
+}
+
+/* 0: the next lot is in it; 1: the account has no more; < 0: error. */
+static int lot_iter_next(lot_iter *it)
+{
     const void *kk, *v;
     size_t kl, vl;
-    rc = state_cursor_seek(c, k, 32, &kk, &kl, &v, &vl);
-    *out = UINT64_MAX;
-    if (rc == 0 && kl == 32 && get_be64(kk) == m && get_be64((const uint8_t *)kk + 8) == a)
-        *out = get_be64((const uint8_t *)kk + 16);
-    state_cursor_close(c);
+    int rc;
+    if (!it->started) {
+        uint8_t k[32];
+        key4(k, it->m, it->a, 0, 0);
+        rc = state_cursor_seek(it->c, k, 32, &kk, &kl, &v, &vl);
+        it->started = true;
+    } else {
+        rc = state_cursor_step(it->c, 1, &kk, &kl, &v, &vl);
+    }
+    if (rc != 0)
+        return rc;
+    const uint8_t *p = kk;
+    if (kl != 32 || get_be64(p) != it->m || get_be64(p + 8) != it->a)
+        return 1;
+    if (vl != sizeof(it->lot))
+        return TALLY_ECORRUPT;
+    it->expkey = get_be64(p + 16);
+    it->seq = get_be64(p + 24);
+    memcpy(&it->lot, v, sizeof(it->lot));
+    return 0;
+}
+
+static void lot_iter_close(lot_iter *it) { state_cursor_close(it->c); }
+
+/* The account's first lot (lots sort by expiry: the soonest-expiring):
+ * its expiry key (UINT64_MAX if it has no lots) and seq (0). */
+static int lots_first(ledger *l, uint64_t m, uint64_t a, uint64_t *expkey, uint64_t *seq)
+{
+    lot_iter it;
+    int rc = lot_iter_open(l, m, a, &it);
+    if (rc < 0)
+        return rc;
+    rc = lot_iter_next(&it);
+    *expkey = rc == 0 ? it.expkey : UINT64_MAX;
+    if (seq)
+        *seq = rc == 0 ? it.seq : 0;
+    lot_iter_close(&it);
     return rc < 0 ? rc : 0;
 }
 
@@ -551,7 +592,7 @@ static int lot_apply(ledger *l, uint64_t m, uint64_t a, ledger_account *ac, uint
             rc = state_del(l->st, STATE_PENDING, pk, pkl);
         /* The soonest lot went: the next one is now the soonest. */
         if (rc >= 0 && expkey == ac->lots_min_exp && expkey != UINT64_MAX)
-            rc = lots_first_exp(l, m, a, &ac->lots_min_exp);
+            rc = lots_first(l, m, a, &ac->lots_min_exp, NULL);
     } else {
         rc = state_put(l->st, STATE_LOTS, k, kl, &lot, sizeof(lot));
         if (rc == 0 && !existed && expkey != UINT64_MAX)
@@ -603,34 +644,22 @@ static int pending_normalise(ledger *l, uint64_t m, uint64_t a, ledger_account *
     if (rc < 0)
         return rc;
     for (int i = 0; i < n; i++) {
-        uint64_t avail = get_be64(done[i] + 16), seq = get_be64(done[i] + 24);
+        uint64_t seq = get_be64(done[i] + 24);
         /* Find the lot (its expiry is not in this key): scan the account's
          * lots for that seq. */
-        state_cursor *lc;
-        rc = state_cursor_open(l->st, STATE_LOTS, &lc);
+        lot_iter it;
+        rc = lot_iter_open(l, m, a, &it);
         if (rc < 0)
             return rc;
-        uint8_t lk[32];
-        key4(lk, m, a, 0, 0);
-        rc = state_cursor_seek(lc, lk, 32, &kk, &kl, &v, &vl);
-        while (rc == 0) {
-            const uint8_t *p = kk;
-            if (kl != 32 || get_be64(p) != m || get_be64(p + 8) != a) {
-                rc = 1;
+        while ((rc = lot_iter_next(&it)) == 0) {
+            if (it.seq == seq) {
+                ac->pending_total -= it.lot.remaining;
                 break;
             }
-            if (get_be64(p + 24) == seq) {
-                ledger_lot lot;
-                memcpy(&lot, v, sizeof(lot));
-                ac->pending_total -= lot.remaining;
-                break;
-            }
-            rc = state_cursor_step(lc, 1, &kk, &kl, &v, &vl);
         }
-        state_cursor_close(lc);
+        lot_iter_close(&it);
         if (rc < 0)
             return rc;
-        (void)avail;
         rc = state_del(l->st, STATE_PENDING, done[i], 32);
         if (rc < 0)
             return rc;
@@ -650,40 +679,27 @@ static int lots_plan_debit(ledger *l, uint64_t m, uint64_t a, int64_t amount, ui
                            uint64_t skip_seq, ledger_alloc *out, uint32_t *count,
                            int64_t *taken)
 {
-    state_cursor *c;
-    int rc = state_cursor_open(l->st, STATE_LOTS, &c);
+    lot_iter it;
+    int rc = lot_iter_open(l, m, a, &it);
     if (rc < 0)
         return rc;
-    uint8_t k[32];
-    key4(k, m, a, 0, 0);
-    const void *kk, *v;
-    size_t kl, vl;
     uint32_t n = 0;
     int64_t got = 0;
-    rc = state_cursor_seek(c, k, 32, &kk, &kl, &v, &vl);
-    while (rc == 0 && got < amount) {
-        const uint8_t *p = kk;
-        if (kl != 32 || get_be64(p) != m || get_be64(p + 8) != a) {
-            rc = 1;
-            break;
-        }
-        ledger_lot lot;
-        memcpy(&lot, v, sizeof(lot));
-        uint64_t expkey = get_be64(p + 16), seq = get_be64(p + 24);
-        bool spendable = !(lot.available_at && lot.available_at > ts_ms / 1000) &&
-                         !ledger_due(expkey, ts_ms) && seq != skip_seq;
-        if (spendable && lot.remaining > 0) {
+    while (got < amount && (rc = lot_iter_next(&it)) == 0) {
+        const ledger_lot *lot = &it.lot;
+        bool spendable = !(lot->available_at && lot->available_at > ts_ms / 1000) &&
+                         !ledger_due(it.expkey, ts_ms) && it.seq != skip_seq;
+        if (spendable && lot->remaining > 0) {
             if (n == LIMIT_LOTS_PER_DEBIT_MAX) {
-                state_cursor_close(c);
+                lot_iter_close(&it);
                 return TALLY_ETOOBIG;
             }
-            int64_t take = amount - got < lot.remaining ? amount - got : lot.remaining;
-            out[n++] = (ledger_alloc){expkey, seq, take};
+            int64_t take = amount - got < lot->remaining ? amount - got : lot->remaining;
+            out[n++] = (ledger_alloc){it.expkey, it.seq, take};
             got += take;
         }
-        rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
     }
-    state_cursor_close(c);
+    lot_iter_close(&it);
     if (rc < 0)
         return rc;
     *count = n;
@@ -948,23 +964,8 @@ static int ledger_engine_entries(ledger *l, ledger_x *x, uint64_t m, uint64_t a)
         bool lot_due = ledger_due(ac.lots_min_exp, x->ts_ms);
         bool hold_due = ledger_due(ac.holds_min_deadline, x->ts_ms);
         if (lot_due && !(hold_due && ac.holds_min_deadline <= ac.lots_min_exp)) {
-            /* The first lot is the soonest-expiring one. */
-            state_cursor *c;
-            rc = state_cursor_open(l->st, STATE_LOTS, &c);
-            if (rc < 0)
-                return rc;
-            uint8_t k[32];
-            key4(k, m, a, 0, 0);
-            const void *kk, *v;
-            size_t kl, vl;
-            rc = state_cursor_seek(c, k, 32, &kk, &kl, &v, &vl);
-            uint64_t expkey = 0, seq = 0;
-            if (rc == 0 && kl == 32 && get_be64(kk) == m &&
-                get_be64((const uint8_t *)kk + 8) == a) {
-                expkey = get_be64((const uint8_t *)kk + 16);
-                seq = get_be64((const uint8_t *)kk + 24);
-            }
-            state_cursor_close(c);
+            uint64_t expkey, seq;
+            rc = lots_first(l, m, a, &expkey, &seq);
             if (rc < 0)
                 return rc;
             if (expkey != ac.lots_min_exp)
@@ -1512,35 +1513,31 @@ static int ledger_balance(ledger *l, uint64_t m, uint64_t a, uint64_t now_ms, ta
         return rc;
     int64_t expired_now = 0, pending_now = 0, next_pts = 0;
     uint64_t next_exp = 0;
-    state_cursor *c;
-    rc = state_cursor_open(l->st, STATE_LOTS, &c);
+    lot_iter it;
+    rc = lot_iter_open(l, m, a, &it);
     if (rc < 0)
         return rc;
-    uint8_t k[32];
-    key4(k, m, a, 0, 0);
-    const void *kk, *v;
-    size_t kl, vl;
-    rc = state_cursor_seek(c, k, 32, &kk, &kl, &v, &vl);
-    while (rc == 0 && kl == 32 && get_be64(kk) == m && get_be64((const uint8_t *)kk + 8) == a) {
-        ledger_lot lot;
-        memcpy(&lot, v, sizeof(lot));
-        uint64_t expkey = get_be64((const uint8_t *)kk + 16);
-        if (ledger_due(expkey, now_ms)) {
-            expired_now += lot.remaining;
+    while ((rc = lot_iter_next(&it)) == 0) {
+        const ledger_lot *lot = &it.lot;
+        if (ledger_due(it.expkey, now_ms)) {
+            expired_now += lot->remaining;
         } else {
-            if (lot.available_at && lot.available_at > now_ms / 1000)
-                pending_now += lot.remaining;
-            if (expkey != UINT64_MAX && (next_exp == 0 || expkey == next_exp)) {
-                next_exp = expkey;
-                next_pts += lot.remaining;
+            if (lot->available_at && lot->available_at > now_ms / 1000)
+                pending_now += lot->remaining;
+            if (it.expkey != UINT64_MAX && (next_exp == 0 || it.expkey == next_exp)) {
+                next_exp = it.expkey;
+                next_pts += lot->remaining;
             }
         }
-        rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
     }
-    state_cursor_close(c);
+    lot_iter_close(&it);
     if (rc < 0)
         return rc;
     int64_t held = ac.held, released = 0, released_expired = 0;
+    state_cursor *c;
+    uint8_t k[24];
+    const void *kk, *v;
+    size_t kl, vl;
     rc = state_cursor_open(l->st, STATE_ACCT_HOLDS, &c);
     if (rc < 0)
         return rc;
@@ -2098,29 +2095,22 @@ typedef struct ledger_sum {
 static int ledger_verify_account(ledger *l, uint64_t m, uint64_t a, const ledger_account *ac,
                                  char *msg, size_t cap)
 {
-    state_cursor *c;
-    int rc = state_cursor_open(l->st, STATE_LOTS, &c);
+    lot_iter it;
+    int rc = lot_iter_open(l, m, a, &it);
     if (rc < 0)
         return rc;
-    uint8_t k[32];
-    key4(k, m, a, 0, 0);
-    const void *kk, *v;
-    size_t kl, vl;
     int64_t lots = 0;
     uint64_t first_exp = UINT64_MAX;
-    rc = state_cursor_seek(c, k, 32, &kk, &kl, &v, &vl);
-    while (rc == 0 && kl == 32 && get_be64(kk) == m && get_be64((const uint8_t *)kk + 8) == a) {
-        ledger_lot lot;
-        memcpy(&lot, v, sizeof(lot));
-        if (lot.remaining <= 0)
-            rc = TALLY_ECORRUPT;
+    while ((rc = lot_iter_next(&it)) == 0) {
         if (lots == 0)
-            first_exp = get_be64((const uint8_t *)kk + 16);
-        lots += lot.remaining;
-        if (rc == 0)
-            rc = state_cursor_step(c, 1, &kk, &kl, &v, &vl);
+            first_exp = it.expkey;
+        lots += it.lot.remaining;
+        if (it.lot.remaining <= 0) {
+            rc = TALLY_ECORRUPT;
+            break;
+        }
     }
-    state_cursor_close(c);
+    lot_iter_close(&it);
     if (rc < 0 && rc != TALLY_ECORRUPT)
         return rc;
     uint64_t hold_seq, first_deadline;
