@@ -212,20 +212,7 @@ void fu_log_dump(const td *t, const char *why)
     free(text);
 }
 
-long fu_rss_anon_kib(const td *t)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)t->pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    long kib = -1;
-    while (fgets(line, sizeof(line), f))
-        if (sscanf(line, "RssAnon: %ld kB", &kib) == 1)
-            break;
-    fclose(f);
-    return kib;
-}
+long fu_rss_anon_kib(const td *t) { return td_status_kib(t, "RssAnon"); }
 
 int fu_tally_tool(const char *args, char *out, size_t cap)
 {

@@ -351,7 +351,7 @@ int td_closed(int fd, int timeout_ms)
     }
 }
 
-long td_rss_kib(const td *t)
+long td_status_kib(const td *t, const char *field)
 {
     char path[64], line[256];
     snprintf(path, sizeof(path), "/proc/%d/status", (int)t->pid);
@@ -359,9 +359,13 @@ long td_rss_kib(const td *t)
     if (!f)
         return -1;
     long kib = -1;
+    size_t n = strlen(field);
     while (fgets(line, sizeof(line), f))
-        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+        if (strncmp(line, field, n) == 0 && line[n] == ':' &&
+            sscanf(line + n + 1, "%ld kB", &kib) == 1)
             break;
     fclose(f);
     return kib;
 }
+
+long td_rss_kib(const td *t) { return td_status_kib(t, "VmRSS"); }

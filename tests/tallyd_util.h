@@ -57,7 +57,10 @@ size_t td_recv_until(int fd, char *buf, size_t cap, const char *suffix, int time
 /* True if the peer has closed the connection (EOF within timeout_ms). */
 int td_closed(int fd, int timeout_ms);
 
-/* tallyd's resident memory in KiB (from /proc). */
+/* A "<field>: N kB" line of tallyd's /proc/PID/status (VmRSS, RssAnon…),
+ * -1 if absent. */
+long td_status_kib(const td *t, const char *field);
+/* tallyd's resident memory in KiB (VmRSS). */
 long td_rss_kib(const td *t);
 
 #endif
