@@ -537,6 +537,17 @@ int state_commit_finish(state *s)
     return rc;
 }
 
+/* Starts an empty active layer in place of the current one. */
+static int state_empty_active(state *s)
+{
+    state_layer *fresh = state_layer_new();
+    if (!fresh)
+        return -ENOMEM;
+    state_layer_free(s->active);
+    s->active = fresh;
+    return 0;
+}
+
 int state_commit(state *s)
 {
     /* A running commit first: its layer is older than the active one. */
@@ -562,12 +573,7 @@ int state_commit(state *s)
         rc = state_renew(s);
     if (rc < 0)
         return rc;
-    state_layer *fresh = state_layer_new();
-    if (!fresh)
-        return -ENOMEM;
-    state_layer_free(s->active);
-    s->active = fresh;
-    return 0;
+    return state_empty_active(s);
 }
 
 int state_abort(state *s)
@@ -581,12 +587,7 @@ int state_abort(state *s)
      * was never durable. */
     state_layer_free(s->frozen);
     s->frozen = NULL;
-    state_layer *fresh = state_layer_new();
-    if (!fresh)
-        return -ENOMEM;
-    state_layer_free(s->active);
-    s->active = fresh;
-    return 0;
+    return state_empty_active(s);
 }
 
 /* ---- get / put / del -------------------------------------------------------------- */
