@@ -127,6 +127,23 @@ static size_t wire_bulk_str(char *out, const char *s)
     return wire_bulk(out, s, strlen(s));
 }
 
+/* The arguments after the command name, the same for tally and for the
+ * Redis script: merchant, then (ref, id) for CAPTURE, else account and,
+ * but for BALANCE, points and id. */
+static size_t wire_op_args(char *out, const workload_op *op)
+{
+    size_t len = wire_bulk_u64(out, op->merchant);
+    if (op->kind == WORKLOAD_OP_CAPTURE) {
+        len += wire_bulk(out + len, op->ref, op->ref_len);
+        return len + wire_bulk(out + len, op->id, op->id_len);
+    }
+    len += wire_bulk_u64(out + len, op->account);
+    if (op->kind == WORKLOAD_OP_BALANCE)
+        return len;
+    len += wire_bulk_u64(out + len, (uint64_t)op->points);
+    return len + wire_bulk(out + len, op->id, op->id_len);
+}
+
 static size_t wire_encode_tally(char *out, const workload_op *op)
 {
     static const char *const names[WORKLOAD_OP_COUNT] = {
@@ -142,16 +159,7 @@ static size_t wire_encode_tally(char *out, const workload_op *op)
     len += wire_bulk_str(out + len, names[op->kind]);
     if (op->kind == WORKLOAD_OP_PING)
         return len;
-    len += wire_bulk_u64(out + len, op->merchant);
-    if (op->kind == WORKLOAD_OP_CAPTURE) {
-        len += wire_bulk(out + len, op->ref, op->ref_len);
-        return len + wire_bulk(out + len, op->id, op->id_len);
-    }
-    len += wire_bulk_u64(out + len, op->account);
-    if (op->kind == WORKLOAD_OP_BALANCE)
-        return len;
-    len += wire_bulk_u64(out + len, (uint64_t)op->points);
-    return len + wire_bulk(out + len, op->id, op->id_len);
+    return len + wire_op_args(out + len, op);
 }
 
 static size_t wire_encode_redis(char *out, const char *sha, const workload_op *op)
@@ -164,16 +172,7 @@ static size_t wire_encode_redis(char *out, const char *sha, const workload_op *o
     len += wire_bulk(out + len, sha, 40);
     len += wire_bulk_str(out + len, "0");
     len += wire_bulk_str(out + len, workload_kind_name(op->kind));
-    len += wire_bulk_u64(out + len, op->merchant);
-    if (op->kind == WORKLOAD_OP_CAPTURE) {
-        len += wire_bulk(out + len, op->ref, op->ref_len);
-        return len + wire_bulk(out + len, op->id, op->id_len);
-    }
-    len += wire_bulk_u64(out + len, op->account);
-    if (op->kind == WORKLOAD_OP_BALANCE)
-        return len;
-    len += wire_bulk_u64(out + len, (uint64_t)op->points);
-    return len + wire_bulk(out + len, op->id, op->id_len);
+    return len + wire_op_args(out + len, op);
 }
 
 size_t wire_encode(char *out, int target, const char *sha, const workload_op *op)
