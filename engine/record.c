@@ -57,18 +57,21 @@ static_assert(RECORD_FIXED_BYTES + 2 * LIMIT_ENGINE_ID_BYTES_MAX + LIMIT_MEMO_BY
 
 /* ---- encode ------------------------------------------------------------- */
 
+bool record_encodable(const record *r)
+{
+    return (r->type == RECORD_ENTRY || r->type == RECORD_REFUSAL) &&
+           r->kind > TALLY_KIND_NONE && r->kind < TALLY_KIND_COUNT && r->id_len >= 1 &&
+           r->id_len <= LIMIT_ENGINE_ID_BYTES_MAX && r->ref_len <= LIMIT_ENGINE_ID_BYTES_MAX &&
+           r->memo_len <= LIMIT_MEMO_BYTES_MAX && r->seq >= 1 &&
+           /* What record_decode() refuses must never be written (fuzzing
+            * found these two accepted by encode). */
+           r->batch_seq >= 1 && r->batch_seq <= r->seq &&
+           (r->type == RECORD_ENTRY) == (r->error == 0);
+}
+
 uint64_t record_encode(const record *r, uint8_t *out)
 {
-    assert(r->type == RECORD_ENTRY || r->type == RECORD_REFUSAL);
-    assert(r->kind > TALLY_KIND_NONE && r->kind < TALLY_KIND_COUNT);
-    assert(r->id_len >= 1 && r->id_len <= LIMIT_ENGINE_ID_BYTES_MAX);
-    assert(r->ref_len <= LIMIT_ENGINE_ID_BYTES_MAX);
-    assert(r->memo_len <= LIMIT_MEMO_BYTES_MAX);
-    assert(r->seq >= 1);
-    /* What record_decode() refuses must never be written (fuzzing found
-     * these four accepted here). */
-    assert(r->batch_seq >= 1 && r->batch_seq <= r->seq);
-    assert((r->type == RECORD_ENTRY) == (r->error == 0));
+    assert(record_encodable(r));
     size_t len = record_size(r);
     memset(out, 0, len);
     record_put32(out + 0, (uint32_t)len);

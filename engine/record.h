@@ -38,6 +38,7 @@
 #ifndef TALLY_RECORD_H
 #define TALLY_RECORD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -89,8 +90,11 @@ size_t record_size(const record *r);
 
 /* Writes r (with r->prev, r->seq... as set) into out, which has
  * record_size(r) bytes.  Returns the record's checksum (the next record's
- * prev).  Asserts the fields are in range. */
+ * prev).  Asserts record_encodable(r). */
 uint64_t record_encode(const record *r, uint8_t *out);
+/* Whether r's fields are in range for record_encode: everything
+ * record_decode() would accept back. */
+bool record_encodable(const record *r);
 
 /* Decodes the record at buf (avail bytes readable).  Checks len bounds and
  * alignment, field ranges and the checksum; does not check the chain

@@ -70,19 +70,7 @@ static void fuzz_same_record(const record *a, const record *b)
 
 /* What record_encode() asserts, checked here so a decoded record that
  * breaks it is reported as this invariant rather than as encode's abort. */
-static void fuzz_encodable(const record *r)
-{
-    assert(r->type == RECORD_ENTRY || r->type == RECORD_REFUSAL);
-    assert(r->kind > TALLY_KIND_NONE && r->kind < TALLY_KIND_COUNT);
-    assert(r->id_len >= 1 && r->id_len <= LIMIT_ENGINE_ID_BYTES_MAX);
-    assert(r->ref_len <= LIMIT_ENGINE_ID_BYTES_MAX);
-    assert(r->memo_len <= LIMIT_MEMO_BYTES_MAX);
-    assert(r->seq >= 1);
-    /* What decode alone checks (the seq chain within a batch, the error
-     * field of an entry). */
-    assert(r->batch_seq >= 1 && r->batch_seq <= r->seq);
-    assert((r->type == RECORD_ENTRY) == (r->error == 0));
-}
+static void fuzz_encodable(const record *r) { assert(record_encodable(r)); }
 
 static void fuzz_decode(const uint8_t *buf, size_t avail)
 {
