@@ -254,21 +254,7 @@ int fu_stop_any(td *t, int timeout_ms)
 pid_t fu_spawn(const char *const *argv, const char *log)
 {
     cr_assert_lt(fu_reg_pid_count, FU_REG_MAX);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(99);
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execvp(argv[0], (char *const *)argv);
-        _exit(98);
-    }
+    pid_t pid = td_exec(argv, log);
     fu_reg_pid[fu_reg_pid_count++] = pid;
     return pid;
 }

@@ -61,6 +61,29 @@ void td_write_auth(td *t, const char *text)
     fclose(f);
 }
 
+pid_t td_exec(const char *const *argv, const char *log)
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(99);
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            dup2(fd, 1);
+        }
+        /* Under ASan, freed memory waits in a quarantine (256 MB by
+         * default) that would drown the memory-bound tests. */
+        setenv("ASAN_OPTIONS", "quarantine_size_mb=8", 0);
+        execvp(argv[0], (char *const *)argv);
+        _exit(98);
+    }
+    return pid;
+}
+
 static pid_t td_spawn(td *t, const char *const *extra)
 {
     const char *build = getenv("TALLY_BUILD");
@@ -86,25 +109,7 @@ static pid_t td_spawn(td *t, const char *const *extra)
     for (int i = 0; extra && extra[i] && argc < 62; i++)
         argv[argc++] = extra[i];
     argv[argc] = NULL;
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(99);
-        int fd = open(t->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 2);
-            dup2(fd, 1);
-        }
-        /* Under ASan, freed memory waits in a quarantine (256 MB by
-         * default) that would drown the memory-bound tests. */
-        setenv("ASAN_OPTIONS", "quarantine_size_mb=8", 0);
-        execv(bin, (char *const *)argv);
-        _exit(98);
-    }
-    return pid;
+    return td_exec(argv, t->log);
 }
 
 /* Waits until the port accepts; 0, or the exit status if it died. */

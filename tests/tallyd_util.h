@@ -57,6 +57,9 @@ size_t td_recv_until(int fd, char *buf, size_t cap, const char *suffix, int time
 /* True if the peer has closed the connection (EOF within timeout_ms). */
 int td_closed(int fd, int timeout_ms);
 
+/* Starts argv (searched in PATH) with stdout and stderr appended to log,
+ * killed if this process dies. */
+pid_t td_exec(const char *const *argv, const char *log);
 /* A "<field>: N kB" line of tallyd's /proc/PID/status (VmRSS, RssAnon…),
  * -1 if absent. */
 long td_status_kib(const td *t, const char *field);
