@@ -36,35 +36,63 @@ static uint64_t snapshot_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* XXH3-64 and size of a whole file. */
-static int snapshot_hash_file(const char *path, uint64_t *sum, uint64_t *bytes)
+/* Reads fd from its start in SNAPSHOT_IO_BYTES pieces, handing each with
+ * its offset to each(); stops at the end (0, *total = bytes read), at a
+ * read error (-errno) or at each()'s first error. */
+static int snapshot_read_all(int fd, int (*each)(void *ctx, const char *p, size_t n, uint64_t off),
+                             void *ctx, uint64_t *total)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
     char *buf = malloc(SNAPSHOT_IO_BYTES);
-    checksum_stream *cs = checksum_stream_new();
-    int rc = buf && cs ? 0 : -ENOMEM;
-    uint64_t total = 0;
+    int rc = buf ? 0 : -ENOMEM;
+    uint64_t off = 0;
     while (rc == 0) {
-        ssize_t n = pread(fd, buf, SNAPSHOT_IO_BYTES, (off_t)total);
+        ssize_t n = pread(fd, buf, SNAPSHOT_IO_BYTES, (off_t)off);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
             rc = -errno;
         if (n <= 0)
             break;
-        checksum_stream_update(cs, buf, (size_t)n);
-        total += (uint64_t)n;
+        rc = each(ctx, buf, (size_t)n, off);
+        off += (uint64_t)n;
     }
-    if (rc == 0) {
-        *sum = checksum_stream_digest(cs);
-        *bytes = total;
-    }
-    checksum_stream_free(cs);
     free(buf);
+    if (total)
+        *total = off;
+    return rc;
+}
+
+static int snapshot_hash_piece(void *ctx, const char *p, size_t n, uint64_t off)
+{
+    (void)off;
+    checksum_stream_update(ctx, p, n);
+    return 0;
+}
+
+/* XXH3-64 and size of a whole file. */
+static int snapshot_hash_file(const char *path, uint64_t *sum, uint64_t *bytes)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    checksum_stream *cs = checksum_stream_new();
+    int rc = cs ? snapshot_read_all(fd, snapshot_hash_piece, cs, bytes) : -ENOMEM;
+    if (rc == 0)
+        *sum = checksum_stream_digest(cs);
+    checksum_stream_free(cs);
     close(fd);
     return rc;
+}
+
+typedef struct snapshot_copy_to {
+    const os_ops *os;
+    int fd;
+} snapshot_copy_to;
+
+static int snapshot_copy_piece(void *ctx, const char *p, size_t n, uint64_t off)
+{
+    snapshot_copy_to *to = ctx;
+    return os_pwrite_all(to->os, to->fd, p, n, off);
 }
 
 /* Copies a file with the seam's writes, flushed. */
@@ -78,22 +106,10 @@ static int snapshot_copy_file(const os_ops *os, const char *from, const char *to
         close(in);
         return out;
     }
-    char *buf = malloc(SNAPSHOT_IO_BYTES);
-    int rc = buf ? 0 : -ENOMEM;
-    for (uint64_t off = 0; rc == 0;) {
-        ssize_t n = pread(in, buf, SNAPSHOT_IO_BYTES, (off_t)off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            rc = -errno;
-        if (n <= 0)
-            break;
-        rc = os_pwrite_all(os, out, buf, (size_t)n, off);
-        off += (uint64_t)n;
-    }
+    snapshot_copy_to dst = {os, out};
+    int rc = snapshot_read_all(in, snapshot_copy_piece, &dst, NULL);
     if (rc == 0)
         rc = os->fdatasync(os->ctx, out);
-    free(buf);
     close(in);
     os->close(os->ctx, out);
     return rc;
