@@ -505,27 +505,31 @@ static int log_recover(log_t *l, log_recovery *rec)
         uint64_t sum = 0;
         int drc = record_decode(m + off, l->segment_bytes - off, &r, &len, &sum);
         bool end = drc == RECORD_END || (drc == RECORD_TRUNCATED && off + 4 > l->segment_bytes);
+        bool chain_gap = false;
         if (end) {
             if (k + 1 < l->segs_count) {
-                /* The next segment must continue the chain exactly. */
-                if (l->segs[k + 1].first_seq != expect || l->segs[k + 1].prev != prev) {
-                    snprintf(rec->message, sizeof(rec->message),
-                             "shard %u: segment %u does not continue the chain at seq %llu",
-                             l->opts.shard, l->segs[k + 1].index, (unsigned long long)expect);
-                    rec->status = TALLY_ECORRUPT;
-                    break;
+                /* The next segment continues the chain exactly, or the log
+                 * breaks here.  A rollover writes the next segment's header
+                 * (fsynced, renamed into place) while the batch that crosses
+                 * into it is still being filled: a crash can leave that
+                 * header — and records of the same batch behind it — with
+                 * this segment's tail never written.  That is a torn last
+                 * batch, classified below like any other break. */
+                if (l->segs[k + 1].first_seq == expect && l->segs[k + 1].prev == prev) {
+                    k++;
+                    off = LOG_HEADER_BYTES;
+                    continue;
                 }
-                k++;
-                off = LOG_HEADER_BYTES;
-                continue;
-            }
-            /* Zeros where the next record should be are the end of the log
-             * only if nothing but zeros follows: otherwise records were
-             * lost there (a zeroed block from a record boundary), handled
-             * below like a bad record — a torn tail if they belonged to the
-             * last batch, corruption if a later batch follows. */
-            if (!log_data_after(l, k, off))
+                chain_gap = true;
+            } else if (!log_data_after(l, k, off)) {
+                /* Zeros where the next record should be are the end of the
+                 * log only if nothing but zeros follows: otherwise records
+                 * were lost there (a zeroed block from a record boundary),
+                 * handled below like a bad record — a torn tail if they
+                 * belonged to the last batch, corruption if a later batch
+                 * follows. */
                 break; /* the clean end of the log */
+            }
         }
         if (!end && drc == RECORD_OK && r.seq == expect && r.prev == prev) {
             prev = sum;
@@ -541,7 +545,12 @@ static int log_recover(log_t *l, log_recovery *rec)
             continue;
         }
         /* The first lie: torn tail or corruption (DESIGN-NOTES §7). */
-        const char *why = end                ? "zeros where a record should be"
+        char gap_why[96];
+        if (chain_gap)
+            snprintf(gap_why, sizeof(gap_why), "segment %u does not continue the chain",
+                     l->segs[k + 1].index);
+        const char *why = chain_gap          ? gap_why
+                          : end              ? "zeros where a record should be"
                           : drc != RECORD_OK ? log_decode_reason(drc)
                                              : "chain broken";
         if (expect <= l->opts.from_seq || log_later_batch_follows(l, k, off, expect)) {
