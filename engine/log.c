@@ -898,18 +898,21 @@ int log_retain(log_t *l, uint64_t seq, const char *archive_dir, uint32_t *droppe
         k++;
     uint32_t done = 0;
     int rc = 0;
+    /* Oldest first, the directory flushed after each: a power cut can
+     * undo an unlink that was not flushed, and if it could undo any subset
+     * of several, the next open would find a gap between segments.  One
+     * at a time, what survives is always a contiguous suffix. */
     for (; done < k; done++) {
         log_segment *sg = &l->segs[done];
         rc = log_drop_file(l, sg, archive_dir);
+        if (rc == 0)
+            rc = l->os->fsync_dir(l->os->ctx, l->dir);
         if (rc < 0)
             break;
         munmap((void *)sg->map, l->segment_bytes);
         l->os->close(l->os->ctx, sg->fd);
     }
     if (done > 0) {
-        int src = l->os->fsync_dir(l->os->ctx, l->dir);
-        if (rc == 0)
-            rc = src;
         memmove(l->segs, l->segs + done, (l->segs_count - done) * sizeof(*l->segs));
         l->segs_count -= done;
         l->write_seg -= done;
