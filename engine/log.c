@@ -833,32 +833,6 @@ void log_discard(log_t *l)
 
 /* ---- retention ---------------------------------------------------------- */
 
-/* Copies a file (an archive on another filesystem), flushed. */
-static int log_copy_file(const log_t *l, int src_fd, const char *to)
-{
-    const os_ops *os = l->os;
-    int fd = os->open(os->ctx, to, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0)
-        return fd;
-    static char buf[1 << 16];
-    int rc = 0;
-    for (uint64_t off = 0; rc == 0 && off < l->segment_bytes;) {
-        ssize_t n = os->pread(os->ctx, src_fd, buf, sizeof(buf), off);
-        if (n <= 0) {
-            rc = n < 0 ? (int)n : -EIO;
-            break;
-        }
-        rc = os_pwrite_all(os, fd, buf, (size_t)n, off);
-        off += (uint64_t)n;
-    }
-    if (rc == 0)
-        rc = os->fdatasync(os->ctx, fd);
-    os->close(os->ctx, fd);
-    if (rc < 0)
-        os->unlink(os->ctx, to);
-    return rc;
-}
-
 /* Moves one segment file into the archive, or deletes it. */
 static int log_drop_file(log_t *l, const log_segment *sg, const char *archive_dir)
 {
@@ -875,7 +849,7 @@ static int log_drop_file(log_t *l, const log_segment *sg, const char *archive_di
     snprintf(to, sizeof(to), "%s/log-%010u.seg", dir, sg->index);
     int rc = l->os->rename(l->os->ctx, path, to);
     if (rc == -EXDEV) {
-        rc = log_copy_file(l, sg->fd, to);
+        rc = os_copy_file(l->os, sg->fd, to);
         if (rc == 0)
             rc = l->os->unlink(l->os->ctx, path);
     }

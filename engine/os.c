@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "os.h"
@@ -112,4 +113,53 @@ int os_pwrite_all(const os_ops *os, int fd, const void *buf, size_t len, uint64_
         off += (uint64_t)n;
     }
     return 0;
+}
+
+int os_read_all(int fd, int (*each)(void *ctx, const char *p, size_t n, uint64_t off),
+                void *ctx, uint64_t *total)
+{
+    char *buf = malloc(OS_IO_BYTES);
+    int rc = buf ? 0 : -ENOMEM;
+    uint64_t off = 0;
+    while (rc == 0) {
+        ssize_t n = pread(fd, buf, OS_IO_BYTES, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            rc = -errno;
+        if (n <= 0)
+            break;
+        rc = each(ctx, buf, (size_t)n, off);
+        off += (uint64_t)n;
+    }
+    free(buf);
+    if (total)
+        *total = off;
+    return rc;
+}
+
+typedef struct os_copy_to {
+    const os_ops *os;
+    int fd;
+} os_copy_to;
+
+static int os_copy_piece(void *ctx, const char *p, size_t n, uint64_t off)
+{
+    os_copy_to *to = ctx;
+    return os_pwrite_all(to->os, to->fd, p, n, off);
+}
+
+int os_copy_file(const os_ops *os, int in_fd, const char *to)
+{
+    int out = os->open(os->ctx, to, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (out < 0)
+        return out;
+    os_copy_to dst = {os, out};
+    int rc = os_read_all(in_fd, os_copy_piece, &dst, NULL);
+    if (rc == 0)
+        rc = os->fdatasync(os->ctx, out);
+    os->close(os->ctx, out);
+    if (rc < 0)
+        os->unlink(os->ctx, to);
+    return rc;
 }

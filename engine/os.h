@@ -41,4 +41,17 @@ const os_ops *os_default(void);
  * progress). */
 int os_pwrite_all(const os_ops *os, int fd, const void *buf, size_t len, uint64_t off);
 
+/* Reads fd from its start in OS_IO_BYTES pieces (a buffer of its own, so
+ * any thread may call it), handing each with its offset to each(); stops
+ * at the end (0, *total = bytes read if total), at a read error (-errno)
+ * or at a non-zero return of each(), which it returns. */
+#define OS_IO_BYTES (1u << 20)
+int os_read_all(int fd, int (*each)(void *ctx, const char *p, size_t n, uint64_t off),
+                void *ctx, uint64_t *total);
+
+/* Copies everything readable from in_fd (from offset 0) into a new file
+ * `to` (created or truncated) with the seam's writes, then flushes it.
+ * The file is removed again if anything fails. */
+int os_copy_file(const os_ops *os, int in_fd, const char *to);
+
 #endif

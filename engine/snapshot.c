@@ -36,32 +36,6 @@ static uint64_t snapshot_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* Reads fd from its start in SNAPSHOT_IO_BYTES pieces, handing each with
- * its offset to each(); stops at the end (0, *total = bytes read), at a
- * read error (-errno) or at each()'s first error. */
-static int snapshot_read_all(int fd, int (*each)(void *ctx, const char *p, size_t n, uint64_t off),
-                             void *ctx, uint64_t *total)
-{
-    char *buf = malloc(SNAPSHOT_IO_BYTES);
-    int rc = buf ? 0 : -ENOMEM;
-    uint64_t off = 0;
-    while (rc == 0) {
-        ssize_t n = pread(fd, buf, SNAPSHOT_IO_BYTES, (off_t)off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            rc = -errno;
-        if (n <= 0)
-            break;
-        rc = each(ctx, buf, (size_t)n, off);
-        off += (uint64_t)n;
-    }
-    free(buf);
-    if (total)
-        *total = off;
-    return rc;
-}
-
 static int snapshot_hash_piece(void *ctx, const char *p, size_t n, uint64_t off)
 {
     (void)off;
@@ -76,42 +50,11 @@ static int snapshot_hash_file(const char *path, uint64_t *sum, uint64_t *bytes)
     if (fd < 0)
         return -errno;
     checksum_stream *cs = checksum_stream_new();
-    int rc = cs ? snapshot_read_all(fd, snapshot_hash_piece, cs, bytes) : -ENOMEM;
+    int rc = cs ? os_read_all(fd, snapshot_hash_piece, cs, bytes) : -ENOMEM;
     if (rc == 0)
         *sum = checksum_stream_digest(cs);
     checksum_stream_free(cs);
     close(fd);
-    return rc;
-}
-
-typedef struct snapshot_copy_to {
-    const os_ops *os;
-    int fd;
-} snapshot_copy_to;
-
-static int snapshot_copy_piece(void *ctx, const char *p, size_t n, uint64_t off)
-{
-    snapshot_copy_to *to = ctx;
-    return os_pwrite_all(to->os, to->fd, p, n, off);
-}
-
-/* Copies a file with the seam's writes, flushed. */
-static int snapshot_copy_file(const os_ops *os, const char *from, const char *to)
-{
-    int in = open(from, O_RDONLY | O_CLOEXEC);
-    if (in < 0)
-        return -errno;
-    int out = os->open(os->ctx, to, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (out < 0) {
-        close(in);
-        return out;
-    }
-    snapshot_copy_to dst = {os, out};
-    int rc = snapshot_read_all(in, snapshot_copy_piece, &dst, NULL);
-    if (rc == 0)
-        rc = os->fdatasync(os->ctx, out);
-    close(in);
-    os->close(os->ctx, out);
     return rc;
 }
 
@@ -387,7 +330,10 @@ int snapshot_restore(const snapshot_info *s, const os_ops *os, const char *state
     snprintf(tmp, sizeof(tmp), "%s/data.mdb.tmp", state_dir);
     snprintf(data, sizeof(data), "%s/data.mdb", state_dir);
     snprintf(lock, sizeof(lock), "%s/lock.mdb", state_dir);
-    int rc = snapshot_copy_file(os, s->path, tmp);
+    int in = open(s->path, O_RDONLY | O_CLOEXEC);
+    int rc = in < 0 ? -errno : os_copy_file(os, in, tmp);
+    if (in >= 0)
+        close(in);
     if (rc == 0)
         rc = os->rename(os->ctx, tmp, data);
     if (rc == 0) {
