@@ -117,9 +117,13 @@ test: deps-test
 	  echo "make test: LeakSanitizer reported leaks (above): failing"; rc=1; fi; \
 	exit $$rc
 
+# The kill -9 crash loops; CYCLES=1000 (and SEED=n to replay a run) for the
+# long version.
+CYCLES ?= 200
 test-crash: deps-test
 	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN)
-	TALLY_BUILD=$(abspath $(BUILD)) TALLY_CRASH_CYCLES=200 $(TEST_BIN) --filter='crash*/*' $(TEST_ARGS)
+	TALLY_BUILD=$(abspath $(BUILD)) TALLY_CRASH_CYCLES=$(CYCLES) $(if $(SEED),TALLY_CRASH_SEED=$(SEED)) \
+		$(TEST_BIN) --filter='crash*/*' $(TEST_ARGS)
 
 bench: deps-bench
 	$(Q)$(MAKE) --no-print-directory all $(PEER_BIN)

@@ -53,14 +53,16 @@ static void *crash_writer_main(void *arg)
         uint64_t m = 1 + (i * 7 + (unsigned)w->thread) % 5, a = 1 + i % 11;
         eu_write(&r, i % 5 == 4 ? TALLY_OP_REDEEM : TALLY_OP_EARN, m, a, 1 + i % 50, id);
         int rc = tally_call(w->t, &r);
-        if (rc == 0 || rc == TALLY_EINSUFFICIENT) {
-            char line[96];
-            int n = snprintf(line, sizeof(line), "%s %llu %llu\n", id,
-                             rc == 0 ? (unsigned long long)r.res.entry.seq : 0ull,
-                             (unsigned long long)m);
-            if (write(w->fd, line, (size_t)n) != n)
-                _exit(3);
-        }
+        char line[200];
+        int n;
+        if (rc == 0 || rc == TALLY_EINSUFFICIENT)
+            n = snprintf(line, sizeof(line), "%s %llu %llu\n", id,
+                         rc == 0 ? (unsigned long long)r.res.entry.seq : 0ull,
+                         (unsigned long long)m);
+        else /* no write may fail before the kill: the parent counts these */
+            n = snprintf(line, sizeof(line), "error %d %.150s\n", rc, r.res.message);
+        if (write(w->fd, line, (size_t)n) != n)
+            _exit(3);
         tally_result_free(&r.res);
     }
     return NULL;
@@ -108,6 +110,8 @@ static void crash_collect(int fd, int deadline_ms, crash_ack **acks, size_t *n, 
             *nl = 0;
             crash_ack a = {0};
             unsigned long long seq, m;
+            if (strncmp(line, "error ", 6) == 0)
+                cr_assert_fail("a write failed before the kill: %s", line + 6);
             if (sscanf(line, "%31s %llu %llu", a.id, &seq, &m) == 3 &&
                 strcmp(a.id, "ready") != 0) {
                 a.seq = seq;

@@ -428,6 +428,7 @@ typedef struct load_worker {
     long long *seqs;
     int acked;
     int capacity;
+    char error[128]; /* the first -ERR (other than -INSUFFICIENT) before the kill */
 } load_worker;
 
 /* Pipelines EARN/REDEEM in rounds of 32 and records every acknowledged
@@ -455,6 +456,10 @@ static void *load_main(void *arg)
                 snprintf(w->ids[w->acked], 32, "%s", entry_id(r));
                 w->seqs[w->acked] = td_int_field(r, "seq");
                 w->acked++;
+            } else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "INSUFFICIENT", 12)) {
+                /* Nothing may fail before the kill (a failed shard would
+                 * pass as "unacknowledged" otherwise). */
+                snprintf(w->error, sizeof(w->error), "%s", r->str);
             }
             freeReplyObject(r);
         }
@@ -483,8 +488,11 @@ Test(server, kill_9_under_load_from_several_connections_loses_no_acknowledged_wr
         usleep((useconds_t)(300000 + rand() % 700000));
         td_kill9(&t);
         atomic_store(&stop, 1);
-        for (int i = 0; i < W; i++)
+        for (int i = 0; i < W; i++) {
             pthread_join(th[i], NULL);
+            cr_assert_eq(ws[i].error[0], 0, "cycle %d: a write failed before the kill: %s",
+                         cycle, ws[i].error);
+        }
         td_start(&t, NULL);
         redisContext *c = td_connect(&t);
         int checked = 0;
