@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -24,6 +23,7 @@
 
 typedef struct engine_slot {
     tally_request req;
+    workload_op op;
     uint64_t submit_ns;
     uint64_t done_ns;
     struct engine_slot *next;
@@ -73,22 +73,13 @@ static int engine_rm(const char *path, const struct stat *st, int flag, struct F
     return 0;
 }
 
-/* CPU seconds this process (engine threads and the driver) has used. */
-static double engine_cpu_s(void)
-{
-    struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) != 0)
-        return -1;
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
-
 /* ---- requests ----------------------------------------------------------- */
 
 static const uint8_t engine_ops[WORKLOAD_OP_COUNT] = {
     [WORKLOAD_OP_EARN] = TALLY_OP_EARN,       [WORKLOAD_OP_REDEEM] = TALLY_OP_REDEEM,
     [WORKLOAD_OP_BALANCE] = TALLY_OP_BALANCE, [WORKLOAD_OP_HOLD] = TALLY_OP_HOLD,
     [WORKLOAD_OP_CAPTURE] = TALLY_OP_CAPTURE, [WORKLOAD_OP_PING] = TALLY_OP_NONE,
+    [WORKLOAD_OP_REVERSE] = TALLY_OP_REVERSE,
 };
 
 static void engine_fill(engine_slot *s, const workload_op *op)
@@ -100,12 +91,14 @@ static void engine_fill(engine_slot *s, const workload_op *op)
     r->merchant = op->merchant;
     r->account = op->account;
     r->points = op->points;
+    r->expires = op->expires;
     memcpy(r->id, op->id, op->id_len);
     r->id_len = op->id_len;
     memcpy(r->ref, op->ref, op->ref_len);
     r->ref_len = op->ref_len;
     r->done = engine_done;
     r->user = s;
+    s->op = *op;
 }
 
 typedef struct engine_run_state {
@@ -121,7 +114,8 @@ typedef struct engine_run_state {
     uint64_t ok, refused, errors;
     char first_error[96];
     hist *lat;
-    double cpu_begin_s;
+    const char *dir;
+    proc_sample begin;
 } engine_run_state;
 
 /* Submits bursts while there are free slots for a whole one. */
@@ -156,15 +150,20 @@ static void engine_account(engine_run_state *st, engine_slot *s)
 {
     st->inflight--;
     int status = s->req.res.status;
+    int refusal = status == TALLY_EINSUFFICIENT ? WORKLOAD_REFUSAL_INSUFFICIENT
+                  : status == TALLY_ENOTFOUND   ? WORKLOAD_REFUSAL_NOTFOUND
+                                                : WORKLOAD_REFUSAL_NONE;
+    workload_done(&st->work, &s->op, status == 0);
     if (st->measuring) {
-        if (status == 0 || status == TALLY_EINSUFFICIENT || status == TALLY_ENOTFOUND) {
+        if (status == 0 || workload_expects(s->op.kind, refusal)) {
             status == 0 ? st->ok++ : st->refused++;
             hist_record(st->lat, s->done_ns - s->submit_ns);
         } else {
             st->errors++;
             if (!st->first_error[0])
-                snprintf(st->first_error, sizeof(st->first_error), "%.16s %.70s",
-                         tally_error_code(status), s->req.res.message);
+                snprintf(st->first_error, sizeof(st->first_error), "%s: -%.16s %.64s",
+                         workload_kind_name(s->op.kind), tally_error_code(status),
+                         s->req.res.message);
         }
     }
     s->next = st->free_list;
@@ -188,16 +187,31 @@ static engine_slot *engine_wait(uint64_t deadline_ns)
     return list;
 }
 
-static void engine_stats(tally *t, uint64_t *entries, uint64_t *batches)
+/* Entries and flushes since open, and the records in the ledger (the sum
+ * of the shards' last seqs). */
+static void engine_stats(tally *t, uint64_t *entries, uint64_t *batches, int64_t *records)
 {
     *entries = *batches = 0;
+    *records = 0;
     for (uint32_t i = 0; i < tally_shard_count(t); i++) {
         tally_shard_stats s;
         if (tally_shard_stats_get(t, i, &s) == 0) {
             *entries += s.entries;
             *batches += s.batches;
+            *records += (int64_t)s.seq;
         }
     }
+}
+
+/* This process's counters (the engine's threads and the driver) and the
+ * ledger's records; with_disk: du of the data directory too. */
+static void engine_sample(engine_run_state *st, bool with_disk, proc_sample *out,
+                          uint64_t *entries, uint64_t *batches)
+{
+    if (proc_sample_get(getpid(), with_disk ? st->dir : NULL, out) != 0)
+        *out = (proc_sample){.cpu_s = -1, .write_bytes = -1, .rss_anon_kib = -1,
+                             .disk_bytes = -1};
+    engine_stats(st->t, entries, batches, &out->records);
 }
 
 /* ---- the run ------------------------------------------------------------ */
@@ -217,9 +231,8 @@ static void engine_loop(engine_run_state *st, uint64_t *first_ns, uint64_t *last
         if (!st->measuring && now >= warm_end) {
             st->measuring = true;
             *first_ns = *last_ns = now;
-            engine_stats(st->t, entries0, batches0);
+            engine_sample(st, false, &st->begin, entries0, batches0);
             hist_reset(st->lat);
-            st->cpu_begin_s = engine_cpu_s();
         }
         if (now >= end)
             st->stopping = true;
@@ -260,10 +273,10 @@ int engine_run(const engine_options *o, report_run *out)
     int rc = workload_init(&st.work, &o->work, 0);
     if (rc < 0)
         return rc;
-    char tmp[64] = "";
+    char tmp[4200] = "";
     const char *dir = o->dir;
     if (!dir) {
-        snprintf(tmp, sizeof(tmp), "/tmp/tally-bench-engine-XXXXXX");
+        snprintf(tmp, sizeof(tmp), "%s/tally-bench-engine-XXXXXX", o->tmp_parent);
         if (!mkdtemp(tmp))
             return -errno;
         dir = tmp;
@@ -282,14 +295,18 @@ int engine_run(const engine_options *o, report_run *out)
     pthread_cond_init(&engine_state.cond, &attr);
     pthread_condattr_destroy(&attr);
     tally_options topts = {.dir = dir, .shards = o->shards, .sync = o->sync, .log = engine_log};
+    st.dir = dir;
     rc = tally_open(&topts, &st.t);
     if (rc == 0) {
         uint64_t first, last, entries0 = 0, batches0 = 0, entries1, batches1;
         hist_reset(st.lat);
         engine_loop(&st, &first, &last, &entries0, &batches0);
-        engine_stats(st.t, &entries1, &batches1);
-        double cpu_end = engine_cpu_s();
-        out->server_cpu_s = cpu_end >= 0 && st.cpu_begin_s >= 0 ? cpu_end - st.cpu_begin_s : -1;
+        out->server_before = st.begin;
+        engine_sample(&st, true, &out->server_after, &entries1, &batches1);
+        out->server_sampled = true;
+        proc_figures f;
+        proc_figures_get(&out->server_before, &out->server_after, st.ok + st.refused, &f);
+        out->server_cpu_s = f.cpu_s;
         out->ok = st.ok;
         out->refused = st.refused;
         out->errors = st.errors;
@@ -311,6 +328,8 @@ int engine_run(const engine_options *o, report_run *out)
     out->connections = 0;
     out->pipeline = o->inflight;
     out->threads = 1;
+    out->seed = o->work.seed;
+    out->warmup_s = o->warmup_s;
     snprintf(out->sync, sizeof(out->sync), "%s", o->sync == TALLY_SYNC_NONE ? "none" : "always");
     snprintf(out->workload, sizeof(out->workload), "%s", workload_mix_name(o->work.mix));
     return rc;

@@ -20,7 +20,8 @@
 #define ENGINE_INFLIGHT_MAX 65536
 
 typedef struct engine_options {
-    const char *dir;   /* NULL: a fresh temporary directory, removed after */
+    const char *dir;   /* NULL: a fresh temporary directory, removed after ... */
+    const char *tmp_parent; /* ... made in this directory */
     uint32_t shards;   /* 0 = the engine's default (CPU count) */
     int sync;          /* enum tally_sync */
     uint32_t inflight;

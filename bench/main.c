@@ -5,6 +5,8 @@
  *   tally-bench engine [options]  the engine's C API, no network
  *   tally-bench summarize ...     latencies from a file (pgbench's log) as a report
  *   tally-bench freeport          prints a free TCP port on 127.0.0.1
+ *   tally-bench fscheck DIR...    refuses directories on tmpfs (durable figures need a disk)
+ *   tally-bench ready [options]   times a (re)starting server until every shard answers
  *   tally-bench selftest          checks the bench's own modules
  *   tally-bench redis-script      prints the ledger Lua script the Redis peer runs
  *
@@ -22,19 +24,24 @@
 
 #include "engine.h"
 #include "net.h"
+#include "proc.h"
 #include "selftest.h"
 #include "tally.h"
 #include "wire.h"
 
-/* A line of a latency file, for summarize. */
+/* A line of a latency file, for summarize, and the columns read of it. */
 #define MAIN_LINE_BYTES_MAX 4096
+#define MAIN_COLUMNS_MAX 16
 
 static const char main_usage[] =
     "usage: tally-bench [run] [options]      RESP load generator\n"
     "       tally-bench engine [options]     engine API benchmark (no network)\n"
     "       tally-bench summarize [options]  latencies from a file as a report\n"
     "       tally-bench freeport             print a free TCP port on 127.0.0.1\n"
-    "       tally-bench selftest             check the histogram, RESP scanner, workload\n"
+    "       tally-bench fscheck DIR...       fail if a directory is on tmpfs/ramfs\n"
+    "       tally-bench ready [options]      time until a starting server's shards all answer\n"
+    "       tally-bench selftest             check the histogram, RESP scanner, workload,\n"
+    "                                        open-loop and per-entry arithmetic\n"
     "       tally-bench redis-script         print the ledger Lua script the Redis peer runs\n"
     "\n"
     "run:\n"
@@ -50,10 +57,15 @@ static const char main_usage[] =
     "      --rate R           open loop at R ops/s in total, latency from schedule (0: closed)\n"
     "      --prefill P        first EARN P points to every account once (not measured)\n"
     "      --script-sha SHA   redis: use this loaded script instead of SCRIPT LOAD\n"
-    "      --server-pid PID   report the CPU time this (local) server process used per op\n"
+    "      --server-pid PID   sample this local server's /proc counters: CPU per op, bytes\n"
+    "                         written per entry, RssAnon, disk per entry\n"
+    "      --server-dir DIR   its data directory (default: CONFIG GET dir)\n"
+    "      --durable          fail unless the server says every write is durable\n"
+    "      --progress-s S     seconds between progress lines (1)\n"
     "common to run and engine:\n"
-    "  -w, --workload W       points-v1 | earn-only | redeem-heavy | read-heavy |\n"
-    "                         hold-capture | ping (points-v1)\n"
+    "  -w, --workload W       points-v1 | points-mix | earn-only | redeem-heavy |\n"
+    "                         read-heavy | hold-capture | ping (points-v1)\n"
+    "      --ids seq|random   ids <nonce>-<stream>-<n>, or order-<random 64-bit> (seq)\n"
     "      --accounts N       accounts in total (100000)\n"
     "      --merchants N      merchants, accounts spread evenly (100)\n"
     "      --zipf S           Zipf exponent over accounts, 0 = uniform (0)\n"
@@ -61,6 +73,7 @@ static const char main_usage[] =
     "      --json FILE        also write the result as one JSON object\n"
     "      --system NAME      name in the report (tally, redis, engine)\n"
     "      --label TEXT       free text in the report\n"
+    "      --setting K=V      add a durability setting to the report (repeatable)\n"
     "  -q, --quiet            no progress line\n"
     "engine:\n"
     "      --dir DIR          data directory (a fresh temporary one, removed after)\n"
@@ -73,7 +86,18 @@ static const char main_usage[] =
     "      --unit us|ms|ns    unit of that column (us)\n"
     "      --elapsed S        seconds the operations took (for ops/s)\n"
     "      --server-cpu S     CPU seconds the server used, measured by the caller\n"
-    "      --connections N, --pipeline N   recorded in the report\n";
+    "      --pgbench-log      the file is pgbench's -l log: latency us in column 3, the\n"
+    "                         end time in columns 5-6; the elapsed time is measured from it\n"
+    "      --ops-per-line N   operations each line stands for (a pipeline of N) (1)\n"
+    "      --errors N         errors the caller counted (the run then fails)\n"
+    "      --refused N        of the operations, refusals the caller counted\n"
+    "      --connections N, --pipeline N   recorded in the report\n"
+    "ready:\n"
+    "  -p, --port N, -H, --host ADDR\n"
+    "      --since T          the server's start, unix seconds (date +%s.%N) (now)\n"
+    "      --merchants N      probe BALANCE of merchants 1..max(N, 32 x shards) (100)\n"
+    "      --timeout S        give up after S seconds (600)\n"
+    "      --json FILE        also write {first_ping_s, all_shards_balance_s, ...}\n";
 
 typedef struct main_args {
     net_options net;
@@ -91,13 +115,23 @@ typedef struct main_args {
     const char *unit;
     double elapsed_s;
     double server_cpu_s; /* summarize: measured by the caller, -1 = unknown */
+    bool pgbench_log;
+    uint32_t ops_per_line;
+    uint64_t errors;
+    uint64_t refused;   /* summarize: of the operations, refused (counted by the caller) */
+    bool durable;
+    double since_s;     /* ready: the server's start, unix s */
+    double timeout_s;
+    report_setting settings[REPORT_SETTINGS_MAX];
+    uint32_t setting_count;
 } main_args;
 
 enum {
     OPT_TARGET = 256, OPT_THREADS, OPT_WARMUP, OPT_RATE, OPT_PREFILL, OPT_SHA, OPT_ACCOUNTS,
     OPT_MERCHANTS, OPT_ZIPF, OPT_SEED, OPT_JSON, OPT_SYSTEM, OPT_LABEL, OPT_DIR, OPT_SHARDS,
     OPT_SYNC, OPT_INFLIGHT, OPT_FILE, OPT_COLUMN, OPT_UNIT, OPT_ELAPSED, OPT_SERVER_PID,
-    OPT_SERVER_CPU,
+    OPT_SERVER_CPU, OPT_SERVER_DIR, OPT_DURABLE, OPT_PROGRESS, OPT_IDS, OPT_SETTING,
+    OPT_PGBENCH_LOG, OPT_OPS_PER_LINE, OPT_ERRORS, OPT_REFUSED, OPT_SINCE, OPT_TIMEOUT,
 };
 
 static const struct option main_options[] = {
@@ -122,6 +156,17 @@ static const struct option main_options[] = {
     {"unit", required_argument, NULL, OPT_UNIT},  {"elapsed", required_argument, NULL, OPT_ELAPSED},
     {"server-pid", required_argument, NULL, OPT_SERVER_PID},
     {"server-cpu", required_argument, NULL, OPT_SERVER_CPU},
+    {"server-dir", required_argument, NULL, OPT_SERVER_DIR},
+    {"durable", no_argument, NULL, OPT_DURABLE},
+    {"progress-s", required_argument, NULL, OPT_PROGRESS},
+    {"ids", required_argument, NULL, OPT_IDS},
+    {"setting", required_argument, NULL, OPT_SETTING},
+    {"pgbench-log", no_argument, NULL, OPT_PGBENCH_LOG},
+    {"ops-per-line", required_argument, NULL, OPT_OPS_PER_LINE},
+    {"errors", required_argument, NULL, OPT_ERRORS},
+    {"refused", required_argument, NULL, OPT_REFUSED},
+    {"since", required_argument, NULL, OPT_SINCE},
+    {"timeout", required_argument, NULL, OPT_TIMEOUT},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -165,6 +210,18 @@ static void main_defaults(main_args *a)
     a->column = 3;
     a->unit = "us";
     a->server_cpu_s = -1;
+    a->ops_per_line = 1;
+    a->timeout_s = 600;
+}
+
+static void main_setting(main_args *a, const char *arg)
+{
+    const char *eq = strchr(arg, '=');
+    if (!eq || eq == arg || a->setting_count == REPORT_SETTINGS_MAX)
+        main_die("--setting takes NAME=VALUE (at most 12)", arg);
+    report_setting *s = &a->settings[a->setting_count++];
+    snprintf(s->name, sizeof(s->name), "%.*s", (int)(eq - arg), arg);
+    snprintf(s->value, sizeof(s->value), "%s", eq + 1);
 }
 
 static void main_option(main_args *a, int opt, const char *arg)
@@ -204,11 +261,26 @@ static void main_option(main_args *a, int opt, const char *arg)
         break;
     case OPT_INFLIGHT: a->engine.inflight = (uint32_t)main_u64(arg, ENGINE_INFLIGHT_MAX); break;
     case OPT_FILE: a->file = arg; break;
-    case OPT_COLUMN: a->column = (uint32_t)main_u64(arg, 64); break;
+    case OPT_COLUMN: a->column = (uint32_t)main_u64(arg, MAIN_COLUMNS_MAX); break;
     case OPT_UNIT: a->unit = arg; break;
     case OPT_ELAPSED: a->elapsed_s = main_double(arg, 1e7); break;
     case OPT_SERVER_PID: a->net.server_pid = (int)main_u64(arg, INT32_MAX); break;
     case OPT_SERVER_CPU: a->server_cpu_s = main_double(arg, 1e9); break;
+    case OPT_SERVER_DIR: a->net.server_dir = arg; break;
+    case OPT_DURABLE: a->durable = true; break;
+    case OPT_PROGRESS: a->net.progress_s = main_double(arg, 86400); break;
+    case OPT_IDS:
+        if (strcmp(arg, "seq") && strcmp(arg, "random"))
+            main_die("--ids is seq or random", arg);
+        a->work.ids = strcmp(arg, "random") == 0 ? WORKLOAD_IDS_RANDOM : WORKLOAD_IDS_SEQUENTIAL;
+        break;
+    case OPT_SETTING: main_setting(a, arg); break;
+    case OPT_PGBENCH_LOG: a->pgbench_log = true; break;
+    case OPT_OPS_PER_LINE: a->ops_per_line = (uint32_t)main_u64(arg, 1u << 20); break;
+    case OPT_ERRORS: a->errors = main_u64(arg, UINT64_MAX / 2); break;
+    case OPT_REFUSED: a->refused = main_u64(arg, UINT64_MAX / 2); break;
+    case OPT_SINCE: a->since_s = main_double(arg, 1e11); break;
+    case OPT_TIMEOUT: a->timeout_s = main_double(arg, 86400); break;
     case 'h': fputs(main_usage, stdout); exit(0);
     default: fputs(main_usage, stderr); exit(2);
     }
@@ -222,24 +294,9 @@ static int main_output(const main_args *a, report_run *r)
         snprintf(r->label, sizeof(r->label), "%s", a->label);
     if (a->system)
         snprintf(r->system, sizeof(r->system), "%s", a->system);
-    report_text(stdout, r);
-    fflush(stdout);
-    if (a->json) {
-        FILE *f = fopen(a->json, "w");
-        if (!f) {
-            fprintf(stderr, "tally-bench: %s: %s\n", a->json, strerror(errno));
-            return 1;
-        }
-        report_json(f, r);
-        if (fclose(f) != 0)
-            return 1;
-    }
-    if (r->ops == 0) {
-        fprintf(stderr, "tally-bench: no operation completed%s%s\n",
-                r->first_error[0] ? ": " : "", r->first_error);
-        return 1;
-    }
-    return 0;
+    for (uint32_t i = 0; i < a->setting_count; i++)
+        report_setting_add(r, a->settings[i].name, a->settings[i].value);
+    return report_finish(r, a->json, "tally-bench");
 }
 
 /* ---- subcommands -------------------------------------------------------- */
@@ -289,11 +346,64 @@ static int main_prefill(main_args *a)
     return rc < 0 || r.errors ? 1 : 0;
 }
 
+static bool main_local(const char *host)
+{
+    return strcmp(host, "127.0.0.1") == 0 || strcmp(host, "localhost") == 0 ||
+           strcmp(host, "::1") == 0;
+}
+
+/* Reads back what the server runs with (CONFIG GET; tally's INFO server)
+ * into the report, checks its data directory is on a disk when writes are
+ * durable, and with --durable refuses a server whose writes are not. */
+static int main_server_settings(main_args *a, report_run *r)
+{
+    static char dir[4200];
+    static const char *const names[] = {"appendonly", "appendfsync", "save", "shards"};
+    const char *argv[] = {"CONFIG", "GET", "appendonly", "appendfsync", "save", "shards", "dir"};
+    char reply[8192], v[4096];
+    if (net_call(a->net.host, a->net.port, 7, argv, reply, sizeof(reply)) < 0)
+        reply[0] = '\0';
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (wire_config_value(reply, names[i], v, sizeof(v)) == 0)
+            report_setting_add(r, names[i], v);
+    const char *fsync = report_setting_get(r, "appendfsync");
+    const char *aof = report_setting_get(r, "appendonly");
+    bool durable = fsync && strcmp(fsync, "always") == 0 && aof && strcmp(aof, "yes") == 0;
+    if (a->net.target == WIRE_TALLY) {
+        const char *info[] = {"INFO", "server"};
+        char text[8192];
+        if (net_call(a->net.host, a->net.port, 2, info, text, sizeof(text)) > 0 &&
+            wire_info_field(text, "sync", v, sizeof(v)) == 0) {
+            report_setting_add(r, "sync", v);
+            durable = durable && strcmp(v, "always") == 0;
+        }
+    }
+    if (wire_config_value(reply, "dir", v, sizeof(v)) == 0 && v[0] && main_local(a->net.host)) {
+        if (v[0] != '/' && a->net.server_pid > 0)
+            snprintf(dir, sizeof(dir), "/proc/%d/cwd/%s", a->net.server_pid, v);
+        else
+            snprintf(dir, sizeof(dir), "%s", v);
+        if (report_data_fs(r, dir, durable, "tally-bench") != 0)
+            return 1;
+        if (!a->net.server_dir && a->net.server_pid > 0)
+            a->net.server_dir = dir;
+    }
+    if (a->durable && !durable) {
+        fprintf(stderr, "tally-bench: --durable: %s:%u does not say every write is durable "
+                        "(appendonly=%s appendfsync=%s)\n",
+                a->net.host, a->net.port, aof ? aof : "?", fsync ? fsync : "?");
+        return 1;
+    }
+    return 0;
+}
+
 static int main_run(main_args *a)
 {
     if (strcmp(a->target, "tally") && strcmp(a->target, "redis"))
         main_die("--target is tally or redis", a->target);
     a->net.target = strcmp(a->target, "redis") == 0 ? WIRE_REDIS : WIRE_TALLY;
+    if (a->net.target == WIRE_REDIS && a->work.mix == WORKLOAD_POINTS_MIX)
+        main_die("the Redis ledger script has no REVERSE or EXPIRES", "points-mix");
     a->net.progress = !a->quiet;
     const char *ping[] = {"PING"};
     char reply[256];
@@ -302,16 +412,18 @@ static int main_run(main_args *a)
         fprintf(stderr, "tally-bench: %s:%u: %s\n", a->net.host, a->net.port, strerror((int)-n));
         return 1;
     }
-    if (a->net.target == WIRE_REDIS && main_load_script(a) != 0)
-        return 1;
-    if (a->prefill > 0 && main_prefill(a) != 0)
-        return 1;
-    a->net.work = a->work;
-    workload_nonce(a->net.work.nonce);
     hist *h = malloc(sizeof(hist));
     if (!h)
         return 1;
     report_run r = {.latency = h, .server_cpu_s = -1};
+    if (main_server_settings(a, &r) != 0 ||
+        (a->net.target == WIRE_REDIS && main_load_script(a) != 0) ||
+        (a->prefill > 0 && main_prefill(a) != 0)) {
+        free(h);
+        return 1;
+    }
+    a->net.work = a->work;
+    workload_nonce(a->net.work.nonce);
     snprintf(r.system, sizeof(r.system), "%s", a->target);
     snprintf(r.label, sizeof(r.label), "%s:%u c=%u P=%u threads=%u%s", a->net.host, a->net.port,
              a->net.connections, a->net.pipeline, a->net.threads,
@@ -331,12 +443,20 @@ static int main_engine(main_args *a)
 {
     a->engine.work = a->work;
     a->engine.progress = !a->quiet;
+    const char *tmp = getenv("TMPDIR");
+    a->engine.tmp_parent = tmp && tmp[0] ? tmp : "/tmp";
     workload_nonce(a->engine.work.nonce);
     hist *h = malloc(sizeof(hist));
     if (!h)
         return 1;
     report_run r = {.latency = h, .server_cpu_s = -1};
     snprintf(r.system, sizeof(r.system), "engine");
+    report_setting_add(&r, "sync", a->engine.sync == TALLY_SYNC_NONE ? "none" : "always");
+    if (report_data_fs(&r, a->engine.dir ? a->engine.dir : a->engine.tmp_parent,
+                       a->engine.sync == TALLY_SYNC_ALWAYS, "tally-bench engine") != 0) {
+        free(h);
+        return 1;
+    }
     int rc = engine_run(&a->engine, &r);
     if (rc < 0) {
         fprintf(stderr, "tally-bench engine: %s\n", tally_strerror(rc));
@@ -350,13 +470,40 @@ static int main_engine(main_args *a)
     return rc;
 }
 
+/* One line of a latency file: its latency (ns) and, for a pgbench log,
+ * the end time (ns since the epoch, from columns 5 and 6); false if the
+ * line holds no latency (pgbench logs a failed transaction that way). */
+static bool main_line(const main_args *a, char *line, double scale, double *lat_ns,
+                      double *end_ns)
+{
+    char *cols[MAIN_COLUMNS_MAX], *save = NULL;
+    uint32_t n = 0;
+    for (char *tok = strtok_r(line, " \t\n", &save); tok && n < MAIN_COLUMNS_MAX;
+         tok = strtok_r(NULL, " \t\n", &save))
+        cols[n++] = tok;
+    uint32_t lat_col = a->pgbench_log ? 3 : a->column;
+    if (lat_col == 0 || lat_col > n || (a->pgbench_log && n < 6))
+        return false;
+    char *end;
+    double v = strtod(cols[lat_col - 1], &end);
+    if (end == cols[lat_col - 1] || v < 0)
+        return false;
+    *lat_ns = v * scale;
+    *end_ns = a->pgbench_log ? strtod(cols[4], NULL) * 1e9 + strtod(cols[5], NULL) * 1e3 : 0;
+    return true;
+}
+
 /* Reads one latency per line from column N (pgbench's per-transaction
- * log: client, transaction, latency_us, ...). */
+ * log: client, transaction, latency_us, script, end s, end us).  With
+ * --pgbench-log the elapsed time is measured: from the first transaction's
+ * start (end - latency) to the last one's end. */
 static int main_summarize(main_args *a)
 {
     if (!a->file)
         main_die("summarize needs", "--file");
-    double scale = strcmp(a->unit, "ns") == 0 ? 1.0 : strcmp(a->unit, "ms") == 0 ? 1e6 : 1e3;
+    double scale = a->pgbench_log || strcmp(a->unit, "us") == 0 ? 1e3
+                   : strcmp(a->unit, "ms") == 0                ? 1e6
+                                                               : 1.0;
     FILE *f = fopen(a->file, "r");
     if (!f) {
         fprintf(stderr, "tally-bench: %s: %s\n", a->file, strerror(errno));
@@ -370,29 +517,132 @@ static int main_summarize(main_args *a)
     hist_reset(h);
     report_run r = {.latency = h, .server_cpu_s = a->server_cpu_s, .elapsed_s = a->elapsed_s,
                     .connections = a->net.connections, .pipeline = a->net.pipeline,
-                    .threads = 1};
+                    .threads = 1, .seed = a->work.seed, .errors = a->errors};
     char line[MAIN_LINE_BYTES_MAX];
+    double first_ns = 0, last_ns = 0;
+    uint64_t bad = 0;
     while (fgets(line, sizeof(line), f)) {
-        char *save = NULL, *tok = strtok_r(line, " \t\n", &save);
-        for (uint32_t col = 1; tok && col < a->column; col++)
-            tok = strtok_r(NULL, " \t\n", &save);
-        char *end;
-        double v = tok ? strtod(tok, &end) : -1.0;
-        if (!tok || end == tok || v < 0) {
-            r.errors++;
+        double lat, end;
+        if (!main_line(a, line, scale, &lat, &end)) {
+            bad++;
             continue;
         }
-        hist_record(h, (uint64_t)(v * scale));
-        r.ok++;
+        if (a->pgbench_log && (first_ns == 0 || end - lat < first_ns))
+            first_ns = end - lat;
+        if (end > last_ns)
+            last_ns = end;
+        for (uint32_t i = 0; i < a->ops_per_line; i++)
+            hist_record(h, (uint64_t)lat);
+        r.ok += a->ops_per_line;
     }
     fclose(f);
+    r.errors += bad * a->ops_per_line;
+    if (r.errors)
+        snprintf(r.first_error, sizeof(r.first_error), "%llu failed (%llu lines without a "
+                 "latency in %s)", (unsigned long long)r.errors, (unsigned long long)bad,
+                 a->file);
+    if (a->elapsed_s <= 0 && last_ns > first_ns)
+        r.elapsed_s = (last_ns - first_ns) / 1e9;
     r.ops = r.ok;
+    r.refused = a->refused < r.ok ? a->refused : r.ok;
+    r.ok -= r.refused;
     snprintf(r.system, sizeof(r.system), "%s", "file");
     snprintf(r.workload, sizeof(r.workload), "%s", workload_mix_name(a->work.mix));
     snprintf(r.label, sizeof(r.label), "%s", a->file);
     int rc = main_output(a, &r);
     free(h);
     return rc;
+}
+
+/* Every directory must be on a filesystem that keeps data through a power
+ * loss: durable figures from tmpfs would measure memory copies. */
+static int main_fscheck(int argc, char **argv)
+{
+    int rc = argc > 1 ? 0 : 2;
+    for (int i = 1; i < argc; i++) {
+        report_run r = {0};
+        if (report_data_fs(&r, argv[i], true, "tally-bench fscheck") != 0)
+            rc = 1;
+        else
+            printf("%s: %s\n", argv[i], r.setting_count ? r.settings[0].value : "?");
+    }
+    return rc;
+}
+
+static double main_wall_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Waits until `argv` answers without an error reply; returns the wall
+ * time it did, or -1 at the deadline. */
+static double main_await(const main_args *a, int argc, const char *const *argv, double deadline_s,
+                         char *last, size_t cap)
+{
+    for (;;) {
+        long n = net_call(a->net.host, a->net.port, argc, argv, last, cap);
+        double now = main_wall_s();
+        if (n > 0 && last[0] != '-')
+            return now;
+        if (n < 0)
+            snprintf(last, cap, "%s", strerror((int)-n));
+        if (now >= deadline_s)
+            return -1;
+        struct timespec pause = {.tv_nsec = 5000000};
+        nanosleep(&pause, NULL);
+    }
+}
+
+/* How long a (re)starting server takes until it answers PING, and until
+ * every shard answers BALANCE: merchants 1..max(N, 32 x shards) are asked
+ * (each shard is XXH3(merchant) mod shards: missing one has probability
+ * shards x (1 - 1/shards)^(32 x shards), below 1e-8 for 2 shards). */
+static int main_ready(main_args *a)
+{
+    double since = a->since_s > 0 ? a->since_s : main_wall_s();
+    double deadline = since + a->timeout_s;
+    char last[512] = "", reply[512];
+    const char *ping[] = {"PING"};
+    double ping_at = main_await(a, 1, ping, deadline, last, sizeof(last));
+    uint64_t shards = 1, probe = 0;
+    double ready_at = -1;
+    if (ping_at >= 0) {
+        const char *cfg[] = {"CONFIG", "GET", "shards"};
+        char v[32];
+        if (net_call(a->net.host, a->net.port, 3, cfg, reply, sizeof(reply)) > 0 &&
+            wire_config_value(reply, "shards", v, sizeof(v)) == 0 && atoi(v) > 0)
+            shards = (uint64_t)atoi(v);
+        probe = a->work.merchants > 32 * shards ? a->work.merchants : 32 * shards;
+        ready_at = ping_at;
+        for (uint64_t m = 1; m <= probe && ready_at >= 0; m++) {
+            char merchant[24];
+            snprintf(merchant, sizeof(merchant), "%llu", (unsigned long long)m);
+            const char *bal[] = {"BALANCE", merchant, "1"};
+            ready_at = main_await(a, 3, bal, deadline, last, sizeof(last));
+        }
+    }
+    if (ping_at < 0 || ready_at < 0) {
+        fprintf(stderr, "tally-bench ready: %s:%u not ready after %.0f s (last: %.200s)\n",
+                a->net.host, a->net.port, a->timeout_s, last);
+        return 1;
+    }
+    printf("ready: first PING after %.3f s, every shard (%llu) answered BALANCE after %.3f s "
+           "(%llu merchants probed)\n",
+           ping_at - since, (unsigned long long)shards, ready_at - since,
+           (unsigned long long)probe);
+    if (a->json) {
+        FILE *f = fopen(a->json, "w");
+        if (!f)
+            return 1;
+        fprintf(f, "{\"first_ping_s\":%.3f,\"all_shards_balance_s\":%.3f,\"shards\":%llu,"
+                   "\"merchants_probed\":%llu}\n",
+                ping_at - since, ready_at - since, (unsigned long long)shards,
+                (unsigned long long)probe);
+        fclose(f);
+    }
+    return 0;
 }
 
 static int main_freeport(void)
@@ -426,6 +676,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(sub, "selftest") == 0)
         return selftest_run();
+    if (strcmp(sub, "fscheck") == 0)
+        return main_fscheck(argc, argv);
     main_args a;
     main_defaults(&a);
     int opt;
@@ -439,6 +691,8 @@ int main(int argc, char **argv)
         return main_engine(&a);
     if (strcmp(sub, "summarize") == 0)
         return main_summarize(&a);
+    if (strcmp(sub, "ready") == 0)
+        return main_ready(&a);
     main_die("unknown subcommand", sub);
     return 2;
 }

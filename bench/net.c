@@ -39,6 +39,8 @@ typedef struct net_conn {
     char *in;           /* reply bytes not yet scanned */
     size_t in_len;
     uint64_t *sent_ns;  /* ring: send (or scheduled) time per command */
+    uint8_t *kind;      /* ring: each command's enum workload_kind */
+    workload_op *ops;   /* ring: the operations, when the workload tracks them */
     uint32_t ring_cap;
     uint32_t ring_head; /* next slot to fill */
     uint32_t inflight;
@@ -56,6 +58,8 @@ typedef struct net_thread {
     workload work;
     uint64_t ops_budget; /* 0 = unlimited */
     uint64_t sent;
+    uint64_t sent_measured; /* sent while measuring */
+    uint64_t dropped;       /* open loop: due before the end, never sent */
     bool stopping;
     bool measuring;
     uint64_t inflight;
@@ -76,7 +80,8 @@ typedef struct net_shared {
     uint32_t count;
     uint64_t start_ns;
     hist *scratch;
-    double cpu_begin_s; /* server CPU when thread 0 began measuring */
+    proc_sample server_begin; /* when thread 0 began measuring */
+    bool server_begun;
 } net_shared;
 
 static net_shared net_run_state;
@@ -93,28 +98,6 @@ static uint64_t net_mono_ns(void)
 double net_now_s(void)
 {
     return (double)net_mono_ns() / 1e9;
-}
-
-double net_proc_cpu_s(int pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    /* Fields after "(comm)": state is field 3; utime, stime, cutime,
-     * cstime are fields 14..17. */
-    char *p = strrchr(buf, ')');
-    unsigned long long v[15];
-    if (!p || sscanf(p + 2, "%*c %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu "
-                            "%llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7],
-                     &v[8], &v[9], &v[10], &v[11], &v[12], &v[13]) != 14)
-        return -1;
-    long hz = sysconf(_SC_CLK_TCK);
-    return (double)(v[10] + v[11] + v[12] + v[13]) / (double)(hz > 0 ? hz : 100);
 }
 
 /* ---- connections -------------------------------------------------------- */
@@ -203,7 +186,11 @@ static int net_conn_open(net_thread *t, net_conn *c)
     c->out = malloc((size_t)c->ring_cap * WIRE_COMMAND_BYTES_MAX);
     c->in = malloc(NET_INPUT_BYTES);
     c->sent_ns = calloc(c->ring_cap, sizeof(uint64_t));
-    if (!c->out || !c->in || !c->sent_ns)
+    c->kind = calloc(c->ring_cap, sizeof(uint8_t));
+    if (workload_tracks(&o->work))
+        c->ops = calloc(c->ring_cap, sizeof(workload_op));
+    if (!c->out || !c->in || !c->sent_ns || !c->kind ||
+        (workload_tracks(&o->work) && !c->ops))
         return -ENOMEM;
     int rc = net_connect(o->host, o->port, &c->fd);
     if (rc < 0)
@@ -224,6 +211,8 @@ static void net_conn_free(net_conn *c)
     free(c->out);
     free(c->in);
     free(c->sent_ns);
+    free(c->kind);
+    free(c->ops);
 }
 
 /* The connection broke: its commands in flight count as errors. */
@@ -283,11 +272,16 @@ static bool net_issue(net_thread *t, net_conn *c, uint64_t when_ns)
         assert(c->out_len + WIRE_COMMAND_BYTES_MAX <= (size_t)c->ring_cap * WIRE_COMMAND_BYTES_MAX);
         c->out_len += wire_encode(c->out + c->out_len, t->o->target, t->o->sha, &ops[i]);
         c->sent_ns[c->ring_head] = when_ns;
+        c->kind[c->ring_head] = ops[i].kind;
+        if (c->ops)
+            c->ops[c->ring_head] = ops[i];
         c->ring_head = (c->ring_head + 1) % c->ring_cap;
         c->inflight++;
         t->inflight++;
     }
     t->sent += n;
+    if (t->measuring)
+        t->sent_measured += n;
     return true;
 }
 
@@ -347,15 +341,23 @@ static void net_account(net_thread *t, net_conn *c, const wire_reply *r, uint64_
     assert(c->inflight > 0);
     uint32_t tail = (c->ring_head + c->ring_cap - c->inflight) % c->ring_cap;
     uint64_t sent = c->sent_ns[tail];
+    int kind = c->kind[tail];
     c->inflight--;
     t->inflight--;
+    /* A refusal this command may meet is an answer; any other is an error
+     * (a -NOTFOUND to a REDEEM means the ledger lost track of something). */
+    bool answer = r->outcome == WIRE_OK ||
+                  (r->outcome == WIRE_REFUSED && workload_expects(kind, r->refusal));
+    if (c->ops)
+        workload_done(&t->work, &c->ops[tail], r->outcome == WIRE_OK);
     if (!t->measuring)
         return;
     t->last_reply_ns = now;
-    if (r->outcome == WIRE_ERROR) {
+    if (!answer) {
         t->errors++;
         if (!t->first_error[0])
-            snprintf(t->first_error, sizeof(t->first_error), "%s", r->error);
+            snprintf(t->first_error, sizeof(t->first_error), "%.8s: -%.80s",
+                     workload_kind_name(kind), r->error);
         return;
     }
     if (r->outcome == WIRE_REFUSED)
@@ -422,7 +424,11 @@ static void net_publish(net_thread *t)
     pthread_mutex_unlock(&t->pub_lock);
 }
 
-static void net_progress(uint64_t now, uint64_t *last_ops, uint64_t *last_ns)
+/* A line a second (or every progress_s): the rate since the last line,
+ * p99 so far, and with an operation budget (a fill) how far it is and
+ * when it should end at the rate so far. */
+static void net_progress(const net_options *o, uint64_t now, uint64_t *last_ops,
+                         uint64_t *last_ns)
 {
     net_shared *s = &net_run_state;
     hist_reset(s->scratch);
@@ -436,11 +442,52 @@ static void net_progress(uint64_t now, uint64_t *last_ops, uint64_t *last_ns)
     }
     double dt = (double)(now - *last_ns) / 1e9;
     double rate = dt > 0 && ops >= *last_ops ? (double)(ops - *last_ops) / dt : 0.0;
-    fprintf(stderr, "[%5.1fs] %10.0f ops/s  p99 so far %8.1f us  ops %llu\n",
-            (double)(now - s->start_ns) / 1e9, rate,
-            (double)hist_quantile(s->scratch, 0.99) / 1000.0, (unsigned long long)ops);
+    double run_s = (double)(now - s->start_ns) / 1e9;
+    char eta[96] = "";
+    if (o->ops_max > 0 && ops > 0 && ops <= o->ops_max) {
+        double left_s = (double)(o->ops_max - ops) * run_s / (double)ops;
+        snprintf(eta, sizeof(eta), "  %llu/%llu (%.1f %%), %.0f/s overall, ETA %02d:%02d:%02d",
+                 (unsigned long long)ops, (unsigned long long)o->ops_max,
+                 100.0 * (double)ops / (double)o->ops_max, (double)ops / run_s,
+                 (int)(left_s / 3600), (int)(left_s / 60) % 60, (int)left_s % 60);
+    }
+    fprintf(stderr, "[%7.1fs] %10.0f ops/s  p99 so far %8.1f us  ops %llu%s\n", run_s, rate,
+            (double)hist_quantile(s->scratch, 0.99) / 1000.0, (unsigned long long)ops, eta);
     *last_ops = ops;
     *last_ns = now;
+}
+
+/* ---- the server's counters ---------------------------------------------- */
+
+/* The ledger's record count from INFO ledger (tally), -1 elsewhere. */
+static int64_t net_records(const net_options *o)
+{
+    const char *argv[] = {"INFO", "ledger"};
+    char reply[4096], value[32];
+    if (net_call(o->host, o->port, 2, argv, reply, sizeof(reply)) < 0 ||
+        wire_info_field(reply, "records", value, sizeof(value)) != 0)
+        return -1;
+    return strtoll(value, NULL, 10);
+}
+
+/* The server process's counters; with_disk: also du of its directory
+ * (a walk of every file: only at the end of a window). */
+static void net_server_sample(const net_options *o, bool with_disk, proc_sample *out)
+{
+    if (proc_sample_get(o->server_pid, with_disk ? o->server_dir : NULL, out) != 0)
+        *out = (proc_sample){.cpu_s = -1, .write_bytes = -1, .rss_anon_kib = -1,
+                             .disk_bytes = -1, .records = -1};
+    out->records = o->target == WIRE_TALLY ? net_records(o) : -1;
+}
+
+uint64_t net_unsent(hist *h, uint64_t due_ns, uint64_t interval_ns, uint64_t end_ns,
+                    uint64_t left)
+{
+    assert(interval_ns > 0);
+    uint64_t n = 0;
+    for (uint64_t at = due_ns; at < end_ns && n < left; at += interval_ns, n++)
+        hist_record(h, end_ns - at);
+    return n;
 }
 
 /* ---- the loop ----------------------------------------------------------- */
@@ -452,8 +499,10 @@ static void net_begin_measuring(net_thread *t, uint64_t now)
     t->last_reply_ns = now;
     t->ok = t->refused = t->errors = 0;
     hist_reset(t->lat);
-    if (t->index == 0 && t->o->server_pid > 0)
-        net_run_state.cpu_begin_s = net_proc_cpu_s(t->o->server_pid);
+    if (t->index == 0 && t->o->server_pid > 0) {
+        net_server_sample(t->o, false, &net_run_state.server_begin);
+        net_run_state.server_begun = true;
+    }
 }
 
 static void *net_thread_main(void *arg)
@@ -465,7 +514,8 @@ static void *net_thread_main(void *arg)
     uint64_t end = o->duration_s > 0 ? warm_end + (uint64_t)(o->duration_s * 1e9) : UINT64_MAX;
     uint64_t interval_ns = o->rate > 0 ? (uint64_t)(1e9 * o->threads / o->rate) : 0;
     uint64_t due_ns = start;
-    uint64_t next_pub = start + 1000000000ull;
+    uint64_t pub_ns = (uint64_t)(o->progress_s > 0 ? o->progress_s * 1e9 : 1e9);
+    uint64_t next_pub = start + pub_ns;
     uint64_t last_ops = 0, last_ns = start;
     uint64_t stop_ns = 0;
     if (o->warmup_s <= 0)
@@ -480,15 +530,19 @@ static void *net_thread_main(void *arg)
             net_begin_measuring(t, now);
         if (!t->stopping && (now >= end || t->conn_live == 0))
             t->stopping = true;
-        if (t->stopping && stop_ns == 0)
+        if (t->stopping && stop_ns == 0) {
             stop_ns = now;
+            if (interval_ns && t->measuring)
+                t->dropped = net_unsent(t->lat, due_ns, interval_ns, now < end ? now : end,
+                                        t->ops_budget ? t->ops_budget - t->sent : UINT64_MAX);
+        }
         if (interval_ns)
             net_issue_due(t, &due_ns, interval_ns, now);
         if (now >= next_pub) {
             net_publish(t);
             if (t->index == 0 && o->progress)
-                net_progress(now, &last_ops, &last_ns);
-            next_pub += 1000000000ull;
+                net_progress(o, now, &last_ops, &last_ns);
+            next_pub += pub_ns;
         }
         if (t->stopping && (t->inflight == 0 || t->conn_live == 0))
             break;
@@ -596,6 +650,8 @@ static void net_collect(const net_options *o, net_thread *threads, report_run *o
         out->ok += t->ok;
         out->refused += t->refused;
         out->errors += t->errors;
+        out->sent += t->sent_measured;
+        out->dropped += t->dropped;
         if (!out->first_error[0] && t->first_error[0])
             snprintf(out->first_error, sizeof(out->first_error), "%s", t->first_error);
         if (t->measuring && t->measure_start_ns < first)
@@ -608,6 +664,9 @@ static void net_collect(const net_options *o, net_thread *threads, report_run *o
     out->connections = o->connections;
     out->pipeline = o->pipeline;
     out->threads = o->threads;
+    out->rate_asked = o->rate;
+    out->warmup_s = o->warmup_s;
+    out->seed = o->work.seed;
     snprintf(out->workload, sizeof(out->workload), "%s", workload_mix_name(o->work.mix));
 }
 
@@ -641,10 +700,14 @@ int net_run(const net_options *o, report_run *out)
         if (started < o->threads && rc == 0)
             rc = -EAGAIN;
         net_collect(o, threads, out);
-        double cpu_end = o->server_pid > 0 ? net_proc_cpu_s(o->server_pid) : -1;
-        out->server_cpu_s = cpu_end >= 0 && net_run_state.cpu_begin_s >= 0
-                                ? cpu_end - net_run_state.cpu_begin_s
-                                : -1;
+        if (net_run_state.server_begun) {
+            out->server_before = net_run_state.server_begin;
+            net_server_sample(o, true, &out->server_after);
+            out->server_sampled = true;
+            proc_figures f;
+            proc_figures_get(&out->server_before, &out->server_after, out->ops, &f);
+            out->server_cpu_s = f.cpu_s;
+        }
     }
     for (uint32_t i = 0; i < ready; i++)
         net_thread_free(&threads[i]);

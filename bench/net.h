@@ -7,7 +7,13 @@
  * schedule of `rate` ops/s in total, to whichever connection has room; a
  * command's latency then runs from its scheduled time, not its send time,
  * so a server that falls behind is charged for the queueing it causes
- * (no coordinated omission).  In the closed loop latency is send → reply.
+ * (no coordinated omission), and the operations still unsent at the end
+ * are counted as dropped with their wait so far (net_unsent).  In the
+ * closed loop latency is send → reply.
+ *
+ * Replies are judged per command: a refusal the command may meet
+ * (workload_expects) counts as refused, any other refusal or error reply
+ * as an error (counted apart, never as throughput).
  *
  * Times: one clock read per read() batch and one per write() batch; every
  * command in a batch shares it.
@@ -19,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proc.h"
 #include "report.h"
 #include "workload.h"
 
@@ -44,8 +51,10 @@ typedef struct net_options {
     uint64_t ops_max;  /* 0 = until duration_s */
     double warmup_s;   /* replies before this are not measured */
     double rate;       /* ops/s in total; 0 = closed loop */
-    bool progress;     /* a line per second on stderr */
-    int server_pid;    /* > 0: measure this process's CPU time (Linux /proc) */
+    bool progress;     /* a progress line on stderr ... */
+    double progress_s; /* ... every this many seconds (0: 1) */
+    int server_pid;    /* > 0: sample this local process's counters (proc.h) */
+    const char *server_dir; /* with server_pid: its data directory, for du */
     workload_config work;
 } net_options;
 
@@ -59,9 +68,13 @@ int net_run(const net_options *o, report_run *out);
 long net_call(const char *host, uint16_t port, int argc, const char *const *argv,
               char *reply, size_t cap);
 
-/* CPU seconds (user + system, including reaped children) that process pid
- * has used, from /proc/PID/stat; -1 if it cannot be read. */
-double net_proc_cpu_s(int pid);
+/* Open loop, at the end of a run: the operations a thread's schedule had
+ * due at due_ns, due_ns + interval_ns, ... before end_ns and never sent
+ * (every pipeline was full).  They are the ones that waited longest, so
+ * each is charged its wait so far: end_ns - its scheduled time, recorded
+ * into h.  Returns how many (at most left: the rest of an ops budget). */
+uint64_t net_unsent(hist *h, uint64_t due_ns, uint64_t interval_ns, uint64_t end_ns,
+                    uint64_t left);
 
 /* Seconds on the monotonic clock. */
 double net_now_s(void);

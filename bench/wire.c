@@ -5,6 +5,7 @@
 #include <assert.h>
 #include <stdbool.h>
 #include <string.h>
+#include <strings.h>
 
 #include "wire.h"
 
@@ -128,12 +129,13 @@ static size_t wire_bulk_str(char *out, const char *s)
 }
 
 /* The arguments after the command name, the same for tally and for the
- * Redis script: merchant, then (ref, id) for CAPTURE, else account and,
- * but for BALANCE, points and id. */
+ * Redis script: merchant, then (ref, id) for CAPTURE and REVERSE, else
+ * account and, but for BALANCE, points and id, and EXPIRES for an EARN
+ * that has one. */
 static size_t wire_op_args(char *out, const workload_op *op)
 {
     size_t len = wire_bulk_u64(out, op->merchant);
-    if (op->kind == WORKLOAD_OP_CAPTURE) {
+    if (op->kind == WORKLOAD_OP_CAPTURE || op->kind == WORKLOAD_OP_REVERSE) {
         len += wire_bulk(out + len, op->ref, op->ref_len);
         return len + wire_bulk(out + len, op->id, op->id_len);
     }
@@ -141,7 +143,23 @@ static size_t wire_op_args(char *out, const workload_op *op)
     if (op->kind == WORKLOAD_OP_BALANCE)
         return len;
     len += wire_bulk_u64(out + len, (uint64_t)op->points);
-    return len + wire_bulk(out + len, op->id, op->id_len);
+    len += wire_bulk(out + len, op->id, op->id_len);
+    if (op->expires == 0)
+        return len;
+    len += wire_bulk_str(out + len, "EXPIRES");
+    return len + wire_bulk_u64(out + len, op->expires);
+}
+
+/* How many arguments wire_op_args writes. */
+static uint32_t wire_op_argc(const workload_op *op)
+{
+    if (op->kind == WORKLOAD_OP_PING)
+        return 0;
+    if (op->kind == WORKLOAD_OP_CAPTURE || op->kind == WORKLOAD_OP_REVERSE)
+        return 3;
+    if (op->kind == WORKLOAD_OP_BALANCE)
+        return 2;
+    return op->expires ? 6 : 4;
 }
 
 static size_t wire_encode_tally(char *out, const workload_op *op)
@@ -150,12 +168,9 @@ static size_t wire_encode_tally(char *out, const workload_op *op)
         [WORKLOAD_OP_EARN] = "EARN", [WORKLOAD_OP_REDEEM] = "REDEEM",
         [WORKLOAD_OP_BALANCE] = "BALANCE", [WORKLOAD_OP_HOLD] = "HOLD",
         [WORKLOAD_OP_CAPTURE] = "CAPTURE", [WORKLOAD_OP_PING] = "PING",
+        [WORKLOAD_OP_REVERSE] = "REVERSE",
     };
-    static const uint8_t argc[WORKLOAD_OP_COUNT] = {
-        [WORKLOAD_OP_EARN] = 5, [WORKLOAD_OP_REDEEM] = 5, [WORKLOAD_OP_BALANCE] = 3,
-        [WORKLOAD_OP_HOLD] = 5, [WORKLOAD_OP_CAPTURE] = 4, [WORKLOAD_OP_PING] = 1,
-    };
-    size_t len = wire_header(out, '*', argc[op->kind]);
+    size_t len = wire_header(out, '*', 1 + wire_op_argc(op));
     len += wire_bulk_str(out + len, names[op->kind]);
     if (op->kind == WORKLOAD_OP_PING)
         return len;
@@ -166,8 +181,10 @@ static size_t wire_encode_redis(char *out, const char *sha, const workload_op *o
 {
     if (op->kind == WORKLOAD_OP_PING)
         return wire_encode_tally(out, op);
-    uint32_t argc = op->kind == WORKLOAD_OP_BALANCE ? 6 : op->kind == WORKLOAD_OP_CAPTURE ? 7 : 8;
-    size_t len = wire_header(out, '*', argc);
+    /* The script knows earn, redeem, balance, hold and capture, no EXPIRES:
+     * main refuses other mixes against Redis. */
+    assert(op->kind != WORKLOAD_OP_REVERSE && op->expires == 0);
+    size_t len = wire_header(out, '*', 4 + wire_op_argc(op));
     len += wire_bulk_str(out + len, "EVALSHA");
     len += wire_bulk(out + len, sha, 40);
     len += wire_bulk_str(out + len, "0");
@@ -235,9 +252,8 @@ static void wire_classify(const char *buf, size_t from, size_t to, wire_reply *o
         n = sizeof(out->error) - 1;
     memcpy(out->error, buf + from, n);
     out->error[n] = '\0';
-    bool refused = strncmp(out->error, "INSUFFICIENT", 12) == 0 ||
-                   strncmp(out->error, "NOTFOUND", 8) == 0;
-    out->outcome = refused ? WIRE_REFUSED : WIRE_ERROR;
+    out->refusal = workload_refusal_of(out->error);
+    out->outcome = out->refusal != WORKLOAD_REFUSAL_NONE ? WIRE_REFUSED : WIRE_ERROR;
 }
 
 int wire_scan(const char *buf, size_t len, size_t *used, wire_reply *out)
@@ -248,6 +264,7 @@ int wire_scan(const char *buf, size_t len, size_t *used, wire_reply *out)
     pending[0] = 1;
     size_t pos = 0;
     out->outcome = WIRE_OK;
+    out->refusal = WORKLOAD_REFUSAL_NONE;
     out->error[0] = '\0';
     while (depth >= 0) {
         if (pending[depth] == 0) {
@@ -300,4 +317,68 @@ int wire_scan(const char *buf, size_t len, size_t *used, wire_reply *out)
     }
     *used = pos;
     return WIRE_REPLY;
+}
+
+/* ---- set-up replies: INFO text and CONFIG GET pairs --------------------- */
+
+int wire_info_field(const char *reply, const char *key, char *out, size_t cap)
+{
+    size_t klen = strlen(key);
+    for (const char *line = reply; line && *line;) {
+        if (strncmp(line, key, klen) == 0 && line[klen] == ':') {
+            const char *v = line + klen + 1;
+            size_t n = strcspn(v, "\r\n");
+            if (n >= cap)
+                return -1;
+            memcpy(out, v, n);
+            out[n] = '\0';
+            return 0;
+        }
+        line = strchr(line, '\n');
+        if (line)
+            line++;
+    }
+    return -1;
+}
+
+/* The bulk string at p (NUL-ended raw reply text): its bytes in *s, *len;
+ * returns where the next element starts, NULL if p holds no whole bulk. */
+static const char *wire_next_bulk(const char *p, const char **s, size_t *len)
+{
+    const char *eol = strstr(p, "\r\n");
+    int64_t n;
+    if (*p != '$' || !eol || !wire_parse_int(p, 1, (size_t)(eol - p), &n) || n < 0 ||
+        strnlen(eol + 2, (size_t)n + 2) < (size_t)n + 2)
+        return NULL;
+    *s = eol + 2;
+    *len = (size_t)n;
+    return eol + 2 + n + 2;
+}
+
+int wire_config_value(const char *reply, const char *name, char *out, size_t cap)
+{
+    const char *eol = strstr(reply, "\r\n");
+    int64_t count;
+    if ((*reply != '*' && *reply != '%') || !eol ||
+        !wire_parse_int(reply, 1, (size_t)(eol - reply), &count) || count < 0)
+        return -1;
+    uint64_t pairs = *reply == '%' ? (uint64_t)count : (uint64_t)count / 2;
+    const char *p = eol + 2;
+    for (uint64_t i = 0; i < pairs; i++) {
+        const char *k, *v;
+        size_t klen, vlen;
+        p = wire_next_bulk(p, &k, &klen);
+        if (p)
+            p = wire_next_bulk(p, &v, &vlen);
+        if (!p)
+            return -1;
+        if (klen == strlen(name) && strncasecmp(k, name, klen) == 0) {
+            if (vlen >= cap)
+                return -1;
+            memcpy(out, v, vlen);
+            out[vlen] = '\0';
+            return 0;
+        }
+    }
+    return -1;
 }

@@ -18,7 +18,8 @@
 
 #include "workload.h"
 
-/* The longest command wire_encode writes (EVALSHA, 5 arguments, two ids). */
+/* The longest command wire_encode writes (EVALSHA, 5 arguments, two ids;
+ * EARN with EXPIRES). */
 #define WIRE_COMMAND_BYTES_MAX 384
 /* Nesting of aggregate replies accepted before calling it a protocol error. */
 #define WIRE_DEPTH_MAX 16
@@ -36,12 +37,14 @@ enum wire_status {
 /* What a reply meant for the benchmark. */
 enum wire_outcome {
     WIRE_OK = 0,      /* an entry, a balance, PONG ... */
-    WIRE_REFUSED = 1, /* -INSUFFICIENT or -NOTFOUND: an expected ledger answer */
+    WIRE_REFUSED = 1, /* -INSUFFICIENT or -NOTFOUND: a ledger refusal, expected
+                         or not depending on the command (workload_expects) */
     WIRE_ERROR = 2,   /* any other error reply */
 };
 
 typedef struct wire_reply {
     int outcome; /* enum wire_outcome */
+    int refusal; /* enum workload_refusal, for WIRE_REFUSED */
     char error[WIRE_ERROR_BYTES_MAX]; /* first bytes of an error reply */
 } wire_reply;
 
@@ -57,6 +60,15 @@ int wire_scan(const char *buf, size_t len, size_t *used, wire_reply *out);
 /* Appends a command of argc NUL-ended arguments; returns bytes written or 0
  * if it would not fit in cap. */
 size_t wire_command(char *out, size_t cap, int argc, const char *const *argv);
+
+/* The value of "key:value" in INFO's text (the raw bulk reply will do)
+ * into out[cap]; 0, or -1 when there is no such line or it does not fit. */
+int wire_info_field(const char *reply, const char *key, char *out, size_t cap);
+
+/* The value of parameter name (case-insensitive) in a raw CONFIG GET reply
+ * (a flat array of name, value bulks, or a RESP3 map) into out[cap]; 0, or
+ * -1 when absent, malformed or too long. */
+int wire_config_value(const char *reply, const char *name, char *out, size_t cap);
 
 /* The Lua script that implements the ledger operations for Redis. */
 extern const char wire_redis_script[];

@@ -14,23 +14,40 @@ static const char *const workload_mix_names[WORKLOAD_MIX_COUNT] = {
     [WORKLOAD_POINTS_V1] = "points-v1",     [WORKLOAD_EARN_ONLY] = "earn-only",
     [WORKLOAD_REDEEM_HEAVY] = "redeem-heavy", [WORKLOAD_READ_HEAVY] = "read-heavy",
     [WORKLOAD_HOLD_CAPTURE] = "hold-capture", [WORKLOAD_PING] = "ping",
-    [WORKLOAD_PREFILL] = "prefill",
+    [WORKLOAD_PREFILL] = "prefill",     [WORKLOAD_POINTS_MIX] = "points-mix",
 };
 
 static const char *const workload_kind_names[WORKLOAD_OP_COUNT] = {
     [WORKLOAD_OP_EARN] = "earn",     [WORKLOAD_OP_REDEEM] = "redeem",
     [WORKLOAD_OP_BALANCE] = "balance", [WORKLOAD_OP_HOLD] = "hold",
     [WORKLOAD_OP_CAPTURE] = "capture", [WORKLOAD_OP_PING] = "ping",
+    [WORKLOAD_OP_REVERSE] = "reverse",
 };
+
+/* The refusals each operation may meet as an expected answer (a bit per
+ * enum workload_refusal). */
+static const uint8_t workload_expected[WORKLOAD_OP_COUNT] = {
+    [WORKLOAD_OP_REDEEM] = 1u << WORKLOAD_REFUSAL_INSUFFICIENT,
+    [WORKLOAD_OP_HOLD] = 1u << WORKLOAD_REFUSAL_INSUFFICIENT,
+    [WORKLOAD_OP_CAPTURE] = 1u << WORKLOAD_REFUSAL_NOTFOUND,
+};
+
+static const char digits36[] = "0123456789abcdefghijklmnopqrstuvwxyz";
 
 /* ---- random numbers: xoroshiro128+ seeded by splitmix64 ----------------- */
 
-static uint64_t workload_splitmix(uint64_t *x)
+/* splitmix64's finalizer: a bijection of 64-bit values (each xor-shift and
+ * each multiplication by an odd constant is invertible). */
+static uint64_t workload_mix64(uint64_t z)
 {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
+}
+
+static uint64_t workload_splitmix(uint64_t *x)
+{
+    return workload_mix64(*x += 0x9e3779b97f4a7c15ull);
 }
 
 static uint64_t workload_rotl(uint64_t x, int k)
@@ -137,6 +154,58 @@ const char *workload_kind_name(int kind)
     return kind >= 0 && kind < WORKLOAD_OP_COUNT ? workload_kind_names[kind] : "";
 }
 
+bool workload_expects(int kind, int refusal)
+{
+    assert(kind >= 0 && kind < WORKLOAD_OP_COUNT);
+    return refusal != WORKLOAD_REFUSAL_NONE && (workload_expected[kind] >> refusal & 1u);
+}
+
+int workload_refusal_of(const char *error)
+{
+    if (strncmp(error, "INSUFFICIENT", 12) == 0)
+        return WORKLOAD_REFUSAL_INSUFFICIENT;
+    if (strncmp(error, "NOTFOUND", 8) == 0)
+        return WORKLOAD_REFUSAL_NOTFOUND;
+    return WORKLOAD_REFUSAL_NONE;
+}
+
+bool workload_tracks(const workload_config *cfg)
+{
+    return cfg->mix == WORKLOAD_POINTS_MIX;
+}
+
+void workload_done(workload *w, const workload_op *op, bool ok)
+{
+    if (!ok || !workload_tracks(&w->cfg) ||
+        (op->kind != WORKLOAD_OP_EARN && op->kind != WORKLOAD_OP_REDEEM))
+        return;
+    uint32_t slot = w->reversible_count;
+    if (slot == WORKLOAD_REVERSIBLE_MAX) {
+        slot = w->reversible_next;
+        w->reversible_next = (w->reversible_next + 1) % WORKLOAD_REVERSIBLE_MAX;
+    } else {
+        w->reversible_count++;
+    }
+    assert(op->id_len > 0 && op->id_len < WORKLOAD_ID_BYTES_MAX);
+    w->reversible_merchant[slot] = op->merchant;
+    w->reversible_len[slot] = op->id_len;
+    memcpy(w->reversible_id[slot], op->id, op->id_len);
+}
+
+/* Base 36 digits of x, most significant first; returns their count. */
+static size_t workload_base36(char *out, uint64_t x)
+{
+    char tmp[16];
+    size_t n = 0;
+    do {
+        tmp[n++] = digits36[x % 36];
+        x /= 36;
+    } while (x);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
 void workload_nonce(char out[16])
 {
     struct timespec ts;
@@ -144,9 +213,8 @@ void workload_nonce(char out[16])
     uint64_t seed = (uint64_t)ts.tv_sec * 1000000007ull ^ (uint64_t)ts.tv_nsec ^
                     ((uint64_t)getpid() << 32);
     uint64_t x = workload_splitmix(&seed);
-    static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
     for (int i = 0; i < 8; i++) {
-        out[i] = digits[x % 36];
+        out[i] = digits36[x % 36];
         x /= 36;
     }
     out[8] = '\0';
@@ -156,14 +224,20 @@ int workload_init(workload *w, const workload_config *cfg, uint32_t stream)
 {
     if (cfg->mix < 0 || cfg->mix >= WORKLOAD_MIX_COUNT || cfg->merchants == 0 ||
         cfg->accounts < cfg->merchants || cfg->zipf_s < 0.0 || cfg->zipf_s > 10.0 ||
-        strlen(cfg->nonce) > 12)
+        strlen(cfg->nonce) > 12 || stream >= 1u << 16)
         return -EINVAL;
     memset(w, 0, sizeof(*w));
     w->cfg = *cfg;
     w->stream = stream;
+    if (w->cfg.now_s == 0)
+        w->cfg.now_s = (uint64_t)time(NULL);
     uint64_t seed = cfg->seed ^ ((uint64_t)stream * 0x9e3779b97f4a7c15ull);
     w->rng[0] = workload_splitmix(&seed);
     w->rng[1] = workload_splitmix(&seed);
+    /* The nonce, not the seed, keys random ids: runs that share a seed
+     * (every system of one comparison) still write new ids. */
+    for (const char *c = cfg->nonce; *c; c++)
+        w->id_key = workload_mix64(w->id_key ^ (uint8_t)*c) + 0x9e3779b97f4a7c15ull;
     /* The sampler divides by (1 - s) near s = 1 through helper functions
      * that stay finite; s = 0 is plain uniform and skips it. */
     if (cfg->zipf_s > 0.0)
@@ -171,32 +245,28 @@ int workload_init(workload *w, const workload_config *cfg, uint32_t stream)
     return 0;
 }
 
-/* Writes "<nonce>-<stream>-<counter>" in base 36 without snprintf: this is
- * on the hot path of every write. */
+/* Writes "<nonce>-<stream>-<counter>", or "order-<random>", in base 36
+ * without snprintf: this is on the hot path of every write.  A random id
+ * is mix64(key + (stream << 48 | counter)): distinct (stream, counter)
+ * pairs give distinct ids while counters stay below 2^48. */
 static uint8_t workload_make_id(workload *w, char *out)
 {
-    static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
-    size_t nonce_len = strlen(w->cfg.nonce);
-    memcpy(out, w->cfg.nonce, nonce_len);
-    size_t len = nonce_len;
-    out[len++] = '-';
-    char tmp[16];
-    int n = 0;
-    uint64_t x = w->stream;
-    do {
-        tmp[n++] = digits[x % 36];
-        x /= 36;
-    } while (x);
-    while (n)
-        out[len++] = tmp[--n];
-    out[len++] = '-';
-    x = ++w->counter;
-    do {
-        tmp[n++] = digits[x % 36];
-        x /= 36;
-    } while (x);
-    while (n)
-        out[len++] = tmp[--n];
+    uint64_t counter = ++w->counter;
+    size_t len;
+    if (w->cfg.ids == WORKLOAD_IDS_RANDOM) {
+        assert(counter < 1ull << 48);
+        memcpy(out, "order-", 6);
+        len = 6 + workload_base36(out + 6,
+                                  workload_mix64(w->id_key + ((uint64_t)w->stream << 48 | counter)));
+    } else {
+        size_t nonce_len = strlen(w->cfg.nonce);
+        memcpy(out, w->cfg.nonce, nonce_len);
+        len = nonce_len;
+        out[len++] = '-';
+        len += workload_base36(out + len, w->stream);
+        out[len++] = '-';
+        len += workload_base36(out + len, counter);
+    }
     assert(len < WORKLOAD_ID_BYTES_MAX);
     return (uint8_t)len;
 }
@@ -215,6 +285,60 @@ static void workload_write(workload *w, workload_op *op, int kind, int64_t lo, i
     op->points = (int64_t)workload_range(w, (uint64_t)lo, (uint64_t)hi);
     op->id_len = workload_make_id(w, op->id);
     op->ref_len = 0;
+    op->expires = 0;
+}
+
+/* HOLD 1..200 of op[0]'s account, then CAPTURE of that hold. */
+static uint32_t workload_hold_capture(workload *w, workload_op ops[2])
+{
+    workload_write(w, &ops[0], WORKLOAD_OP_HOLD, 1, 200);
+    ops[1] = ops[0];
+    ops[1].kind = WORKLOAD_OP_CAPTURE;
+    memcpy(ops[1].ref, ops[0].id, ops[0].id_len);
+    ops[1].ref_len = ops[0].id_len;
+    ops[1].id_len = workload_make_id(w, ops[1].id);
+    return 2;
+}
+
+/* REVERSE of a random succeeded EARN/REDEEM, which leaves the pool (an
+ * entry is reversed once); false when the pool is empty. */
+static bool workload_reverse(workload *w, workload_op *op)
+{
+    if (w->reversible_count == 0)
+        return false;
+    uint32_t i = (uint32_t)workload_range(w, 0, w->reversible_count - 1);
+    uint32_t last = --w->reversible_count;
+    op->kind = WORKLOAD_OP_REVERSE;
+    op->merchant = w->reversible_merchant[i];
+    op->account = 0;
+    op->points = 0;
+    op->expires = 0;
+    op->ref_len = w->reversible_len[i];
+    memcpy(op->ref, w->reversible_id[i], op->ref_len);
+    op->id_len = workload_make_id(w, op->id);
+    w->reversible_merchant[i] = w->reversible_merchant[last];
+    w->reversible_len[i] = w->reversible_len[last];
+    memcpy(w->reversible_id[i], w->reversible_id[last], w->reversible_len[last]);
+    return true;
+}
+
+/* points-mix: see workload.h for the percentages. */
+static uint32_t workload_mixed(workload *w, workload_op ops[WORKLOAD_BURST_MAX], uint64_t pct)
+{
+    if (pct >= 85 && workload_reverse(w, &ops[0]))
+        return 1;
+    workload_pick_account(w, &ops[0]);
+    if (pct >= 75 && pct < 85)
+        return workload_hold_capture(w, ops);
+    if (pct >= 55 && pct < 75) {
+        workload_write(w, &ops[0], WORKLOAD_OP_REDEEM, 1, 200);
+        return 1;
+    }
+    workload_write(w, &ops[0], WORKLOAD_OP_EARN, 1, 500);
+    if (pct < 40)
+        ops[0].expires = w->cfg.now_s + 86400 * workload_range(w, WORKLOAD_EXPIRY_DAYS_MIN,
+                                                               WORKLOAD_EXPIRY_DAYS_MAX);
+    return 1;
 }
 
 uint32_t workload_next(workload *w, workload_op ops[WORKLOAD_BURST_MAX])
@@ -232,8 +356,11 @@ uint32_t workload_next(workload *w, workload_op ops[WORKLOAD_BURST_MAX])
         op->points = w->cfg.prefill_points;
         op->id_len = workload_make_id(w, op->id);
         op->ref_len = 0;
+        op->expires = 0;
         return 1;
     }
+    case WORKLOAD_POINTS_MIX:
+        return workload_mixed(w, ops, pct);
     case WORKLOAD_PING:
         memset(op, 0, sizeof(*op));
         op->kind = WORKLOAD_OP_PING;
@@ -243,13 +370,7 @@ uint32_t workload_next(workload *w, workload_op ops[WORKLOAD_BURST_MAX])
         workload_write(w, &ops[0], WORKLOAD_OP_EARN, 1, 500);
         ops[1].merchant = ops[0].merchant;
         ops[1].account = ops[0].account;
-        workload_write(w, &ops[1], WORKLOAD_OP_HOLD, 1, 200);
-        ops[2] = ops[1];
-        ops[2].kind = WORKLOAD_OP_CAPTURE;
-        memcpy(ops[2].ref, ops[1].id, ops[1].id_len);
-        ops[2].ref_len = ops[1].id_len;
-        ops[2].id_len = workload_make_id(w, ops[2].id);
-        return 3;
+        return 1 + workload_hold_capture(w, &ops[1]);
     default:
         break;
     }
@@ -261,6 +382,7 @@ uint32_t workload_next(workload *w, workload_op ops[WORKLOAD_BURST_MAX])
             op->kind = WORKLOAD_OP_BALANCE;
             op->id_len = op->ref_len = 0;
             op->points = 0;
+            op->expires = 0;
             return 1;
         }
         earn_pct = 98; /* 8 of the remaining 10 */

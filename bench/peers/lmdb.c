@@ -141,6 +141,24 @@ static int lmdb_open(lmdb_peer *p, const char *path)
     return rc;
 }
 
+/* The environment's flags as LMDB reports them: none of the ones that
+ * skip or defer a sync may be set for the figures to be durable. */
+static void lmdb_settings(MDB_env *env, report_run *r)
+{
+    static const struct {
+        unsigned flag;
+        const char *name;
+    } flags[] = {{MDB_NOSYNC, "MDB_NOSYNC"}, {MDB_NOMETASYNC, "MDB_NOMETASYNC"},
+                 {MDB_MAPASYNC, "MDB_MAPASYNC"}, {MDB_WRITEMAP, "MDB_WRITEMAP"}};
+    unsigned got = 0;
+    char hex[16];
+    mdb_env_get_flags(env, &got);
+    snprintf(hex, sizeof(hex), "0x%x", got);
+    report_setting_add(r, "env_flags", hex);
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
+        report_setting_add(r, flags[i].name, got & flags[i].flag ? "on" : "off");
+}
+
 int main(int argc, char **argv)
 {
     peer_options o;
@@ -154,6 +172,11 @@ int main(int argc, char **argv)
     static const peer_backend backend = {lmdb_begin, lmdb_apply, lmdb_commit, lmdb_error};
     report_run r = {.server_cpu_s = -1};
     snprintf(r.system, sizeof(r.system), "lmdb");
+    if (peer_check_disk(o.path, &r) != 0) {
+        mdb_env_close(p.env);
+        return 1;
+    }
+    lmdb_settings(p.env, &r);
     snprintf(r.label, sizeof(r.label), "synced commits, %u op(s) per txn", o.batch);
     rc = peer_run(&o, &backend, &p, &r);
     if (p.txn)

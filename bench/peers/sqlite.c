@@ -126,10 +126,29 @@ static int sqlite_prepare(sqlite_peer *p)
     return 0;
 }
 
+/* Reads a pragma back as text: what SQLite really runs with, for the
+ * report ("wal", "2" = FULL). */
+static void sqlite_setting(sqlite_peer *p, report_run *r, const char *pragma)
+{
+    char sql[64];
+    snprintf(sql, sizeof(sql), "PRAGMA %s", pragma);
+    sqlite3_stmt *st;
+    const char *v = NULL;
+    if (sqlite3_prepare_v2(p->db, sql, -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        v = (const char *)sqlite3_column_text(st, 0);
+    report_setting_add(r, pragma, v ? v : "?");
+    sqlite3_finalize(st);
+}
+
 int main(int argc, char **argv)
 {
     peer_options o;
     peer_parse(argc, argv, &o, "SQLite peer: WAL, synchronous=FULL");
+    report_run r = {.server_cpu_s = -1};
+    snprintf(r.system, sizeof(r.system), "sqlite");
+    if (peer_check_disk(o.path, &r) != 0)
+        return 1;
     sqlite_peer p = {0};
     if (sqlite3_open(o.path, &p.db) != SQLITE_OK || sqlite_exec(&p, sqlite_schema) != 0 ||
         sqlite_prepare(&p) != 0) {
@@ -137,8 +156,9 @@ int main(int argc, char **argv)
         return 1;
     }
     static const peer_backend backend = {sqlite_begin, sqlite_apply, sqlite_commit, sqlite_error};
-    report_run r = {.server_cpu_s = -1};
-    snprintf(r.system, sizeof(r.system), "sqlite");
+    sqlite_setting(&p, &r, "journal_mode");
+    sqlite_setting(&p, &r, "synchronous");
+    sqlite_setting(&p, &r, "fullfsync");
     snprintf(r.label, sizeof(r.label), "WAL, synchronous=FULL, %u op(s) per txn", o.batch);
     int rc = peer_run(&o, &backend, &p, &r);
     sqlite3_finalize(p.find_id);
