@@ -446,8 +446,8 @@ static void net_progress(const net_options *o, uint64_t now, uint64_t *last_ops,
     char eta[96] = "";
     if (o->ops_max > 0 && ops > 0 && ops <= o->ops_max) {
         double left_s = (double)(o->ops_max - ops) * run_s / (double)ops;
-        snprintf(eta, sizeof(eta), "  %llu/%llu (%.1f %%), %.0f/s overall, ETA %02d:%02d:%02d",
-                 (unsigned long long)ops, (unsigned long long)o->ops_max,
+        snprintf(eta, sizeof(eta), " of %llu (%.1f %%), %.0f/s overall, ETA %02d:%02d:%02d",
+                 (unsigned long long)o->ops_max,
                  100.0 * (double)ops / (double)o->ops_max, (double)ops / run_s,
                  (int)(left_s / 3600), (int)(left_s / 60) % 60, (int)left_s % 60);
     }
