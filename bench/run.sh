@@ -278,17 +278,22 @@ tally_suite() {
 load_c() { echo "${1%x*}"; }
 load_p() { echo "${1#*x}"; }
 
+# Every load of LOADS against one server: runs/peer-SYSTEM-CxP.json.
+sweep_loads() { # system "common args" "label"
+    local load c p
+    for load in $LOADS; do
+        c=$(load_c "$load"); p=$(load_p "$load")
+        run_bench "peer-$1-$load" $2 -c "$c" -P "$p" -d "$DURATION" --warmup "$WARMUP" \
+            --label "$3; c=$c P=$p"
+    done
+}
+
 peers_tally() {
-    local port load c p; port=$(free_port)
+    local port load runs=""; port=$(free_port)
     start_tally "$port" always
     local w="--accounts $ACCOUNTS --merchants $MERCHANTS -p $port --server-pid ${PIDS[tally]}"
     w="$w --durable --system tally"
-    for load in $LOADS; do
-        c=$(load_c "$load"); p=$(load_p "$load")
-        run_bench "peer-tally-$load" $w -c "$c" -P "$p" -d "$DURATION" --warmup "$WARMUP" \
-            --label "tallyd --sync always; c=$c P=$p"
-    done
-    local runs=""
+    sweep_loads tally "$w" "tallyd --sync always"
     for load in $LOADS; do runs="$runs peer-tally-$load"; done
     # shellcheck disable=SC2086
     half_of_best peer-tally-half "$w" $runs
@@ -296,15 +301,11 @@ peers_tally() {
 }
 
 peers_redis() {
-    local port load c p; port=$(free_port)
+    local port; port=$(free_port)
     start_redis "$port"
     local w="--accounts $ACCOUNTS --merchants $MERCHANTS -p $port --target redis --system redis"
     w="$w --durable --server-pid ${PIDS[redis]}"
-    for load in $LOADS; do
-        c=$(load_c "$load"); p=$(load_p "$load")
-        run_bench "peer-redis-$load" $w -c "$c" -P "$p" -d "$DURATION" --warmup "$WARMUP" \
-            --label "appendonly yes, appendfsync always; EVALSHA; c=$c P=$p"
-    done
+    sweep_loads redis "$w" "appendonly yes, appendfsync always; EVALSHA"
     stop_server redis
 }
 
