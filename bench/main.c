@@ -378,7 +378,9 @@ static int main_server_settings(main_args *a, report_run *r)
             durable = durable && strcmp(v, "always") == 0;
         }
     }
-    if (wire_config_value(reply, "dir", v, sizeof(v)) == 0 && v[0] && main_local(a->net.host)) {
+    /* A relative dir is the server's: resolvable through its cwd only. */
+    if (wire_config_value(reply, "dir", v, sizeof(v)) == 0 && main_local(a->net.host) &&
+        (v[0] == '/' || (v[0] && a->net.server_pid > 0))) {
         if (v[0] != '/' && a->net.server_pid > 0)
             snprintf(dir, sizeof(dir), "/proc/%d/cwd/%s", a->net.server_pid, v);
         else
