@@ -520,7 +520,7 @@ records_of() { # port: entries in the ledger
 fits() { # dir target bytes_per_entry
     local free need; free=$(df --output=avail -B1 "$1" | tail -1)
     need=$(awk -v t="$2" -v b="$3" -v r="$(records_of "$PORT")" \
-        'BEGIN { n = (t - r) * b * 1.2; printf "%.0f", n > 0 ? n : 0 }')
+        'BEGIN { n = (t - r) * b * 1.2; printf "%.0f", (n > 0 ? n : 0) }')
     if [ "$need" -gt "$free" ]; then
         say "   skipping $2 and larger: ~$(( need / 1000000000 )) GB more needed at" \
             "$3 B/entry, $(( free / 1000000000 )) GB free in $1"
