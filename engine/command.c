@@ -8,7 +8,9 @@
  * the ledger is checked here (tally_request_check included), so a
  * malformed request is answered at once and never reaches a shard.
  */
+#include <assert.h>
 #include <errno.h>
+#include <fnmatch.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,87 +185,151 @@ static int command_syntax_error(command_call *c)
 
 /* ---- argument parsing for engine commands --------------------------------- */
 
-/* A decimal unsigned integer in [lo, hi].  Not digits: -ERR (Redis's
- * wording); digits out of range: -INVALID naming the field.  Returns true
- * if parsed; otherwise the error reply is written. */
-static bool command_u64_arg(command_call *c, uint32_t i, const char *what, uint64_t lo,
-                            uint64_t hi, const char *range, uint64_t *out)
+/* Every numeric field a command takes, with its name as errors say it and
+ * its range (docs/REFERENCE.md, "Numbers").  One rule for all of them: a
+ * token that is not a number is -ERR in Redis's words; a number outside
+ * the field's range is -INVALID naming the field and the range.  signed_ok:
+ * a negative number is in range when its magnitude is (ADJUST's points). */
+typedef struct command_field {
+    const char *name;
+    uint64_t lo, hi;
+    bool signed_ok;
+    const char *unit; /* said after the range, "" for none */
+} command_field;
+
+enum {
+    FIELD_MERCHANT,
+    FIELD_ACCOUNT,
+    FIELD_POINTS,
+    FIELD_SIGNED_POINTS,
+    FIELD_EXPIRES,
+    FIELD_AVAILABLE_AT,
+    FIELD_TIMEOUT,
+    FIELD_POINTS_OPTION,
+    FIELD_BEFORE,
+    FIELD_LIMIT,
+};
+
+static const command_field command_fields[] = {
+    [FIELD_MERCHANT] = {"merchant", 1, UINT64_MAX, false, ""},
+    [FIELD_ACCOUNT] = {"account", 1, UINT64_MAX, false, ""},
+    [FIELD_POINTS] = {"points", 1, LIMIT_AMOUNT_MAX, false, ""},
+    [FIELD_SIGNED_POINTS] = {"points", 1, LIMIT_AMOUNT_MAX, true, ""},
+    [FIELD_EXPIRES] = {"EXPIRES", 1, LIMIT_UNIX_S_MAX, false, " (unix seconds)"},
+    [FIELD_AVAILABLE_AT] = {"AVAILABLE_AT", 1, LIMIT_UNIX_S_MAX, false, " (unix seconds)"},
+    [FIELD_TIMEOUT] = {"TIMEOUT", 1, LIMIT_HOLD_TIMEOUT_MAX_S, false, " (seconds)"},
+    [FIELD_POINTS_OPTION] = {"POINTS", 1, LIMIT_AMOUNT_MAX, false, ""},
+    [FIELD_BEFORE] = {"BEFORE", 1, UINT64_MAX, false, " (a seq)"},
+    [FIELD_LIMIT] = {"LIMIT", 1, LIMIT_HISTORY_MAX, false, ""},
+};
+
+/* A number: an optional '-', then decimal digits (leading zeros allowed),
+ * whose value fits in 64 bits, -2^63..2^64-1.  Anything else — empty, a
+ * '+', blanks, "1e3", "--5", more than 64 bits — is not a number, as Redis
+ * says of a value past its 64 bits. */
+static bool command_number(const char *a, size_t n, bool *neg, uint64_t *mag)
 {
+    bool minus = n > 0 && a[0] == '-';
+    uint64_t v = 0;
+    if (config_parse_u64(a + minus, n - minus, &v) != 0)
+        return false;
+    if (minus && v > (uint64_t)INT64_MAX + 1)
+        return false;
+    *neg = minus;
+    *mag = v;
+    return true;
+}
+
+/* Argument i as field f: the magnitude and sign (a negative value only for
+ * a signed field; "-0" is 0).  Returns true if in range; otherwise the
+ * error reply is written. */
+static bool command_field_arg(command_call *c, uint32_t i, int f, uint64_t *mag, bool *neg)
+{
+    const command_field *fd = &command_fields[f];
     size_t n;
     const char *a = command_arg(c, i, &n);
+    bool minus = false;
     uint64_t v = 0;
-    int rc = config_parse_u64(a, n, &v);
-    if (rc == -EINVAL) {
+    if (!command_number(a, n, &minus, &v)) {
         command_err(c, "ERR", "value is not an integer or out of range");
         return false;
     }
-    if (rc == -ERANGE || v < lo || v > hi) {
-        command_err(c, "INVALID", "%s must be %s", what, range);
+    minus = minus && v != 0;
+    bool in = v >= fd->lo && v <= fd->hi && (!minus || fd->signed_ok);
+    if (!in && fd->signed_ok) {
+        command_err(c, "INVALID", "%s must be -%llu..-%llu or %llu..%llu%s", fd->name,
+                    (unsigned long long)fd->hi, (unsigned long long)fd->lo,
+                    (unsigned long long)fd->lo, (unsigned long long)fd->hi, fd->unit);
         return false;
     }
+    if (!in) {
+        command_err(c, "INVALID", "%s must be %llu..%llu%s", fd->name,
+                    (unsigned long long)fd->lo, (unsigned long long)fd->hi, fd->unit);
+        return false;
+    }
+    *mag = v;
+    *neg = minus;
+    return true;
+}
+
+/* An unsigned field into *out. */
+static bool command_u64_arg(command_call *c, uint32_t i, int f, uint64_t *out)
+{
+    assert(!command_fields[f].signed_ok);
+    bool neg;
+    uint64_t v;
+    if (!command_field_arg(c, i, f, &v, &neg))
+        return false;
+    assert(!neg);
     *out = v;
     return true;
 }
 
-/* A signed decimal integer with |v| in [1, LIMIT_AMOUNT_MAX]. */
-static bool command_signed_arg(command_call *c, uint32_t i, int64_t *out)
+/* An amount of points (1..10^15, or signed for ADJUST) into *out. */
+static bool command_points_arg(command_call *c, uint32_t i, int f, int64_t *out)
 {
-    size_t n;
-    const char *a = command_arg(c, i, &n);
-    bool neg = n > 0 && a[0] == '-';
-    uint64_t mag = 0;
-    int rc = config_parse_u64(a + neg, n - neg, &mag);
-    if (rc == -EINVAL) {
-        command_err(c, "ERR", "value is not an integer or out of range");
+    static_assert(LIMIT_AMOUNT_MAX < INT64_MAX, "an amount fits a signed points field");
+    bool neg;
+    uint64_t v;
+    if (!command_field_arg(c, i, f, &v, &neg))
         return false;
-    }
-    if (rc == -ERANGE || mag < 1 || mag > (uint64_t)LIMIT_AMOUNT_MAX) {
-        command_err(c, "INVALID", "points must be 1..10^15 in magnitude");
-        return false;
-    }
-    *out = neg ? -(int64_t)mag : (int64_t)mag;
+    assert(v <= (uint64_t)LIMIT_AMOUNT_MAX);
+    *out = neg ? -(int64_t)v : (int64_t)v;
     return true;
 }
 
-/* An id or reference: copied if it fits the request's field; the
- * request's checks then decide (printable, 1..64, no '~' for new ids). */
-static bool command_id_arg(command_call *c, uint32_t i, char *dst, uint8_t *dst_len,
-                           const char *what)
+/* An id or reference.  One that cannot fit the request's field is left
+ * empty: tally_request_check then refuses it in the same words as any
+ * other malformed id (printable, 1..64, no '~' for new ids). */
+static void command_id_arg(command_call *c, uint32_t i, char *dst, uint8_t *dst_len)
 {
     size_t n;
     const char *a = command_arg(c, i, &n);
-    if (n == 0 || n > LIMIT_ENGINE_ID_BYTES_MAX) {
-        command_err(c, "INVALID", "%s must be 1..64 printable ASCII bytes", what);
-        return false;
-    }
+    if (n > LIMIT_ENGINE_ID_BYTES_MAX)
+        n = 0;
     memcpy(dst, a, n);
     *dst_len = (uint8_t)n;
-    return true;
 }
 
 static bool command_positional(command_call *c, char letter, uint32_t i)
 {
     tally_request *r = c->req;
-    uint64_t v;
     switch (letter) {
     case 'm':
     case 'M':
-        return command_u64_arg(c, i, "merchant", 1, UINT64_MAX, "1..18446744073709551615",
-                               &r->merchant);
+        return command_u64_arg(c, i, FIELD_MERCHANT, &r->merchant);
     case 'a':
-        return command_u64_arg(c, i, "account", 1, UINT64_MAX, "1..18446744073709551615",
-                               &r->account);
+        return command_u64_arg(c, i, FIELD_ACCOUNT, &r->account);
     case 'p':
-        if (!command_u64_arg(c, i, "points", 1, (uint64_t)LIMIT_AMOUNT_MAX, "1..10^15", &v))
-            return false;
-        r->points = (int64_t)v;
-        return true;
+        return command_points_arg(c, i, FIELD_POINTS, &r->points);
     case 's':
-        return command_signed_arg(c, i, &r->points);
+        return command_points_arg(c, i, FIELD_SIGNED_POINTS, &r->points);
     case 'i':
-        return command_id_arg(c, i, r->id, &r->id_len, "id");
+        command_id_arg(c, i, r->id, &r->id_len);
+        return true;
     case 'r':
-        return command_id_arg(c, i, r->ref, &r->ref_len, "referenced id");
+        command_id_arg(c, i, r->ref, &r->ref_len);
+        return true;
     default:
         abort(); /* a shape letter commands.def does not define */
     }
@@ -279,39 +345,30 @@ static bool command_option(command_call *c, uint32_t flag, uint32_t i)
     switch (flag) {
     case OPT_EXPIRES:
         r->flags |= TALLY_REQ_EXPIRES;
-        return command_u64_arg(c, i, "EXPIRES", 1, LIMIT_UNIX_S_MAX,
-                               "unix seconds 1..253402300799", &r->expires);
+        return command_u64_arg(c, i, FIELD_EXPIRES, &r->expires);
     case OPT_AVAILABLE_AT:
         r->flags |= TALLY_REQ_AVAILABLE_AT;
-        return command_u64_arg(c, i, "AVAILABLE_AT", 1, LIMIT_UNIX_S_MAX,
-                               "unix seconds 1..253402300799", &r->available_at);
+        return command_u64_arg(c, i, FIELD_AVAILABLE_AT, &r->available_at);
     case OPT_TIMEOUT:
         r->flags |= TALLY_REQ_TIMEOUT;
-        return command_u64_arg(c, i, "TIMEOUT", 1, LIMIT_HOLD_TIMEOUT_MAX_S,
-                               "1..31622400 seconds", &r->timeout_s);
+        return command_u64_arg(c, i, FIELD_TIMEOUT, &r->timeout_s);
     case OPT_POINTS:
         r->flags |= TALLY_REQ_POINTS;
-        if (!command_u64_arg(c, i, "POINTS", 1, (uint64_t)LIMIT_AMOUNT_MAX, "1..10^15", &v))
-            return false;
-        r->points = (int64_t)v;
-        return true;
+        return command_points_arg(c, i, FIELD_POINTS_OPTION, &r->points);
     case OPT_BEFORE:
         r->flags |= TALLY_REQ_BEFORE;
-        return command_u64_arg(c, i, "BEFORE", 0, UINT64_MAX, "a seq", &r->before_seq);
+        return command_u64_arg(c, i, FIELD_BEFORE, &r->before_seq);
     case OPT_LIMIT:
-        /* SPEC §2: anything but 1..1000 is -ERR. */
-        a = command_arg(c, i, &n);
-        if (config_parse_u64(a, n, &v) != 0 || v < 1 || v > LIMIT_HISTORY_MAX) {
-            command_err(c, "ERR", "LIMIT must be an integer 1..1000");
+        if (!command_u64_arg(c, i, FIELD_LIMIT, &v))
             return false;
-        }
+        static_assert(LIMIT_HISTORY_MAX <= UINT32_MAX, "LIMIT fits the request's field");
         r->limit = (uint32_t)v;
         return true;
     case OPT_MEMO:
         r->flags |= TALLY_REQ_MEMO;
         a = command_arg(c, i, &n);
         if (n > LIMIT_MEMO_BYTES_MAX) {
-            command_err(c, "INVALID", "MEMO is longer than 128 bytes");
+            command_err(c, "INVALID", "MEMO must be 0..%d bytes", LIMIT_MEMO_BYTES_MAX);
             return false;
         }
         memcpy(r->memo, a, n);

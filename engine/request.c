@@ -118,6 +118,12 @@ static int request_fail(tally_request *req, int code, const char *fmt, ...)
     return code;
 }
 
+/* What a malformed id is told, whatever is wrong with it (empty, too long,
+ * a blank or a control byte, a leading '~'). */
+#define REQUEST_ID_MESSAGE \
+    "id must be 1..64 printable ASCII bytes (0x21..0x7e), not starting with '~'"
+#define REQUEST_REF_MESSAGE "referenced id must be 1..96 printable ASCII bytes (0x21..0x7e)"
+
 /* A client id: 1..64 bytes of 0x21..0x7e, not starting with '~' (reserved
  * for the engine's own entries) when it names a new write. */
 static bool request_id_ok(const char *id, unsigned len, bool allow_engine)
@@ -137,36 +143,58 @@ static bool request_amount_ok(int64_t points)
     return points >= 1 && points <= LIMIT_AMOUNT_MAX;
 }
 
+/* Unix seconds of EXPIRES / AVAILABLE_AT when given: 1..LIMIT_UNIX_S_MAX. */
+static bool request_unix_s_ok(const tally_request *req, uint32_t flag, uint64_t v)
+{
+    return !(req->flags & flag) || (v >= 1 && v <= LIMIT_UNIX_S_MAX);
+}
+
+/* The option combinations that can never make sense (SPEC §3): points
+ * that expire before they become available could never be spent, and a
+ * debit has no lot to give an expiry to. */
+static int request_check_combinations(tally_request *req)
+{
+    bool expires = req->flags & TALLY_REQ_EXPIRES;
+    if (expires && (req->flags & TALLY_REQ_AVAILABLE_AT) && req->expires <= req->available_at)
+        return request_fail(req, TALLY_EINVALID,
+                            "EXPIRES must be after AVAILABLE_AT (the points could never be "
+                            "spent)");
+    if (expires && req->op == TALLY_OP_ADJUST && req->points < 0)
+        return request_fail(req, TALLY_EINVALID,
+                            "EXPIRES cannot be given to a negative ADJUST (a debit makes no lot)");
+    return 0;
+}
+
 static int request_check_write(tally_request *req)
 {
     if (!request_id_ok(req->id, req->id_len, false))
-        return request_fail(req, TALLY_EINVALID,
-                            "id must be 1..64 printable ASCII bytes not starting with '~'");
+        return request_fail(req, TALLY_EINVALID, REQUEST_ID_MESSAGE);
     bool needs_ref = req->op == TALLY_OP_CAPTURE || req->op == TALLY_OP_VOID ||
                      req->op == TALLY_OP_REVERSE;
     if (needs_ref && !request_id_ok(req->ref, req->ref_len, true))
-        return request_fail(req, TALLY_EINVALID, "referenced id is not a valid id");
+        return request_fail(req, TALLY_EINVALID, REQUEST_REF_MESSAGE);
     if (req->op == TALLY_OP_ADJUST) {
         int64_t mag = req->points < 0 ? -req->points : req->points;
         if (req->points == INT64_MIN || !request_amount_ok(mag))
-            return request_fail(req, TALLY_EINVALID, "points must be 1..10^15 in magnitude");
+            return request_fail(req, TALLY_EINVALID,
+                                "points must be -1000000000000000..-1 or 1..1000000000000000");
     } else if (!needs_ref || (req->flags & TALLY_REQ_POINTS)) {
         if (req->op != TALLY_OP_VOID && !request_amount_ok(req->points))
-            return request_fail(req, TALLY_EINVALID, "points must be 1..10^15");
+            return request_fail(req, TALLY_EINVALID, "%s must be 1..1000000000000000",
+                                needs_ref ? "POINTS" : "points");
     }
-    if ((req->flags & TALLY_REQ_EXPIRES) &&
-        (req->expires == 0 || req->expires > LIMIT_UNIX_S_MAX))
-        return request_fail(req, TALLY_EINVALID, "EXPIRES must be unix seconds 1..253402300799");
-    if ((req->flags & TALLY_REQ_AVAILABLE_AT) &&
-        (req->available_at == 0 || req->available_at > LIMIT_UNIX_S_MAX))
+    if (!request_unix_s_ok(req, TALLY_REQ_EXPIRES, req->expires))
         return request_fail(req, TALLY_EINVALID,
-                            "AVAILABLE_AT must be unix seconds 1..253402300799");
+                            "EXPIRES must be 1..253402300799 (unix seconds)");
+    if (!request_unix_s_ok(req, TALLY_REQ_AVAILABLE_AT, req->available_at))
+        return request_fail(req, TALLY_EINVALID,
+                            "AVAILABLE_AT must be 1..253402300799 (unix seconds)");
     if ((req->flags & TALLY_REQ_TIMEOUT) &&
         (req->timeout_s == 0 || req->timeout_s > LIMIT_HOLD_TIMEOUT_MAX_S))
-        return request_fail(req, TALLY_EINVALID, "TIMEOUT must be 1..31622400 seconds");
+        return request_fail(req, TALLY_EINVALID, "TIMEOUT must be 1..31622400 (seconds)");
     if (req->memo_len > LIMIT_MEMO_BYTES_MAX)
-        return request_fail(req, TALLY_EINVALID, "MEMO is longer than 128 bytes");
-    return 0;
+        return request_fail(req, TALLY_EINVALID, "MEMO must be 0..128 bytes");
+    return request_check_combinations(req);
 }
 
 int tally_request_check(tally_request *req)
@@ -186,8 +214,13 @@ int tally_request_check(tally_request *req)
     if (tally_op_is_write(req->op))
         return request_check_write(req);
     if (req->op == TALLY_OP_ENTRY && !request_id_ok(req->ref, req->ref_len, true))
-        return request_fail(req, TALLY_EINVALID, "id must be 1..96 printable ASCII bytes");
+        return request_fail(req, TALLY_EINVALID,
+                            "id must be 1..96 printable ASCII bytes (0x21..0x7e)");
+    /* LIMIT 0 is the default (not given); BEFORE only when given. */
     if (req->op == TALLY_OP_HISTORY && req->limit > LIMIT_HISTORY_MAX)
-        return request_fail(req, TALLY_ESYNTAX, "LIMIT must be 1..1000");
+        return request_fail(req, TALLY_EINVALID, "LIMIT must be 1..1000");
+    if (req->op == TALLY_OP_HISTORY && (req->flags & TALLY_REQ_BEFORE) && req->before_seq == 0)
+        return request_fail(req, TALLY_EINVALID,
+                            "BEFORE must be 1..18446744073709551615 (a seq)");
     return 0;
 }
