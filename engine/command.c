@@ -140,9 +140,11 @@ static const command_def *command_find(const char *name, size_t len)
 }
 
 /* Unsigned integers: integers when they fit in RESP's signed 64 bits;
- * otherwise a RESP3 big number, or in RESP2 a bulk string (hiredis and
- * most clients reject an integer reply above INT64_MAX). */
-static void command_u64(resp_out *o, uint64_t v, int proto)
+ * otherwise a bulk string of the decimal digits, in RESP2 and RESP3 alike.
+ * Not RESP3's big number: hiredis and most clients reject an integer reply
+ * above INT64_MAX, and redis-cli 7.0 does not know the big-number type
+ * ("Unknown reply type: 13"). */
+static void command_u64(resp_out *o, uint64_t v)
 {
     if (v <= (uint64_t)INT64_MAX) {
         resp_int(o, (int64_t)v);
@@ -150,13 +152,7 @@ static void command_u64(resp_out *o, uint64_t v, int proto)
     }
     char b[32];
     int n = snprintf(b, sizeof(b), "%llu", (unsigned long long)v);
-    if (proto == 3) {
-        resp_raw(o, "(", 1);
-        resp_raw(o, b, (size_t)n);
-        resp_raw(o, "\r\n", 2);
-    } else {
-        resp_bulk(o, b, (size_t)n);
-    }
+    resp_bulk(o, b, (size_t)n);
 }
 
 static int command_err(command_call *c, const char *code, const char *fmt, ...)
@@ -468,9 +464,9 @@ static void command_entry(resp_out *o, const tally_entry *e, int proto)
     resp_bulk_str(o, "kind");
     resp_bulk_str(o, tally_kind_name(e->kind));
     resp_bulk_str(o, "merchant");
-    command_u64(o, e->merchant, proto);
+    command_u64(o, e->merchant);
     resp_bulk_str(o, "account");
-    command_u64(o, e->account, proto);
+    command_u64(o, e->account);
     resp_bulk_str(o, "points");
     resp_int(o, e->points);
     resp_bulk_str(o, "balance");
@@ -478,13 +474,13 @@ static void command_entry(resp_out *o, const tally_entry *e, int proto)
     resp_bulk_str(o, "held");
     resp_int(o, e->held);
     resp_bulk_str(o, "ts");
-    command_u64(o, e->ts_ms, proto);
+    command_u64(o, e->ts_ms);
     resp_bulk_str(o, "seq");
-    command_u64(o, e->seq, proto);
+    command_u64(o, e->seq);
     resp_bulk_str(o, "ref");
     resp_bulk(o, e->ref, e->ref_len);
     resp_bulk_str(o, "expires");
-    command_u64(o, e->expires, proto);
+    command_u64(o, e->expires);
     resp_bulk_str(o, "memo");
     resp_bulk(o, e->memo, e->memo_len);
 }
@@ -505,7 +501,7 @@ static void command_balance(resp_out *o, const tally_balance *b, int proto)
     resp_bulk_str(o, "expired");
     resp_int(o, b->expired);
     resp_bulk_str(o, "next_expiry");
-    command_u64(o, b->next_expiry, proto);
+    command_u64(o, b->next_expiry);
     resp_bulk_str(o, "expiring");
     resp_int(o, b->expiring);
 }
