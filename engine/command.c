@@ -648,6 +648,34 @@ static int command_auth(command_call *c)
     return COMMAND_REPLIED;
 }
 
+/* Redis's rule for client names and library attributes: printable ASCII
+ * without blanks (0x21..0x7e), so that CLIENT INFO stays one word per
+ * field. */
+static bool command_name_ok(const char *a, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (a[i] < '!' || a[i] > '~')
+            return false;
+    return true;
+}
+
+/* Stores a client name or library attribute (CLIENT SETNAME, HELLO
+ * SETNAME, CLIENT SETINFO); false, with Redis's error written, if Redis
+ * would refuse it.  A longer one is cut to the session's buffer. */
+static bool command_set_name(command_call *c, char *dst, size_t cap, const char *a, size_t n,
+                             const char *what)
+{
+    if (!command_name_ok(a, n)) {
+        command_err(c, "ERR", "%s cannot contain spaces, newlines or special characters.",
+                    what);
+        return false;
+    }
+    size_t k = n < cap - 1 ? n : cap - 1;
+    memcpy(dst, a, k);
+    dst[k] = 0;
+    return true;
+}
+
 static void command_hello_reply(command_call *c)
 {
     resp_map(c->out, 7, c->s->proto);
@@ -691,6 +719,9 @@ static int command_hello(command_call *c)
             i += 2;
         } else if (command_arg_is(c, i, "SETNAME") && i + 1 < c->cmd->argc) {
             name = command_arg(c, i + 1, &name_len);
+            if (!command_name_ok(name, name_len))
+                return command_err(c, "ERR", "Client names cannot contain spaces, newlines "
+                                             "or special characters.");
             i += 1;
         } else {
             return command_err(c, "ERR", "Syntax error in HELLO option '%.*s'",
@@ -703,11 +734,8 @@ static int command_hello(command_call *c)
                                         "<user> <pass> option can be used to authenticate the "
                                         "client and select the RESP protocol version at the "
                                         "same time");
-    if (name) {
-        size_t k = name_len < sizeof(c->s->name) - 1 ? name_len : sizeof(c->s->name) - 1;
-        memcpy(c->s->name, name, k);
-        c->s->name[k] = 0;
-    }
+    if (name)
+        command_set_name(c, c->s->name, sizeof(c->s->name), name, name_len, "Client names");
     c->s->proto = proto;
     command_hello_reply(c);
     return COMMAND_REPLIED;
@@ -722,11 +750,35 @@ static int command_quit(command_call *c)
 
 static int command_select(command_call *c)
 {
-    if (command_arg_is(c, 1, "0")) {
-        resp_simple(c->out, "OK");
-        return COMMAND_REPLIED;
+    size_t n;
+    const char *a = command_arg(c, 1, &n);
+    bool neg;
+    uint64_t v;
+    if (!command_number(a, n, &neg, &v))
+        return command_err(c, "ERR", "value is not an integer or out of range");
+    if (v != 0)
+        return command_err(c, "ERR", "DB index is out of range");
+    resp_simple(c->out, "OK");
+    return COMMAND_REPLIED;
+}
+
+/* CLIENT SETINFO LIB-NAME|LIB-VER value, as Redis 7.2 takes it. */
+static int command_client_setinfo(command_call *c)
+{
+    size_t n;
+    const char *v = command_arg(c, 3, &n);
+    if (command_arg_is(c, 2, "LIB-NAME")) {
+        if (!command_set_name(c, c->s->lib_name, sizeof(c->s->lib_name), v, n, "lib-name"))
+            return COMMAND_REPLIED;
+    } else if (command_arg_is(c, 2, "LIB-VER")) {
+        if (!command_set_name(c, c->s->lib_ver, sizeof(c->s->lib_ver), v, n, "lib-ver"))
+            return COMMAND_REPLIED;
+    } else {
+        return command_err(c, "ERR", "Unrecognized option '%.*s'", (int)c->cmd->argl[2],
+                           resp_arg(c->cmd, c->buf, 2));
     }
-    return command_err(c, "ERR", "DB index is out of range");
+    resp_simple(c->out, "OK");
+    return COMMAND_REPLIED;
 }
 
 static int command_client(command_call *c)
@@ -736,21 +788,20 @@ static int command_client(command_call *c)
     } else if (command_arg_is(c, 1, "SETNAME") && c->cmd->argc == 3) {
         size_t n;
         const char *a = command_arg(c, 2, &n);
-        size_t k = n < sizeof(c->s->name) - 1 ? n : sizeof(c->s->name) - 1;
-        memcpy(c->s->name, a, k);
-        c->s->name[k] = 0;
-        resp_simple(c->out, "OK");
+        if (command_set_name(c, c->s->name, sizeof(c->s->name), a, n, "Client names"))
+            resp_simple(c->out, "OK");
     } else if (command_arg_is(c, 1, "GETNAME")) {
         if (c->s->name[0])
             resp_bulk_str(c->out, c->s->name);
         else
             resp_null(c->out, c->s->proto);
     } else if (command_arg_is(c, 1, "SETINFO") && c->cmd->argc == 4) {
-        resp_simple(c->out, "OK");
+        return command_client_setinfo(c);
     } else if (command_arg_is(c, 1, "INFO")) {
-        char b[160];
-        int n = snprintf(b, sizeof(b), "id=%llu name=%s resp=%d db=0\n",
-                         (unsigned long long)c->s->id, c->s->name, c->s->proto);
+        char b[320];
+        int n = snprintf(b, sizeof(b), "id=%llu name=%s resp=%d db=0 lib-name=%s lib-ver=%s\n",
+                         (unsigned long long)c->s->id, c->s->name, c->s->proto,
+                         c->s->lib_name, c->s->lib_ver);
         resp_bulk(c->out, b, (size_t)n);
     } else {
         return command_err(c, "ERR", "unknown subcommand or wrong number of arguments for "
@@ -921,6 +972,30 @@ static int command_command(command_call *c)
         resp_array(o, COMMAND_TABLE_COUNT);
         for (size_t i = 0; i < COMMAND_TABLE_COUNT; i++)
             resp_bulk_str(o, command_table[i].name);
+    } else if (command_arg_is(c, 1, "HELP")) {
+        /* The unknown-subcommand error below suggests it, as Redis's does. */
+        static const char *const help[] = {
+            "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "(no subcommand)",
+            "    Return details about all tally commands.",
+            "COUNT",
+            "    Return the total number of commands in this server.",
+            "LIST",
+            "    Return a list of all commands in this server.",
+            "INFO [<command-name> ...]",
+            "    Return details about multiple commands.",
+            "    If no command names are given, documentation details for all",
+            "    commands are returned.",
+            "DOCS [<command-name> ...]",
+            "    Return documentation details about multiple commands.",
+            "    If no command names are given, documentation details for all",
+            "    commands are returned.",
+            "HELP",
+            "    Print this help.",
+        };
+        resp_array(o, sizeof(help) / sizeof(help[0]));
+        for (size_t i = 0; i < sizeof(help) / sizeof(help[0]); i++)
+            resp_simple(o, help[i]);
     } else {
         return command_err(c, "ERR", "unknown subcommand '%.*s'. Try COMMAND HELP.",
                            (int)c->cmd->argl[1], resp_arg(c->cmd, c->buf, 1));

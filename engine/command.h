@@ -26,6 +26,8 @@ typedef struct command_session {
     const config_token *token;  /* after AUTH; NULL if none */
     bool quit;                  /* QUIT: close after this reply */
     char name[64];              /* CLIENT SETNAME */
+    char lib_name[64];          /* CLIENT SETINFO LIB-NAME */
+    char lib_ver[64];           /* CLIENT SETINFO LIB-VER */
 } command_session;
 
 /* Live server counters that INFO reports; owned by the server. */
