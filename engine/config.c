@@ -2,6 +2,7 @@
  * config.c — tallyd's command line and auth file (config.h).
  */
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -116,6 +117,22 @@ static int config_every(config *c, const char *v, char *err, size_t cap)
     return 0;
 }
 
+/* The options that take a value: anything else that is not a flag is
+ * unknown, said as such before any talk of a missing value. */
+static bool config_takes_value(const char *opt)
+{
+    static const char *const names[] = {
+        "--dir",           "--bind",          "--auth-file",          "--port",
+        "--shards",        "--maxclients",    "--checkpoint-ms",      "--checkpoint-records",
+        "--segment-kib",   "--snapshot-every", "--retention",         "--archive-dir",
+        "--sync",
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcmp(opt, names[i]) == 0)
+            return true;
+    return false;
+}
+
 /* One option with its value; *used is how many argv slots it took. */
 static int config_option(config *c, const char *opt, const char *val, int *used, char *err,
                          size_t cap)
@@ -132,6 +149,10 @@ static int config_option(config *c, const char *opt, const char *val, int *used,
         c->insecure = true;
         *used = 1;
         return 0;
+    }
+    if (!config_takes_value(opt)) {
+        snprintf(err, cap, "unknown option %s (try --help)", opt);
+        return -EINVAL;
     }
     if (!val) {
         snprintf(err, cap, "%s needs a value", opt);
@@ -186,7 +207,7 @@ static int config_option(config *c, const char *opt, const char *val, int *used,
             rc = -EINVAL;
         }
     } else {
-        snprintf(err, cap, "unknown option '%s' (try --help)", opt);
+        assert(0 && "config_takes_value() names an option config_option() does not parse");
         rc = -EINVAL;
     }
     return rc;

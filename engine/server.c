@@ -34,6 +34,7 @@
  * sent before the connection is closed.
  */
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
@@ -815,6 +816,13 @@ int server_open(const server_options *o, server **out)
     return 0;
 }
 
+void server_attach(server *s, tally *t)
+{
+    assert(t != NULL);
+    s->opts.t = t;
+    s->env.t = t;
+}
+
 static void server_event(server *s, const struct epoll_event *ev)
 {
     void *p = ev->data.ptr;
@@ -851,6 +859,7 @@ static void server_event(server *s, const struct epoll_event *ev)
 
 int server_run(server *s)
 {
+    assert(s->opts.t != NULL && "server_attach() first");
     struct epoll_event evs[SERVER_EVENTS_MAX];
     uint64_t last_tick = server_now_ms();
     for (;;) {

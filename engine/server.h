@@ -3,8 +3,10 @@
  * requests handed to the engine, replies returned in request order per
  * connection (SPEC §4–5).
  *
- * Lifecycle: server_open() (binds and listens) → server_run() (until
- * SIGTERM/SIGINT or server_stop) → server_close().  The caller must block
+ * Lifecycle: server_open() (binds and listens) → server_attach() (the
+ * engine) → server_run() (until SIGTERM/SIGINT or server_stop) →
+ * server_close().  Binding comes first so that a busy port or a bad
+ * address is refused before the data directory is created or recovered.  The caller must block
  * SIGTERM and SIGINT in every thread before starting any (the server reads
  * them from a signalfd) and ignore SIGPIPE.
  */
@@ -20,7 +22,7 @@ typedef struct server server;
 
 typedef struct server_options {
     const config *cfg;        /* bind, port, max_clients, sync (for INFO), dir */
-    tally *t;                 /* the engine, opened by the caller */
+    tally *t;                 /* the engine, or NULL until server_attach() */
     const config_auth *auth;  /* NULL: open server */
     tally_log_fn log;         /* NULL: stderr */
     void *log_ctx;
@@ -28,6 +30,10 @@ typedef struct server_options {
 
 /* Binds and listens.  Errors: -errno (address in use, permission...). */
 int server_open(const server_options *o, server **out);
+
+/* Gives the server its engine, opened by the caller after server_open();
+ * before server_run(). */
+void server_attach(server *s, tally *t);
 
 /* Serves until a stop: then stops accepting and reading, answers every
  * request already handed to the engine, flushes replies (a few seconds at

@@ -152,6 +152,16 @@ int tally_open(const tally_options *opts, tally **out)
             n = opts->shards ? opts->shards : tally_cpu_count();
             rc = tally_manifest_write(t->opts.os, t->dir, n);
         } else if (rc == 0 && opts->shards && opts->shards != n) {
+            /* The error code cannot carry the numbers: say them here. */
+            char msg[4400];
+            snprintf(msg, sizeof(msg),
+                     "%s has %u shards (its MANIFEST), asked for %u: the shard count is fixed "
+                     "when a data directory is created",
+                     t->dir, n, opts->shards);
+            if (opts->log)
+                opts->log(opts->log_ctx, 2, msg);
+            else
+                fprintf(stderr, "tally: %s\n", msg);
             rc = TALLY_ESHARDS;
         }
     }

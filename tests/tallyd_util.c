@@ -112,23 +112,48 @@ static pid_t td_spawn(td *t, const char *const *extra)
     return td_exec(argv, t->log);
 }
 
-/* Waits until the port accepts; 0, or the exit status if it died. */
+/* Waits until the server answers a PING: 0, or the exit status if it
+ * died first.  Accepting a connection is not enough: tallyd listens before
+ * it opens (and recovers) the data directory, so a connection can wait in
+ * the backlog of a server that then exits (shards mismatch, locked dir). */
 static int td_wait_up(td *t, pid_t pid, int timeout_ms)
 {
     uint64_t end = td_ms() + (uint64_t)timeout_ms;
+    int fd = -1;
     while (td_ms() < end) {
         int st;
-        if (waitpid(pid, &st, WNOHANG) == pid)
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            if (fd >= 0)
+                close(fd);
             return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(t->port),
-                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        int ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+        }
+        if (fd < 0) {
+            fd = socket(AF_INET, SOCK_STREAM, 0);
+            struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(t->port),
+                                    .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+            if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+                send(fd, "PING\r\n", 6, MSG_NOSIGNAL) != 6) {
+                close(fd);
+                fd = -1;
+                usleep(20000);
+                continue;
+            }
+        }
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 50) <= 0)
+            continue;
+        char got;
+        ssize_t r = recv(fd, &got, 1, 0);
         close(fd);
-        if (ok)
+        fd = -1;
+        /* +PONG, or -NOAUTH on an authenticated server: either way it is
+         * serving. */
+        if (r == 1)
             return 0;
         usleep(20000);
     }
+    if (fd >= 0)
+        close(fd);
     return -1;
 }
 
@@ -225,6 +250,49 @@ void td_cleanup(td *t)
     unlink(t->log);
     if (t->auth[0])
         unlink(t->auth);
+}
+
+/* ---- environment ---------------------------------------------------------- */
+
+void td_cannot_run(const char *fmt, ...)
+{
+    char why[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    const char *ci = getenv("CI");
+    if (ci && strcmp(ci, "true") == 0)
+        cr_assert_fail("cannot run under CI=true: %s", why);
+    cr_skip_test("%s", why);
+    abort(); /* cr_skip_test ends the test */
+}
+
+const char *td_source_dir(void)
+{
+    static char dir[512];
+    const char *build = getenv("TALLY_BUILD");
+    cr_assert_not_null(build, "TALLY_BUILD must name the build directory (make test sets it)");
+    snprintf(dir, sizeof(dir), "%s", build);
+    char *slash = strrchr(dir, '/');
+    cr_assert_not_null(slash, "TALLY_BUILD must be an absolute path: %s", build);
+    *slash = 0;
+    return dir;
+}
+
+int td_run(const char *cmd, char *out, size_t cap)
+{
+    char full[4200];
+    snprintf(full, sizeof(full), "( %s ) 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    cr_assert_not_null(p, "popen %s", cmd);
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    while (n == cap - 1 && fread(full, 1, sizeof(full), p) > 0)
+        ; /* drain what does not fit */
+    int st = pclose(p);
+    cr_assert(st != -1);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 /* ---- hiredis -------------------------------------------------------------- */

@@ -57,6 +57,16 @@ size_t td_recv_until(int fd, char *buf, size_t cap, const char *suffix, int time
 /* True if the peer has closed the connection (EOF within timeout_ms). */
 int td_closed(int fd, int timeout_ms);
 
+/* A test that cannot run here (not root, a tool missing): skipped, except
+ * under CI=true, where it fails — Criterion leaves skipped tests out of its
+ * count, so a skip would pass unseen.  Does not return. */
+void td_cannot_run(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+/* The source tree (the parent of $TALLY_BUILD), for scripts and docs. */
+const char *td_source_dir(void);
+/* Runs a shell command (sh -c), stdout and stderr into out (NUL-terminated,
+ * cut to cap); returns its exit status (128 + signal if killed). */
+int td_run(const char *cmd, char *out, size_t cap);
+
 /* Starts argv (searched in PATH) with stdout and stderr appended to log,
  * killed if this process dies. */
 pid_t td_exec(const char *const *argv, const char *log);

@@ -63,7 +63,7 @@ int main(int argc, char **argv)
     config_defaults(&cfg);
     char err[512] = "";
     if (config_parse(&cfg, argc, argv, err, sizeof(err)) != 0) {
-        fprintf(stderr, "tallyd: %s\n%s", err, config_usage());
+        fprintf(stderr, "tallyd: %s\n", err);
         return 2;
     }
     if (cfg.help) {
@@ -97,6 +97,18 @@ int main(int argc, char **argv)
                    "*** --sync none: writes are acknowledged BEFORE they are on stable "
                    "storage; a crash or power loss loses acknowledged entries. For "
                    "benchmarks only. ***");
+    /* Listen first: a busy port or a bad address must not leave a data
+     * directory created (its shard count fixed) by a server that never
+     * served. */
+    server_options sopts = {.cfg = &cfg, .auth = auth, .log = tallyd_log};
+    server *srv = NULL;
+    int rc = server_open(&sopts, &srv);
+    if (rc != 0) {
+        config_auth_free(auth);
+        char where[128];
+        snprintf(where, sizeof(where), "listen on %s:%u", cfg.bind, cfg.port);
+        return tallyd_fail(where, strerror(-rc));
+    }
     tally_options topts = {.dir = cfg.dir, .shards = cfg.shards, .sync = cfg.sync,
                            .checkpoint_ms = cfg.checkpoint_ms, .log = tallyd_log,
                            .checkpoint_entries = cfg.checkpoint_records,
@@ -106,21 +118,13 @@ int main(int argc, char **argv)
                            .retention = cfg.retention,
                            .archive_dir = cfg.archive_dir[0] ? cfg.archive_dir : NULL};
     tally *t = NULL;
-    int rc = tally_open(&topts, &t);
+    rc = tally_open(&topts, &t);
     if (rc != 0) {
+        server_close(srv);
         config_auth_free(auth);
         return tallyd_fail(cfg.dir, tally_strerror(rc));
     }
-    server_options sopts = {.cfg = &cfg, .t = t, .auth = auth, .log = tallyd_log};
-    server *srv = NULL;
-    rc = server_open(&sopts, &srv);
-    if (rc != 0) {
-        tally_close(t);
-        config_auth_free(auth);
-        char where[128];
-        snprintf(where, sizeof(where), "listen on %s:%u", cfg.bind, cfg.port);
-        return tallyd_fail(where, strerror(-rc));
-    }
+    server_attach(srv, t);
     char msg[4400];
     snprintf(msg, sizeof(msg), "listening on %s:%u, data in %s, %u shards, sync %s%s",
              cfg.bind, cfg.port, cfg.dir, tally_shard_count(t),
