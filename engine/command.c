@@ -403,6 +403,15 @@ static bool command_authed(const command_call *c)
     return c->env->auth == NULL || c->s->token != NULL;
 }
 
+/* May this session see the server as a whole (process, data directory,
+ * every shard's figures)?  On an open server, or with an admin token; a
+ * merchant token sees only what concerns its own connection and
+ * merchants, as other tenants' volume is not its business. */
+static bool command_sees_server(const command_call *c)
+{
+    return c->env->auth == NULL || (c->s->token != NULL && c->s->token->admin);
+}
+
 /* NOPERM unless the session's token may act for merchant m (0: the admin
  * commands over every shard). */
 static bool command_allowed(command_call *c, uint64_t m)
@@ -812,50 +821,59 @@ static int command_client(command_call *c)
 }
 
 /* CONFIG GET answers the settings a client may ask about (redis-benchmark
- * asks for save and appendonly); unknown parameters are simply absent. */
+ * asks for save and appendonly), by name or glob pattern as Redis matches
+ * them; unknown parameters are simply absent.  Where the data lives and
+ * how it is sharded are the operator's business: a merchant token does not
+ * see them (see command_sees_server). */
 static int command_config(command_call *c)
 {
     if (!command_arg_is(c, 1, "GET") || c->cmd->argc < 3)
         return command_err(c, "ERR", "only CONFIG GET parameter... is supported");
     const command_server_info *in = c->env->info;
-    char port[16] = "", shards[16] = "";
-    if (in)
+    char port[16] = "", shards[16] = "", maxclients[16] = "";
+    if (in) {
         snprintf(port, sizeof(port), "%u", in->port);
+        snprintf(maxclients, sizeof(maxclients), "%u", in->max_clients);
+    }
     if (c->env->t)
         snprintf(shards, sizeof(shards), "%u", tally_shard_count(c->env->t));
     const struct {
         const char *name, *value;
+        bool internal;
     } known[] = {
-        {"port", port},
-        {"bind", in && in->bind ? in->bind : ""},
-        {"dir", in && in->dir ? in->dir : ""},
-        {"appendfsync", in && in->sync == TALLY_SYNC_NONE ? "no" : "always"},
-        {"appendonly", "yes"},
-        {"save", ""},
-        {"shards", shards},
-        {"databases", "1"},
+        {"port", port, false},
+        {"bind", in && in->bind ? in->bind : "", false},
+        {"dir", in && in->dir ? in->dir : "", true},
+        {"appendfsync", in && in->sync == TALLY_SYNC_NONE ? "no" : "always", false},
+        {"appendonly", "yes", false},
+        {"save", "", false},
+        {"shards", shards, true},
+        {"databases", "1", false},
+        {"maxclients", maxclients, false},
     };
+    enum { KNOWN = sizeof(known) / sizeof(known[0]) };
+    bool hit[KNOWN] = {false};
     uint32_t hits = 0;
-    const char *vals[16], *names[16];
-    for (uint32_t i = 2; i < c->cmd->argc; i++)
-        for (size_t k = 0; k < sizeof(known) / sizeof(known[0]) && hits < 16; k++) {
-            size_t n;
-            const char *a = command_arg(c, i, &n);
-            bool star = n == 1 && a[0] == '*';
-            if (star || (strlen(known[k].name) == n && strncasecmp(a, known[k].name, n) == 0)) {
-                bool dup = false;
-                for (uint32_t h = 0; h < hits; h++)
-                    dup |= names[h] == known[k].name;
-                if (!dup) {
-                    names[hits] = known[k].name;
-                    vals[hits++] = known[k].value;
-                }
-            }
+    bool all = command_sees_server(c);
+    for (uint32_t i = 2; i < c->cmd->argc; i++) {
+        char pattern[128];
+        size_t n;
+        const char *a = command_arg(c, i, &n);
+        snprintf(pattern, sizeof(pattern), "%.*s", (int)(n < 127 ? n : 127), a);
+        for (size_t k = 0; k < KNOWN; k++) {
+            if (hit[k] || (known[k].internal && !all) ||
+                fnmatch(pattern, known[k].name, FNM_CASEFOLD) != 0)
+                continue;
+            hit[k] = true;
+            hits++;
         }
+    }
     resp_map(c->out, hits, c->s->proto);
-    for (uint32_t h = 0; h < hits; h++) {
-        resp_bulk_str(c->out, names[h]);
-        resp_bulk_str(c->out, vals[h]);
+    for (size_t k = 0; k < KNOWN; k++) {
+        if (!hit[k])
+            continue;
+        resp_bulk_str(c->out, known[k].name);
+        resp_bulk_str(c->out, known[k].value);
     }
     return COMMAND_REPLIED;
 }
@@ -1155,6 +1173,21 @@ static void command_info_engine(command_text *t, const command_env *env, bool le
     }
 }
 
+/* What a merchant token's INFO says: the versions clients check, and its
+ * own connection (ioredis' ready check and other clients call INFO at
+ * connect, so it must answer). */
+static void command_info_tenant(command_text *t, const command_call *c, bool server,
+                                bool clients)
+{
+    if (server)
+        command_textf(t, "# Server\r\ntally_version:%s\r\nredis_version:%s\r\n"
+                         "redis_mode:standalone\r\n\r\n",
+                      COMMAND_VERSION, COMMAND_REDIS_VERSION);
+    if (clients)
+        command_textf(t, "# Clients\r\nclient_id:%llu\r\nclient_name:%s\r\nresp:%d\r\n\r\n",
+                      (unsigned long long)c->s->id, c->s->name, c->s->proto);
+}
+
 static int command_info(command_call *c)
 {
     bool all = c->cmd->argc == 1;
@@ -1170,11 +1203,15 @@ static int command_info(command_call *c)
                 want[k] = true;
     }
     command_text t = {0};
-    if (want[0])
-        command_info_server(&t, c->env);
-    if (want[1])
-        command_info_clients(&t, c->env);
-    command_info_engine(&t, c->env, want[2], want[3], want[4]);
+    if (!command_sees_server(c)) {
+        command_info_tenant(&t, c, want[0], want[1]);
+    } else {
+        if (want[0])
+            command_info_server(&t, c->env);
+        if (want[1])
+            command_info_clients(&t, c->env);
+        command_info_engine(&t, c->env, want[2], want[3], want[4]);
+    }
     resp_bulk(c->out, t.buf ? t.buf : "", t.len);
     free(t.buf);
     return COMMAND_REPLIED;

@@ -257,9 +257,10 @@ Test(command, history_is_newest_first_with_a_cursor_and_a_bounded_limit, .init =
     cr_assert_eq(td_int_field(page->element[1], "seq"), seqs[1]);
     redisReply *none = td_cmd(rc, "HISTORY 8 99");
     cr_assert_eq(none->elements, 0);
-    expect_error("ERR", "HISTORY 8 1 LIMIT 0");
-    expect_error("ERR", "HISTORY 8 1 LIMIT 1001");
-    expect_error("ERR", "HISTORY 8 1 LIMIT ten");
+    expect_error("INVALID LIMIT must be 1..1000", "HISTORY 8 1 LIMIT 0");
+    expect_error("INVALID LIMIT must be 1..1000", "HISTORY 8 1 LIMIT 1001");
+    expect_error("ERR value is not an integer or out of range", "HISTORY 8 1 LIMIT ten");
+    expect_error("INVALID BEFORE must be 1..18446744073709551615", "HISTORY 8 1 BEFORE 0");
     redisReply *max = td_cmd(rc, "HISTORY 8 1 LIMIT 1000");
     cr_assert_eq(max->elements, 6);
     freeReplyObject(h);
@@ -313,14 +314,14 @@ Test(command, malformed_requests_get_clear_errors_and_record_nothing, .init = up
     expect_error("ERR syntax error", "EARN 1 1 10 s1 MEMO a MEMO b");
     expect_error("ERR syntax error", "REDEEM 1 1 10 s1 EXPIRES 4000000000");
     expect_error("INVALID merchant", "EARN 0 1 10 s1");
-    expect_error("INVALID merchant", "EARN 18446744073709551616 1 10 s1");
-    expect_error("ERR value is not an integer", "EARN -1 1 10 s1");
+    expect_error("ERR value is not an integer", "EARN 18446744073709551616 1 10 s1");
+    expect_error("INVALID merchant must be 1..18446744073709551615", "EARN -1 1 10 s1");
     expect_error("ERR value is not an integer", "EARN 1 1 1e3 s1");
     expect_error("ERR value is not an integer", "EARN 1 1 +5 s1");
     expect_error("INVALID account", "EARN 1 0 10 s1");
     expect_error("INVALID points", "EARN 1 1 0 s1");
     expect_error("INVALID points", "EARN 1 1 1000000000000001 s1");
-    expect_error("INVALID points", "EARN 1 1 99999999999999999999999 s1");
+    expect_error("ERR value is not an integer", "EARN 1 1 99999999999999999999999 s1");
     expect_error("INVALID", "EARN 1 1 10 %s", "~engine");
     expect_error("INVALID", "EARN 1 1 10 %s", "has space");
     expect_error("INVALID", "EARN 1 1 10 %s",
@@ -328,7 +329,7 @@ Test(command, malformed_requests_get_clear_errors_and_record_nothing, .init = up
     char memo[200];
     memset(memo, 'm', 129);
     memo[129] = 0;
-    expect_error("INVALID MEMO", "EARN 1 1 10 s1 MEMO %s", memo);
+    expect_error("INVALID MEMO must be 0..128 bytes", "EARN 1 1 10 s1 MEMO %s", memo);
     expect_error("INVALID EXPIRES", "EARN 1 1 10 s1 EXPIRES 0");
     expect_error("INVALID EXPIRES", "EARN 1 1 10 s1 EXPIRES 253402300800");
     expect_error("INVALID", "CAPTURE 1 h1 s1 POINTS 0");
@@ -466,8 +467,9 @@ Test(command, hello_3_switches_to_maps_and_resp3_nulls, .init = up, .fini = down
     td_sends(fd, "EARN 18446744073709551615 1 5 big3\r\n");
     td_recv_until(fd, buf, sizeof(buf), "memo\r\n$0\r\n\r\n", 5000);
     cr_assert(strncmp(buf, "%12\r\n", 5) == 0, "%s", buf);
-    cr_assert_not_null(strstr(buf, "$8\r\nmerchant\r\n(18446744073709551615\r\n"),
-                       "a RESP3 big number: %s", buf);
+    cr_assert_not_null(strstr(buf, "$8\r\nmerchant\r\n$20\r\n18446744073709551615\r\n"),
+                       "a bulk string in RESP3 too (redis-cli 7.0 knows no big number): %s",
+                       buf);
     td_sends(fd, "HELLO 4\r\n");
     td_recv_until(fd, buf, sizeof(buf), "\r\n", 5000);
     cr_assert(strncmp(buf, "-NOPROTO", 8) == 0, "%s", buf);
@@ -491,4 +493,352 @@ Test(command, inline_commands_work_as_telnet_sends_them, .init = up, .fini = dow
     td_recv_until(fd, buf, sizeof(buf), "memo\r\n$11\r\nhello world\r\n", 5000);
     cr_assert(strncmp(buf, "*24\r\n", 5) == 0, "%s", buf);
     close(fd);
+}
+
+/* ---- one error rule for every numeric field (docs/REFERENCE.md "Numbers") ---- */
+
+/* A command with one numeric field: '#' stands for the token under test,
+ * '@' for a fresh id.  lo and hi are the ends of the field's range (lo is
+ * 1 for every field; "-hi" too for signed ones). */
+typedef struct num_field {
+    const char *field;
+    const char *tmpl;
+    const char *hi, *hi_plus_1;
+    const char *invalid; /* the -INVALID message, whole */
+    int is_signed;
+} num_field;
+
+/* The reply to tmpl with '#' = token, as hiredis argv (so "" and " 5"
+ * arrive as they are). */
+static redisReply *num_cmd(const char *tmpl, const char *token, const char *id)
+{
+    char copy[256];
+    snprintf(copy, sizeof(copy), "%s", tmpl);
+    const char *argv[16];
+    int argc = 0;
+    for (char *save = NULL, *w = strtok_r(copy, " ", &save); w && argc < 16;
+         w = strtok_r(NULL, " ", &save))
+        argv[argc++] = strcmp(w, "#") == 0 ? token : strcmp(w, "@") == 0 ? id : w;
+    redisReply *r = redisCommandArgv(rc, argc, argv, NULL);
+    cr_assert_not_null(r, "no reply to %s with '%s'", tmpl, token);
+    return r;
+}
+
+enum { NUM_OK, NUM_ERR, NUM_INVALID };
+
+static void num_expect(const num_field *f, const char *token, int want)
+{
+    static int serial;
+    char id[32];
+    snprintf(id, sizeof(id), "num-%d", ++serial);
+    redisReply *r = num_cmd(f->tmpl, token, id);
+    const char *got = r->type == REDIS_REPLY_ERROR ? r->str : "";
+    if (want == NUM_ERR)
+        cr_assert_str_eq(got, "ERR value is not an integer or out of range", "%s '%s'",
+                         f->field, token);
+    else if (want == NUM_INVALID)
+        cr_assert_str_eq(got, f->invalid, "%s '%s'", f->field, token);
+    else
+        cr_assert(strncmp(got, "ERR", 3) != 0 && !strstr(got, " must be "),
+                  "%s '%s' is in range, got '%s'", f->field, token, got);
+    if (want != NUM_OK && strchr(f->tmpl, '@')) {
+        /* Refused before the ledger: the id is still free. */
+        redisReply *again = td_cmd(rc, "EARN 1 1 1 %s", id);
+        cr_assert_eq(again->type, REDIS_REPLY_ARRAY, "%s '%s' recorded something: %s",
+                     f->field, token, again->type == REDIS_REPLY_ERROR ? again->str : "");
+        freeReplyObject(again);
+    }
+    freeReplyObject(r);
+}
+
+Test(command, every_numeric_field_follows_one_error_rule_at_both_ends_of_its_range,
+     .init = up, .fini = down)
+{
+    freeReplyObject(entry_cmd("EARN 1 1 1000000 num-seed"));
+    static const num_field fields[] = {
+        {"merchant", "EARN # 1 5 @", "18446744073709551615", "18446744073709551616",
+         "INVALID merchant must be 1..18446744073709551615", 0},
+        {"account", "EARN 1 # 5 @", "18446744073709551615", "18446744073709551616",
+         "INVALID account must be 1..18446744073709551615", 0},
+        {"points", "EARN 1 1 # @", "1000000000000000", "1000000000000001",
+         "INVALID points must be 1..1000000000000000", 0},
+        {"signed points", "ADJUST 1 2 # @", "1000000000000000", "1000000000000001",
+         "INVALID points must be -1000000000000000..-1 or 1..1000000000000000", 1},
+        {"EXPIRES", "EARN 1 1 5 @ EXPIRES #", "253402300799", "253402300800",
+         "INVALID EXPIRES must be 1..253402300799 (unix seconds)", 0},
+        {"AVAILABLE_AT", "EARN 1 1 5 @ AVAILABLE_AT #", "253402300799", "253402300800",
+         "INVALID AVAILABLE_AT must be 1..253402300799 (unix seconds)", 0},
+        {"TIMEOUT", "HOLD 1 1 5 @ TIMEOUT #", "31622400", "31622401",
+         "INVALID TIMEOUT must be 1..31622400 (seconds)", 0},
+        {"POINTS", "CAPTURE 1 no-hold @ POINTS #", "1000000000000000", "1000000000000001",
+         "INVALID POINTS must be 1..1000000000000000", 0},
+        {"BEFORE", "HISTORY 1 1 BEFORE #", "18446744073709551615", "18446744073709551616",
+         "INVALID BEFORE must be 1..18446744073709551615 (a seq)", 0},
+        {"LIMIT", "HISTORY 1 1 LIMIT #", "1000", "1001", "INVALID LIMIT must be 1..1000", 0},
+    };
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        const num_field *f = &fields[i];
+        /* One past 2^64-1 is past 64 bits: not a number, as Redis says. */
+        int past_hi = strcmp(f->hi_plus_1, "18446744073709551616") == 0 ? NUM_ERR : NUM_INVALID;
+        /* Below -2^63 is past 64 bits too. */
+        int neg_beyond = strtoull(f->hi, NULL, 10) > 9223372036854775808ull ? NUM_ERR
+                                                                             : NUM_INVALID;
+        char neg_hi[32], neg_past[32], zeros[40];
+        snprintf(neg_hi, sizeof(neg_hi), "-%s", f->hi);
+        snprintf(neg_past, sizeof(neg_past), "-%s", f->hi_plus_1);
+        snprintf(zeros, sizeof(zeros), "000%s", f->hi);
+        num_expect(f, "1", NUM_OK);
+        num_expect(f, "0", NUM_INVALID);
+        num_expect(f, f->hi, NUM_OK);
+        num_expect(f, f->hi_plus_1, past_hi);
+        num_expect(f, "0001", NUM_OK);
+        num_expect(f, zeros, NUM_OK);
+        num_expect(f, "-0", NUM_INVALID);
+        num_expect(f, "-1", f->is_signed ? NUM_OK : NUM_INVALID);
+        num_expect(f, neg_hi, f->is_signed ? NUM_OK : neg_beyond);
+        num_expect(f, neg_past, neg_beyond);
+        num_expect(f, "-9223372036854775808", NUM_INVALID);
+        num_expect(f, "-9223372036854775809", NUM_ERR);
+        num_expect(f, "+5", NUM_ERR);
+        num_expect(f, "--5", NUM_ERR);
+        num_expect(f, "-", NUM_ERR);
+        num_expect(f, "", NUM_ERR);
+        num_expect(f, " 5", NUM_ERR);
+        num_expect(f, "5 ", NUM_ERR);
+        num_expect(f, "1e3", NUM_ERR);
+        num_expect(f, "0x10", NUM_ERR);
+        num_expect(f, "18446744073709551616", NUM_ERR);
+        num_expect(f, "99999999999999999999", NUM_ERR);
+    }
+}
+
+Test(command, inputs_that_can_never_make_sense_are_invalid_and_record_nothing, .init = up,
+     .fini = down)
+{
+    long long t1 = now_s() + 86400;
+    expect_error("INVALID EXPIRES must be after AVAILABLE_AT",
+                 "EARN 1 1 10 nm1 AVAILABLE_AT %lld EXPIRES %lld", t1, t1);
+    expect_error("INVALID EXPIRES must be after AVAILABLE_AT",
+                 "EARN 1 1 10 nm1 EXPIRES %lld AVAILABLE_AT %lld", t1 - 1, t1);
+    expect_error("INVALID EXPIRES cannot be given to a negative ADJUST",
+                 "ADJUST 1 1 -10 nm2 EXPIRES %lld", t1);
+    redisReply *m = td_cmd(rc, "MERCHANT 1");
+    cr_assert_eq(td_int_field(m, "entries"), 0, "nothing was recorded");
+    freeReplyObject(m);
+    /* Refused before the ledger, not remembered: the ids are free. */
+    redisReply *e = entry_cmd("EARN 1 1 10 nm1 AVAILABLE_AT %lld EXPIRES %lld", t1, t1 + 1);
+    cr_assert_eq(td_int_field(e, "expires"), t1 + 1);
+    freeReplyObject(e);
+    e = entry_cmd("ADJUST 1 1 10 nm2 EXPIRES %lld", t1);
+    cr_assert_eq(td_int_field(e, "expires"), t1, "a credit ADJUST may expire");
+    freeReplyObject(e);
+}
+
+Test(command, an_empty_id_a_long_id_and_a_malformed_id_get_the_same_words, .init = up,
+     .fini = down)
+{
+    const char *want = "INVALID id must be 1..64 printable ASCII bytes (0x21..0x7e), "
+                       "not starting with '~'";
+    char longid[200];
+    memset(longid, 'x', 150);
+    longid[150] = 0;
+    const char *bad[] = {"", "a b", "~mine", "tab\there", longid};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        redisReply *r = td_cmd(rc, "EARN 1 1 10 %s", bad[i]);
+        cr_assert_eq(r->type, REDIS_REPLY_ERROR, "'%s' accepted", bad[i]);
+        cr_assert_str_eq(r->str, want, "id '%s'", bad[i]);
+        freeReplyObject(r);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        redisReply *r = td_cmd(rc, "VOID 1 %s v1", bad[i]);
+        cr_assert_eq(r->type, REDIS_REPLY_ERROR);
+        if (bad[i][0] == '~')
+            cr_assert(strncmp(r->str, "NOTFOUND", 8) == 0, "%s", r->str);
+        else
+            cr_assert_str_eq(r->str, "INVALID referenced id must be 1..96 printable ASCII "
+                                     "bytes (0x21..0x7e)", "ref '%s': %s", bad[i], r->str);
+        freeReplyObject(r);
+    }
+}
+
+Test(command, redis_compatibility_details_answer_as_redis_does, .init = up, .fini = down)
+{
+    redisReply *r = td_cmd(rc, "COMMAND FROB");
+    cr_assert_eq(r->type, REDIS_REPLY_ERROR);
+    cr_assert_not_null(strstr(r->str, "Try COMMAND HELP."), "%s", r->str);
+    freeReplyObject(r);
+    r = td_cmd(rc, "COMMAND HELP");
+    cr_assert_eq(r->type, REDIS_REPLY_ARRAY, "COMMAND HELP, as the error suggests");
+    cr_assert_gt(r->elements, 5);
+    cr_assert(strncmp(r->element[0]->str, "COMMAND <subcommand>", 20) == 0, "%s",
+              r->element[0]->str);
+    freeReplyObject(r);
+    expect_error("ERR value is not an integer or out of range", "SELECT x");
+    expect_error("ERR DB index is out of range", "SELECT 1");
+    r = td_cmd(rc, "SELECT 0");
+    cr_assert_str_eq(r->str, "OK");
+    freeReplyObject(r);
+    r = td_cmd(rc, "CLIENT SETNAME till-4");
+    cr_assert_str_eq(r->str, "OK");
+    freeReplyObject(r);
+    const char *names[] = {"a b", "a\nb", "caf\xc3\xa9"};
+    for (size_t i = 0; i < 3; i++)
+        expect_error("ERR Client names cannot contain spaces, newlines or special characters.",
+                     "CLIENT SETNAME %s", names[i]);
+    r = td_cmd(rc, "CLIENT GETNAME");
+    cr_assert_str_eq(r->str, "till-4", "a refused name changes nothing");
+    freeReplyObject(r);
+    expect_error("ERR Unrecognized option 'bogus'", "CLIENT SETINFO bogus 1");
+    expect_error("ERR lib-name cannot contain spaces", "CLIENT SETINFO LIB-NAME %s", "a b");
+    r = td_cmd(rc, "CLIENT SETINFO lib-name redis-py");
+    cr_assert_str_eq(r->str, "OK");
+    freeReplyObject(r);
+    r = td_cmd(rc, "CLIENT SETINFO LIB-VER 4.3.4");
+    cr_assert_str_eq(r->str, "OK");
+    freeReplyObject(r);
+    r = td_cmd(rc, "CLIENT INFO");
+    cr_assert_not_null(strstr(r->str, " lib-name=redis-py lib-ver=4.3.4"), "%s", r->str);
+    freeReplyObject(r);
+    r = td_cmd(rc, "CONFIG GET maxclients");
+    cr_assert_eq(r->elements, 2);
+    cr_assert_str_eq(r->element[0]->str, "maxclients");
+    cr_assert_str_eq(r->element[1]->str, "10000");
+    freeReplyObject(r);
+    r = td_cmd(rc, "CONFIG GET max*");
+    cr_assert_eq(r->elements, 2, "glob patterns, as Redis matches them");
+    freeReplyObject(r);
+    int fd = td_raw(&srv);
+    char buf[512];
+    td_sends(fd, "HELLO 3 SETNAME \"a b\"\r\n");
+    td_recv_until(fd, buf, sizeof(buf), "\r\n", 5000);
+    cr_assert_str_eq(buf, "-ERR Client names cannot contain spaces, newlines or special "
+                          "characters.\r\n");
+    close(fd);
+}
+
+/* ---- RESP3 shapes ---------------------------------------------------------------- */
+
+/* The RESP3 reply bytes of cmd (one line) on a HELLO 3 connection: a PING
+ * sent after it marks where the reply ends. */
+static void resp3_reply(const char *cmd, char *buf, size_t cap)
+{
+    int fd = td_raw(&srv);
+    td_sends(fd, "HELLO 3\r\n");
+    td_recv_until(fd, buf, cap, "*0\r\n", 5000);
+    td_sends(fd, cmd);
+    td_sends(fd, "\r\nPING\r\n");
+    size_t n = td_recv_until(fd, buf, cap, "+PONG\r\n", 5000);
+    cr_assert_gt(n, 7, "%s: no reply", cmd);
+    cr_assert_str_eq(buf + n - 7, "+PONG\r\n", "%s: %s", cmd, buf);
+    buf[n - 7] = 0;
+    close(fd);
+}
+
+/* The RESP3 bytes of an entry map from its id to its points. */
+static void resp3_entry_head(char *out, size_t cap, const char *id, const char *kind,
+                             long long points)
+{
+    snprintf(out, cap,
+             "%%12\r\n$2\r\nid\r\n$%zu\r\n%s\r\n$4\r\nkind\r\n$%zu\r\n%s\r\n"
+             "$8\r\nmerchant\r\n:31\r\n$7\r\naccount\r\n:1\r\n$6\r\npoints\r\n:%lld\r\n",
+             strlen(id), id, strlen(kind), kind, points);
+}
+
+Test(command, resp3_gives_history_as_an_array_of_maps_and_totals_as_maps, .init = up,
+     .fini = down)
+{
+    freeReplyObject(entry_cmd("EARN 31 1 100 r3-1 EXPIRES 1894665600"));
+    freeReplyObject(entry_cmd("REDEEM 31 1 40 r3-2"));
+    char buf[8192], head[256];
+    resp3_reply("HISTORY 31 1", buf, sizeof(buf));
+    resp3_entry_head(head, sizeof(head), "r3-2", "redeem", -40);
+    cr_assert(strncmp(buf, "*2\r\n", 4) == 0, "an array of two: %s", buf);
+    cr_assert(strncmp(buf + 4, head, strlen(head)) == 0, "the newest first, a map: %s", buf);
+    resp3_entry_head(head, sizeof(head), "r3-1", "earn", 100);
+    const char *second = strstr(buf + 4 + strlen(head), "%12\r\n");
+    cr_assert_not_null(second, "%s", buf);
+    cr_assert(strncmp(second, head, strlen(head)) == 0, "the second entry is a map: %s", buf);
+    cr_assert_null(strstr(buf, "\r\n_\r\n"), "no nulls");
+    resp3_reply("MERCHANT 31", buf, sizeof(buf));
+    cr_assert_str_eq(buf, "%6\r\n$8\r\naccounts\r\n:1\r\n$11\r\noutstanding\r\n:60\r\n"
+                          "$6\r\nearned\r\n:100\r\n$8\r\nredeemed\r\n:40\r\n"
+                          "$7\r\nexpired\r\n:0\r\n$7\r\nentries\r\n:2\r\n");
+    resp3_reply("LIABILITY 31", buf, sizeof(buf));
+    cr_assert_str_eq(buf, "*2\r\n*2\r\n$7\r\n2030-01\r\n:60\r\n*2\r\n$5\r\nnever\r\n:0\r\n",
+                     "pairs in month order, then never");
+    resp3_reply("HISTORY 31 99", buf, sizeof(buf));
+    cr_assert_str_eq(buf, "*0\r\n");
+}
+
+/* ---- INFO values ------------------------------------------------------------------- */
+
+/* The integer after "name:" in an INFO text, asserted present. */
+static long long info_value(const char *info, const char *name)
+{
+    char key[64];
+    snprintf(key, sizeof(key), "\r\n%s:", name);
+    const char *p = strstr(info, key);
+    cr_assert_not_null(p, "INFO has no %s: %s", name, info);
+    return atoll(p + strlen(key));
+}
+
+Test(command, info_reports_the_values_it_counts)
+{
+    td t;
+    td_init(&t, "cmd");
+    td_start(&t, (const char *const[]){"--shards", "1", "--maxclients", "77", NULL});
+    redisContext *c = td_connect(&t);
+    /* Earlier connections (the start-up probe) may still be closing. */
+    redisReply *r = NULL;
+    for (int i = 0; i < 100; i++) {
+        if (r)
+            freeReplyObject(r);
+        r = td_cmd(c, "INFO clients");
+        if (info_value(r->str, "connected_clients") == 1)
+            break;
+        usleep(10000);
+    }
+    cr_assert_eq(info_value(r->str, "connected_clients"), 1);
+    freeReplyObject(r);
+    redisContext *more[3];
+    for (int i = 0; i < 3; i++) {
+        more[i] = td_connect(&t);
+        freeReplyObject(td_cmd(more[i], "PING"));
+    }
+    r = td_cmd(c, "INFO clients");
+    cr_assert_eq(info_value(r->str, "connected_clients"), 4, "the four connections open");
+    cr_assert_eq(info_value(r->str, "maxclients"), 77);
+    cr_assert_eq(info_value(r->str, "rejected_connections"), 0);
+    long long commands = info_value(r->str, "total_commands_processed");
+    freeReplyObject(r);
+    for (int i = 0; i < 3; i++)
+        redisFree(more[i]);
+    for (int i = 0; i < 5; i++)
+        freeReplyObject(td_cmd(c, "EARN 9 1 10 iv-%d", i));
+    freeReplyObject(td_cmd(c, "REDEEM 9 1 1000 iv-refused")); /* a refusal takes a seq */
+    freeReplyObject(td_cmd(c, "EARN 9 1 10 iv-0"));           /* a replay does not */
+    freeReplyObject(td_cmd(c, "EARN 9 1 0 iv-bad"));          /* nor a malformed one */
+    r = td_cmd(c, "INFO");
+    cr_assert_eq(info_value(r->str, "total_commands_processed"), commands + 9,
+                 "8 commands and this INFO");
+    cr_assert_eq(info_value(r->str, "shards"), 1);
+    cr_assert_eq(info_value(r->str, "tcp_port"), t.port);
+    cr_assert_eq(info_value(r->str, "records"), 6, "5 entries and 1 remembered refusal");
+    cr_assert_eq(info_value(r->str, "durable_records"), 6);
+    cr_assert_eq(info_value(r->str, "shards_failed"), 0);
+    cr_assert_not_null(strstr(r->str, "\r\nshard0:status=ok,seq=6,durable_seq=6,"), "%s",
+                       r->str);
+    cr_assert_not_null(strstr(r->str, "log_first_seq=1,"), "%s", r->str);
+    cr_assert_geq(info_value(r->str, "batches"), 1);
+    freeReplyObject(r);
+    r = td_cmd(c, "SNAPSHOT");
+    cr_assert_str_eq(r->str, "OK");
+    freeReplyObject(r);
+    r = td_cmd(c, "INFO shards");
+    cr_assert_not_null(strstr(r->str, ",snapshot_seq=6,"), "%s", r->str);
+    cr_assert_not_null(strstr(r->str, ",snapshots_taken=1,"), "%s", r->str);
+    freeReplyObject(r);
+    redisFree(c);
+    td_stop(&t);
+    td_cleanup(&t);
 }

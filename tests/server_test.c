@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -160,7 +161,9 @@ Test(server, bad_input_gets_a_clear_error_and_harms_no_one_else)
         BAD("unbalanced quotes", "ECHO \"abc\r\n", "-ERR Protocol error", 1),
         BAD("unknown command", "NOPE 1 2\r\n", "-ERR unknown command", 0),
         BAD("wrong arity", "BALANCE 1\r\n", "-ERR wrong number of arguments", 0),
-        BAD("out-of-range number", "EARN 1 1 9999999999999999999999 z\r\n", "-INVALID", 0),
+        BAD("out-of-range number", "EARN 1 1 1000000000000001 z\r\n", "-INVALID", 0),
+        BAD("not a 64-bit number", "EARN 1 1 9999999999999999999999 z\r\n",
+            "-ERR value is not an integer or out of range", 0),
         BAD("auth on an open server", "AUTH nope\r\n", "-ERR AUTH <password> called without",
             0),
         BAD("binary junk", "\x01\x02\xff\r\n", "-ERR unknown command", 0),
@@ -314,6 +317,32 @@ Test(server, tokens_isolate_merchants_and_only_admins_run_admin_commands)
     r = td_cmd(c, "VERIFY 2");
     cr_assert_str_eq(r->str, "OK");
     freeReplyObject(r);
+    r = td_cmd(c, "SNAPSHOT");
+    cr_assert_eq(r->type, REDIS_REPLY_ERROR);
+    cr_assert_str_eq(r->str, "NOPERM this command needs an admin token");
+    freeReplyObject(r);
+    /* INFO answers a merchant token (clients call it at connect), with
+     * nothing about the server or other tenants. */
+    r = td_cmd(c, "INFO");
+    cr_assert_eq(r->type, REDIS_REPLY_STRING);
+    cr_assert_not_null(strstr(r->str, "redis_version:"), "%s", r->str);
+    cr_assert_not_null(strstr(r->str, "# Clients\r\nclient_id:"), "%s", r->str);
+    const char *hidden[] = {"process_id", "dir:", t.dir, "shards:", "# Ledger", "# Shards",
+                            "shard0:", "records:", "# Commit", "connected_clients"};
+    for (size_t i = 0; i < sizeof(hidden) / sizeof(hidden[0]); i++)
+        cr_assert_null(strstr(r->str, hidden[i]), "a merchant token sees %s: %s", hidden[i],
+                       r->str);
+    freeReplyObject(r);
+    r = td_cmd(c, "INFO shards");
+    cr_assert_null(strstr(r->str, "shard0"), "%s", r->str);
+    freeReplyObject(r);
+    r = td_cmd(c, "CONFIG GET *");
+    for (size_t i = 0; i < r->elements; i += 2) {
+        cr_assert_str_neq(r->element[i]->str, "dir");
+        cr_assert_str_neq(r->element[i]->str, "shards");
+    }
+    cr_assert_gt(r->elements, 0, "the Redis settings clients ask for are there");
+    freeReplyObject(r);
     r = td_cmd(c, "AUTH someuser shop-b"); /* AUTH user token */
     cr_assert_str_eq(r->str, "OK");
     freeReplyObject(r);
@@ -323,6 +352,17 @@ Test(server, tokens_isolate_merchants_and_only_admins_run_admin_commands)
     r = td_cmd(c, "AUTH root");
     freeReplyObject(r);
     r = td_cmd(c, "VERIFY");
+    cr_assert_str_eq(r->str, "OK");
+    freeReplyObject(r);
+    r = td_cmd(c, "INFO");
+    cr_assert_not_null(strstr(r->str, "process_id:"), "an admin sees everything: %s", r->str);
+    cr_assert_not_null(strstr(r->str, "shard0:status=ok"), "%s", r->str);
+    freeReplyObject(r);
+    r = td_cmd(c, "CONFIG GET dir");
+    cr_assert_eq(r->elements, 2);
+    cr_assert_str_eq(r->element[1]->str, t.dir);
+    freeReplyObject(r);
+    r = td_cmd(c, "SNAPSHOT");
     cr_assert_str_eq(r->str, "OK");
     freeReplyObject(r);
     r = td_cmd(c, "BALANCE 1 1");
@@ -345,25 +385,162 @@ Test(server, tokens_isolate_merchants_and_only_admins_run_admin_commands)
     td_cleanup(&t);
 }
 
+/* tallyd's log (stderr) as one string. */
+static void read_log(const td *t, char *buf, size_t cap)
+{
+    FILE *f = fopen(t->log, "r");
+    size_t n = f ? fread(buf, 1, cap - 1, f) : 0;
+    buf[n] = 0;
+    if (f)
+        fclose(f);
+}
+
 Test(server, an_open_server_refuses_a_non_loopback_bind_and_bad_options)
 {
     td t;
     td_init(&t, "srv");
+    char log[4096];
     int rc = td_start_expect_exit(&t, (const char *const[]){"--bind", "0.0.0.0", NULL});
     cr_assert_eq(rc, 2, "refused without --auth-file or --insecure");
-    FILE *f = fopen(t.log, "r");
-    char line[512] = "";
-    cr_assert(f && fgets(line, sizeof(line), f));
-    fclose(f);
-    cr_assert_not_null(strstr(line, "refusing to serve 0.0.0.0 without --auth-file"), "%s",
-                       line);
+    read_log(&t, log, sizeof(log));
+    cr_assert_not_null(strstr(log, "refusing to serve 0.0.0.0 without --auth-file"), "%s", log);
     cr_assert_eq(td_start_expect_exit(&t, (const char *const[]){"--sync", "sometimes", NULL}),
                  2);
     cr_assert_eq(td_start_expect_exit(&t, (const char *const[]){"--shards", "0", NULL}), 2);
-    cr_assert_eq(td_start_expect_exit(&t, (const char *const[]){"--frobnicate", NULL}), 2);
+    unlink(t.log);
+    cr_assert_eq(td_start_expect_exit(&t, (const char *const[]){"--bogus", NULL}), 2);
+    read_log(&t, log, sizeof(log));
+    cr_assert_str_eq(log, "tallyd: unknown option --bogus (try --help)\n");
+    unlink(t.log);
+    cr_assert_eq(td_start_expect_exit(&t, (const char *const[]){"--bogus", "1", NULL}), 2);
+    read_log(&t, log, sizeof(log));
+    cr_assert_str_eq(log, "tallyd: unknown option --bogus (try --help)\n");
+    unlink(t.log);
+    cr_assert_eq(td_start_expect_exit(&t, (const char *const[]){"--maxclients", NULL}), 2);
+    read_log(&t, log, sizeof(log));
+    cr_assert_str_eq(log, "tallyd: --maxclients needs a value\n");
     td_write_auth(&t, "token-without-merchants\n");
     cr_assert_eq(td_start_expect_exit(&t, (const char *const[]){"--auth-file", t.auth, NULL}),
                  1);
+    td_cleanup(&t);
+}
+
+Test(server, a_busy_port_is_refused_before_the_data_directory_is_created)
+{
+    td a, b;
+    td_init(&a, "srv");
+    td_init(&b, "srv");
+    td_start(&a, NULL);
+    rmdir(b.dir); /* td_init made it: tallyd must not */
+    char port[16];
+    snprintf(port, sizeof(port), "%u", a.port);
+    /* td_start_expect_exit picks a port; pass a's, which comes later and wins. */
+    int rc = td_start_expect_exit(&b, (const char *const[]){"--port", port, "--shards", "3",
+                                                            NULL});
+    cr_assert_eq(rc, 1, "the port is taken");
+    char log[4096];
+    read_log(&b, log, sizeof(log));
+    cr_assert_not_null(strstr(log, "Address already in use"), "%s", log);
+    struct stat st;
+    cr_assert_neq(stat(b.dir, &st), 0, "no data directory was created (its shard count would "
+                                       "have been fixed at 3)");
+    mkdir(b.dir, 0755);
+    td_stop(&a);
+    td_cleanup(&a);
+    td_cleanup(&b);
+}
+
+Test(server, a_shard_count_mismatch_names_both_numbers)
+{
+    td t;
+    td_init(&t, "srv");
+    td_start(&t, (const char *const[]){"--shards", "2", NULL});
+    td_stop(&t);
+    unlink(t.log);
+    int rc = td_start_expect_exit(&t, (const char *const[]){"--shards", "3", NULL});
+    cr_assert_eq(rc, 1);
+    char log[4096];
+    read_log(&t, log, sizeof(log));
+    cr_assert_not_null(strstr(log, "has 2 shards (its MANIFEST), asked for 3"), "%s", log);
+    td_cleanup(&t);
+}
+
+Test(server, maxclients_refuses_the_next_connection_in_redis_words)
+{
+    td t;
+    td_init(&t, "srv");
+    td_start(&t, (const char *const[]){"--maxclients", "3", NULL});
+    redisContext *c[3];
+    c[0] = td_connect(&t);
+    /* The start-up probe's connection may not be closed yet: wait until
+     * this one is the only one. */
+    for (int i = 0; i < 100; i++) {
+        redisReply *r = td_cmd(c[0], "INFO clients");
+        int alone = strstr(r->str, "\r\nconnected_clients:1\r\n") != NULL;
+        freeReplyObject(r);
+        if (alone)
+            break;
+        usleep(10000);
+    }
+    for (int i = 1; i < 3; i++) {
+        c[i] = td_connect(&t);
+        redisReply *r = td_cmd(c[i], "PING");
+        cr_assert_eq(r->type, REDIS_REPLY_STATUS, "connection %d of 3 is served: %s", i + 1,
+                     r->str);
+        freeReplyObject(r);
+    }
+    int fd = td_raw(&t);
+    char buf[256];
+    td_recv_until(fd, buf, sizeof(buf), "\r\n", 5000);
+    cr_assert_str_eq(buf, "-ERR max number of clients reached\r\n");
+    cr_assert(td_closed(fd, 5000), "and closed");
+    close(fd);
+    redisFree(c[2]);
+    /* A place is free again: served once the server has seen the close. */
+    int served = 0;
+    for (int i = 0; i < 50 && !served; i++) {
+        redisContext *d = td_connect(&t);
+        redisReply *r = redisCommand(d, "PING");
+        served = r && r->type == REDIS_REPLY_STATUS;
+        if (r)
+            freeReplyObject(r);
+        redisFree(d);
+        if (!served)
+            usleep(50000);
+    }
+    cr_assert(served, "a freed place is taken again");
+    redisReply *r = td_cmd(c[0], "INFO clients");
+    cr_assert_not_null(strstr(r->str, "\r\nmaxclients:3\r\n"), "%s", r->str);
+    cr_assert_null(strstr(r->str, "\r\nrejected_connections:0\r\n"), "%s", r->str);
+    freeReplyObject(r);
+    redisFree(c[0]);
+    redisFree(c[1]);
+    td_stop(&t);
+    td_cleanup(&t);
+}
+
+Test(server, a_client_that_never_authenticates_is_disconnected, .timeout = 60)
+{
+    td t;
+    td_init(&t, "srv");
+    td_write_auth(&t, "shop-a 1\n");
+    td_start(&t, NULL);
+    int idle = td_raw(&t);
+    int authed = td_raw(&t);
+    td_sends(authed, "AUTH shop-a\r\n");
+    char buf[256];
+    td_recv_until(authed, buf, sizeof(buf), "\r\n", 5000);
+    cr_assert_str_eq(buf, "+OK\r\n");
+    /* The limit is 10 s (LIMIT_AUTH_MS); wait up to 30. */
+    td_recv_until(idle, buf, sizeof(buf), "\r\n", 30000);
+    cr_assert_str_eq(buf, "-NOAUTH authentication timeout\r\n");
+    cr_assert(td_closed(idle, 5000), "the connection is closed");
+    close(idle);
+    td_sends(authed, "PING\r\n");
+    td_recv_until(authed, buf, sizeof(buf), "\r\n", 5000);
+    cr_assert_str_eq(buf, "+PONG\r\n", "an authenticated connection stays");
+    close(authed);
+    td_stop(&t);
     td_cleanup(&t);
 }
 
@@ -585,6 +762,30 @@ Test(server, redis_cli_round_trip)
     cr_assert_not_null(strstr(out, "points\n-120\nbalance\n380\n"), "%s", out);
     cr_assert_not_null(strstr(out, "available\n380\nheld\n0\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\navailable 380\nheld 0\n"), "RESP3 map: %s", out);
+    td_stop(&t);
+    td_cleanup(&t);
+}
+
+Test(server, redis_cli_prints_ids_above_int64_in_resp2_and_resp3)
+{
+    td t;
+    td_init(&t, "srv");
+    td_start(&t, NULL);
+    char cmd[512], out[4096];
+    for (int proto = 2; proto <= 3; proto++) {
+        snprintf(cmd, sizeof(cmd),
+                 "redis-cli -%d -p %u EARN 18446744073709551615 18446744073709551614 5 big%d "
+                 "&& redis-cli -%d -p %u ENTRY 18446744073709551615 big%d",
+                 proto, t.port, proto, proto, t.port, proto);
+        int rc = td_run(cmd, out, sizeof(out));
+        cr_assert_eq(rc, 0, "redis-cli -%d failed: %s", proto, out);
+        cr_assert_null(strstr(out, "Unknown reply type"), "%s", out);
+        cr_assert_not_null(strstr(out, "18446744073709551615"), "%s", out);
+        cr_assert_not_null(strstr(out, "18446744073709551614"), "%s", out);
+        char want[64];
+        snprintf(want, sizeof(want), proto == 3 ? "id big%d\n" : "id\nbig%d\n", proto);
+        cr_assert_not_null(strstr(out, want), "both replies printed: %s", out);
+    }
     td_stop(&t);
     td_cleanup(&t);
 }

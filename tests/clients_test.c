@@ -1,0 +1,81 @@
+/*
+ * clients_test.c — real client libraries against a real tallyd with an
+ * auth file: ioredis (npm, installed by make test into tests/clients/) and
+ * redis-py (Debian's python3-redis), each with its default options and a
+ * merchant token.  Both call INFO or AUTH at connect; INFO must answer a
+ * merchant token without the server's internals (process, data directory,
+ * other tenants' shard figures).
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "tallyd_util.h"
+
+static td srv;
+
+static void up(void)
+{
+    td_init(&srv, "cli");
+    td_write_auth(&srv, "shop-1 1\nshop-3 3\nroot *\n");
+    td_start(&srv, NULL);
+}
+
+static void down(void)
+{
+    td_stop(&srv);
+    td_cleanup(&srv);
+}
+
+/* What a merchant token's INFO must not show, and what it must. */
+static void assert_tenant_info(const char *out)
+{
+    cr_assert_not_null(strstr(out, "redis_version"), "%s", out);
+    const char *hidden[] = {"process_id", "\"dir\"", "dir:", "shard0", "records",
+                            "connected_clients", "shards"};
+    for (size_t i = 0; i < sizeof(hidden) / sizeof(hidden[0]); i++)
+        cr_assert_null(strstr(out, hidden[i]), "a merchant token sees '%s': %s", hidden[i],
+                       out);
+    cr_assert_null(strstr(out, srv.dir), "a merchant token sees the data directory: %s", out);
+}
+
+Test(clients, ioredis_connects_with_a_merchant_token_and_default_options, .init = up,
+     .fini = down, .timeout = 120)
+{
+    char script[600], module[600], cmd[1400], out[16384];
+    snprintf(script, sizeof(script), "%s/tests/clients/ioredis_merchant.js", td_source_dir());
+    snprintf(module, sizeof(module), "%s/tests/clients/node_modules/ioredis", td_source_dir());
+    struct stat st;
+    if (stat(module, &st) != 0 || td_run("command -v node", out, sizeof(out)) != 0)
+        td_cannot_run("ioredis is not installed (make test installs it with npm)");
+    snprintf(cmd, sizeof(cmd), "node %s %u shop-1", script, srv.port);
+    int rc = td_run(cmd, out, sizeof(out));
+    cr_assert_eq(rc, 0, "ioredis failed: %s", out);
+    cr_assert_not_null(strstr(out, "\"entry\":[\"id\",\"io-1\",\"kind\",\"earn\""), "%s", out);
+    cr_assert_not_null(strstr(out, "\"balance\":[\"available\",10,"), "%s", out);
+    cr_assert_not_null(strstr(out, "\"noperm\":\"NOPERM token not allowed for merchant 3\""),
+                       "%s", out);
+    assert_tenant_info(out);
+}
+
+Test(clients, redis_py_connects_with_a_merchant_token_and_default_options, .init = up,
+     .fini = down, .timeout = 120)
+{
+    char out[16384], cmd[1400];
+    /* Debian's interpreter: python3-redis installs there, whatever else
+     * is first in PATH. */
+    if (td_run("/usr/bin/python3 -c 'import redis'", out, sizeof(out)) != 0)
+        td_cannot_run("redis-py is not installed (Debian package python3-redis): %s", out);
+    snprintf(cmd, sizeof(cmd), "/usr/bin/python3 %s/tests/clients/redis_py_merchant.py %u shop-1",
+             td_source_dir(), srv.port);
+    int rc = td_run(cmd, out, sizeof(out));
+    cr_assert_eq(rc, 0, "redis-py failed: %s", out);
+    cr_assert_not_null(strstr(out, "\"entry\": [\"id\", \"py-1\", \"kind\", \"earn\""), "%s",
+                       out);
+    cr_assert_not_null(strstr(out, "\"balance\": [\"available\", 10,"), "%s", out);
+    cr_assert_not_null(strstr(out, "\"noperm\": \"token not allowed for merchant 3\""), "%s",
+                       out);
+    assert_tenant_info(out);
+}
