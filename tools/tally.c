@@ -10,14 +10,17 @@
  * Exit status: 0 ok, 1 a fault was found (verify) or an error, 2 usage.
  */
 #include <dirent.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 
+#include "config.h"
 #include "tally.h"
 
 /* ---- output helpers ----------------------------------------------------- */
@@ -118,7 +121,9 @@ static int tool_dump_one(void *ctx, const tally_entry *e, bool refusal, int stat
         return 0;
     printf("{\"seq\":%" PRIu64 ",\"id\":", e->seq);
     tool_json_string(stdout, e->id, e->id_len);
-    printf(",\"kind\":\"%s\",\"merchant\":%" PRIu64 ",\"account\":%" PRIu64,
+    /* 64-bit ids are strings: jq and JavaScript hold JSON numbers as
+     * doubles, exact only up to 2^53, and would merge distinct ids. */
+    printf(",\"kind\":\"%s\",\"merchant\":\"%" PRIu64 "\",\"account\":\"%" PRIu64 "\"",
            tally_kind_name(e->kind), e->merchant, e->account);
     if (refusal) {
         printf(",\"refused\":\"%s\"", tally_error_code(status));
@@ -160,8 +165,8 @@ static int tool_dump_run(const char *dir, uint64_t merchant, int refusals)
 typedef struct tool_stats {
     uint64_t kinds[TALLY_KIND_COUNT];
     uint64_t refusals;
-    uint64_t records;
-    uint64_t last_report_ms;
+    uint64_t *scanned;       /* all shards so far, for progress */
+    uint64_t *last_report_ms;
 } tool_stats;
 
 static int tool_stats_one(void *ctx, const tally_entry *e, bool refusal, int status)
@@ -172,9 +177,9 @@ static int tool_stats_one(void *ctx, const tally_entry *e, bool refusal, int sta
         s->refusals++;
     else if (e->kind < TALLY_KIND_COUNT)
         s->kinds[e->kind]++;
-    if ((++s->records & 0xffff) == 0 && tool_mono_ms() - s->last_report_ms > 1000) {
-        s->last_report_ms = tool_mono_ms();
-        fprintf(stderr, "tally: stats: %" PRIu64 " records scanned\n", s->records);
+    if ((++*s->scanned & 0xffff) == 0 && tool_mono_ms() - *s->last_report_ms > 1000) {
+        *s->last_report_ms = tool_mono_ms();
+        fprintf(stderr, "tally: stats: %" PRIu64 " records scanned\n", *s->scanned);
     }
     return 0;
 }
@@ -204,26 +209,45 @@ static uint64_t tool_du(const char *path)
     return sum;
 }
 
+/* Entries per kind and remembered refusals, as one line. */
+static void tool_stats_kinds(const char *indent, const tool_stats *s)
+{
+    printf("%sentries", indent);
+    for (int k = 1; k < TALLY_KIND_COUNT; k++)
+        printf(" %s %" PRIu64, tally_kind_name(k), s->kinds[k]);
+    printf("; refusals remembered %" PRIu64 "\n", s->refusals);
+}
+
+/* Per shard: seqs, log start, snapshot, status, entries per kind, disk
+ * use; then the totals. */
 static int tool_stats_run(const char *dir)
 {
     tally *t;
     if (tool_open(dir, &t) < 0)
         return 1;
-    tool_stats s = {.last_report_ms = tool_mono_ms()};
+    uint64_t scanned = 0, last_report_ms = tool_mono_ms();
+    tool_stats total = {0};
     printf("shards: %u\n", tally_shard_count(t));
     int rc = 0;
     for (uint32_t i = 0; i < tally_shard_count(t) && rc == 0; i++) {
         tally_shard_stats st;
         tally_shard_stats_get(t, i, &st);
-        printf("shard %u: seq %" PRIu64 ", checkpoint seq %" PRIu64 ", log from seq %" PRIu64
-               ", snapshot seq %" PRIu64 " (%" PRIu64 " bytes), status %s\n",
-               i, st.durable_seq, st.checkpoint_seq, st.log_first_seq, st.snapshot_seq,
-               st.snapshot_bytes, st.status ? st.status_message : "ok");
+        tool_stats s = {.scanned = &scanned, .last_report_ms = &last_report_ms};
         rc = tally_scan(t, i, 0, tool_stats_one, &s);
+        char path[4200];
+        snprintf(path, sizeof(path), "%s/shard-%03u", dir, i);
+        printf("shard %u: seq %" PRIu64 ", checkpoint seq %" PRIu64 ", log from seq %" PRIu64
+               ", snapshot seq %" PRIu64 " (%" PRIu64 " bytes), disk bytes %" PRIu64
+               ", status %s\n",
+               i, st.durable_seq, st.checkpoint_seq, st.log_first_seq, st.snapshot_seq,
+               st.snapshot_bytes, tool_du(path), st.status ? st.status_message : "ok");
+        tool_stats_kinds("  ", &s);
+        for (int k = 0; k < TALLY_KIND_COUNT; k++)
+            total.kinds[k] += s.kinds[k];
+        total.refusals += s.refusals;
     }
-    for (int k = 1; k < TALLY_KIND_COUNT; k++)
-        printf("entries %-8s %" PRIu64 "\n", tally_kind_name(k), s.kinds[k]);
-    printf("refusals remembered: %" PRIu64 "\n", s.refusals);
+    printf("total: ");
+    tool_stats_kinds("", &total);
     printf("disk bytes: %" PRIu64 "\n", tool_du(dir));
     if (rc < 0)
         fprintf(stderr, "tally: stats stopped: %s\n", tally_strerror(rc));
@@ -271,70 +295,126 @@ static int tool_snapshot(const char *dir, int retention, const char *archive)
 
 /* ---- main --------------------------------------------------------------- */
 
-static int tool_usage(void)
+static const char tool_usage_text[] =
+    "usage: tally verify DIR\n"
+    "       tally dump DIR [--merchant M] [--refusals]\n"
+    "       tally stats DIR\n"
+    "       tally snapshot DIR [--retention keep|delete|archive] [--archive-dir D]\n"
+    "       tally --help\n"
+    "Options may come before or after DIR.  The directory must not be open in a\n"
+    "running tallyd (use its SNAPSHOT and VERIFY commands instead).\n";
+
+static int tool_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* A usage error: what is wrong, then how to ask for help; exit status 2. */
+static int tool_usage_error(const char *fmt, ...)
 {
-    fputs("usage: tally verify DIR\n"
-          "       tally dump DIR [--merchant M] [--refusals]\n"
-          "       tally stats DIR\n"
-          "       tally snapshot DIR [--retention keep|delete|archive] [--archive-dir D]\n",
-          stderr);
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("tally: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs(" (tally --help shows the usage)\n", stderr);
     return 2;
+}
+
+/* The command line, options anywhere after the command. */
+typedef struct tool_args {
+    const char *cmd, *dir;
+    uint64_t merchant;  /* dump --merchant, 0: all */
+    int refusals;       /* dump --refusals */
+    int retention;      /* snapshot --retention */
+    const char *archive; /* snapshot --archive-dir */
+} tool_args;
+
+/* Which options each command takes. */
+static bool tool_takes(const char *cmd, const char *opt)
+{
+    if (strcmp(cmd, "dump") == 0)
+        return strcmp(opt, "--merchant") == 0 || strcmp(opt, "--refusals") == 0;
+    if (strcmp(cmd, "snapshot") == 0)
+        return strcmp(opt, "--retention") == 0 || strcmp(opt, "--archive-dir") == 0;
+    return false;
+}
+
+/* One option with its value (argv[*i + 1]); advances *i past what it used.
+ * 0, or the exit status of a usage error. */
+static int tool_option(tool_args *a, int argc, char **argv, int *i)
+{
+    const char *opt = argv[*i];
+    if (!tool_takes(a->cmd, opt))
+        return strncmp(opt, "--", 2) == 0 ? tool_usage_error("unknown option %s", opt)
+                                          : tool_usage_error("unexpected argument '%s'", opt);
+    if (strcmp(opt, "--refusals") == 0) {
+        a->refusals = 1;
+        return 0;
+    }
+    if (*i + 1 >= argc)
+        return tool_usage_error("%s needs a value", opt);
+    const char *v = argv[++*i];
+    if (strcmp(opt, "--merchant") == 0) {
+        if (config_parse_u64(v, strlen(v), &a->merchant) != 0 || a->merchant == 0)
+            return tool_usage_error("--merchant must be 1..18446744073709551615, got '%s'", v);
+    } else if (strcmp(opt, "--retention") == 0) {
+        if (strcmp(v, "keep") == 0)
+            a->retention = TALLY_RETAIN_KEEP;
+        else if (strcmp(v, "delete") == 0)
+            a->retention = TALLY_RETAIN_DELETE;
+        else if (strcmp(v, "archive") == 0)
+            a->retention = TALLY_RETAIN_ARCHIVE;
+        else
+            return tool_usage_error("--retention must be keep, delete or archive, got '%s'", v);
+    } else {
+        a->archive = v;
+    }
+    return 0;
+}
+
+static int tool_parse(tool_args *a, int argc, char **argv)
+{
+    static const char *const cmds[] = {"verify", "dump", "stats", "snapshot"};
+    bool known = false;
+    for (size_t k = 0; k < sizeof(cmds) / sizeof(cmds[0]); k++)
+        known |= strcmp(a->cmd, cmds[k]) == 0;
+    if (!known)
+        return tool_usage_error("unknown command '%s'", a->cmd);
+    for (int i = 2; i < argc; i++) {
+        if (argv[i][0] != '-' && !a->dir) {
+            a->dir = argv[i];
+            continue;
+        }
+        int rc = tool_option(a, argc, argv, &i);
+        if (rc != 0)
+            return rc;
+    }
+    if (!a->dir)
+        return tool_usage_error("%s needs a data directory", a->cmd);
+    if (a->retention == TALLY_RETAIN_ARCHIVE && !a->archive)
+        return tool_usage_error("--retention archive needs --archive-dir DIR");
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
-    if (argc < 3)
-        return tool_usage();
-    const char *cmd = argv[1], *dir = argv[2];
-    if (strcmp(cmd, "verify") == 0 && argc == 3)
-        return tool_verify(dir);
-    if (strcmp(cmd, "stats") == 0 && argc == 3)
-        return tool_stats_run(dir);
-    if (strcmp(cmd, "snapshot") == 0) {
-        int retention = TALLY_RETAIN_KEEP;
-        const char *archive = NULL;
-        for (int i = 3; i < argc; i++) {
-            if (strcmp(argv[i], "--retention") == 0 && i + 1 < argc) {
-                const char *v = argv[++i];
-                if (strcmp(v, "keep") == 0)
-                    retention = TALLY_RETAIN_KEEP;
-                else if (strcmp(v, "delete") == 0)
-                    retention = TALLY_RETAIN_DELETE;
-                else if (strcmp(v, "archive") == 0)
-                    retention = TALLY_RETAIN_ARCHIVE;
-                else
-                    return tool_usage();
-            } else if (strcmp(argv[i], "--archive-dir") == 0 && i + 1 < argc) {
-                archive = argv[++i];
-            } else {
-                return tool_usage();
-            }
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0 ||
+            (i == 1 && strcmp(argv[i], "help") == 0)) {
+            fputs(tool_usage_text, stdout);
+            return 0;
         }
-        if (retention == TALLY_RETAIN_ARCHIVE && !archive) {
-            fprintf(stderr, "tally: --retention archive needs --archive-dir\n");
-            return 2;
-        }
-        return tool_snapshot(dir, retention, archive);
+    if (argc < 2) {
+        fputs(tool_usage_text, stderr);
+        return 2;
     }
-    if (strcmp(cmd, "dump") == 0) {
-        uint64_t merchant = 0;
-        int refusals = 0;
-        for (int i = 3; i < argc; i++) {
-            if (strcmp(argv[i], "--merchant") == 0 && i + 1 < argc) {
-                char *end;
-                errno = 0;
-                merchant = strtoull(argv[++i], &end, 10);
-                if (errno || *end || merchant == 0 || argv[i][0] == '-') {
-                    fprintf(stderr, "tally: bad merchant '%s'\n", argv[i]);
-                    return 2;
-                }
-            } else if (strcmp(argv[i], "--refusals") == 0) {
-                refusals = 1;
-            } else {
-                return tool_usage();
-            }
-        }
-        return tool_dump_run(dir, merchant, refusals);
-    }
-    return tool_usage();
+    tool_args a = {.cmd = argv[1], .retention = TALLY_RETAIN_KEEP};
+    int rc = tool_parse(&a, argc, argv);
+    if (rc != 0)
+        return rc;
+    if (strcmp(a.cmd, "verify") == 0)
+        return tool_verify(a.dir);
+    if (strcmp(a.cmd, "stats") == 0)
+        return tool_stats_run(a.dir);
+    if (strcmp(a.cmd, "snapshot") == 0)
+        return tool_snapshot(a.dir, a.retention, a.archive);
+    return tool_dump_run(a.dir, a.merchant, a.refusals);
 }
