@@ -30,7 +30,8 @@ endif
 # Debian packages each target needs; installed when missing (as root) or the
 # exact command is printed.
 DEPS_BUILD := build-essential liblmdb-dev libxxhash-dev liburing-dev pkg-config
-DEPS_TEST := $(DEPS_BUILD) libcriterion-dev libhiredis-dev redis-tools xfsprogs strace
+DEPS_TEST := $(DEPS_BUILD) libcriterion-dev libhiredis-dev redis-tools xfsprogs strace \
+	python3-redis jq
 DEPS_BENCH := $(DEPS_TEST) redis-server postgresql postgresql-contrib sqlite3 libsqlite3-dev lmdb-utils gnuplot-nox jq
 DEPS_FUZZ := $(DEPS_TEST) clang libfuzzer-14-dev
 
@@ -65,8 +66,27 @@ define ensure_pkgs
 	fi
 endef
 
+# npm packages of the client tests (tests/clients/package-lock.json: ioredis),
+# into tests/clients/node_modules (git-ignored), the same way: installed as
+# root, otherwise the exact command is printed.  npm itself comes with
+# Node.js (Debian: nodejs npm).
+NPM_CI := npm ci --prefix tests/clients --no-audit --no-fund
+define ensure_npm
+	@if [ ! -d tests/clients/node_modules/ioredis ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    command -v npm >/dev/null || (apt-get update -qq && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm) >/dev/null || exit 1; \
+	    echo "installing: ioredis (npm)"; $(NPM_CI) >/dev/null || exit 1; \
+	  else \
+	    echo "missing npm packages; run: $(NPM_CI)"; exit 1; \
+	  fi; \
+	fi
+endef
+
 deps-build: ; $(call ensure_pkgs,$(DEPS_BUILD))
-deps-test: ; $(call ensure_pkgs,$(DEPS_TEST))
+deps-test:
+	$(call ensure_pkgs,$(DEPS_TEST))
+	$(call ensure_npm)
 deps-bench: ; $(call ensure_pkgs,$(DEPS_BENCH))
 deps-fuzz: ; $(call ensure_pkgs,$(DEPS_FUZZ))
 
@@ -107,7 +127,10 @@ run: deps-build
 # Criterion counts a test whose worker leaks (LeakSanitizer reports at the
 # worker's exit, after its result) as passed: a leak report anywhere in the
 # output fails the run instead (tests/main.c says why the runner's own exit
-# is not checked).
+# is not checked).  Criterion also leaves skipped tests out of "Tested: N":
+# the run fails unless N is every test the suite defines (narrowed by a
+# --filter in TEST_ARGS; tests/expected_tests.sh counts them).  Under
+# CI=true a test that cannot run fails by itself (td_cannot_run).
 test: deps-test
 	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN)
 	$(Q){ TALLY_BUILD=$(abspath $(BUILD)) $(TEST_BIN) --jobs 2 $(TEST_ARGS); \
@@ -115,6 +138,11 @@ test: deps-test
 	rc=$$(cat $(BUILD)/test.rc); \
 	if grep -q 'ERROR: LeakSanitizer' $(BUILD)/test.out; then \
 	  echo "make test: LeakSanitizer reported leaks (above): failing"; rc=1; fi; \
+	want=$$(TEST_ARGS='$(TEST_ARGS)' tests/expected_tests.sh $(TEST_BIN)); \
+	ran=$$(sed -n 's/.*Synthesis: Tested: \([0-9]*\) .*/\1/p' $(BUILD)/test.out | tail -n 1); \
+	if [ "$$ran" != "$$want" ]; then \
+	  echo "make test: $${ran:-no} tests ran of the $$want defined (skipped or lost): failing"; \
+	  rc=1; fi; \
 	exit $$rc
 
 # The kill -9 crash loops; CYCLES=1000 (and SEED=n to replay a run) for the

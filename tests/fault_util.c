@@ -84,7 +84,7 @@ void fu_sh_ok(const char *fmt, ...)
 void fu_require_root(void)
 {
     if (geteuid() != 0)
-        cr_skip_test("needs root (mount, loop devices): run make test as root");
+        td_cannot_run("needs root (mount, loop devices): run make test as root");
 }
 
 static bool fu_pid_alive(int pid)
