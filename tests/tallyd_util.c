@@ -283,7 +283,8 @@ const char *td_source_dir(void)
 int td_run(const char *cmd, char *out, size_t cap)
 {
     char full[4200];
-    snprintf(full, sizeof(full), "( %s ) 2>&1", cmd);
+    /* The newline ends a trailing shell comment in cmd. */
+    snprintf(full, sizeof(full), "( %s\n) 2>&1", cmd);
     FILE *p = popen(full, "r");
     cr_assert_not_null(p, "popen %s", cmd);
     size_t n = fread(out, 1, cap - 1, p);
