@@ -35,6 +35,24 @@ int config_parse_u64(const char *s, size_t len, uint64_t *out)
     return 0;
 }
 
+int config_parse_retention(const char *s, int *out)
+{
+    static const struct {
+        const char *name;
+        int retention;
+    } names[] = {
+        {"keep", TALLY_RETAIN_KEEP},
+        {"delete", TALLY_RETAIN_DELETE},
+        {"archive", TALLY_RETAIN_ARCHIVE},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcmp(s, names[i].name) == 0) {
+            *out = names[i].retention;
+            return 0;
+        }
+    return -EINVAL;
+}
+
 /* ---- command line --------------------------------------------------------- */
 
 static const char config_usage_text[] =
@@ -185,16 +203,9 @@ static int config_option(config *c, const char *opt, const char *val, int *used,
     } else if (strcmp(opt, "--snapshot-every") == 0) {
         rc = config_every(c, val, err, cap);
     } else if (strcmp(opt, "--retention") == 0) {
-        if (strcmp(val, "keep") == 0)
-            c->retention = TALLY_RETAIN_KEEP;
-        else if (strcmp(val, "delete") == 0)
-            c->retention = TALLY_RETAIN_DELETE;
-        else if (strcmp(val, "archive") == 0)
-            c->retention = TALLY_RETAIN_ARCHIVE;
-        else {
+        rc = config_parse_retention(val, &c->retention);
+        if (rc < 0)
             snprintf(err, cap, "--retention must be keep, delete or archive, got '%s'", val);
-            rc = -EINVAL;
-        }
     } else if (strcmp(opt, "--archive-dir") == 0) {
         rc = config_string(opt, val, c->archive_dir, sizeof(c->archive_dir), err, cap);
     } else if (strcmp(opt, "--sync") == 0) {

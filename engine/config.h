@@ -80,4 +80,8 @@ bool config_token_allows(const config_token *t, uint64_t merchant);
  * -EINVAL if not all digits / empty, -ERANGE on overflow. */
 int config_parse_u64(const char *s, size_t len, uint64_t *out);
 
+/* Parses a retention name (keep, delete, archive) into enum
+ * tally_retention.  0, or -EINVAL for any other word. */
+int config_parse_retention(const char *s, int *out);
+
 #endif

@@ -69,16 +69,9 @@ void fu_sh_ok(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(cmd, sizeof(cmd), fmt, ap);
     va_end(ap);
-    char full[2200];
-    snprintf(full, sizeof(full), "( %s ) 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    cr_assert_not_null(p, "popen %s", cmd);
     char out[4096];
-    size_t n = fread(out, 1, sizeof(out) - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "`%s` failed (%d): %s", cmd,
-              st, out);
+    int rc = td_run(cmd, out, sizeof(out));
+    cr_assert_eq(rc, 0, "`%s` failed (%d): %s", cmd, rc, out);
 }
 
 void fu_require_root(void)
@@ -219,16 +212,8 @@ int fu_tally_tool(const char *args, char *out, size_t cap)
     const char *build = getenv("TALLY_BUILD");
     cr_assert_not_null(build, "TALLY_BUILD must name the build directory");
     char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "'%s/tally' %s 2>&1", build, args);
-    FILE *p = popen(cmd, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    char sink[4096];
-    while (fread(sink, 1, sizeof(sink), p) > 0) {
-    }
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    snprintf(cmd, sizeof(cmd), "'%s/tally' %s", build, args);
+    return td_run(cmd, out, cap);
 }
 
 int fu_stop_any(td *t, int timeout_ms)

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tallyd_util.h"
+#include "fault_util.h"
 
 static td srv;
 
@@ -24,18 +24,17 @@ static void down(void)
     td_cleanup(&srv);
 }
 
-/* Runs "$TALLY_BUILD/tally <args>"; stdout and stderr into out. */
+/* fu_tally_tool with printf-style arguments. */
 static int tool(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 static int tool(char *out, size_t cap, const char *fmt, ...)
 {
-    char args[1024], cmd[1600];
+    char args[1024];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(args, sizeof(args), fmt, ap);
     va_end(ap);
-    snprintf(cmd, sizeof(cmd), "%s/tally %s", getenv("TALLY_BUILD"), args);
-    return td_run(cmd, out, cap);
+    return fu_tally_tool(args, out, cap);
 }
 
 /* A few writes on both shards, one remembered refusal; then stops. */

@@ -356,13 +356,7 @@ static int tool_option(tool_args *a, int argc, char **argv, int *i)
         if (config_parse_u64(v, strlen(v), &a->merchant) != 0 || a->merchant == 0)
             return tool_usage_error("--merchant must be 1..18446744073709551615, got '%s'", v);
     } else if (strcmp(opt, "--retention") == 0) {
-        if (strcmp(v, "keep") == 0)
-            a->retention = TALLY_RETAIN_KEEP;
-        else if (strcmp(v, "delete") == 0)
-            a->retention = TALLY_RETAIN_DELETE;
-        else if (strcmp(v, "archive") == 0)
-            a->retention = TALLY_RETAIN_ARCHIVE;
-        else
+        if (config_parse_retention(v, &a->retention) < 0)
             return tool_usage_error("--retention must be keep, delete or archive, got '%s'", v);
     } else {
         a->archive = v;
