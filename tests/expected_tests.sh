@@ -17,6 +17,9 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+# Quotes typed around the pattern on make's command line reach us as text.
+pattern=${pattern#[\'\"]}
+pattern=${pattern%[\'\"]}
 shopt -s extglob
 n=0
 while IFS= read -r name; do
