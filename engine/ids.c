@@ -10,10 +10,12 @@
  *
  * Merge policy: size-tiered.  A run's tier is floor(log4(keys /
  * flush_keys)); when a tier holds IDS_MERGE_FANIN (4) runs, its 4 smallest
- * are merged into one, which lands at least one tier up.  So a key is
- * written once by its flush and at most once per tier it climbs: bytes
- * written <= keys * ~26 B * (1 + floor(log4(keys / flush_keys))), about 4.5
- * writes of each key at 10M keys and 2^18-key flushes, 5.5 at 100M.  A
+ * are merged into one, which lands at least one tier up (each input holds
+ * >= 4^t flush_keys).  So a key is written once by its flush and at most
+ * once per tier it climbs: bytes written <= keys * ~25.7 B * (1 +
+ * floor(log4(keys / flush_keys))) — 3 copies at 10M keys and 2^18-key
+ * flushes (the scale test measures 2.9), 5 at 100M.  Only runs smaller
+ * than flush_keys (forced flushes) can be merged twice within tier 0.  A
  * leveled tree would search fewer runs but rewrite each key ~fanout times
  * per level; the usual price of size tiers — obsolete versions taking
  * space — does not exist here, since a key is inserted once and never

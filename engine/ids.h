@@ -284,9 +284,10 @@ int ids_wait_merges(ids *x);
 uint64_t ids_covered_seq(const ids *x);
 
 /* Any thread.  Hard-links the run files manifest names from x's directory
- * into dest_dir (a snapshot) and fsyncs dest_dir.  Runs under the lock that
- * removals take, so the files of the last committed manifest are there;
- * an older manifest's may be gone (-ENOENT).  Errors: TALLY_ECORRUPT (bad
+ * into dest_dir (a snapshot) and fsyncs dest_dir.  While it runs, removals
+ * wait for the next collection (the owner never waits for its fsync), so
+ * the files of the last committed manifest are all there; an older
+ * manifest's may be gone (-ENOENT).  Errors: TALLY_ECORRUPT (bad
  * manifest), -EXDEV (another file system), -errno. */
 int ids_link(ids *x, const void *manifest, size_t len, const char *dest_dir);
 
