@@ -196,6 +196,8 @@ typedef struct command_field {
 enum {
     FIELD_MERCHANT,
     FIELD_ACCOUNT,
+    FIELD_FROM_ACCOUNT,
+    FIELD_TO_ACCOUNT,
     FIELD_POINTS,
     FIELD_SIGNED_POINTS,
     FIELD_EXPIRES,
@@ -209,6 +211,8 @@ enum {
 static const command_field command_fields[] = {
     [FIELD_MERCHANT] = {"merchant", 1, UINT64_MAX, false, ""},
     [FIELD_ACCOUNT] = {"account", 1, UINT64_MAX, false, ""},
+    [FIELD_FROM_ACCOUNT] = {"from_account", 1, UINT64_MAX, false, ""},
+    [FIELD_TO_ACCOUNT] = {"to_account", 1, UINT64_MAX, false, ""},
     [FIELD_POINTS] = {"points", 1, LIMIT_AMOUNT_MAX, false, ""},
     [FIELD_SIGNED_POINTS] = {"points", 1, LIMIT_AMOUNT_MAX, true, ""},
     [FIELD_EXPIRES] = {"EXPIRES", 1, LIMIT_UNIX_S_MAX, false, " (unix seconds)"},
@@ -318,6 +322,20 @@ static bool command_positional(command_call *c, char letter, uint32_t i)
         return command_u64_arg(c, i, FIELD_ACCOUNT, &r->account);
     case 'p':
         return command_points_arg(c, i, FIELD_POINTS, &r->points);
+    case 'f':
+        return command_u64_arg(c, i, FIELD_FROM_ACCOUNT, &r->account);
+    case 't':
+        return command_u64_arg(c, i, FIELD_TO_ACCOUNT, &r->account2);
+    case 'P': {
+        /* points, or ALL (TRANSFER: everything the sender has) */
+        size_t n;
+        const char *a = command_arg(c, i, &n);
+        if (n == 3 && strncasecmp(a, "all", 3) == 0) {
+            r->flags |= TALLY_REQ_ALL;
+            return true;
+        }
+        return command_points_arg(c, i, FIELD_POINTS, &r->points);
+    }
     case 's':
         return command_points_arg(c, i, FIELD_SIGNED_POINTS, &r->points);
     case 'i':
@@ -467,7 +485,7 @@ static int command_engine(command_call *c)
 
 static void command_entry(resp_out *o, const tally_entry *e, int proto)
 {
-    resp_map(o, 12, proto);
+    resp_map(o, 15, proto);
     resp_bulk_str(o, "id");
     resp_bulk(o, e->id, e->id_len);
     resp_bulk_str(o, "kind");
@@ -478,10 +496,14 @@ static void command_entry(resp_out *o, const tally_entry *e, int proto)
     command_u64(o, e->account);
     resp_bulk_str(o, "points");
     resp_int(o, e->points);
+    resp_bulk_str(o, "amount");
+    resp_int(o, e->amount);
     resp_bulk_str(o, "balance");
     resp_int(o, e->balance);
     resp_bulk_str(o, "held");
     resp_int(o, e->held);
+    resp_bulk_str(o, "pending");
+    resp_int(o, e->pending);
     resp_bulk_str(o, "ts");
     command_u64(o, e->ts_ms);
     resp_bulk_str(o, "seq");
@@ -492,6 +514,8 @@ static void command_entry(resp_out *o, const tally_entry *e, int proto)
     command_u64(o, e->expires);
     resp_bulk_str(o, "memo");
     resp_bulk(o, e->memo, e->memo_len);
+    resp_bulk_str(o, "imported");
+    resp_int(o, e->imported ? 1 : 0);
 }
 
 static void command_balance(resp_out *o, const tally_balance *b, int proto)

@@ -1468,7 +1468,8 @@ void ids_close(ids *x)
 
 int ids_put(ids *x, ids_key key, uint64_t value)
 {
-    assert(!x->read_only);
+    /* A read-only index takes puts too: an offline tool replays the log's
+     * tail into memory (nothing is ever written). */
     assert(value != 0);
     ids_table *t = &x->active;
     if (t->count >= x->memtable_keys_max)
@@ -1741,6 +1742,15 @@ int ids_wait_merges(ids *x)
 }
 
 uint64_t ids_covered_seq(const ids *x) { return x->committed_seq; }
+
+int ids_manifest_covered(const void *manifest, size_t len, uint64_t *seq)
+{
+    ids_manifest_blob m;
+    int rc = ids_manifest_decode(manifest, len, &m, NULL, 0);
+    if (rc == 0)
+        *seq = m.covered_seq;
+    return rc;
+}
 
 int ids_link_files(const os_ops *os, const char *src_dir, const void *manifest, size_t len,
                    const char *dest_dir)

@@ -174,7 +174,8 @@ typedef struct ids_options {
     uint32_t filter_bits_per_key; /* 0: IDS_FILTER_BITS_DEFAULT */
     int merge_nice;              /* the merge thread's nice value; 0: the default
                                   * (IDS_MERGE_NICE_DEFAULT); < 0: leave it as is */
-    bool read_only;              /* tools: no writes, no removals, no merges */
+    bool read_only;              /* tools: no files written or removed, no merges (ids_put
+                                  * still fills the memtable) */
     char *error;                 /* where ids_open says why it failed (NULL: nowhere) */
     size_t error_cap;
 } ids_options;
@@ -282,6 +283,9 @@ int ids_wait_merges(ids *x);
 
 /* The covered_seq of the last committed (or opened) manifest. */
 uint64_t ids_covered_seq(const ids *x);
+/* The covered_seq a manifest blob says (a snapshot's): 0 or
+ * TALLY_ECORRUPT / TALLY_EFORMAT. */
+int ids_manifest_covered(const void *manifest, size_t len, uint64_t *seq);
 
 /* Any thread.  Hard-links the run files manifest names from x's directory
  * into dest_dir (a snapshot) and fsyncs dest_dir.  While it runs, removals

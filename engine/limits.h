@@ -19,8 +19,9 @@
 #define LIMIT_BALANCE_ABS_MAX (1LL << 62)
 /* Client ids: 1..64 printable bytes (SPEC §1). */
 #define LIMIT_ID_BYTES_MAX 64
-/* Engine ids: "~exp:" + client id + "#" + a decimal repeat count (format). */
-#define LIMIT_ENGINE_ID_BYTES_MAX 96
+/* Engine ids (format): the longest is "~exp:~to:" + a client id + "/" + a
+ * received lot's number + "#" + a decimal repeat count. */
+#define LIMIT_ENGINE_ID_BYTES_MAX 128
 /* Memo: 0..128 opaque bytes (SPEC §1, format). */
 #define LIMIT_MEMO_BYTES_MAX 128
 /* HISTORY LIMIT n: 1..1000, default 100 (SPEC §2). */
@@ -39,19 +40,30 @@
 /* One log segment file; preallocated so a flush does not commit size. */
 #define LIMIT_SEGMENT_BYTES_DEFAULT (64u << 20)
 #define LIMIT_SEGMENT_BYTES_MIN (64u << 10)
-/* One batch: one write + one flush.  Bounds the torn-tail window too. */
+/* One batch: one write (per segment it touches) + one flush.  The shard
+ * stops adding requests to a batch past LIMIT_BATCH_BYTES_MAX; one
+ * request's records (a debit over a hundred thousand lots, an EXEC) may
+ * take it further, up to LIMIT_BATCH_BYTES_HARD, because they must land
+ * in one batch: the buffer grows for them.  The hard limit is what one
+ * write may add to the log (about five million lots in one debit). */
 #define LIMIT_BATCH_BYTES_MAX (4u << 20)
+#define LIMIT_BATCH_BYTES_HARD (64u << 20)
 #define LIMIT_BATCH_ENTRIES_MAX 16384
-/* Largest encoded record: header + fixed fields + ids + memo, rounded. */
-#define LIMIT_RECORD_BYTES_MAX 512
+/* Segment boundaries one batch may cross: each is one more write and
+ * flush job in the shard's ring (ring depth = this + a margin). */
+#define LIMIT_BATCH_SEGMENTS_MAX 120
+/* Largest encoded record: fixed fields + id, ref, memo + room for some
+ * allocations (format). */
+#define LIMIT_RECORD_BYTES_MAX 1024
 /* Engine-written entries per sweep turn (SPEC §3: bounded chunks). */
 #define LIMIT_SWEEP_CHUNK 1024
-/* Lots one debit may consume before the request is refused as too
- * fragmented (keeps one record's allocation list bounded). */
-#define LIMIT_LOTS_PER_DEBIT_MAX 4096
-/* Checkpoint of the in-memory delta into LMDB (DESIGN-NOTES §1). */
-#define LIMIT_CHECKPOINT_MS_DEFAULT 500
-#define LIMIT_CHECKPOINT_ENTRIES_DEFAULT 200000
+/* Checkpoint of the in-memory changes into LMDB (DESIGN-NOTES §1, §5).
+ * Its cost is one write of every object it dirtied, so its interval sets
+ * the write amplification of the state: with a million accounts, a
+ * checkpoint per million records writes ~150 B per entry, one per 75,000
+ * (500 ms at full load) ~1.7 KB.  Restart replays at most one interval. */
+#define LIMIT_CHECKPOINT_MS_DEFAULT 30000
+#define LIMIT_CHECKPOINT_ENTRIES_DEFAULT 1000000
 /* Changes not yet committed to LMDB, per shard: past this while a commit
  * is still running, the shard stops taking requests until it finishes
  * (the disk sets the pace). */
@@ -88,12 +100,14 @@
 #define LIMIT_COMMAND_RECV_MS 10000
 #define LIMIT_AUTH_MS 10000
 
-static_assert(LIMIT_ID_BYTES_MAX + 5 + 1 + 20 < LIMIT_ENGINE_ID_BYTES_MAX,
-              "engine ids hold ~exp: + client id + #n");
+static_assert(9 + LIMIT_ID_BYTES_MAX + 1 + 10 + 1 + 20 <= LIMIT_ENGINE_ID_BYTES_MAX,
+              "engine ids hold ~exp:~to: + client id + /k + #n");
 static_assert(LIMIT_ENGINE_ID_BYTES_MAX <= 255, "id length is one byte on disk");
 static_assert(LIMIT_MEMO_BYTES_MAX <= 255, "memo length is one byte on disk");
 static_assert(LIMIT_BATCH_BYTES_MAX < LIMIT_SEGMENT_BYTES_MIN * 1024u,
               "segments hold many batches");
+static_assert(LIMIT_BATCH_BYTES_HARD / LIMIT_SEGMENT_BYTES_DEFAULT + 2 <= LIMIT_BATCH_SEGMENTS_MAX,
+              "the largest batch fits the ring with default segments");
 static_assert(LIMIT_RECORD_BYTES_MAX * 2 <= LIMIT_SEGMENT_BYTES_MIN,
               "a record always fits in a fresh segment");
 static_assert(LIMIT_HISTORY_MAX <= LIMIT_CLIENT_PIPELINE_MAX,

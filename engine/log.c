@@ -2,11 +2,13 @@
  * log.c — one shard's append-only log (format and recovery rules in log.h).
  *
  * Writing: records are encoded into the filling batch buffer; log_seal()
- * hands the buffer out as one write (two if the batch crossed into a new
- * segment) and switches to the other buffer, so the next batch fills while
- * this one flushes.  Records are read back through a read-only MAP_SHARED
- * mapping of each segment (the page cache is coherent with the writes), or
- * from a batch buffer while they are not written yet.
+ * hands the buffer out as one write per segment it touches and switches to
+ * the other buffer, so the next batch fills while this one flushes.
+ * Records are read back through a read-only MAP_SHARED mapping of each
+ * segment (the page cache is coherent with the writes), or from a batch
+ * buffer while they are not written yet.  A buffer starts at
+ * LIMIT_BATCH_BYTES_MAX and grows, up to LIMIT_BATCH_BYTES_HARD, only for
+ * one write whose records must share a batch.
  *
  * New segments are zero-filled, not fallocate()d: fallocate leaves
  * "unwritten" extents, so the first write into each block needs an extent
@@ -17,17 +19,28 @@
  * so a batch's flush is the data alone.  Zero-filling 64 MiB takes tens
  * of milliseconds, so once a segment is half full the next one is
  * prepared by a helper thread (log-N.seg.tmp, zeroed and flushed);
- * rolling over then writes
- * its header, flushes, renames it into place and flushes the directory,
- * so a crash never leaves a half-made segment under a real name.
+ * rolling over then writes its header, flushes, renames it into place and
+ * flushes the directory, so a crash never leaves a half-made segment
+ * under a real name.
+ *
+ * Finding a record by seq: each segment keeps the offsets of every
+ * LOG_SPARSE_EVERY-th entry (an array sized at open, so readers on other
+ * threads can read it while the writer appends); a lookup jumps there and
+ * scans at most that many records.  Segments recovery did not scan get
+ * theirs on first use.  ~0.13 bytes of memory per entry.
+ *
+ * Threads: the writer changes the segment table (new segments, retention,
+ * a failure's discard) under segs_lock held for writing; readers on other
+ * threads hold it for reading while they touch a mapping.  The durable end
+ * is published through atomics.
  */
 #include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,30 +54,45 @@
 /* ---- constants and types ------------------------------------------------ */
 
 #define LOG_MAGIC "TALLYSEG"
-#define LOG_VERSION 1
+#define LOG_VERSION 2
 #define LOG_HEADER_BYTES 64
+/* The smallest record: what bounds the entries of a segment's sparse
+ * index. */
+#define LOG_RECORD_BYTES_MIN (RECORD_FIXED_BYTES + 8)
 
 typedef struct log_segment {
     uint32_t index;
     int fd;
     const uint8_t *map; /* segment_bytes, PROT_READ */
-    uint64_t first_seq;
+    uint64_t first_seq; /* of the first entry (part 0) starting here */
     uint64_t prev;
+    /* sparse[i]: offset / 8 of the entry first_seq + i * LOG_SPARSE_EVERY */
+    uint32_t *sparse;
+    _Atomic uint32_t sparse_count;
+    uint32_t sparse_cap;
+    _Atomic bool sparse_whole; /* every entry of the segment is indexed */
 } log_segment;
 
-/* A batch: records contiguous in buf; in the files they start at
- * (seg, off) and, if split > 0, continue from byte split of buf at the
- * first record offset of segment seg + 1. */
+/* Where a batch's bytes go: buf[from, from + len) at (segment file index,
+ * offset). */
+typedef struct log_piece {
+    uint32_t seg;
+    uint64_t off;
+    size_t from;
+} log_piece;
+
 typedef struct log_buf {
     uint8_t *buf;
+    size_t cap;
     size_t len;
-    size_t split;
-    uint32_t seg; /* index into segs[] */
-    uint64_t off;
+    uint32_t pieces;
+    log_piece piece[LIMIT_BATCH_SEGMENTS_MAX + 1];
     uint64_t first_seq, last_seq;
-    uint64_t last_prev; /* checksum of its last record */
-    uint64_t end_off;   /* write offset after it, in segment end_seg */
-    uint32_t end_seg;
+    uint16_t last_part;
+    uint64_t last_prev;  /* checksum of its last record */
+    uint32_t end_seg;    /* write position after it */
+    uint64_t end_off;
+    uint64_t last_rec_at; /* buf offset of its last record */
 } log_buf;
 
 struct log_t {
@@ -72,19 +100,26 @@ struct log_t {
     char dir[4096];
     const os_ops *os;
     uint32_t segment_bytes;
-    log_segment *segs;
-    uint32_t segs_count;
+    pthread_rwlock_t segs_lock;
+    pthread_mutex_t sparse_lock; /* builds of a segment's sparse index */
+    log_segment **segs;
+    uint32_t segs_count, segs_cap;
     int status;
 
     /* appended (maybe not durable) */
     uint64_t last_seq, prev, last_ts_ms, bytes;
-    uint32_t write_seg;
+    uint16_t last_part;
+    uint32_t write_seg; /* segment file index */
     uint64_t write_off;
+    bool group_open;
+    uint64_t group_seq;
 
-    /* durable */
-    uint64_t durable_seq, durable_prev, durable_bytes;
-    uint32_t durable_seg;
-    uint64_t durable_off;
+    /* durable: published for readers on other threads */
+    _Atomic uint64_t durable_seq;
+    _Atomic uint32_t durable_seg;
+    _Atomic uint64_t durable_off;
+    uint64_t durable_prev, durable_bytes;
+    uint16_t durable_part;
 
     log_buf bufs[2];
     log_buf *filling;
@@ -136,6 +171,9 @@ static log_loc log_make_loc(uint32_t seg_index, uint64_t off)
     return (uint64_t)seg_index << 32 | off / 8;
 }
 
+static uint32_t log_loc_seg(log_loc loc) { return (uint32_t)(loc >> 32); }
+static uint64_t log_loc_off(log_loc loc) { return (loc & 0xffffffffu) * 8; }
+
 static const char *log_decode_reason(int rc)
 {
     switch (rc) {
@@ -144,6 +182,29 @@ static const char *log_decode_reason(int rc)
     case RECORD_CHECKSUM: return "checksum mismatch";
     default: return "chain broken";
     }
+}
+
+/* The segment with file index `index`, or NULL (dropped, or not made). */
+static log_segment *log_seg(const log_t *l, uint32_t index)
+{
+    if (l->segs_count == 0 || index < l->segs[0]->index)
+        return NULL;
+    uint32_t k = index - l->segs[0]->index;
+    return k < l->segs_count ? l->segs[k] : NULL;
+}
+
+static log_segment *log_last_seg(const log_t *l) { return l->segs[l->segs_count - 1]; }
+
+/* Whether r may follow the record (seq, part) whose MORE flag was `more`
+ * (more < 0: unknown, at the start of a scan). */
+static bool log_successor(uint64_t seq, uint16_t part, int more, const record *r)
+{
+    bool is_part = r->type == RECORD_ALLOC;
+    if (more > 0)
+        return is_part && r->seq == seq && r->part == part + 1;
+    if (more == 0)
+        return !is_part && r->seq == seq + 1;
+    return (is_part && r->seq == seq) || (!is_part && r->seq == seq + 1);
 }
 
 /* ---- segment headers ---------------------------------------------------- */
@@ -176,8 +237,8 @@ static int log_header_check(const log_t *l, const uint8_t *h, uint32_t index, ch
         return TALLY_ECORRUPT;
     }
     if (h[8] != LOG_VERSION) {
-        snprintf(why, cap, "shard %u: segment %u: format version %u unknown", l->opts.shard,
-                 index, h[8]);
+        snprintf(why, cap, "shard %u: segment %u: format version %u%s", l->opts.shard, index,
+                 h[8], h[8] == 1 ? " (release 1: tallyd upgrades it at start)" : " unknown");
         return TALLY_EFORMAT;
     }
     uint32_t shard = (uint32_t)h[12] | (uint32_t)h[13] << 8;
@@ -189,26 +250,76 @@ static int log_header_check(const log_t *l, const uint8_t *h, uint32_t index, ch
     return 0;
 }
 
-/* ---- segment files ------------------------------------------------------ */
+/* ---- segment table -------------------------------------------------------- */
 
-static int log_segs_push(log_t *l, const log_segment *s)
+static void log_seg_free(log_t *l, log_segment *s)
 {
-    log_segment *n = realloc(l->segs, (l->segs_count + 1) * sizeof(*n));
-    if (!n)
-        return -ENOMEM;
-    l->segs = n;
-    l->segs[l->segs_count++] = *s;
-    return 0;
+    if (!s)
+        return;
+    if (s->map)
+        munmap((void *)s->map, l->segment_bytes);
+    if (s->fd >= 0)
+        l->os->close(l->os->ctx, s->fd);
+    free(s->sparse);
+    free(s);
 }
 
-static int log_map(log_t *l, int fd, const uint8_t **out)
+static log_segment *log_seg_new(log_t *l, uint32_t index, int fd)
 {
+    log_segment *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->index = index;
+    s->fd = fd;
+    s->sparse_cap = l->segment_bytes / LOG_RECORD_BYTES_MIN / LOG_SPARSE_EVERY + 2;
+    s->sparse = calloc(s->sparse_cap, sizeof(*s->sparse));
     void *m = mmap(NULL, l->segment_bytes, PROT_READ, MAP_SHARED, fd, 0);
-    if (m == MAP_FAILED)
-        return -errno;
-    *out = m;
-    return 0;
+    if (!s->sparse || m == MAP_FAILED) {
+        free(s->sparse);
+        free(s);
+        return NULL;
+    }
+    s->map = m;
+    return s;
 }
+
+/* Adds a segment at the end of the table (under the write lock: readers
+ * may be walking it). */
+static int log_segs_push(log_t *l, log_segment *s)
+{
+    pthread_rwlock_wrlock(&l->segs_lock);
+    int rc = 0;
+    if (l->segs_count == l->segs_cap) {
+        uint32_t cap = l->segs_cap ? l->segs_cap * 2 : 16;
+        log_segment **n = realloc(l->segs, cap * sizeof(*n));
+        if (n) {
+            l->segs = n;
+            l->segs_cap = cap;
+        } else {
+            rc = -ENOMEM;
+        }
+    }
+    if (rc == 0)
+        l->segs[l->segs_count++] = s;
+    pthread_rwlock_unlock(&l->segs_lock);
+    return rc;
+}
+
+/* Notes that the entry `seq` starts at off in segment s, if it is one the
+ * sparse index keeps.  Only entries of s appended in order come here. */
+static void log_sparse_note(log_segment *s, uint64_t seq, uint64_t off)
+{
+    if (seq < s->first_seq || (seq - s->first_seq) % LOG_SPARSE_EVERY != 0)
+        return;
+    uint64_t i = (seq - s->first_seq) / LOG_SPARSE_EVERY;
+    uint32_t n = atomic_load(&s->sparse_count);
+    if (i != n || n >= s->sparse_cap)
+        return; /* already noted (a rescan), or not in order */
+    s->sparse[n] = (uint32_t)(off / 8);
+    atomic_store(&s->sparse_count, n + 1);
+}
+
+/* ---- segment files ------------------------------------------------------ */
 
 /* Creates log-index.seg.tmp, every byte written (zeros) and flushed:
  * *fd on success. */
@@ -289,15 +400,20 @@ static int log_segment_create(log_t *l, uint32_t index, uint64_t first_seq, uint
         rc = os->rename(os->ctx, tmp, path);
     if (rc == 0)
         rc = os->fsync_dir(os->ctx, l->dir);
-    log_segment s = {.index = index, .fd = fd, .first_seq = first_seq, .prev = prev};
-    if (rc == 0)
-        rc = log_map(l, fd, &s.map);
-    if (rc == 0)
-        rc = log_segs_push(l, &s);
+    log_segment *s = rc == 0 ? log_seg_new(l, index, fd) : NULL;
+    if (rc == 0 && !s)
+        rc = -ENOMEM;
+    if (rc == 0) {
+        s->first_seq = first_seq;
+        s->prev = prev;
+        atomic_store(&s->sparse_whole, true); /* every entry in it is appended here */
+        rc = log_segs_push(l, s);
+    }
     if (rc < 0) {
-        if (s.map)
-            munmap((void *)s.map, l->segment_bytes);
-        os->close(os->ctx, fd);
+        if (s)
+            log_seg_free(l, s);
+        else
+            os->close(os->ctx, fd);
         os->unlink(os->ctx, tmp);
     }
     return rc;
@@ -367,64 +483,94 @@ static int log_segment_open(log_t *l, uint32_t index, char *why, size_t cap)
         l->os->close(l->os->ctx, fd);
         return TALLY_ECORRUPT;
     }
-    log_segment s = {.index = index, .fd = fd};
-    int rc = log_map(l, fd, &s.map);
-    if (rc == 0)
-        rc = log_header_check(l, s.map, index, why, cap);
-    if (rc == 0) {
-        s.first_seq = log_get64(s.map + 24);
-        s.prev = log_get64(s.map + 32);
-        rc = log_segs_push(l, &s);
-    }
-    if (rc < 0) {
-        if (s.map)
-            munmap((void *)s.map, l->segment_bytes);
+    log_segment *s = log_seg_new(l, index, fd);
+    if (!s) {
         l->os->close(l->os->ctx, fd);
+        return -ENOMEM;
     }
+    int rc = log_header_check(l, s->map, index, why, cap);
+    if (rc == 0) {
+        s->first_seq = log_get64(s->map + 24);
+        s->prev = log_get64(s->map + 32);
+        rc = log_segs_push(l, s);
+    }
+    if (rc < 0)
+        log_seg_free(l, s);
     return rc;
+}
+
+int log_dir_version(const char *dir)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/log-%010u.seg", dir, 1u);
+    DIR *d = opendir(dir);
+    if (!d)
+        return errno == ENOENT ? 0 : -errno;
+    struct dirent *de;
+    int version = 0;
+    while (version == 0 && (de = readdir(d)) != NULL) {
+        unsigned idx;
+        char tail[16] = "";
+        if (sscanf(de->d_name, "log-%10u.seg%15s", &idx, tail) < 1 || tail[0] != 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        uint8_t h[LOG_HEADER_BYTES];
+        if (fd >= 0 && pread(fd, h, sizeof(h), 0) == (ssize_t)sizeof(h) &&
+            memcmp(h, LOG_MAGIC, 8) == 0)
+            version = h[8];
+        if (fd >= 0)
+            close(fd);
+    }
+    closedir(d);
+    return version;
 }
 
 /* ---- recovery ----------------------------------------------------------- */
 
-/* Index in segs[] of the segment holding seq (the last one whose first
- * record is at or before it). */
+/* Index in segs[] of the segment holding entry seq (the last one whose
+ * first entry is at or before it). */
 static uint32_t log_seg_for(const log_t *l, uint64_t seq)
 {
-    uint32_t k = 0;
-    for (uint32_t i = 0; i < l->segs_count; i++)
-        if (l->segs[i].first_seq <= seq)
-            k = i;
-    return k;
+    uint32_t lo = 0, hi = l->segs_count;
+    while (hi - lo > 1) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (l->segs[mid]->first_seq <= seq)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
 }
 
 /* True if a record that decodes cleanly and belongs to a batch after
- * `seq` lies at or after (seg, off): then the damage at seq is not a torn
- * last batch but corruption of acknowledged data. */
-static bool log_later_batch_follows(const log_t *l, uint32_t seg, uint64_t off, uint64_t seq)
+ * `seq` lies at or after (segs[k], off): then the damage at seq is not a
+ * torn last batch but corruption of acknowledged data. */
+static bool log_later_batch_follows(const log_t *l, uint32_t k, uint64_t off, uint64_t seq)
 {
-    for (uint32_t k = seg; k < l->segs_count; k++) {
-        const uint8_t *m = l->segs[k].map;
-        for (uint64_t o = k == seg ? off + 8 : LOG_HEADER_BYTES;
-             o + RECORD_FIXED_BYTES + 16 <= l->segment_bytes; o += 8) {
+    for (uint32_t j = k; j < l->segs_count; j++) {
+        const uint8_t *m = l->segs[j]->map;
+        for (uint64_t o = j == k ? off + 8 : LOG_HEADER_BYTES;
+             o + LOG_RECORD_BYTES_MIN <= l->segment_bytes; o += 8) {
             if (m[o] == 0 && m[o + 1] == 0 && m[o + 2] == 0 && m[o + 3] == 0)
                 continue;
             record r;
             size_t len;
             uint64_t sum;
             if (record_decode(m + o, l->segment_bytes - o, &r, &len, &sum) == RECORD_OK &&
-                r.batch_seq > seq)
+                r.seq - r.batch_back > seq)
                 return true;
         }
     }
     return false;
 }
 
-/* True if any byte of segment seg after off is not zero. */
-static bool log_data_after(const log_t *l, uint32_t seg, uint64_t off)
+/* True if any byte of segs[k] from off on is not zero. */
+static bool log_data_after(const log_t *l, uint32_t k, uint64_t off)
 {
     /* Records are 8-byte aligned and segments whole pages: eight bytes at
      * a time (a whole segment at recovery, so it matters). */
-    const uint8_t *m = l->segs[seg].map;
+    const uint8_t *m = l->segs[k]->map;
     assert(off % 8 == 0 && l->segment_bytes % 8 == 0);
     for (uint64_t o = off; o < l->segment_bytes; o += 8) {
         uint64_t w;
@@ -435,35 +581,42 @@ static bool log_data_after(const log_t *l, uint32_t seg, uint64_t off)
     return false;
 }
 
-/* Zeroes segment seg from off to its last non-zero byte, and removes every
+/* Zeroes segs[k] from off to its last non-zero byte, and removes every
  * later segment (they hold only the torn batch's remains), so writing
- * resumes at (seg, off) and the next segment is made afresh. */
-static int log_zero_tail(log_t *l, uint32_t seg, uint64_t off, uint64_t *zeroed)
+ * resumes at (segs[k], off) and the next segment is made afresh. */
+static int log_zero_tail(log_t *l, uint32_t k, uint64_t off, uint64_t *zeroed)
 {
     static const uint8_t zeros[4096];
-    const uint8_t *m = l->segs[seg].map;
+    log_segment *sg = l->segs[k];
+    const uint8_t *m = sg->map;
     uint64_t end = l->segment_bytes;
     while (end > off && m[end - 1] == 0)
         end--;
     for (uint64_t o = off; o < end; o += sizeof(zeros)) {
         size_t n = end - o < sizeof(zeros) ? (size_t)(end - o) : sizeof(zeros);
-        int rc = os_pwrite_all(l->os, l->segs[seg].fd, zeros, n, o);
+        int rc = os_pwrite_all(l->os, sg->fd, zeros, n, o);
         if (rc < 0)
             return rc;
     }
     if (end > off) {
-        int rc = l->os->fdatasync(l->os->ctx, l->segs[seg].fd);
+        int rc = l->os->fdatasync(l->os->ctx, sg->fd);
         if (rc < 0)
             return rc;
         *zeroed += end - off;
     }
-    while (l->segs_count > seg + 1) {
-        log_segment *s = &l->segs[--l->segs_count];
+    /* The sparse index may name entries that are gone now. */
+    while (atomic_load(&sg->sparse_count) > 0 &&
+           (uint64_t)sg->sparse[atomic_load(&sg->sparse_count) - 1] * 8 >= off)
+        atomic_fetch_sub(&sg->sparse_count, 1);
+    while (l->segs_count > k + 1) {
+        log_segment *s = log_last_seg(l);
         char path[4200];
         log_path(l, s->index, "", path, sizeof(path));
         *zeroed += l->segment_bytes;
-        munmap((void *)s->map, l->segment_bytes);
-        l->os->close(l->os->ctx, s->fd);
+        pthread_rwlock_wrlock(&l->segs_lock);
+        l->segs_count--;
+        pthread_rwlock_unlock(&l->segs_lock);
+        log_seg_free(l, s);
         int rc = l->os->unlink(l->os->ctx, path);
         if (rc < 0)
             return rc;
@@ -474,118 +627,241 @@ static int log_zero_tail(log_t *l, uint32_t seg, uint64_t off, uint64_t *zeroed)
     return 0;
 }
 
+/* The scan of recovery: where it is and what it has seen. */
+typedef struct log_scan {
+    uint32_t k;          /* segs[] position */
+    uint64_t off;
+    uint64_t seq;        /* last valid record */
+    uint16_t part;
+    int more;            /* its RECORD_F_MORE (-1 unknown: before the first) */
+    uint64_t prev;
+    uint64_t ts, bytes;
+    uint16_t rflags;     /* of the last valid record */
+    /* where the last entry (part 0) and the last group began */
+    bool entry_seen, group_seen;
+    uint64_t entry_seq, group_start;
+    uint32_t entry_k, group_k;
+    uint64_t entry_off, group_off, entry_bytes, group_bytes;
+    uint64_t entry_prev, group_prev, entry_ts, group_ts;
+} log_scan;
+
+/* Records a valid record r of len bytes at the scan position. */
+static void log_scan_take(log_t *l, log_scan *sc, const record *r, size_t len, uint64_t sum,
+                          log_recovery *rec)
+{
+    if (r->part == 0) {
+        sc->entry_seen = true;
+        sc->entry_seq = r->seq;
+        sc->entry_k = sc->k;
+        sc->entry_off = sc->off;
+        sc->entry_bytes = sc->bytes;
+        sc->entry_prev = sc->prev;
+        sc->entry_ts = sc->ts;
+        log_sparse_note(l->segs[sc->k], r->seq, sc->off);
+        if ((r->rflags & RECORD_F_GROUP) && r->group_back == 0) {
+            sc->group_seen = true;
+            sc->group_start = r->seq;
+            sc->group_k = sc->k;
+            sc->group_off = sc->off;
+            sc->group_bytes = sc->bytes;
+            sc->group_prev = sc->prev;
+            sc->group_ts = sc->ts;
+        }
+    }
+    sc->seq = r->seq;
+    sc->part = r->part;
+    sc->more = (r->rflags & RECORD_F_MORE) != 0;
+    sc->rflags = r->rflags;
+    sc->prev = sum;
+    sc->ts = r->ts_ms > sc->ts ? r->ts_ms : sc->ts;
+    sc->bytes += len;
+    sc->off += len;
+    rec->scanned++;
+    if ((rec->scanned & 0xfffff) == 0)
+        log_say(l, 0, "shard %u: recovery scanned %llu records (seq %llu)", l->opts.shard,
+                (unsigned long long)rec->scanned, (unsigned long long)r->seq);
+}
+
+/* After the scan: an entry whose allocation parts or a group whose
+ * records did not all land is cut whole — the valid log ends before it.
+ * 1 if the scan position moved back, 0 if nothing was partial, or
+ * TALLY_ECORRUPT if the partial write began before the scan (in records
+ * the checkpoint trusts: a write never straddles a checkpoint). */
+static int log_scan_cut_partial(log_scan *sc)
+{
+    bool in_group = (sc->rflags & RECORD_F_GROUP) && !(sc->rflags & RECORD_F_GROUP_END);
+    if (!in_group && sc->more <= 0)
+        return 0;
+    if (in_group ? !sc->group_seen : !sc->entry_seen)
+        return TALLY_ECORRUPT;
+    sc->k = in_group ? sc->group_k : sc->entry_k;
+    sc->off = in_group ? sc->group_off : sc->entry_off;
+    sc->bytes = in_group ? sc->group_bytes : sc->entry_bytes;
+    sc->prev = in_group ? sc->group_prev : sc->entry_prev;
+    sc->ts = in_group ? sc->group_ts : sc->entry_ts;
+    sc->seq = (in_group ? sc->group_start : sc->entry_seq) - 1;
+    sc->part = 0;
+    sc->more = 0;
+    sc->rflags = 0;
+    return 1;
+}
+
+/* Zeroes the log from the scan position (unless read-only) and reports
+ * a torn tail at seq: what was there (`why`). */
+static int log_scan_truncate(log_t *l, log_scan *sc, uint64_t seq, const char *why,
+                             log_recovery *rec)
+{
+    rec->torn_seq = seq;
+    uint64_t zeroed = 0;
+    if (!l->opts.read_only) {
+        int rc = log_zero_tail(l, sc->k, sc->off, &zeroed);
+        if (rc < 0)
+            return rc;
+    }
+    rec->torn_bytes = zeroed ? zeroed : 1;
+    snprintf(rec->message, sizeof(rec->message),
+             "shard %u: torn tail at seq %llu (segment %u offset %llu): %s; %s", l->opts.shard,
+             (unsigned long long)seq, l->segs[sc->k]->index, (unsigned long long)sc->off, why,
+             l->opts.read_only ? "left in place (read-only)" : "truncated");
+    log_say(l, 1, "%s", rec->message);
+    return 0;
+}
+
+static void log_scan_corrupt(log_t *l, const log_scan *sc, uint64_t seq, const char *why,
+                             log_recovery *rec)
+{
+    snprintf(rec->message, sizeof(rec->message),
+             "shard %u: corrupt record at seq %llu (segment %u offset %llu): %s", l->opts.shard,
+             (unsigned long long)seq, l->segs[sc->k]->index, (unsigned long long)sc->off, why);
+    rec->status = TALLY_ECORRUPT;
+}
+
+/* The end of the valid log was found at the scan position, the record
+ * (next_seq) that should be there is not: a torn tail (zeroed, reported)
+ * or corruption (refused).  `why` says what was there. */
+static int log_scan_break(log_t *l, log_scan *sc, const char *why, uint64_t next_seq,
+                          log_recovery *rec)
+{
+    if (next_seq <= l->opts.from_seq || log_later_batch_follows(l, sc->k, sc->off, next_seq)) {
+        log_scan_corrupt(l, sc, next_seq, why, rec);
+        return 0;
+    }
+    if (log_scan_cut_partial(sc) < 0) {
+        log_scan_corrupt(l, sc, next_seq, "a write cut short before the checkpoint", rec);
+        return 0;
+    }
+    return log_scan_truncate(l, sc, next_seq, why, rec);
+}
+
+/* The clean end of the log (zeros and nothing after them): only a
+ * partial group or entry before it is cut. */
+static int log_scan_end(log_t *l, log_scan *sc, log_recovery *rec)
+{
+    uint64_t seq = sc->seq;
+    int cut = log_scan_cut_partial(sc);
+    if (cut < 0)
+        log_scan_corrupt(l, sc, seq, "a write cut short before the checkpoint", rec);
+    if (cut <= 0)
+        return 0;
+    return log_scan_truncate(l, sc, sc->seq + 1,
+                             "the records of a group or an entry's allocation did not all land",
+                             rec);
+}
+
 /* Scans from the segment holding from_seq + 1 to the end of the valid
  * log, setting the write position, and classifies the first bad record. */
 static int log_recover(log_t *l, log_recovery *rec)
 {
     uint32_t k = log_seg_for(l, l->opts.from_seq + 1);
-    uint64_t expect = l->segs[k].first_seq, prev = l->segs[k].prev, off = LOG_HEADER_BYTES;
-    uint64_t ts = 0, bytes = 0;
-    if (k > 0 && l->segs[k - 1].first_seq > expect)
+    log_scan sc = {.k = k, .off = LOG_HEADER_BYTES, .seq = l->segs[k]->first_seq - 1,
+                   .more = -1, .prev = l->segs[k]->prev};
+    if (k > 0 && l->segs[k - 1]->first_seq > l->segs[k]->first_seq)
         return TALLY_ECORRUPT;
-    if (expect > l->opts.from_seq + 1) {
+    if (l->segs[k]->first_seq > l->opts.from_seq + 1) {
         /* Retention dropped records the state has not seen: nothing can
          * bring the state up to date. */
         snprintf(rec->message, sizeof(rec->message),
                  "shard %u: the log starts at seq %llu (older segments dropped) but the "
                  "state reflects only seq %llu",
-                 l->opts.shard, (unsigned long long)expect,
+                 l->opts.shard, (unsigned long long)l->segs[k]->first_seq,
                  (unsigned long long)l->opts.from_seq);
         rec->status = TALLY_ECORRUPT;
-        l->status = TALLY_ECORRUPT;
-        l->last_seq = l->durable_seq = expect - 1;
-        l->write_seg = l->durable_seg = k;
-        l->write_off = l->durable_off = LOG_HEADER_BYTES;
-        return 0;
     }
-    for (;;) {
-        const uint8_t *m = l->segs[k].map;
+    int rc = 0;
+    while (rec->status == 0) {
+        const uint8_t *m = l->segs[sc.k]->map;
         record r;
         size_t len = 0;
         uint64_t sum = 0;
-        int drc = record_decode(m + off, l->segment_bytes - off, &r, &len, &sum);
-        bool end = drc == RECORD_END || (drc == RECORD_TRUNCATED && off + 4 > l->segment_bytes);
-        bool chain_gap = false;
-        if (end) {
-            if (k + 1 < l->segs_count) {
-                /* The next segment continues the chain exactly, or the log
-                 * breaks here.  A rollover writes the next segment's header
-                 * (fsynced, renamed into place) while the batch that crosses
-                 * into it is still being filled: a crash can leave that
-                 * header — and records of the same batch behind it — with
-                 * this segment's tail never written.  That is a torn last
-                 * batch, classified below like any other break. */
-                if (l->segs[k + 1].first_seq == expect && l->segs[k + 1].prev == prev) {
-                    k++;
-                    off = LOG_HEADER_BYTES;
-                    continue;
-                }
-                chain_gap = true;
-            } else if (!log_data_after(l, k, off)) {
-                /* Zeros where the next record should be are the end of the
-                 * log only if nothing but zeros follows: otherwise records
-                 * were lost there (a zeroed block from a record boundary),
-                 * handled below like a bad record — a torn tail if they
-                 * belonged to the last batch, corruption if a later batch
-                 * follows. */
-                break; /* the clean end of the log */
+        int drc = record_decode(m + sc.off, l->segment_bytes - sc.off, &r, &len, &sum);
+        bool end = drc == RECORD_END ||
+                   (drc == RECORD_TRUNCATED && sc.off + 4 > l->segment_bytes);
+        uint64_t next_seq = sc.more > 0 ? sc.seq : sc.seq + 1;
+        if (end && sc.k + 1 < l->segs_count) {
+            /* The next segment continues the chain exactly, or the log
+             * breaks here.  A rollover writes the next segment's header
+             * (fsynced, renamed into place) while the batch that crosses
+             * into it is still being filled: a crash can leave that header
+             * — and records of the same batch behind it — with this
+             * segment's tail never written.  That is a torn last batch,
+             * classified like any other break. */
+            const log_segment *nx = l->segs[sc.k + 1];
+            if (nx->first_seq == sc.seq + 1 && nx->prev == sc.prev) {
+                sc.k++;
+                sc.off = LOG_HEADER_BYTES;
+                continue;
             }
-        }
-        if (!end && drc == RECORD_OK && r.seq == expect && r.prev == prev) {
-            prev = sum;
-            expect++;
-            ts = r.ts_ms;
-            bytes += len;
-            off += len;
-            rec->scanned++;
-            if ((rec->scanned & 0xfffff) == 0)
-                log_say(l, 0, "shard %u: recovery scanned %llu records (seq %llu)",
-                        l->opts.shard, (unsigned long long)rec->scanned,
-                        (unsigned long long)r.seq);
-            continue;
-        }
-        /* The first lie: torn tail or corruption (DESIGN-NOTES §7). */
-        char gap_why[96];
-        if (chain_gap)
-            snprintf(gap_why, sizeof(gap_why), "segment %u does not continue the chain",
-                     l->segs[k + 1].index);
-        const char *why = chain_gap          ? gap_why
-                          : end              ? "zeros where a record should be"
-                          : drc != RECORD_OK ? log_decode_reason(drc)
-                                             : "chain broken";
-        if (expect <= l->opts.from_seq || log_later_batch_follows(l, k, off, expect)) {
-            snprintf(rec->message, sizeof(rec->message),
-                     "shard %u: corrupt record at seq %llu (segment %u offset %llu): %s",
-                     l->opts.shard, (unsigned long long)expect, l->segs[k].index,
-                     (unsigned long long)off, why);
-            rec->status = TALLY_ECORRUPT;
+            char why[96];
+            snprintf(why, sizeof(why), "segment %u does not continue the chain", nx->index);
+            rc = log_scan_break(l, &sc, why, next_seq, rec);
             break;
         }
-        rec->torn_seq = expect;
-        uint64_t zeroed = 0;
-        if (!l->opts.read_only) {
-            int rc = log_zero_tail(l, k, off, &zeroed);
-            if (rc < 0)
-                return rc;
+        if (end && !log_data_after(l, sc.k, sc.off)) {
+            rc = log_scan_end(l, &sc, rec); /* the clean end of the log */
+            break;
         }
-        rec->torn_bytes = zeroed ? zeroed : 1;
-        snprintf(rec->message, sizeof(rec->message),
-                 "shard %u: torn tail at seq %llu (segment %u offset %llu): %s; %s",
-                 l->opts.shard, (unsigned long long)expect, l->segs[k].index,
-                 (unsigned long long)off, why,
-                 l->opts.read_only ? "left in place (read-only)" : "truncated");
-        log_say(l, 1, "%s", rec->message);
-        /* Later segments held only the torn batch: writing resumes here. */
+        bool ok = !end && drc == RECORD_OK && r.prev == sc.prev &&
+                  log_successor(sc.seq, sc.part, sc.more, &r);
+        if (ok && l->opts.cut_seq && r.part == 0 && r.seq >= l->opts.cut_seq) {
+            rc = log_scan_break(l, &sc, "an import that never committed", r.seq, rec);
+            break;
+        }
+        if (ok) {
+            log_scan_take(l, &sc, &r, len, sum, rec);
+            continue;
+        }
+        /* The first lie: torn tail or corruption (DESIGN-NOTES §7).  Zeros
+         * where a record should be, with data after them, are handled as a
+         * bad record: a zeroed block from a record boundary must not hide
+         * the records after it. */
+        rc = log_scan_break(l, &sc,
+                            end                ? "zeros where a record should be"
+                            : drc != RECORD_OK ? log_decode_reason(drc)
+                                               : "chain broken",
+                            next_seq, rec);
         break;
     }
-    l->last_seq = l->durable_seq = expect - 1;
-    l->prev = l->durable_prev = prev;
-    l->last_ts_ms = ts;
-    l->bytes = l->durable_bytes = bytes;
-    l->write_seg = l->durable_seg = k;
-    l->write_off = l->durable_off = off;
-    rec->last_seq = expect - 1;
-    rec->last_ts_ms = ts;
+    if (rc < 0)
+        return rc;
+    /* Every segment from k on was scanned from its start. */
+    for (uint32_t j = k; j < l->segs_count; j++)
+        atomic_store(&l->segs[j]->sparse_whole, true);
+    /* Where the valid log ends (after a cut: before the partial write). */
+    l->last_seq = sc.seq;
+    l->prev = sc.prev;
+    l->last_part = 0;
+    l->last_ts_ms = sc.ts;
+    l->bytes = sc.bytes;
+    l->write_seg = l->segs[sc.k]->index;
+    l->write_off = sc.off;
+    l->durable_prev = l->prev;
+    l->durable_bytes = l->bytes;
+    l->durable_part = 0;
+    atomic_store(&l->durable_seq, l->last_seq);
+    atomic_store(&l->durable_seg, l->write_seg);
+    atomic_store(&l->durable_off, l->write_off);
+    rec->last_seq = l->last_seq;
+    rec->last_ts_ms = sc.ts;
     l->status = rec->status;
     return 0;
 }
@@ -619,6 +895,13 @@ static int log_open_segments(log_t *l, log_recovery *rec)
     return rc;
 }
 
+static int log_buf_init(log_buf *b)
+{
+    b->buf = malloc(LIMIT_BATCH_BYTES_MAX);
+    b->cap = b->buf ? LIMIT_BATCH_BYTES_MAX : 0;
+    return b->buf ? 0 : -ENOMEM;
+}
+
 int log_open(const log_options *opts, log_t **out, log_recovery *rec)
 {
     *rec = (log_recovery){0};
@@ -629,19 +912,18 @@ int log_open(const log_options *opts, log_t **out, log_recovery *rec)
     snprintf(l->dir, sizeof(l->dir), "%s", opts->dir);
     l->opts.dir = l->dir;
     l->os = opts->os ? opts->os : os_default();
+    pthread_rwlock_init(&l->segs_lock, NULL);
+    pthread_mutex_init(&l->sparse_lock, NULL);
     l->segment_bytes = opts->segment_bytes ? opts->segment_bytes : LIMIT_SEGMENT_BYTES_DEFAULT;
-    if (l->segment_bytes < LIMIT_SEGMENT_BYTES_MIN || l->segment_bytes % 4096) {
-        free(l);
+    if (l->segment_bytes < LIMIT_SEGMENT_BYTES_MIN || l->segment_bytes % 4096 ||
+        (opts->cut_seq && opts->cut_seq <= opts->from_seq)) {
+        log_close(l);
         return -EINVAL;
     }
     int rc = 0;
-    if (!opts->read_only) {
-        for (int i = 0; i < 2 && rc == 0; i++) {
-            l->bufs[i].buf = malloc(LIMIT_BATCH_BYTES_MAX);
-            if (!l->bufs[i].buf)
-                rc = -ENOMEM;
-        }
-    }
+    if (!opts->read_only)
+        for (int i = 0; i < 2 && rc == 0; i++)
+            rc = log_buf_init(&l->bufs[i]);
     if (rc == 0)
         rc = log_open_segments(l, rec);
     if (rc == TALLY_ECORRUPT) {
@@ -656,8 +938,6 @@ int log_open(const log_options *opts, log_t **out, log_recovery *rec)
         return rc;
     }
     l->filling = &l->bufs[0];
-    l->filling->seg = l->write_seg;
-    l->filling->off = l->write_off;
     *out = l;
     return 0;
 }
@@ -668,26 +948,30 @@ void log_close(log_t *l)
         return;
     int fd;
     log_prep_join(l, UINT32_MAX, &fd); /* its .tmp is removed at the next open */
-    for (uint32_t i = 0; i < l->segs_count; i++) {
-        if (l->segs[i].map)
-            munmap((void *)l->segs[i].map, l->segment_bytes);
-        l->os->close(l->os->ctx, l->segs[i].fd);
-    }
+    for (uint32_t i = 0; i < l->segs_count; i++)
+        log_seg_free(l, l->segs[i]);
     free(l->segs);
     free(l->bufs[0].buf);
     free(l->bufs[1].buf);
+    pthread_rwlock_destroy(&l->segs_lock);
+    pthread_mutex_destroy(&l->sparse_lock);
     free(l);
 }
 
 int log_status(const log_t *l) { return l->status; }
 uint64_t log_last_seq(const log_t *l) { return l->last_seq; }
-uint64_t log_durable_seq(const log_t *l) { return l->durable_seq; }
+uint64_t log_durable_seq(const log_t *l) { return atomic_load(&l->durable_seq); }
 uint64_t log_bytes(const log_t *l) { return l->bytes; }
 
 uint64_t log_first_seq(const log_t *l)
 {
-    return l->segs_count ? l->segs[0].first_seq : l->last_seq + 1;
+    pthread_rwlock_rdlock((pthread_rwlock_t *)&l->segs_lock);
+    uint64_t v = l->segs_count ? l->segs[0]->first_seq : l->last_seq + 1;
+    pthread_rwlock_unlock((pthread_rwlock_t *)&l->segs_lock);
+    return v;
 }
+
+uint32_t log_segment_count(const log_t *l) { return l->segs_count; }
 
 /* ---- appending ---------------------------------------------------------- */
 
@@ -705,13 +989,34 @@ bool log_batch_room(const log_t *l, size_t bytes)
     return l->filling && l->filling->len + bytes <= LIMIT_BATCH_BYTES_MAX;
 }
 
+/* Makes room for `bytes` more in the filling buffer (growing it up to
+ * LIMIT_BATCH_BYTES_HARD). */
+static int log_buf_reserve(log_buf *b, size_t bytes)
+{
+    if (b->len + bytes <= b->cap)
+        return 0;
+    if (b->len + bytes > LIMIT_BATCH_BYTES_HARD)
+        return TALLY_ETOOBIG;
+    size_t cap = b->cap * 2;
+    while (cap < b->len + bytes)
+        cap *= 2;
+    if (cap > LIMIT_BATCH_BYTES_HARD)
+        cap = LIMIT_BATCH_BYTES_HARD;
+    uint8_t *n = realloc(b->buf, cap);
+    if (!n)
+        return -ENOMEM;
+    b->buf = n;
+    b->cap = cap;
+    return 0;
+}
+
 /* Moves the write position to a new segment for a record that does not
  * fit in the current one. */
 static int log_roll(log_t *l, log_buf *b)
 {
-    if (b->split > 0 || (b->len > 0 && b->seg != l->write_seg))
-        return TALLY_ETOOBIG; /* a batch crosses at most one boundary */
-    uint32_t index = l->segs[l->segs_count - 1].index + 1;
+    if (b->pieces >= LIMIT_BATCH_SEGMENTS_MAX + 1)
+        return TALLY_ETOOBIG;
+    uint32_t index = log_last_seg(l)->index + 1;
     int rc = log_segment_create(l, index, l->last_seq + 1, l->prev);
     if (rc < 0) {
         l->status = TALLY_EFAILED;
@@ -719,85 +1024,136 @@ static int log_roll(log_t *l, log_buf *b)
                 tally_strerror(rc));
         return rc;
     }
-    if (b->len > 0)
-        b->split = b->len;
-    else {
-        b->seg = l->segs_count - 1;
-        b->off = LOG_HEADER_BYTES;
-    }
-    l->write_seg = l->segs_count - 1;
+    l->write_seg = index;
     l->write_off = LOG_HEADER_BYTES;
+    if (b->len > 0)
+        b->piece[b->pieces++] = (log_piece){.seg = index, .off = LOG_HEADER_BYTES, .from = b->len};
     return 0;
 }
 
-int log_append(log_t *l, record *r, uint64_t ts_ms, log_loc *loc)
+static int log_append_at(log_t *l, record *r, uint64_t ts_ms, bool keep_ts, log_loc *loc)
 {
     if (l->status != 0)
         return l->status;
     if (l->opts.read_only)
         return -EROFS;
     log_buf *b = l->filling;
+    bool is_part = r->type == RECORD_ALLOC;
+    assert(!is_part || l->last_seq > 0);
+    r->seq = is_part ? l->last_seq : l->last_seq + 1;
+    r->part = is_part ? (uint16_t)(l->last_part + 1) : 0;
     size_t size = record_size(r);
-    if (b->len + size > LIMIT_BATCH_BYTES_MAX)
-        return TALLY_ETOOBIG;
+    int rc = log_buf_reserve(b, size);
+    if (rc < 0)
+        return rc;
     if (l->write_off + size > l->segment_bytes) {
-        int rc = log_roll(l, b);
+        if (b->len > 0 && b->pieces >= LIMIT_BATCH_SEGMENTS_MAX)
+            return TALLY_ETOOBIG;
+        rc = log_roll(l, b);
         if (rc < 0)
             return rc;
     }
     if (b->len == 0) {
-        b->seg = l->write_seg;
-        b->off = l->write_off;
-        b->first_seq = l->last_seq + 1;
-        b->split = 0;
+        b->pieces = 1;
+        b->piece[0] = (log_piece){.seg = l->write_seg, .off = l->write_off, .from = 0};
+        b->first_seq = r->seq;
     }
-    r->seq = l->last_seq + 1;
-    r->ts_ms = ts_ms > l->last_ts_ms ? ts_ms : l->last_ts_ms;
+    if (!keep_ts)
+        r->ts_ms = ts_ms > l->last_ts_ms ? ts_ms : l->last_ts_ms;
     r->prev = l->prev;
-    r->batch_seq = b->first_seq;
+    r->batch_back = (uint32_t)(r->seq - b->first_seq);
+    if (l->group_open) {
+        r->rflags |= RECORD_F_GROUP;
+        r->group_back = (uint32_t)(r->seq - l->group_seq);
+    }
+    b->last_rec_at = b->len;
     l->prev = record_encode(r, b->buf + b->len);
-    *loc = log_make_loc(l->segs[l->write_seg].index, l->write_off);
+    *loc = log_make_loc(l->write_seg, l->write_off);
+    if (!is_part)
+        log_sparse_note(log_last_seg(l), r->seq, l->write_off);
     b->len += size;
     b->last_seq = r->seq;
+    b->last_part = r->part;
     b->last_prev = l->prev;
     l->last_seq = r->seq;
-    l->last_ts_ms = r->ts_ms;
+    l->last_part = r->part;
+    if (r->ts_ms > l->last_ts_ms)
+        l->last_ts_ms = r->ts_ms;
     l->bytes += size;
     l->write_off += size;
     /* Half full: have the next segment zero-filled meanwhile. */
-    if (!l->prep_running && l->write_off > l->segment_bytes / 2 &&
-        l->write_seg + 1 == l->segs_count)
-        log_prep_start(l, l->segs[l->write_seg].index + 1);
+    if (!l->prep_running && l->write_off > l->segment_bytes / 2)
+        log_prep_start(l, l->write_seg + 1);
     b->end_seg = l->write_seg;
     b->end_off = l->write_off;
     return 0;
 }
 
+int log_append(log_t *l, record *r, uint64_t ts_ms, log_loc *loc)
+{
+    return log_append_at(l, r, ts_ms, false, loc);
+}
+
+int log_append_keep_ts(log_t *l, record *r, log_loc *loc)
+{
+    return log_append_at(l, r, 0, true, loc);
+}
+
+void log_group_begin(log_t *l)
+{
+    assert(!l->group_open);
+    l->group_open = true;
+    l->group_seq = l->last_seq + 1;
+}
+
+bool log_group_open(const log_t *l) { return l->group_open; }
+
+void log_group_end(log_t *l)
+{
+    assert(l->group_open);
+    l->group_open = false;
+    log_buf *b = l->filling;
+    if (b->len == 0 || l->last_seq < l->group_seq)
+        return; /* nothing was appended in it (or it went with a failure) */
+    /* The last record learns it is the last: re-encoded in place (nothing
+     * is chained to it yet). */
+    uint8_t *p = b->buf + b->last_rec_at;
+    record r;
+    size_t len;
+    uint64_t sum;
+    int rc = record_decode(p, b->len - b->last_rec_at, &r, &len, &sum);
+    assert(rc == RECORD_OK && r.seq == l->last_seq && (r.rflags & RECORD_F_GROUP));
+    (void)rc;
+    r.rflags |= RECORD_F_GROUP_END;
+    l->prev = record_encode(&r, p);
+    b->last_prev = l->prev;
+}
+
 void log_seal(log_t *l, log_batch *out)
 {
-    *out = (log_batch){0};
+    out->count = 0;
+    out->first_seq = out->last_seq = 0;
     log_buf *b = l->filling;
     if (b->len == 0 || l->status != 0)
         return;
+    assert(!l->group_open);
     /* One batch in flight at a time: the shard waits for it. */
     if (l->sealed != NULL)
         abort();
-    size_t first = b->split ? b->split : b->len;
-    out->io[0] = (log_io){.fd = l->segs[b->seg].fd, .buf = b->buf, .len = first, .off = b->off};
-    out->count = 1;
-    if (b->split) {
-        out->io[1] = (log_io){.fd = l->segs[b->seg + 1].fd, .buf = b->buf + b->split,
-                              .len = b->len - b->split, .off = LOG_HEADER_BYTES};
-        out->count = 2;
+    for (uint32_t i = 0; i < b->pieces; i++) {
+        size_t end = i + 1 < b->pieces ? b->piece[i + 1].from : b->len;
+        log_segment *sg = log_seg(l, b->piece[i].seg);
+        assert(sg && end > b->piece[i].from);
+        out->io[i] = (log_io){.fd = sg->fd, .buf = b->buf + b->piece[i].from,
+                              .len = end - b->piece[i].from, .off = b->piece[i].off};
     }
+    out->count = b->pieces;
     out->first_seq = b->first_seq;
     out->last_seq = b->last_seq;
     l->sealed = b;
     log_buf *next = b == &l->bufs[0] ? &l->bufs[1] : &l->bufs[0];
     next->len = 0;
-    next->split = 0;
-    next->seg = l->write_seg;
-    next->off = l->write_off;
+    next->pieces = 0;
     l->filling = next;
 }
 
@@ -811,24 +1167,51 @@ void log_complete(log_t *l, int res)
             l->status = TALLY_EFAILED;
         return; /* log_discard() drops it with the filling batch */
     }
-    l->durable_seq = b->last_seq;
     l->durable_prev = b->last_prev;
-    l->durable_seg = b->end_seg;
-    l->durable_off = b->end_off;
     l->durable_bytes += b->len;
+    l->durable_part = b->last_part;
+    atomic_store(&l->durable_seg, b->end_seg);
+    atomic_store(&l->durable_off, b->end_off);
+    atomic_store(&l->durable_seq, b->last_seq);
     b->len = 0;
     l->sealed = NULL;
 }
 
 void log_discard(log_t *l)
 {
-    l->last_seq = l->durable_seq;
+    l->last_seq = atomic_load(&l->durable_seq);
+    l->last_part = l->durable_part;
     l->prev = l->durable_prev;
     l->bytes = l->durable_bytes;
-    l->write_seg = l->durable_seg;
-    l->write_off = l->durable_off;
+    l->write_seg = atomic_load(&l->durable_seg);
+    l->write_off = atomic_load(&l->durable_off);
     l->bufs[0].len = l->bufs[1].len = 0;
     l->sealed = NULL;
+    l->group_open = false;
+    /* Sparse entries of records that are gone. */
+    for (uint32_t i = 0; i < l->segs_count; i++) {
+        log_segment *sg = l->segs[i];
+        while (atomic_load(&sg->sparse_count) > 0) {
+            uint64_t n = atomic_load(&sg->sparse_count) - 1;
+            if (sg->first_seq + n * LOG_SPARSE_EVERY <= l->last_seq)
+                break;
+            atomic_store(&sg->sparse_count, (uint32_t)n);
+        }
+    }
+}
+
+int log_flush_sync(log_t *l)
+{
+    log_batch b;
+    log_seal(l, &b);
+    int rc = l->status;
+    for (uint32_t i = 0; rc == 0 && i < b.count; i++)
+        rc = os_pwrite_all(l->os, b.io[i].fd, b.io[i].buf, b.io[i].len, b.io[i].off);
+    for (uint32_t i = 0; rc == 0 && i < b.count; i++)
+        rc = l->os->fdatasync(l->os->ctx, b.io[i].fd);
+    if (b.count > 0)
+        log_complete(l, rc);
+    return rc;
 }
 
 /* ---- retention ---------------------------------------------------------- */
@@ -863,12 +1246,15 @@ int log_retain(log_t *l, uint64_t seq, const char *archive_dir, uint32_t *droppe
     *dropped = 0;
     /* Segments a batch may still touch stay: the one being written, the
      * durable end, and those of the filling and sealed batches. */
-    uint32_t limit = l->write_seg < l->durable_seg ? l->write_seg : l->durable_seg;
+    uint32_t limit = l->write_seg < atomic_load(&l->durable_seg) ? l->write_seg
+                                                                : atomic_load(&l->durable_seg);
     for (int i = 0; i < 2; i++)
-        if ((l->bufs[i].len > 0 || &l->bufs[i] == l->sealed) && l->bufs[i].seg < limit)
-            limit = l->bufs[i].seg;
+        if ((l->bufs[i].len > 0 || &l->bufs[i] == l->sealed) && l->bufs[i].pieces > 0 &&
+            l->bufs[i].piece[0].seg < limit)
+            limit = l->bufs[i].piece[0].seg;
     uint32_t k = 0;
-    while (k < limit && k + 1 < l->segs_count && l->segs[k + 1].first_seq <= seq + 1)
+    while (k + 1 < l->segs_count && l->segs[k]->index < limit &&
+           l->segs[k + 1]->first_seq <= seq + 1)
         k++;
     uint32_t done = 0;
     int rc = 0;
@@ -877,78 +1263,66 @@ int log_retain(log_t *l, uint64_t seq, const char *archive_dir, uint32_t *droppe
      * of several, the next open would find a gap between segments.  One
      * at a time, what survives is always a contiguous suffix. */
     for (; done < k; done++) {
-        log_segment *sg = &l->segs[done];
+        log_segment *sg = l->segs[0];
         rc = log_drop_file(l, sg, archive_dir);
         if (rc == 0)
             rc = l->os->fsync_dir(l->os->ctx, l->dir);
         if (rc < 0)
             break;
-        munmap((void *)sg->map, l->segment_bytes);
-        l->os->close(l->os->ctx, sg->fd);
+        pthread_rwlock_wrlock(&l->segs_lock);
+        memmove(l->segs, l->segs + 1, (l->segs_count - 1) * sizeof(*l->segs));
+        l->segs_count--;
+        pthread_rwlock_unlock(&l->segs_lock);
+        log_seg_free(l, sg);
     }
-    if (done > 0) {
-        memmove(l->segs, l->segs + done, (l->segs_count - done) * sizeof(*l->segs));
-        l->segs_count -= done;
-        l->write_seg -= done;
-        l->durable_seg -= done;
-        for (int i = 0; i < 2; i++) {
-            l->bufs[i].seg = l->bufs[i].seg >= done ? l->bufs[i].seg - done : 0;
-            l->bufs[i].end_seg = l->bufs[i].end_seg >= done ? l->bufs[i].end_seg - done : 0;
-        }
+    if (done > 0)
         log_say(l, 0, "shard %u: retention %s %u segment(s); the log now starts at seq %llu",
                 l->opts.shard, archive_dir ? "archived" : "deleted", done,
-                (unsigned long long)l->segs[0].first_seq);
-    }
+                (unsigned long long)l->segs[0]->first_seq);
     *dropped = done;
     return rc;
 }
 
 /* ---- reading ------------------------------------------------------------ */
 
-/* The bytes of the record at (seg index, off): from a batch buffer if it
- * is not written yet, else from the mapping. */
+/* The bytes at (seg index, off): from a batch buffer if they are not
+ * written yet (the writer's own reads), else from the mapping if they are
+ * durable.  Called with segs_lock held for reading (or on the writer). */
 static const uint8_t *log_bytes_at(const log_t *l, uint32_t seg_index, uint64_t off,
-                                   size_t *avail)
+                                   size_t *avail, bool writer)
 {
     const log_buf *cands[2] = {l->filling, l->sealed};
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; writer && i < 2; i++) {
         const log_buf *b = cands[i];
         if (!b || b->len == 0)
             continue;
-        uint32_t s0 = l->segs[b->seg].index;
-        if (b->split == 0) {
-            if (seg_index == s0 && off >= b->off && off < b->off + b->len) {
-                *avail = b->len - (off - b->off);
-                return b->buf + (off - b->off);
+        for (uint32_t p = 0; p < b->pieces; p++) {
+            const log_piece *pc = &b->piece[p];
+            size_t end = p + 1 < b->pieces ? b->piece[p + 1].from : b->len;
+            if (seg_index == pc->seg && off >= pc->off && off < pc->off + (end - pc->from)) {
+                *avail = end - pc->from - (off - pc->off);
+                return b->buf + pc->from + (off - pc->off);
             }
-        } else if (seg_index == s0 && off >= b->off && off < b->off + b->split) {
-            *avail = b->split - (off - b->off);
-            return b->buf + (off - b->off);
-        } else if (seg_index == s0 + 1 && off >= LOG_HEADER_BYTES &&
-                   off < LOG_HEADER_BYTES + (b->len - b->split)) {
-            *avail = b->len - b->split - (off - LOG_HEADER_BYTES);
-            return b->buf + b->split + (off - LOG_HEADER_BYTES);
         }
     }
-    if (l->segs_count == 0)
+    const log_segment *sg = log_seg(l, seg_index);
+    if (!sg || off < LOG_HEADER_BYTES || off >= l->segment_bytes)
         return NULL;
-    uint32_t k = seg_index - l->segs[0].index;
-    if (k >= l->segs_count || off < LOG_HEADER_BYTES || off >= l->segment_bytes)
-        return NULL;
-    if (k > l->durable_seg || (k == l->durable_seg && off >= l->durable_off))
+    uint32_t dseg = atomic_load(&l->durable_seg);
+    if (seg_index > dseg || (seg_index == dseg && off >= atomic_load(&l->durable_off)))
         return NULL; /* not durable and not in a buffer: past the end */
     *avail = l->segment_bytes - off;
-    return l->segs[k].map + off;
+    return sg->map + off;
 }
 
-int log_read(log_t *l, log_loc loc, record *out)
+/* log_read without the lock (held by the caller). */
+static int log_read_locked(log_t *l, log_loc loc, record *out, bool writer)
 {
-    uint32_t seg_index = (uint32_t)(loc >> 32);
-    uint64_t off = (loc & 0xffffffffu) * 8;
-    if (l->segs_count > 0 && seg_index < l->segs[0].index)
+    uint32_t seg_index = log_loc_seg(loc);
+    if (l->segs_count > 0 && seg_index < l->segs[0]->index)
         return TALLY_EARCHIVED;
     size_t avail = 0;
-    const uint8_t *p = log_bytes_at(l, seg_index, off, &avail);
+    const uint8_t *p = log_bytes_at(l, seg_index, log_loc_off(loc), &avail, writer);
     if (!p)
         return TALLY_ENOTFOUND;
     size_t len;
@@ -958,61 +1332,222 @@ int log_read(log_t *l, log_loc loc, record *out)
     return 0;
 }
 
+int log_read(log_t *l, log_loc loc, record *out)
+{
+    /* The writer thread also reads its unwritten batches; other threads
+     * ask only for durable records, which the mapping has. */
+    pthread_rwlock_rdlock(&l->segs_lock);
+    int rc = log_read_locked(l, loc, out, true);
+    pthread_rwlock_unlock(&l->segs_lock);
+    return rc;
+}
+
+/* Builds the sparse index of a segment recovery did not scan, from its
+ * first record to the durable end (lock held for reading). */
+static int log_sparse_build(log_t *l, log_segment *sg)
+{
+    pthread_mutex_lock(&l->sparse_lock);
+    int rc = 0;
+    if (!atomic_load(&sg->sparse_whole)) {
+        uint64_t off = LOG_HEADER_BYTES;
+        atomic_store(&sg->sparse_count, 0);
+        for (;;) {
+            size_t avail = 0;
+            const uint8_t *p = log_bytes_at(l, sg->index, off, &avail, false);
+            if (!p)
+                break;
+            size_t len;
+            uint64_t seq;
+            uint16_t part;
+            int prc = record_peek(p, avail, &len, &seq, &part);
+            if (prc == RECORD_END)
+                break;
+            if (prc != RECORD_OK) {
+                rc = TALLY_ECORRUPT;
+                break;
+            }
+            if (part == 0)
+                log_sparse_note(sg, seq, off);
+            off += len;
+        }
+        atomic_store(&sg->sparse_whole, rc == 0);
+    }
+    pthread_mutex_unlock(&l->sparse_lock);
+    return rc;
+}
+
+/* log_find with the lock held for reading. */
+static int log_find_locked(log_t *l, uint64_t seq, log_loc *loc, bool writer)
+{
+    uint64_t end = writer ? l->last_seq : atomic_load(&l->durable_seq);
+    if (l->segs_count == 0 || seq == 0 || seq > end)
+        return TALLY_ENOTFOUND;
+    if (seq < l->segs[0]->first_seq)
+        return TALLY_EARCHIVED;
+    log_segment *sg = l->segs[log_seg_for(l, seq)];
+    if (!atomic_load(&sg->sparse_whole)) {
+        int rc = log_sparse_build(l, sg);
+        if (rc < 0)
+            return rc;
+    }
+    uint64_t i = (seq - sg->first_seq) / LOG_SPARSE_EVERY;
+    uint32_t n = atomic_load(&sg->sparse_count);
+    if (n == 0)
+        return TALLY_ENOTFOUND;
+    if (i >= n)
+        i = n - 1;
+    uint64_t off = (uint64_t)sg->sparse[i] * 8;
+    for (int steps = 0; steps <= LOG_SPARSE_EVERY * 64; steps++) {
+        size_t avail = 0;
+        const uint8_t *p = log_bytes_at(l, sg->index, off, &avail, writer);
+        if (!p)
+            return TALLY_ENOTFOUND;
+        size_t len;
+        uint64_t s;
+        uint16_t part;
+        int prc = record_peek(p, avail, &len, &s, &part);
+        if (prc == RECORD_END)
+            return TALLY_ENOTFOUND;
+        if (prc != RECORD_OK)
+            return TALLY_ECORRUPT;
+        if (s == seq && part == 0) {
+            *loc = log_make_loc(sg->index, off);
+            return 0;
+        }
+        if (s > seq)
+            return TALLY_ENOTFOUND;
+        off += len;
+    }
+    return TALLY_ECORRUPT; /* more parts than any entry has: the index is wrong */
+}
+
+int log_find(log_t *l, uint64_t seq, log_loc *loc)
+{
+    pthread_rwlock_rdlock(&l->segs_lock);
+    int rc = log_find_locked(l, seq, loc, true);
+    pthread_rwlock_unlock(&l->segs_lock);
+    return rc;
+}
+
+int log_read_seq(log_t *l, uint64_t seq, record *out, log_loc *loc)
+{
+    pthread_rwlock_rdlock(&l->segs_lock);
+    int rc = log_find_locked(l, seq, loc, true);
+    if (rc == 0)
+        rc = log_read_locked(l, *loc, out, true);
+    pthread_rwlock_unlock(&l->segs_lock);
+    return rc;
+}
+
+int log_read_next(log_t *l, log_loc *loc, const record *cur, record *out)
+{
+    uint32_t seg = log_loc_seg(*loc);
+    uint64_t off = log_loc_off(*loc) + record_size(cur);
+    pthread_rwlock_rdlock(&l->segs_lock);
+    /* The next record follows in this segment, or (if it did not fit:
+     * zeros there) starts the next one. */
+    size_t avail = 0;
+    const uint8_t *p = off + LOG_RECORD_BYTES_MIN <= l->segment_bytes
+                           ? log_bytes_at(l, seg, off, &avail, true)
+                           : NULL;
+    bool here = p && avail >= 4 && (p[0] | p[1] | p[2] | p[3]) != 0;
+    log_loc next = here ? log_make_loc(seg, off) : log_make_loc(seg + 1, LOG_HEADER_BYTES);
+    int rc = log_read_locked(l, next, out, true);
+    pthread_rwlock_unlock(&l->segs_lock);
+    if (rc == 0)
+        *loc = next;
+    return rc;
+}
+
 int log_iter_init(log_t *l, uint64_t after_seq, log_iter *it)
 {
-    *it = (log_iter){.log = l, .segment = UINT32_MAX, .end_seq = l->durable_seq};
-    if (l->segs_count == 0 || after_seq >= l->durable_seq)
+    *it = (log_iter){.log = l, .seg_index = UINT32_MAX, .end_seq = log_durable_seq(l)};
+    pthread_rwlock_rdlock(&l->segs_lock);
+    int rc = 0;
+    if (l->segs_count == 0 || after_seq >= it->end_seq) {
+        pthread_rwlock_unlock(&l->segs_lock);
         return 0;
-    if (after_seq + 1 < l->segs[0].first_seq)
-        return TALLY_EARCHIVED;
-    uint32_t k = log_seg_for(l, after_seq + 1);
-    it->segment = k;
-    it->offset = LOG_HEADER_BYTES;
-    it->prev = l->segs[k].prev;
-    /* Records of this segment up to after_seq are checked and skipped. */
-    for (;;) {
-        log_iter probe = *it;
-        record r;
-        log_loc loc;
-        int rc = log_iter_next(&probe, &r, &loc);
-        if (rc <= 0)
-            return rc;
-        if (r.seq > after_seq)
-            return 0;
-        *it = probe;
     }
+    if (after_seq + 1 < l->segs[0]->first_seq) {
+        pthread_rwlock_unlock(&l->segs_lock);
+        return TALLY_EARCHIVED;
+    }
+    /* Start at the entry after_seq + 1 (its sparse slot, then scan);
+     * the chain is checked from there on. */
+    log_loc loc;
+    rc = log_find_locked(l, after_seq + 1, &loc, false);
+    if (rc == 0) {
+        record r;
+        rc = log_read_locked(l, loc, &r, false);
+        if (rc == 0) {
+            it->seg_index = log_loc_seg(loc);
+            it->offset = log_loc_off(loc);
+            it->prev = r.prev;
+            it->last_seq = after_seq;
+            it->check_chain = true;
+        }
+    }
+    pthread_rwlock_unlock(&l->segs_lock);
+    return rc == TALLY_ENOTFOUND ? 0 : rc;
 }
 
 int log_iter_next(log_iter *it, record *r, log_loc *loc)
 {
     log_t *l = it->log;
+    if (it->seg_index == UINT32_MAX)
+        return 0;
+    pthread_rwlock_rdlock(&l->segs_lock);
+    int rc;
     for (;;) {
-        if (it->segment == UINT32_MAX || it->segment > l->durable_seg ||
-            (it->segment == l->durable_seg && it->offset >= l->durable_off))
-            return 0; /* the durable end */
-        const log_segment *s = &l->segs[it->segment];
-        size_t len;
-        uint64_t sum;
+        uint32_t dseg = atomic_load(&l->durable_seg);
+        if (it->seg_index > dseg ||
+            (it->seg_index == dseg && it->offset >= atomic_load(&l->durable_off))) {
+            rc = 0; /* the durable end */
+            break;
+        }
+        const log_segment *s = log_seg(l, it->seg_index);
+        if (!s) {
+            rc = TALLY_EARCHIVED;
+            break;
+        }
+        size_t len = 0;
+        uint64_t sum = 0;
         record rr;
         int drc = it->offset + 4 <= l->segment_bytes
                       ? record_decode(s->map + it->offset, l->segment_bytes - it->offset, &rr,
                                       &len, &sum)
                       : RECORD_END;
         if (drc == RECORD_END) {
-            it->segment++;
+            it->seg_index++;
             it->offset = LOG_HEADER_BYTES;
-            if (it->segment < l->segs_count && l->segs[it->segment].prev != it->prev)
-                return TALLY_ECORRUPT;
+            const log_segment *nx = log_seg(l, it->seg_index);
+            if (nx && nx->prev != it->prev) {
+                rc = TALLY_ECORRUPT;
+                break;
+            }
             continue;
         }
-        if (drc != RECORD_OK || rr.prev != it->prev)
-            return TALLY_ECORRUPT;
-        if (rr.seq > it->end_seq)
-            return 0;
+        if (drc != RECORD_OK || rr.prev != it->prev) {
+            rc = TALLY_ECORRUPT;
+            break;
+        }
+        if (rr.seq > it->end_seq) {
+            rc = 0;
+            break;
+        }
         *loc = log_make_loc(s->index, it->offset);
         it->offset += len;
         it->prev = sum;
-        *r = rr;
-        return 1;
+        it->last_seq = rr.seq;
+        it->last_part = rr.part;
+        memcpy(r, &rr, offsetof(record, id));
+        memcpy(r->id, rr.id, rr.id_len);
+        memcpy(r->ref, rr.ref, rr.ref_len);
+        memcpy(r->memo, rr.memo, rr.memo_len);
+        memcpy(r->alloc, rr.alloc, rr.alloc_len);
+        rc = 1;
+        break;
     }
+    pthread_rwlock_unlock(&l->segs_lock);
+    return rc;
 }

@@ -1,7 +1,7 @@
 /*
  * log.h — one shard's append-only log: segment files of chained records,
- * written in batches (one write + one flush each, through the ring), read
- * back through mmap.
+ * written in batches (one write per segment touched + one flush each,
+ * through the ring), read back through mmap.
  *
  * Segment file DIR/log-NNNNNNNNNN.seg (N = segment index from 1, 10
  * digits), preallocated to segment_bytes by writing zeros, so that a
@@ -10,7 +10,7 @@
  *
  *   off  size  field
  *     0     8  magic "TALLYSEG"
- *     8     4  version (1)
+ *     8     4  version (2; 1 is the first release's, read by upgrade.h only)
  *    12     4  shard index
  *    16     8  segment index
  *    24     8  first_seq  seq of the first record in this segment
@@ -20,16 +20,27 @@
  *    64     .  records (record.h), back to back; then zeros to the end
  *
  * A record never spans segments: when the next record does not fit, the
- * log continues in the next segment (the rest of this one stays zero).
+ * log continues in the next segment (the rest of this one stays zero).  A
+ * batch may cross several segment boundaries.  Records follow each other
+ * as (seq, part): an entry or refusal is (previous seq + 1, 0), an
+ * allocation part (seq, part + 1).
  *
  * Recovery (log_open) scans from the segment holding `from_seq` + 1 to the
- * end, checking length, checksum and chain.  The first bad record ends the
- * valid log.  It is a torn tail — never acknowledged, truncated (zeroed in
- * place: files are never shrunk under a mapping) and reported — when it is
- * in the last segment and no valid record of a later batch follows it
- * (record.batch_seq > the bad position's seq: only the last batch can be
- * partly on disk).  Otherwise it is corruption of acknowledged data: the
- * log opens refused (status TALLY_ECORRUPT, message names shard and seq).
+ * end, checking length, checksum and chain.  The first bad record (or a
+ * segment that does not continue the chain) ends the valid log.  It is a
+ * torn tail — never acknowledged, truncated (zeroed in place: files are
+ * never shrunk under a mapping, and later segments removed) and reported —
+ * when no valid record of a later batch follows it anywhere (only the last
+ * batch can be partly on disk; a rollover writes the next segment's header
+ * before that batch lands).  Otherwise it is corruption of acknowledged
+ * data: the log opens refused (status TALLY_ECORRUPT, message names shard
+ * and seq).  A group (RECORD_F_GROUP: a TRANSFER's two entries, an EXEC)
+ * or an entry whose allocation parts did not all land is cut whole: the
+ * valid log ends before its first record.
+ *
+ * Threads: one writer thread appends, seals, completes and retains; any
+ * thread may read durable records through log_read / log_find / the
+ * iterator concurrently (a lock guards the segment table).
  */
 #ifndef TALLY_LOG_H
 #define TALLY_LOG_H
@@ -54,6 +65,10 @@ typedef struct log_options {
     const os_ops *os;   /* NULL = os_default() */
     bool read_only;     /* open without truncating or writing */
     uint64_t from_seq;  /* records up to this seq are trusted (checkpoint) */
+    /* Cut the log before this seq (an import that did not commit,
+     * tally.c); 0: nothing.  Records from it on are removed like a torn
+     * tail, and must not be trusted (from_seq < cut_seq). */
+    uint64_t cut_seq;
     tally_log_fn log;   /* progress and reports; NULL = silent */
     void *log_ctx;
 } log_options;
@@ -70,18 +85,24 @@ typedef struct log_recovery {
 
 /* Opens (creating segment 1 if none) and recovers the log.  A corrupt log
  * still opens (status in *rec and log_status()) so that it can be read and
- * reported; appends are then refused.  Errors: -errno, TALLY_EFORMAT. */
+ * reported; appends are then refused.  Errors: -errno, TALLY_EFORMAT
+ * (segments of another format: release 1's need upgrade.h first). */
 int log_open(const log_options *opts, log_t **out, log_recovery *rec);
 void log_close(log_t *l);
+
+/* The format version of the segments in dir: 0 (none), 1 or 2; < 0 on
+ * error.  For the upgrade check before log_open. */
+int log_dir_version(const char *dir);
 
 /* 0, TALLY_ECORRUPT (since open) or TALLY_EFAILED (a write or flush
  * failed: sticky until reopened). */
 int log_status(const log_t *l);
 uint64_t log_last_seq(const log_t *l);    /* appended, maybe not durable */
-uint64_t log_durable_seq(const log_t *l); /* on stable storage */
+uint64_t log_durable_seq(const log_t *l); /* on stable storage (any thread) */
 uint64_t log_bytes(const log_t *l);       /* bytes of records written */
 /* First seq of the retained log: 1 unless retention dropped segments. */
 uint64_t log_first_seq(const log_t *l);
+uint32_t log_segment_count(const log_t *l);
 
 /* Retention (snapshot.h): drops every segment whose records all have
  * seq <= seq, except segments the log still writes or a batch still uses;
@@ -93,21 +114,36 @@ int log_retain(log_t *l, uint64_t seq, const char *archive_dir, uint32_t *droppe
 
 /* ---- writing: the filling batch ---------------------------------------- */
 
-/* Appends r to the filling batch: assigns r->seq (last + 1), r->ts_ms,
- * r->prev and r->batch_seq, encodes it and writes *loc.  Rolls to a new
- * segment when needed.  Errors: TALLY_EFAILED / TALLY_ECORRUPT (status),
- * TALLY_ETOOBIG (batch buffer full: seal and submit first), -errno from
- * creating a segment (the log is then failed). */
+/* Appends r to the filling batch: assigns r->seq (last + 1; an
+ * allocation part keeps the last seq with part + 1), r->ts_ms (not before
+ * the last; with `keep_ts` r->ts_ms as given: imported entries), r->prev,
+ * r->batch_back and, inside a group, the group fields; encodes it and
+ * writes *loc.  Rolls to new segments when needed.  Errors: TALLY_EFAILED
+ * / TALLY_ECORRUPT (status), TALLY_ETOOBIG (the batch reached
+ * LIMIT_BATCH_BYTES_HARD or its segment limit: seal and submit first),
+ * -errno from creating a segment (the log is then failed). */
 int log_append(log_t *l, record *r, uint64_t ts_ms, log_loc *loc);
+/* Imported entries keep their own ts_ms (not checked against the log's
+ * time). */
+int log_append_keep_ts(log_t *l, record *r, log_loc *loc);
+
+/* Groups: records appended between log_group_begin and log_group_end form
+ * one group (RECORD_F_GROUP, group_back), the last marked
+ * RECORD_F_GROUP_END; a group of one record is left a plain record.  A
+ * group lies in one batch.  log_group_abort forgets an open group (its
+ * records must have been dropped with the batch). */
+void log_group_begin(log_t *l);
+void log_group_end(log_t *l);
+bool log_group_open(const log_t *l);
 
 /* Bytes and records in the filling batch. */
 size_t log_batch_bytes(const log_t *l);
 uint32_t log_batch_records(const log_t *l);
-/* True if a record of `bytes` fits in the filling batch. */
+/* True if `bytes` more fit in the filling batch under
+ * LIMIT_BATCH_BYTES_MAX (the soft limit the shard fills batches to). */
 bool log_batch_room(const log_t *l, size_t bytes);
 
-/* One write of a sealed batch (a batch that crossed into a new segment has
- * two). */
+/* One write of a sealed batch. */
 typedef struct log_io {
     int fd;
     const void *buf;
@@ -116,8 +152,8 @@ typedef struct log_io {
 } log_io;
 
 typedef struct log_batch {
-    uint32_t count;     /* writes: 0 (empty batch), 1 or 2 */
-    log_io io[2];
+    uint32_t count; /* writes: 0 (empty batch), 1 per segment touched */
+    log_io io[LIMIT_BATCH_SEGMENTS_MAX + 1];
     uint64_t first_seq, last_seq;
 } log_batch;
 
@@ -135,27 +171,52 @@ void log_complete(log_t *l, int res);
  * reads and iteration see only durable data. */
 void log_discard(log_t *l);
 
+/* Seals the filling batch and writes it with plain synchronous writes and
+ * flushes through the seam (offline tools: upgrade, import; no ring).
+ * 0 or the first error (the log is then failed). */
+int log_flush_sync(log_t *l);
+
 /* ---- reading ----------------------------------------------------------- */
 
 /* Reads the record at loc (from the mapping, or from a batch buffer if it
- * is not written yet).  Checks its checksum.  Errors: TALLY_ECORRUPT,
- * TALLY_ENOTFOUND (loc past the end), TALLY_EARCHIVED (dropped by
- * retention). */
+ * is not written yet: writer thread only).  Checks its checksum.  Errors:
+ * TALLY_ECORRUPT, TALLY_ENOTFOUND (loc past the end), TALLY_EARCHIVED
+ * (dropped by retention). */
 int log_read(log_t *l, log_loc loc, record *out);
+
+/* Where the record (seq, part 0) is: appended records on the writer
+ * thread, durable ones on any thread.  A sparse index (every
+ * LOG_SPARSE_EVERY-th seq's offset per segment) and a short forward
+ * scan.  Errors: TALLY_ENOTFOUND (past the end), TALLY_EARCHIVED,
+ * TALLY_ECORRUPT. */
+#define LOG_SPARSE_EVERY 32
+int log_find(log_t *l, uint64_t seq, log_loc *loc);
+/* log_find + log_read; and the allocation parts after it (the caller
+ * reads them with log_read_next). */
+int log_read_seq(log_t *l, uint64_t seq, record *out, log_loc *loc);
+/* The record right after the one at *loc (same segment or the next):
+ * allocation parts of an entry.  *loc is advanced. */
+int log_read_next(log_t *l, log_loc *loc, const record *cur, record *out);
 
 typedef struct log_iter {
     log_t *log;
-    uint32_t segment;
+    uint32_t segment; /* index into the segment table at init; see log.c */
+    uint32_t seg_index;
     uint64_t offset;
     uint64_t prev;
     uint64_t end_seq;
+    uint64_t last_seq;
+    uint16_t last_part;
+    bool check_chain;
 } log_iter;
 
-/* Iterates records with seq > after_seq up to log_durable_seq() (or, for a
- * corrupt log, up to the last valid record), checking the chain.
- * TALLY_EARCHIVED if records after after_seq were dropped by retention. */
+/* Iterates records with seq > after_seq up to log_durable_seq() as of the
+ * call (or, for a corrupt log, up to the last valid record), checking the
+ * chain from the first record it returns.  Any thread.  TALLY_EARCHIVED
+ * if records after after_seq were dropped by retention. */
 int log_iter_init(log_t *l, uint64_t after_seq, log_iter *it);
-/* 1 and *r, *loc: a record; 0: end; TALLY_ECORRUPT: a bad record. */
+/* 1 and *r, *loc: a record; 0: end; TALLY_ECORRUPT: a bad record;
+ * TALLY_EARCHIVED: retention dropped the segment meanwhile. */
 int log_iter_next(log_iter *it, record *r, log_loc *loc);
 
 #endif

@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -161,5 +162,21 @@ int os_copy_file(const os_ops *os, int in_fd, const char *to)
     os->close(os->ctx, out);
     if (rc < 0)
         os->unlink(os->ctx, to);
+    return rc;
+}
+
+static int os_remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)ftw;
+    int rc = flag == FTW_DP ? rmdir(path) : unlink(path);
+    return rc < 0 && errno != ENOENT ? -errno : 0;
+}
+
+int os_remove_tree(const char *path)
+{
+    int rc = nftw(path, os_remove_one, 16, FTW_DEPTH | FTW_PHYS);
+    if (rc == -1)
+        return errno == ENOENT ? 0 : -errno;
     return rc;
 }

@@ -54,4 +54,9 @@ int os_read_all(int fd, int (*each)(void *ctx, const char *p, size_t n, uint64_t
  * The file is removed again if anything fails. */
 int os_copy_file(const os_ops *os, int in_fd, const char *to);
 
+/* Removes a file or a directory and everything in it (temporary
+ * directories, unpublished snapshots): 0 or the first -errno.  A missing
+ * path is 0. */
+int os_remove_tree(const char *path);
+
 #endif

@@ -19,7 +19,8 @@ static const char *const request_kind_names[TALLY_KIND_COUNT] = {
     [TALLY_KIND_REDEEM] = "redeem", [TALLY_KIND_HOLD] = "hold",
     [TALLY_KIND_CAPTURE] = "capture", [TALLY_KIND_VOID] = "void",
     [TALLY_KIND_REVERSE] = "reverse", [TALLY_KIND_ADJUST] = "adjust",
-    [TALLY_KIND_EXPIRE] = "expire",
+    [TALLY_KIND_EXPIRE] = "expire", [TALLY_KIND_TRANSFER] = "transfer",
+    [TALLY_KIND_AVAILABLE] = "available",
 };
 
 const char *tally_kind_name(int kind)
@@ -31,7 +32,7 @@ const char *tally_kind_name(int kind)
 
 bool tally_op_is_write(int op)
 {
-    return op >= TALLY_OP_EARN && op <= TALLY_OP_ADJUST;
+    return op >= TALLY_OP_EARN && op <= TALLY_OP_TRANSFER;
 }
 
 const char *tally_strerror(int err)
@@ -122,7 +123,7 @@ static int request_fail(tally_request *req, int code, const char *fmt, ...)
  * a blank or a control byte, a leading '~'). */
 #define REQUEST_ID_MESSAGE \
     "id must be 1..64 printable ASCII bytes (0x21..0x7e), not starting with '~'"
-#define REQUEST_REF_MESSAGE "referenced id must be 1..96 printable ASCII bytes (0x21..0x7e)"
+#define REQUEST_REF_MESSAGE "referenced id must be 1..128 printable ASCII bytes (0x21..0x7e)"
 
 /* A client id: 1..64 bytes of 0x21..0x7e, not starting with '~' (reserved
  * for the engine's own entries) when it names a new write. */
@@ -178,6 +179,14 @@ static int request_check_write(tally_request *req)
         if (req->points == INT64_MIN || !request_amount_ok(mag))
             return request_fail(req, TALLY_EINVALID,
                                 "points must be -1000000000000000..-1 or 1..1000000000000000");
+    } else if (req->op == TALLY_OP_TRANSFER) {
+        if (req->account2 == 0)
+            return request_fail(req, TALLY_EINVALID, "to_account must be 1..18446744073709551615");
+        if (req->account2 == req->account)
+            return request_fail(req, TALLY_EINVALID,
+                                "from_account and to_account must differ");
+        if (!(req->flags & TALLY_REQ_ALL) && !request_amount_ok(req->points))
+            return request_fail(req, TALLY_EINVALID, "points must be 1..1000000000000000 or ALL");
     } else if (!needs_ref || (req->flags & TALLY_REQ_POINTS)) {
         if (req->op != TALLY_OP_VOID && !request_amount_ok(req->points))
             return request_fail(req, TALLY_EINVALID, "%s must be 1..1000000000000000",
@@ -208,14 +217,15 @@ int tally_request_check(tally_request *req)
         return request_fail(req, TALLY_EINVALID, "merchant must be 1..18446744073709551615");
     bool has_account = req->op == TALLY_OP_EARN || req->op == TALLY_OP_REDEEM ||
                        req->op == TALLY_OP_HOLD || req->op == TALLY_OP_ADJUST ||
-                       req->op == TALLY_OP_BALANCE || req->op == TALLY_OP_HISTORY;
+                       req->op == TALLY_OP_TRANSFER || req->op == TALLY_OP_BALANCE ||
+                       req->op == TALLY_OP_HISTORY;
     if (has_account && req->account == 0)
         return request_fail(req, TALLY_EINVALID, "account must be 1..18446744073709551615");
     if (tally_op_is_write(req->op))
         return request_check_write(req);
     if (req->op == TALLY_OP_ENTRY && !request_id_ok(req->ref, req->ref_len, true))
         return request_fail(req, TALLY_EINVALID,
-                            "id must be 1..96 printable ASCII bytes (0x21..0x7e)");
+                            "id must be 1..128 printable ASCII bytes (0x21..0x7e)");
     /* LIMIT 0 is the default (not given); BEFORE only when given. */
     if (req->op == TALLY_OP_HISTORY && req->limit > LIMIT_HISTORY_MAX)
         return request_fail(req, TALLY_EINVALID, "LIMIT must be 1..1000");

@@ -60,7 +60,8 @@ enum { SHARD_TAG_INBOX = 1, SHARD_TAG_BATCH = 2 };
  * may append engine entries (due expiries of its account) before its own. */
 #define SHARD_WRITE_ROOM_BYTES (256u << 10)
 #define SHARD_SWEEP_MS 1000
-#define SHARD_RING_DEPTH 64
+/* One job per segment a batch touches, and the inbox poll. */
+#define SHARD_RING_DEPTH (LIMIT_BATCH_SEGMENTS_MAX + 8)
 /* Replays (recovery, rebuilds, verify) checkpoint this often, so that a
  * long log does not pile up in memory. */
 
@@ -101,6 +102,7 @@ struct shard {
     bool sweep_more;
     uint64_t last_checkpoint_ms;
     bool checkpoint_wanted;   /* freeze at the next batch seal */
+    bool checkpoint_flush_ids; /* ... with every id into the index's runs (snapshots) */
     uint64_t ckpt_seq;        /* frozen checkpoint's seq; 0: none */
     bool ckpt_committing;     /* its committer runs */
     uint64_t ckpt_started_ns;
@@ -258,45 +260,69 @@ static void shard_set_status(shard *s, int status, const char *fmt, ...)
     shard_say(s, 2, "%s", s->status_message);
 }
 
-/* Rebuilds the ledger's state from its checkpoint and the durable log.
- * With `commit` it checkpoints whenever the state's in-memory layer
- * reaches LIMIT_STATE_PENDING_BYTES_MAX, so a long recovery does not hold
- * the whole tail in memory — and no more often: each commit copies the
- * pages it touches, and the file grows by what the previous commit still
- * pins.  After a failure it must not commit (the disk that failed would
- * be written again): the rebuilt state stays in memory for reads until
- * restart. */
-static int shard_replay(shard *s, uint64_t from_seq, bool commit)
+/* The records after a write's first one (its allocation parts, the other
+ * entries of its group): the replay pulls them from the same iterator. */
+static int shard_src_next(void *ctx, record *r, log_loc *loc)
 {
+    return log_iter_next(ctx, r, loc);
+}
+
+/* Replays the durable log into ledger l: ids only up to its checkpoint
+ * (they are in its state but maybe not in its id index's runs), whole
+ * records after it.  With `commit` it checkpoints whenever the state's
+ * in-memory layer reaches LIMIT_STATE_PENDING_BYTES_MAX, so a long
+ * recovery does not hold the whole tail in memory — and no more often:
+ * each commit writes what it touched.  Progress every second as `what`.
+ * *count: records replayed. */
+static int shard_replay_into(shard *s, ledger *l, bool commit, const char *what, uint64_t *count)
+{
+    uint64_t ckpt = ledger_checkpoint_seq(l), from = ledger_ids_seq(l);
+    if (from > ckpt)
+        from = ckpt;
     log_iter it;
-    int rc = log_iter_init(s->log, from_seq, &it);
+    int rc = log_iter_init(s->log, from, &it);
     if (rc < 0)
         return rc;
-    record r;
+    ledger_src src = {shard_src_next, &it};
+    record *r = malloc(sizeof(*r));
+    if (!r)
+        return -ENOMEM;
     log_loc loc;
     uint64_t n = 0, t0 = shard_mono_ns(), last_report = t0;
-    while ((rc = log_iter_next(&it, &r, &loc)) == 1) {
-        rc = ledger_replay(s->ledger, &r, loc);
+    while ((rc = log_iter_next(&it, r, &loc)) == 1) {
+        rc = r->seq <= ckpt ? ledger_replay_ids(l, r) : ledger_replay(l, r, loc, &src);
         n++;
-        if (rc == 0 && commit && (n & 1023) == 0 &&
-            ledger_pending_bytes(s->ledger) >= LIMIT_STATE_PENDING_BYTES_MAX)
-            rc = ledger_checkpoint(s->ledger, r.seq);
+        if (rc == 0 && commit && r->seq > ckpt && (n & 1023) == 0 &&
+            (ledger_pending_bytes(l) >= LIMIT_STATE_PENDING_BYTES_MAX || ledger_ids_full(l)))
+            rc = ledger_checkpoint(l, it.last_seq);
         if (rc < 0)
-            return rc;
+            break;
         if ((n & 0xffff) == 0 && shard_mono_ns() - last_report > 1000000000u) {
             last_report = shard_mono_ns();
-            shard_say(s, 0, "recovery: replayed %llu records (seq %llu of %llu)",
-                      (unsigned long long)n, (unsigned long long)r.seq,
+            shard_say(s, 0, "%s: replayed %llu records (seq %llu of %llu)", what,
+                      (unsigned long long)n, (unsigned long long)r->seq,
                       (unsigned long long)it.end_seq);
         }
     }
+    free(r);
     if (rc < 0)
         return rc;
     if (n > 0)
-        shard_say(s, 0, "recovery: replayed %llu records after checkpoint seq %llu in %.1f ms",
-                  (unsigned long long)n, (unsigned long long)from_seq,
+        shard_say(s, 0, "%s: replayed %llu records after seq %llu in %.1f ms", what,
+                  (unsigned long long)n, (unsigned long long)from,
                   (double)(shard_mono_ns() - t0) / 1e6);
+    if (count)
+        *count = n;
     return 0;
+}
+
+/* Rebuilds the ledger's state from its checkpoint and the durable log.
+ * After a failure it must not commit (the disk that failed would be
+ * written again): the rebuilt state stays in memory for reads until
+ * restart. */
+static int shard_replay(shard *s, bool commit)
+{
+    return shard_replay_into(s, s->ledger, commit, "recovery", NULL);
 }
 
 /* Path of the marker that asks the next open to rebuild the state. */
@@ -385,7 +411,7 @@ static void shard_fail(shard *s, int err, const char *what)
     s->ckpt_seq = 0;
     s->ckpt_committing = false;
     s->checkpoint_wanted = false;
-    int rc = shard_replay(s, ledger_checkpoint_seq(s->ledger), false);
+    int rc = shard_replay(s, false);
     if (rc < 0) {
         atomic_store(&s->status, 0);
         shard_set_status(s, TALLY_ECORRUPT, "rebuilding state after failure: %s",
@@ -511,7 +537,8 @@ static void *shard_snap_main(void *arg)
     char dir[4200];
     shard_snap_dir(s, dir, sizeof(dir));
     const os_ops *os = s->opts.os ? s->opts.os : os_default();
-    s->snap_rc = snapshot_write(ledger_state(s->ledger), os, dir, s->opts.index, &s->snap_info);
+    s->snap_rc = snapshot_write(ledger_state(s->ledger), ledger_ids(s->ledger), os, dir,
+                                s->opts.index, &s->snap_info);
     atomic_store(&s->snap_done, 1);
     uint64_t one = 1;
     ssize_t w = write(s->wake_fd, &one, sizeof(one)); /* wake the shard thread */
@@ -546,7 +573,12 @@ static void shard_retain(shard *s)
         return;
     uint32_t dropped = 0;
     const char *archive = s->opts.retention == TALLY_RETAIN_ARCHIVE ? s->opts.archive_dir : NULL;
-    int rc = log_retain(s->log, list[n - 1].seq, archive, &dropped);
+    /* A rebuild from the older snapshot replays from its id index's
+     * seq; open holds keep their records (their allocations are there). */
+    uint64_t keep = list[n - 1].ids_seq, floor = UINT64_MAX;
+    if (ledger_retain_floor(s->ledger, &floor) == 0 && floor <= keep)
+        keep = floor - 1;
+    int rc = log_retain(s->log, keep, archive, &dropped);
     if (rc < 0)
         shard_say(s, 1, "retention after snapshot seq %llu: %s (segments kept)",
                   (unsigned long long)list[n - 1].seq, tally_strerror(rc));
@@ -623,6 +655,7 @@ static void shard_snap_pump(shard *s)
         shard_snap_start(s);
     } else if (!s->ckpt_seq) {
         s->checkpoint_wanted = true;
+        s->checkpoint_flush_ids = true; /* retention may drop up to the snapshot */
     }
 }
 
@@ -727,7 +760,8 @@ static void shard_ckpt_done(void *ctx)
 static void shard_ckpt_freeze(shard *s, uint64_t seq)
 {
     s->checkpoint_wanted = false;
-    int rc = ledger_checkpoint_freeze(s->ledger, seq);
+    int rc = ledger_checkpoint_freeze(s->ledger, seq, s->checkpoint_flush_ids);
+    s->checkpoint_flush_ids = false;
     if (rc < 0) {
         shard_fail(s, rc, "setting aside a checkpoint");
         return;
@@ -756,7 +790,9 @@ static void shard_ckpt_finish(shard *s)
     if (!s->ckpt_committing)
         return;
     int rc = ledger_checkpoint_finish(s->ledger);
-    if (rc == 2)
+    if (rc == STATE_COMMIT_NONE)
+        return;
+    if (rc == STATE_COMMIT_RUNNING)
         return; /* still running */
     s->ckpt_committing = false;
     uint64_t seq = s->ckpt_seq;
@@ -778,6 +814,7 @@ static bool shard_checkpoint_due(shard *s)
     if (atomic_load(&s->status) != 0 || ledger_delta_records(s->ledger) == 0 || s->ckpt_seq)
         return false;
     return ledger_delta_records(s->ledger) >= s->opts.checkpoint_entries ||
+           ledger_ids_full(s->ledger) ||
            shard_now(s) - s->last_checkpoint_ms >= s->opts.checkpoint_ms;
 }
 
@@ -792,10 +829,13 @@ static void shard_take_inbox(shard *s)
  * in flight. */
 static void shard_pump(shard *s)
 {
+    if (atomic_load(&s->status) == 0)
+        ledger_poll(s->ledger); /* finished merges of the id index go in */
     if (!s->checkpoint_wanted && shard_checkpoint_due(s))
         s->checkpoint_wanted = true;
     /* Backpressure from the disk: changes pile up while a commit runs. */
-    bool full = s->ckpt_seq && ledger_pending_bytes(s->ledger) > LIMIT_STATE_PENDING_BYTES_MAX;
+    bool full = s->ckpt_seq && (ledger_pending_bytes(s->ledger) > LIMIT_STATE_PENDING_BYTES_MAX ||
+                                ledger_ids_full(s->ledger));
     if (full && !s->stall_ns)
         s->stall_ns = shard_mono_ns();
     if (!full && s->stall_ns) {
@@ -979,9 +1019,10 @@ static int shard_rebuild_state(shard *s, const char *state_dir, const char *why)
 static int shard_open_ledger(shard *s, const char *state_dir)
 {
     /* Offline (read_only) shards still replay the log tail into the
-     * ledger's open transaction; they never commit it. */
+     * ledger's in-memory layer; they never commit it. */
     ledger_options lo = {.dir = state_dir, .map_bytes = s->opts.map_bytes,
-                         .read_only = false, .log = shard_tally_log, .log_ctx = s};
+                         .read_only = s->opts.read_only, .os = s->opts.os,
+                         .log = shard_tally_log, .log_ctx = s};
     return ledger_open(&lo, NULL, &s->ledger);
 }
 
@@ -1045,7 +1086,7 @@ static int shard_recover(shard *s)
         return 0;
     }
     s->now_ms = rec.last_ts_ms;
-    rc = shard_replay(s, cp, !s->opts.read_only);
+    rc = shard_replay(s, !s->opts.read_only);
     if (rc == TALLY_ECORRUPT) {
         shard_set_status(s, TALLY_ECORRUPT, "replay after checkpoint seq %llu diverged",
                          (unsigned long long)cp);
@@ -1197,17 +1238,6 @@ struct ledger *shard_ledger(shard *s) { return s->ledger; }
 
 /* ---- offline full verify ------------------------------------------------ */
 
-/* Removes the temporary LMDB environment of a full verify. */
-static void shard_rm_env(const char *dir)
-{
-    char path[4200];
-    snprintf(path, sizeof(path), "%s/data.mdb", dir);
-    unlink(path);
-    snprintf(path, sizeof(path), "%s/lock.mdb", dir);
-    unlink(path);
-    rmdir(dir);
-}
-
 /* Replays the log after from_seq into a ledger on the state in base (a
  * snapshot's copy, or an empty state when base is NULL) and compares the
  * result with the shard's state.  0, or TALLY_ECORRUPT with msg. */
@@ -1225,24 +1255,9 @@ static int shard_verify_replay(shard *s, const snapshot_info *base, char *msg, s
         rc = ledger_open(&lo, s->log, &fresh);
     if (rc == 0 && ledger_checkpoint_seq(fresh) != from)
         rc = TALLY_ECORRUPT;
-    log_iter it;
+    uint64_t n = 0;
     if (rc == 0)
-        rc = log_iter_init(s->log, from, &it);
-    record r;
-    log_loc loc;
-    uint64_t n = 0, last_report = shard_mono_ns();
-    while (rc == 0 && (rc = log_iter_next(&it, &r, &loc)) == 1) {
-        rc = ledger_replay(fresh, &r, loc);
-        if (rc == 0 && (++n & 1023) == 0 &&
-            ledger_pending_bytes(fresh) >= LIMIT_STATE_PENDING_BYTES_MAX)
-            rc = ledger_checkpoint(fresh, r.seq); /* its own temporary state */
-        if (rc == 0 && (n & 0xffff) == 0 && shard_mono_ns() - last_report > 1000000000u) {
-            last_report = shard_mono_ns();
-            shard_say(s, 0, "verify: replayed %llu records (seq %llu of %llu)",
-                      (unsigned long long)n, (unsigned long long)r.seq,
-                      (unsigned long long)it.end_seq);
-        }
-    }
+        rc = shard_replay_into(s, fresh, true, "verify", &n);
     char what[64];
     if (base)
         snprintf(what, sizeof(what), "snapshot seq %llu", (unsigned long long)from);
@@ -1251,8 +1266,8 @@ static int shard_verify_replay(shard *s, const snapshot_info *base, char *msg, s
     if (rc == 0)
         rc = ledger_compare(s->ledger, fresh, msg, cap);
     else if (rc < 0)
-        snprintf(msg, cap, "shard %u: replay of the log from %s failed at record %llu: %s",
-                 s->opts.index, what, (unsigned long long)(from + n + 1), tally_strerror(rc));
+        snprintf(msg, cap, "shard %u: replay of the log from %s failed: %s", s->opts.index,
+                 what, tally_strerror(rc));
     if (rc == 0)
         snprintf(msg, cap, "ok: %s + %llu records replayed, state matches", what,
                  (unsigned long long)n);
@@ -1262,7 +1277,8 @@ static int shard_verify_replay(shard *s, const snapshot_info *base, char *msg, s
         snprintf(msg, cap, "shard %u, from %s: %s", s->opts.index, what, inner);
     }
     ledger_close(fresh);
-    shard_rm_env(tmp);
+    if (os_remove_tree(tmp) < 0)
+        shard_say(s, 1, "verify: could not remove %s", tmp);
     return rc < 0 ? TALLY_ECORRUPT : 0;
 }
 
@@ -1286,7 +1302,7 @@ int shard_verify_full(shard *s, char *msg, size_t cap)
     rc = snapshot_list(dir, true, list, SNAPSHOT_LIST_MAX, &count);
     for (uint32_t i = 0; rc == 0 && i < count; i++) {
         rc = snapshot_check(&list[i], msg, cap);
-        if (rc == 0 && list[i].seq + 1 < first) {
+        if (rc == 0 && list[i].ids_seq + 1 < first) {
             snprintf(msg, cap, "shard %u: snapshot seq %llu is older than the retained log "
                                "(it starts at seq %llu)",
                      s->opts.index, (unsigned long long)list[i].seq, (unsigned long long)first);

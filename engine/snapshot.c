@@ -18,7 +18,9 @@
 #include "snapshot.h"
 #include "tally.h"
 
-#define SNAPSHOT_FORMAT 1
+/* 2: the state of release 2 (format 3) with its id index's runs; an
+ * ids_seq line. */
+#define SNAPSHOT_FORMAT 2
 #define SNAPSHOT_IO_BYTES (1u << 20)
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -63,9 +65,10 @@ static int snapshot_hash_file(const char *path, uint64_t *sum, uint64_t *bytes)
 static int snapshot_meta_text(const snapshot_info *s, char *out, size_t cap)
 {
     int n = snprintf(out, cap,
-                     "tally-snapshot %d\nshard %u\nseq %" PRIu64 "\nbytes %" PRIu64
-                     "\nxxh3 %016" PRIx64 "\ncreated_ms %" PRIu64 "\n",
-                     SNAPSHOT_FORMAT, s->shard, s->seq, s->bytes, s->checksum, s->created_ms);
+                     "tally-snapshot %d\nshard %u\nseq %" PRIu64 "\nids_seq %" PRIu64
+                     "\nbytes %" PRIu64 "\nxxh3 %016" PRIx64 "\ncreated_ms %" PRIu64 "\n",
+                     SNAPSHOT_FORMAT, s->shard, s->seq, s->ids_seq, s->bytes, s->checksum,
+                     s->created_ms);
     uint64_t check = checksum64(out, (size_t)n, 0);
     n += snprintf(out + n, cap - (size_t)n, "check %016" PRIx64 "\n", check);
     return n;
@@ -94,10 +97,11 @@ static int snapshot_meta_read(const char *dir, const char *name, snapshot_info *
     int format = 0;
     *s = (snapshot_info){0};
     if (sscanf(text,
-               "tally-snapshot %d\nshard %u\nseq %" SCNu64 "\nbytes %" SCNu64 "\nxxh3 %" SCNx64
-               "\ncreated_ms %" SCNu64,
-               &format, &s->shard, &s->seq, &s->bytes, &s->checksum, &s->created_ms) != 6 ||
-        format != SNAPSHOT_FORMAT)
+               "tally-snapshot %d\nshard %u\nseq %" SCNu64 "\nids_seq %" SCNu64
+               "\nbytes %" SCNu64 "\nxxh3 %" SCNx64 "\ncreated_ms %" SCNu64,
+               &format, &s->shard, &s->seq, &s->ids_seq, &s->bytes, &s->checksum,
+               &s->created_ms) != 7 ||
+        format != SNAPSHOT_FORMAT || s->ids_seq > s->seq)
         return TALLY_ECORRUPT;
     snapshot_path(dir, s->seq, ".mdb", s->path, sizeof(s->path));
     struct stat st;
@@ -183,24 +187,59 @@ static int snapshot_copy(state *st, const os_ops *os, int fd, uint64_t *sum, uin
     return rc;
 }
 
-int snapshot_write(state *st, const os_ops *os, const char *dir, uint32_t shard,
+static void snapshot_rmdir(const char *dir) { os_remove_tree(dir); }
+
+/* The copy of the state into tmp, and the id index's runs its manifest
+ * names linked into ids_tmp.  -ENOENT when a newer checkpoint removed a
+ * run between the two (a merge went in): the caller tries again. */
+static int snapshot_take(state *st, ids *x, const os_ops *os, const char *tmp,
+                         const char *ids_tmp, snapshot_info *s)
+{
+    int fd = os->open(os->ctx, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return fd;
+    int rc = snapshot_copy(st, os, fd, &s->checksum, &s->bytes);
+    if (rc == 0)
+        rc = os->fdatasync(os->ctx, fd);
+    os->close(os->ctx, fd);
+    size_t len = 0;
+    if (rc == 0) {
+        rc = state_file_meta(tmp, "seq", &s->seq, sizeof(s->seq), &len);
+        if (rc == STATE_ABSENT)
+            s->seq = 0, rc = 0;
+    }
+    uint8_t manifest[IDS_MANIFEST_BYTES_MAX];
+    len = 0;
+    if (rc == 0) {
+        rc = state_file_meta(tmp, "ids", manifest, sizeof(manifest), &len);
+        if (rc == STATE_ABSENT)
+            len = 0, rc = 0;
+    }
+    s->ids_seq = 0;
+    if (rc == 0 && len > 0)
+        rc = ids_manifest_covered(manifest, len, &s->ids_seq);
+    snapshot_rmdir(ids_tmp);
+    if (rc == 0 && mkdir(ids_tmp, 0755) < 0)
+        rc = -errno;
+    if (rc == 0 && len > 0 && x)
+        rc = ids_link(x, manifest, len, ids_tmp);
+    return rc;
+}
+
+int snapshot_write(state *st, ids *x, const os_ops *os, const char *dir, uint32_t shard,
                    snapshot_info *out)
 {
     if (mkdir(dir, 0755) < 0 && errno != EEXIST)
         return -errno;
-    char tmp[4200], path[4200], meta_tmp[4200], meta[4200];
+    char tmp[4200], ids_tmp[4200], path[4200], ids_path[4200], meta_tmp[4200], meta[4200];
     snprintf(tmp, sizeof(tmp), "%s/snap-writing.mdb.tmp", dir);
-    int fd = os->open(os->ctx, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0)
-        return fd;
+    snprintf(ids_tmp, sizeof(ids_tmp), "%s/snap-writing.ids.tmp", dir);
     snapshot_info s = {.shard = shard, .created_ms = snapshot_now_ms()};
-    int rc = snapshot_copy(st, os, fd, &s.checksum, &s.bytes);
-    if (rc == 0)
-        rc = os->fdatasync(os->ctx, fd);
-    os->close(os->ctx, fd);
-    if (rc == 0)
-        rc = state_file_seq(tmp, &s.seq);
+    int rc = -ENOENT;
+    for (int attempt = 0; rc == -ENOENT && attempt < 4; attempt++)
+        rc = snapshot_take(st, x, os, tmp, ids_tmp, &s);
     snapshot_path(dir, s.seq, ".mdb", path, sizeof(path));
+    snapshot_path(dir, s.seq, ".ids", ids_path, sizeof(ids_path));
     snapshot_path(dir, s.seq, ".meta", meta, sizeof(meta));
     snapshot_path(dir, s.seq, ".meta.tmp", meta_tmp, sizeof(meta_tmp));
     snprintf(s.path, sizeof(s.path), "%s", path);
@@ -211,6 +250,7 @@ int snapshot_write(state *st, const os_ops *os, const char *dir, uint32_t shard,
         snprintf(name, sizeof(name), "snap-%020" PRIu64 ".meta", s.seq);
         if (snapshot_meta_read(dir, name, &have) == 0) {
             os->unlink(os->ctx, tmp);
+            snapshot_rmdir(ids_tmp);
             *out = have;
             return 0;
         }
@@ -226,6 +266,10 @@ int snapshot_write(state *st, const os_ops *os, const char *dir, uint32_t shard,
             os->close(os->ctx, mfd);
     }
     /* Publish: the data first, the meta last (the commit point). */
+    if (rc == 0) {
+        snapshot_rmdir(ids_path); /* a leftover of a crash at this seq */
+        rc = os->rename(os->ctx, ids_tmp, ids_path);
+    }
     if (rc == 0)
         rc = os->rename(os->ctx, tmp, path);
     if (rc == 0)
@@ -235,6 +279,7 @@ int snapshot_write(state *st, const os_ops *os, const char *dir, uint32_t shard,
     if (rc < 0) {
         os->unlink(os->ctx, tmp);
         os->unlink(os->ctx, meta_tmp);
+        snapshot_rmdir(ids_tmp);
         return rc;
     }
     *out = s;
@@ -257,7 +302,7 @@ static bool snapshot_is_leftover(const char *dir, const char *name)
         return false;
     if (n > 4 && strcmp(name + n - 4, ".tmp") == 0)
         return true;
-    if (n > 4 && strcmp(name + n - 4, ".mdb") == 0) {
+    if (n > 4 && (strcmp(name + n - 4, ".mdb") == 0 || strcmp(name + n - 4, ".ids") == 0)) {
         /* A data file whose meta never got published. */
         char meta[4400];
         snprintf(meta, sizeof(meta), "%s/%.*s.meta", dir, (int)(n - 4), name);
@@ -265,6 +310,9 @@ static bool snapshot_is_leftover(const char *dir, const char *name)
     }
     return false;
 }
+
+/* Removes a leftover file or runs directory. */
+static void snapshot_remove(const char *path) { os_remove_tree(path); }
 
 int snapshot_list(const char *dir, bool read_only, snapshot_info *out, uint32_t cap,
                   uint32_t *count)
@@ -285,7 +333,7 @@ int snapshot_list(const char *dir, bool read_only, snapshot_info *out, uint32_t 
         if (!read_only && snapshot_is_leftover(dir, de->d_name)) {
             char p[4400];
             snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
-            unlink(p);
+            snapshot_remove(p);
             continue;
         }
         if (len > 5 && strcmp(de->d_name + len - 5, ".meta") == 0 && n < SNAPSHOT_LIST_MAX &&
@@ -313,13 +361,32 @@ int snapshot_check(const snapshot_info *s, char *msg, size_t cap)
         snprintf(msg, cap, "snapshot seq %" PRIu64 ": checksum mismatch (%s)", s->seq, s->path);
         return TALLY_ECORRUPT;
     }
-    rc = state_file_seq(s->path, &seq);
-    if (rc < 0 || seq != s->seq) {
+    size_t len = 0;
+    rc = state_file_meta(s->path, "seq", &seq, sizeof(seq), &len);
+    if (rc != 0 || seq != s->seq) {
         snprintf(msg, cap, "snapshot seq %" PRIu64 ": its state says seq %" PRIu64, s->seq,
                  seq);
         return TALLY_ECORRUPT;
     }
     return 0;
+}
+
+/* Links the snapshot's id index runs into state_dir/ids. */
+static int snapshot_restore_ids(const snapshot_info *s, const os_ops *os, const char *state_dir)
+{
+    uint8_t manifest[IDS_MANIFEST_BYTES_MAX];
+    size_t len = 0;
+    int rc = state_file_meta(s->path, "ids", manifest, sizeof(manifest), &len);
+    if (rc == STATE_ABSENT)
+        return 0;
+    if (rc < 0)
+        return rc;
+    char src[4300], dst[4300];
+    snprintf(src, sizeof(src), "%.*s.ids", (int)(strlen(s->path) - 4), s->path);
+    snprintf(dst, sizeof(dst), "%s/ids", state_dir);
+    if (mkdir(dst, 0755) < 0 && errno != EEXIST)
+        return -errno;
+    return ids_link_files(os, src, manifest, len, dst);
 }
 
 int snapshot_restore(const snapshot_info *s, const os_ops *os, const char *state_dir)
@@ -334,6 +401,8 @@ int snapshot_restore(const snapshot_info *s, const os_ops *os, const char *state
     int rc = in < 0 ? -errno : os_copy_file(os, in, tmp);
     if (in >= 0)
         close(in);
+    if (rc == 0)
+        rc = snapshot_restore_ids(s, os, state_dir);
     if (rc == 0)
         rc = os->rename(os->ctx, tmp, data);
     if (rc == 0) {
@@ -361,6 +430,11 @@ int snapshot_prune(const char *dir, const os_ops *os, uint32_t keep)
         rc = os->unlink(os->ctx, meta);
         if (rc == 0)
             rc = os->unlink(os->ctx, list[i].path);
+        if (rc == 0) {
+            char ids_dir[4300];
+            snapshot_path(dir, list[i].seq, ".ids", ids_dir, sizeof(ids_dir));
+            snapshot_rmdir(ids_dir);
+        }
     }
     if (rc == 0 && n > keep)
         rc = os->fsync_dir(os->ctx, dir);

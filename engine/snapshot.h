@@ -7,14 +7,17 @@
  * on), in SHARD/snapshots/:
  *
  *   snap-SSSSSSSSSSSSSSSSSSSS.mdb    the copy (a one-file LMDB environment)
+ *   snap-SSSSSSSSSSSSSSSSSSSS.ids/   hard links of the id index's run files
+ *                                    its manifest (in the copy) names
  *   snap-SSSSSSSSSSSSSSSSSSSS.meta   text, one "name value" per line:
  *                                    tally-snapshot 1 / shard N / seq S /
  *                                    bytes B / xxh3 X (of the .mdb) /
  *                                    created_ms T / check C (XXH3 of the
  *                                    lines before it)
  *
- * Publication is atomic: both are written under .tmp names and flushed,
- * the .mdb is renamed, then the .meta — the meta is the commit point.  A
+ * Publication is atomic: all are written under .tmp names and flushed,
+ * the .ids and .mdb are renamed, then the .meta — the meta is the commit
+ * point.  Run files are immutable, so linking them costs no copy.  A
  * crash at any moment leaves the previous snapshots usable and at most
  * leftovers without a meta, which snapshot_list() removes.  What a
  * snapshot allows: log segments it fully covers may be dropped (log.h
@@ -28,6 +31,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ids.h"
 #include "os.h"
 #include "state.h"
 
@@ -39,6 +43,8 @@
 
 typedef struct snapshot_info {
     uint64_t seq;        /* last log seq the state reflects */
+    uint64_t ids_seq;    /* its id index holds every id up to this seq: a rebuild
+                          * from it replays the log from here (<= seq) */
     uint64_t bytes;      /* size of the .mdb file */
     uint64_t checksum;   /* XXH3-64 of the .mdb file */
     uint64_t created_ms; /* unix ms */
@@ -46,10 +52,11 @@ typedef struct snapshot_info {
     char path[4200];     /* the .mdb file */
 } snapshot_info;
 
-/* Writes and publishes a snapshot of st's last committed state into dir
- * (created if missing) for shard `shard`.  Runs on any thread.  *out on
- * success.  Errors: -errno (disk full, I/O), TALLY_ECORRUPT. */
-int snapshot_write(state *st, const os_ops *os, const char *dir, uint32_t shard,
+/* Writes and publishes a snapshot of st's last committed state, with the
+ * runs of the id index x its manifest names, into dir (created if
+ * missing) for shard `shard`.  Runs on any thread.  *out on success.
+ * Errors: -errno (disk full, I/O), TALLY_ECORRUPT. */
+int snapshot_write(state *st, ids *x, const os_ops *os, const char *dir, uint32_t shard,
                    snapshot_info *out);
 
 /* The published snapshots in dir, newest first, at most cap, each with a
@@ -63,8 +70,9 @@ int snapshot_list(const char *dir, bool read_only, snapshot_info *out, uint32_t 
  * meta: 0, or TALLY_ECORRUPT with what differs in msg. */
 int snapshot_check(const snapshot_info *s, char *msg, size_t cap);
 
-/* Makes state_dir/data.mdb a copy of the snapshot (state_dir created;
- * anything there replaced), flushed. */
+/* Makes state_dir/data.mdb a copy of the snapshot and links its id
+ * index's runs into state_dir/ids (state_dir created; anything there
+ * replaced), flushed. */
 int snapshot_restore(const snapshot_info *s, const os_ops *os, const char *state_dir);
 
 /* Deletes published snapshots beyond the newest `keep`. */

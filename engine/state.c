@@ -2,18 +2,25 @@
  * state.c — a shard's tables: in-memory layers over LMDB (state.h).  The
  * only module that includes lmdb.h.
  *
- * Layers.  A layer holds changes (a value, or a tombstone for a deletion)
- * for every table, each table an ordered skiplist with a backward link at
- * level 0; nodes and values live in the layer's arena and go all at once.
- * There are at most two: the active layer (the writer's) and a frozen one
- * (being committed).  A key's newest version wins: active, then frozen,
- * then LMDB as of its last commit (read through one read transaction,
+ * Layers.  A layer holds the newest value (or a tombstone for a deletion)
+ * of every object changed since it started, in a hash table keyed by
+ * (table, key) — open addressing, linear probing, XXH3 of the key — with
+ * each table's objects also on a list of their own, so a checkpoint or a
+ * range scan visits one table's changes without the rest.  Objects and
+ * values live in the layer's arena and go all at once; a value rewritten
+ * in place when it fits (a busy account), else given a new, roomier
+ * place.  There are at most two layers: the active one (the writer's) and
+ * a frozen one (being committed).  A key's newest version wins: active,
+ * then frozen, then LMDB as of its last commit (one read transaction,
  * renewed after each commit).
  *
  * Durability (DESIGN-NOTES §1): LMDB's default, fully synced commits —
  * never MDB_NOSYNC, MDB_NOMETASYNC or MDB_MAPASYNC, which can leave a
  * database that a power loss corrupts.  What reaches LMDB is always a
  * whole checkpoint the caller chose; the log makes each batch durable.
+ * A commit writes each table's objects sorted by key, so each B-tree page
+ * is dirtied once per checkpoint however often its objects changed
+ * (DESIGN-NOTES §5: the cost of a checkpoint is the objects it touches).
  *
  * Value checksums: every value stored in LMDB carries an XXH3-64 of
  * (table, key, value), written when a layer is committed and checked on
@@ -43,25 +50,32 @@
 
 /* ---- constants and types ------------------------------------------------ */
 
-#define STATE_LEVELS 20
-#define STATE_ARENA_CHUNK (1u << 20)
-#define STATE_TOMBSTONE UINT32_MAX
+#define STATE_ARENA_CHUNK (4u << 20)
+#define STATE_SLOTS_MIN 4096
 
 static const char *const state_names[STATE_TABLES] = {
-    "meta", "accounts", "lots", "expiry", "ids", "history",
-    "refs", "holds_due", "acct_holds", "merchants", "liability", "pending",
+    "meta", "accounts", "lots", "due", "lot_ids", "holds", "reversed", "merchants", "liability",
 };
 
-/* A version of a key in a layer.  val_len STATE_TOMBSTONE: deleted. */
-typedef struct state_node {
-    struct state_node *prev; /* level 0, backwards */
-    uint8_t *val; /* in the layer's arena (NULL: empty or a tombstone) */
+/* Tables whose new keys mostly sort after every existing one (keyed by
+ * seq): written with MDB_APPEND, pages filled sequentially. */
+static const bool state_append_only[STATE_TABLES] = {
+    [STATE_LOT_IDS] = true,
+    [STATE_HOLDS] = true,
+};
+
+/* One changed object in a layer. */
+typedef struct state_entry {
+    struct state_entry *next; /* its table's list */
+    uint8_t *val;             /* in the arena; NULL with len 0 */
     uint32_t val_len;
-    uint16_t key_len;
-    uint8_t level;
-    uint8_t *key;
-    struct state_node *next[]; /* level entries */
-} state_node;
+    uint32_t val_cap;
+    uint64_t hash;
+    bool tomb; /* deleted */
+    uint8_t table;
+    uint8_t key_len;
+    uint8_t key[];
+} state_entry;
 
 typedef struct state_chunk {
     struct state_chunk *next;
@@ -70,11 +84,13 @@ typedef struct state_chunk {
 } state_chunk;
 
 typedef struct state_layer {
-    state_node *head[STATE_TABLES];
-    state_node *tail[STATE_TABLES];
+    state_entry **slots;
+    uint32_t cap; /* power of two */
+    uint32_t count;
+    state_entry *lists[STATE_TABLES];
+    uint32_t table_count[STATE_TABLES];
     state_chunk *chunks;
     size_t bytes;
-    uint64_t rng;
 } state_layer;
 
 struct state {
@@ -88,23 +104,14 @@ struct state {
     bool committing;
     _Atomic int commit_done;
     int commit_rc;
+    int (*before)(void *ctx);
+    void *before_ctx;
     void (*done)(void *ctx);
     void *done_ctx;
+    /* state_commit_add's values: (table, key_len, val_len, key, val)... */
+    uint8_t extra[STATE_EXTRA_BYTES];
+    size_t extra_len;
     char error[160];
-};
-
-/* Where a cursor stands in one source: a layer node, or LMDB's. */
-struct state_cursor {
-    state *s;
-    int table;
-    MDB_cursor *cur; /* on s->rtxn */
-    state_node *pos[2]; /* active, frozen: the node at or next to the key */
-    bool lmdb_valid;
-    MDB_val lk, lv;
-    /* the current merged entry */
-    bool valid;
-    uint8_t key[512];
-    size_t key_len;
 };
 
 /* ---- errors ---------------------------------------------------------------- */
@@ -145,6 +152,15 @@ static int state_errs(state *s, int rc)
     return err;
 }
 
+static void state_hex(const void *p, size_t n, char *out, size_t cap)
+{
+    const uint8_t *b = p;
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 3 < cap; i++)
+        o += (size_t)snprintf(out + o, cap - o, "%02x", b[i]);
+    out[o] = 0;
+}
+
 /* ---- value checksums ---------------------------------------------------- */
 
 static void state_put64(uint8_t *p, uint64_t v)
@@ -181,10 +197,8 @@ static int state_check(state *s, int table, const MDB_val *k, MDB_val *v)
             return 0;
         }
     }
-    char hex[65] = "";
-    const uint8_t *kb = k->mv_data;
-    for (size_t i = 0; i < k->mv_size && i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", kb[i]);
+    char hex[65];
+    state_hex(k->mv_data, k->mv_size < 32 ? k->mv_size : 32, hex, sizeof(hex));
     snprintf(s->error, sizeof(s->error), "state table %s, key %s: checksum mismatch",
              state_names[table], hex);
     return TALLY_ECORRUPT;
@@ -192,13 +206,13 @@ static int state_check(state *s, int table, const MDB_val *k, MDB_val *v)
 
 /* Writes one value with its checksum into a write transaction. */
 static int state_lmdb_put(MDB_txn *txn, MDB_dbi dbi, int table, const void *key,
-                          size_t key_len, const void *val, size_t val_len)
+                          size_t key_len, const void *val, size_t val_len, unsigned flags)
 {
     MDB_val k = {.mv_size = key_len, .mv_data = (void *)key};
     /* MDB_RESERVE: LMDB hands out the space, the value and its checksum
      * are written straight into the page. */
     MDB_val v = {.mv_size = val_len + STATE_CHECKSUM_BYTES};
-    int rc = mdb_put(txn, dbi, &k, &v, MDB_RESERVE);
+    int rc = mdb_put(txn, dbi, &k, &v, MDB_RESERVE | flags);
     if (rc != 0)
         return rc;
     uint8_t *p = v.mv_data;
@@ -208,7 +222,7 @@ static int state_lmdb_put(MDB_txn *txn, MDB_dbi dbi, int table, const void *key,
     return 0;
 }
 
-/* ---- layers: arena and skiplists ------------------------------------------ */
+/* ---- layers: arena and hash table ------------------------------------------ */
 
 static void *state_alloc(state_layer *l, size_t n)
 {
@@ -235,20 +249,13 @@ static state_layer *state_layer_new(void)
     state_layer *l = calloc(1, sizeof(*l));
     if (!l)
         return NULL;
-    l->rng = 0x9E3779B97F4A7C15ull;
-    for (int t = 0; t < STATE_TABLES; t++) {
-        l->head[t] = state_alloc(l, sizeof(state_node) + STATE_LEVELS * sizeof(state_node *));
-        if (!l->head[t]) {
-            for (state_chunk *c = l->chunks, *n; c; c = n) {
-                n = c->next;
-                free(c);
-            }
-            free(l);
-            return NULL;
-        }
-        memset(l->head[t], 0, sizeof(state_node) + STATE_LEVELS * sizeof(state_node *));
-        l->head[t]->level = STATE_LEVELS;
+    l->cap = STATE_SLOTS_MIN;
+    l->slots = calloc(l->cap, sizeof(*l->slots));
+    if (!l->slots) {
+        free(l);
+        return NULL;
     }
+    l->bytes = l->cap * sizeof(*l->slots);
     return l;
 }
 
@@ -260,6 +267,7 @@ static void state_layer_free(state_layer *l)
         n = c->next;
         free(c);
     }
+    free(l->slots);
     free(l);
 }
 
@@ -269,98 +277,89 @@ static int state_keycmp(const uint8_t *a, size_t an, const uint8_t *b, size_t bn
     return c ? c : (an < bn ? -1 : an > bn);
 }
 
-static int state_nodecmp(const state_node *n, const void *key, size_t key_len)
+static uint64_t state_hash(int table, const void *key, size_t key_len)
 {
-    return state_keycmp(n->key, n->key_len, key, key_len);
+    return checksum64(key, key_len, 0x9E3779B97F4A7C15ull * (uint64_t)(table + 1));
 }
 
-/* The first node with a key >= key (NULL: none); update[] gets, per
- * level, the last node before it (for inserts). */
-static state_node *state_find_ge(state_layer *l, int t, const void *key, size_t key_len,
-                                 state_node **update)
+/* The slot of (table, key): its entry, or the empty slot where it goes. */
+static state_entry **state_slot(const state_layer *l, int table, const void *key,
+                                size_t key_len, uint64_t h)
 {
-    state_node *x = l->head[t];
-    for (int i = STATE_LEVELS - 1; i >= 0; i--) {
-        while (x->next[i] && state_nodecmp(x->next[i], key, key_len) < 0)
-            x = x->next[i];
-        if (update)
-            update[i] = x;
+    uint32_t mask = l->cap - 1;
+    for (uint32_t i = (uint32_t)h & mask;; i = (i + 1) & mask) {
+        state_entry *e = l->slots[i];
+        if (!e || (e->hash == h && e->table == table && e->key_len == key_len &&
+                   memcmp(e->key, key, key_len) == 0))
+            return &l->slots[i];
     }
-    return x->next[0];
 }
 
-static uint8_t state_random_level(state_layer *l)
+static int state_layer_grow(state_layer *l)
 {
-    /* xorshift64*: the levels need only be random, not secret. */
-    l->rng ^= l->rng >> 12;
-    l->rng ^= l->rng << 25;
-    l->rng ^= l->rng >> 27;
-    uint64_t r = l->rng * 0x2545F4914F6CDD1Dull;
-    uint8_t lv = 1;
-    while (lv < STATE_LEVELS && (r & 3) == 0) {
-        lv++;
-        r >>= 2;
-    }
-    return lv;
-}
-
-/* Sets key's version in the layer (val NULL with STATE_TOMBSTONE: a
- * deletion).  -ENOMEM if the arena cannot grow. */
-static int state_layer_set(state_layer *l, int t, const void *key, size_t key_len,
-                           const void *val, uint32_t val_len)
-{
-    assert(key_len > 0 && key_len <= 511);
-    state_node *update[STATE_LEVELS];
-    state_node *n = state_find_ge(l, t, key, key_len, update);
-    bool found = n && state_nodecmp(n, key, key_len) == 0;
-    /* A key rewritten within one layer (a busy account) reuses its value's
-     * bytes when the new one fits: the arena grows with keys, not writes. */
-    if (found && n->val && n->val_len != STATE_TOMBSTONE && val_len != STATE_TOMBSTONE &&
-        val_len <= n->val_len) {
-        memmove(n->val, val, val_len);
-        n->val_len = val_len;
-        return 0;
-    }
-    uint8_t *copy = NULL;
-    if (val_len != STATE_TOMBSTONE && val_len > 0) {
-        copy = state_alloc(l, val_len);
-        if (!copy)
-            return -ENOMEM;
-        memcpy(copy, val, val_len);
-    }
-    if (found) {
-        n->val = copy;
-        n->val_len = val_len;
-        return 0;
-    }
-    uint8_t level = state_random_level(l);
-    n = state_alloc(l, sizeof(state_node) + level * sizeof(state_node *) + key_len);
+    uint32_t cap = l->cap * 2;
+    state_entry **n = calloc(cap, sizeof(*n));
     if (!n)
         return -ENOMEM;
-    n->level = level;
-    n->key_len = (uint16_t)key_len;
-    n->key = (uint8_t *)&n->next[level];
-    memcpy(n->key, key, key_len);
-    n->val = copy;
-    n->val_len = val_len;
-    for (int i = 0; i < level; i++) {
-        n->next[i] = update[i]->next[i];
-        update[i]->next[i] = n;
+    for (uint32_t i = 0; i < l->cap; i++) {
+        state_entry *e = l->slots[i];
+        if (!e)
+            continue;
+        uint32_t k = (uint32_t)e->hash & (cap - 1);
+        while (n[k])
+            k = (k + 1) & (cap - 1);
+        n[k] = e;
     }
-    n->prev = update[0] == l->head[t] ? NULL : update[0];
-    if (n->next[0])
-        n->next[0]->prev = n;
-    else
-        l->tail[t] = n;
+    free(l->slots);
+    l->bytes += (cap - l->cap) * sizeof(*n);
+    l->slots = n;
+    l->cap = cap;
     return 0;
 }
 
-static state_node *state_layer_get(state_layer *l, int t, const void *key, size_t key_len)
+static state_entry *state_layer_get(const state_layer *l, int table, const void *key,
+                                    size_t key_len, uint64_t h)
 {
-    if (!l)
-        return NULL;
-    state_node *n = state_find_ge(l, t, key, key_len, NULL);
-    return n && state_nodecmp(n, key, key_len) == 0 ? n : NULL;
+    return l ? *state_slot(l, table, key, key_len, h) : NULL;
+}
+
+/* Sets (table, key)'s version in the layer (val NULL, tomb: a deletion).
+ * -ENOMEM if the arena cannot grow. */
+static int state_layer_set(state_layer *l, int table, const void *key, size_t key_len,
+                           uint64_t h, const void *val, size_t val_len, bool tomb)
+{
+    assert(key_len > 0 && key_len <= STATE_KEY_BYTES_MAX);
+    assert(val_len <= UINT32_MAX / 2);
+    if ((l->count + 1) * 2 > l->cap && state_layer_grow(l) < 0)
+        return -ENOMEM;
+    state_entry **slot = state_slot(l, table, key, key_len, h);
+    state_entry *e = *slot;
+    if (!e) {
+        e = state_alloc(l, sizeof(*e) + key_len);
+        if (!e)
+            return -ENOMEM;
+        *e = (state_entry){.hash = h, .table = (uint8_t)table, .key_len = (uint8_t)key_len};
+        memcpy(e->key, key, key_len);
+        e->next = l->lists[table];
+        l->lists[table] = e;
+        l->table_count[table]++;
+        l->count++;
+        *slot = e;
+    }
+    e->tomb = tomb;
+    if (val_len > e->val_cap) {
+        /* Room to grow: an account that gains lots is rewritten often. */
+        size_t cap = val_len < 64 ? 64 : val_len + val_len / 2;
+        uint8_t *p = state_alloc(l, cap);
+        if (!p)
+            return -ENOMEM;
+        e->val = p;
+        e->val_cap = (uint32_t)cap;
+    }
+    if (val_len)
+        memcpy(e->val, val, val_len);
+    e->val_len = (uint32_t)val_len;
+    return 0;
 }
 
 /* ---- the read view ---------------------------------------------------------- */
@@ -455,9 +454,115 @@ void state_close(state *s)
 }
 
 size_t state_active_bytes(const state *s) { return s->active ? s->active->bytes : 0; }
+size_t state_active_count(const state *s) { return s->active ? s->active->count : 0; }
 bool state_has_frozen(const state *s) { return s->frozen != NULL; }
 
 /* ---- commits -------------------------------------------------------------------- */
+
+static int state_entry_cmp(const void *a, const void *b)
+{
+    const state_entry *x = *(state_entry *const *)a, *y = *(state_entry *const *)b;
+    return state_keycmp(x->key, x->key_len, y->key, y->key_len);
+}
+
+/* One table's objects of a layer, sorted by key (malloc'd; *n). */
+static int state_sorted(const state_layer *l, int t, state_entry ***out, size_t *n)
+{
+    size_t count = l->table_count[t];
+    *out = NULL;
+    *n = 0;
+    if (count == 0)
+        return 0;
+    state_entry **v = malloc(count * sizeof(*v));
+    if (!v)
+        return -ENOMEM;
+    size_t k = 0;
+    for (state_entry *e = l->lists[t]; e; e = e->next)
+        v[k++] = e;
+    assert(k == count);
+    qsort(v, k, sizeof(*v), state_entry_cmp);
+    *out = v;
+    *n = k;
+    return 0;
+}
+
+/* Writes one table of a layer into txn, in key order. */
+static int state_write_table(state *s, MDB_txn *txn, const state_layer *l, int t)
+{
+    state_entry **v;
+    size_t n;
+    int rc = state_sorted(l, t, &v, &n);
+    if (rc < 0)
+        return ENOMEM; /* LMDB's convention here: a positive errno */
+    if (n == 0)
+        return 0;
+    /* Keys past the table's last can be appended (sequential pages). */
+    MDB_val last = {0};
+    bool have_last = false;
+    if (state_append_only[t]) {
+        MDB_cursor *c;
+        rc = mdb_cursor_open(txn, s->dbi[t], &c);
+        if (rc == 0) {
+            MDB_val lv;
+            int g = mdb_cursor_get(c, &last, &lv, MDB_LAST);
+            have_last = g == 0;
+            rc = g == 0 || g == MDB_NOTFOUND ? 0 : g;
+            mdb_cursor_close(c);
+        }
+    }
+    bool appending = state_append_only[t] && !have_last;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        const state_entry *e = v[i];
+        if (e->tomb) {
+            MDB_val k = {.mv_size = e->key_len, .mv_data = (void *)e->key};
+            rc = mdb_del(txn, s->dbi[t], &k, NULL);
+            if (rc == MDB_NOTFOUND)
+                rc = 0;
+            continue;
+        }
+        if (state_append_only[t] && !appending && have_last &&
+            state_keycmp(e->key, e->key_len, last.mv_data, last.mv_size) > 0)
+            appending = true;
+        rc = state_lmdb_put(txn, s->dbi[t], t, e->key, e->key_len, e->val, e->val_len,
+                            appending ? MDB_APPEND : 0);
+    }
+    free(v);
+    return rc;
+}
+
+int state_commit_add(state *s, int table, const void *key, size_t key_len, const void *val,
+                     size_t val_len)
+{
+    assert(table >= 0 && table < STATE_TABLES && key_len <= STATE_KEY_BYTES_MAX);
+    size_t need = 3 + 4 + key_len + val_len;
+    if (s->extra_len + need > sizeof(s->extra) || val_len > UINT32_MAX)
+        return -ENOBUFS;
+    uint8_t *p = s->extra + s->extra_len;
+    p[0] = (uint8_t)table;
+    p[1] = (uint8_t)key_len;
+    p[2] = 0;
+    uint32_t vl = (uint32_t)val_len;
+    memcpy(p + 3, &vl, 4);
+    memcpy(p + 7, key, key_len);
+    memcpy(p + 7 + key_len, val, val_len);
+    s->extra_len += need;
+    return 0;
+}
+
+/* Writes state_commit_add's values into txn. */
+static int state_write_extra(state *s, MDB_txn *txn)
+{
+    int rc = 0;
+    for (size_t at = 0; rc == 0 && at < s->extra_len;) {
+        const uint8_t *p = s->extra + at;
+        uint32_t vl;
+        memcpy(&vl, p + 3, 4);
+        rc = state_lmdb_put(txn, s->dbi[p[0]], p[0], p + 7, p[1], p + 7 + p[1], vl, 0);
+        at += 7 + p[1] + vl;
+    }
+    s->extra_len = 0;
+    return rc;
+}
 
 /* Writes a layer into a new write transaction and commits it (synced). */
 static int state_write_layer(state *s, const state_layer *l)
@@ -466,18 +571,10 @@ static int state_write_layer(state *s, const state_layer *l)
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
     if (rc != 0)
         return state_errs(s, rc);
-    for (int t = 0; rc == 0 && t < STATE_TABLES; t++) {
-        for (const state_node *n = l->head[t]->next[0]; rc == 0 && n; n = n->next[0]) {
-            if (n->val_len == STATE_TOMBSTONE) {
-                MDB_val k = {.mv_size = n->key_len, .mv_data = n->key};
-                rc = mdb_del(txn, s->dbi[t], &k, NULL);
-                if (rc == MDB_NOTFOUND)
-                    rc = 0;
-            } else {
-                rc = state_lmdb_put(txn, s->dbi[t], t, n->key, n->key_len, n->val, n->val_len);
-            }
-        }
-    }
+    for (int t = 0; rc == 0 && t < STATE_TABLES; t++)
+        rc = state_write_table(s, txn, l, t);
+    if (rc == 0)
+        rc = state_write_extra(s, txn);
     if (rc != 0) {
         mdb_txn_abort(txn);
         return state_errs(s, rc);
@@ -488,7 +585,10 @@ static int state_write_layer(state *s, const state_layer *l)
 static void *state_committer(void *arg)
 {
     state *s = arg;
-    s->commit_rc = state_write_layer(s, s->frozen);
+    s->extra_len = 0;
+    s->commit_rc = s->before ? s->before(s->before_ctx) : 0;
+    if (s->commit_rc == 0)
+        s->commit_rc = state_write_layer(s, s->frozen);
     atomic_store(&s->commit_done, 1);
     if (s->done)
         s->done(s->done_ctx);
@@ -507,11 +607,14 @@ int state_freeze(state *s)
     return 0;
 }
 
-int state_commit_frozen(state *s, void (*done)(void *ctx), void *ctx)
+int state_commit_frozen(state *s, int (*before)(void *ctx), void *before_ctx,
+                        void (*done)(void *ctx), void *done_ctx)
 {
     assert(s->frozen && !s->committing);
+    s->before = before;
+    s->before_ctx = before_ctx;
     s->done = done;
-    s->done_ctx = ctx;
+    s->done_ctx = done_ctx;
     atomic_store(&s->commit_done, 0);
     int rc = pthread_create(&s->thread, NULL, state_committer, s);
     if (rc != 0)
@@ -523,9 +626,16 @@ int state_commit_frozen(state *s, void (*done)(void *ctx), void *ctx)
 int state_commit_finish(state *s)
 {
     if (!s->committing)
-        return 1;
+        return STATE_COMMIT_NONE;
     if (!atomic_load(&s->commit_done))
-        return 2;
+        return STATE_COMMIT_RUNNING;
+    return state_commit_wait(s);
+}
+
+int state_commit_wait(state *s)
+{
+    if (!s->committing)
+        return STATE_COMMIT_NONE;
     state_join(s);
     int rc = s->commit_rc;
     if (rc == 0)
@@ -592,26 +702,25 @@ int state_abort(state *s)
 
 /* ---- get / put / del -------------------------------------------------------------- */
 
-int state_get(state *s, int table, const void *key, size_t key_len, const void **val,
-              size_t *val_len)
+/* The layers' newest version of (table, key), or NULL. */
+static const state_entry *state_layers_get(const state *s, int table, const void *key,
+                                           size_t key_len)
 {
-    state_node *n = state_layer_get(s->active, table, key, key_len);
-    if (!n)
-        n = state_layer_get(s->frozen, table, key, key_len);
-    if (n) {
-        if (n->val_len == STATE_TOMBSTONE)
-            return 1;
-        *val = n->val ? n->val : (const uint8_t *)"";
-        *val_len = n->val_len;
-        return 0;
-    }
+    uint64_t h = state_hash(table, key, key_len);
+    const state_entry *e = state_layer_get(s->active, table, key, key_len, h);
+    return e ? e : state_layer_get(s->frozen, table, key, key_len, h);
+}
+
+static int state_lmdb_get(state *s, int table, const void *key, size_t key_len,
+                          const void **val, size_t *val_len)
+{
     int rc = state_rtxn(s);
     if (rc < 0)
         return rc;
     MDB_val k = {.mv_size = key_len, .mv_data = (void *)key}, v;
     rc = mdb_get(s->rtxn, s->dbi[table], &k, &v);
     if (rc == MDB_NOTFOUND)
-        return 1;
+        return STATE_ABSENT;
     if (rc != 0)
         return state_errs(s, rc);
     rc = state_check(s, table, &k, &v);
@@ -622,11 +731,27 @@ int state_get(state *s, int table, const void *key, size_t key_len, const void *
     return 0;
 }
 
+int state_get(state *s, int table, const void *key, size_t key_len, const void **val,
+              size_t *val_len)
+{
+    assert(table >= 0 && table < STATE_TABLES);
+    const state_entry *e = state_layers_get(s, table, key, key_len);
+    if (e) {
+        if (e->tomb)
+            return STATE_ABSENT;
+        *val = e->val ? e->val : (const uint8_t *)"";
+        *val_len = e->val_len;
+        return 0;
+    }
+    return state_lmdb_get(s, table, key, key_len, val, val_len);
+}
+
 int state_put(state *s, int table, const void *key, size_t key_len, const void *val,
               size_t val_len)
 {
-    assert(val_len < STATE_TOMBSTONE);
-    return state_layer_set(s->active, table, key, key_len, val, (uint32_t)val_len);
+    assert(table >= 0 && table < STATE_TABLES);
+    return state_layer_set(s->active, table, key, key_len, state_hash(table, key, key_len), val,
+                           val_len, false);
 }
 
 int state_del(state *s, int table, const void *key, size_t key_len)
@@ -635,248 +760,160 @@ int state_del(state *s, int table, const void *key, size_t key_len)
     size_t vl;
     int rc = state_get(s, table, key, key_len, &v, &vl);
     if (rc != 0)
-        return rc; /* 1: absent */
-    return state_layer_set(s->active, table, key, key_len, NULL, STATE_TOMBSTONE);
+        return rc; /* STATE_ABSENT */
+    return state_layer_set(s->active, table, key, key_len, state_hash(table, key, key_len),
+                           NULL, 0, true);
 }
 
-/* ---- cursors: the merge of the layers and LMDB ------------------------------------ */
+/* ---- ordered iteration: the merge of the layers and LMDB --------------------------- */
 
-int state_cursor_open(state *s, int table, state_cursor **out)
+typedef struct state_iter {
+    state *s;
+    int table;
+    const uint8_t *to;
+    size_t to_len;
+    state_entry **dirty; /* the layers' objects in range, newest version, sorted */
+    size_t n, i;
+    MDB_cursor *cur;
+    bool lmdb_valid;
+    MDB_val lk, lv;
+} state_iter;
+
+static bool state_in_range(const uint8_t *k, size_t kl, const void *from, size_t from_len,
+                           const void *to, size_t to_len)
 {
+    return (from_len == 0 || state_keycmp(k, kl, from, from_len) >= 0) &&
+           (to_len == 0 || state_keycmp(k, kl, to, to_len) < 0);
+}
+
+static int state_iter_init(state *s, int table, const void *from, size_t from_len,
+                           const void *to, size_t to_len, state_iter *it)
+{
+    *it = (state_iter){.s = s, .table = table, .to = to, .to_len = to_len};
     int rc = state_rtxn(s);
     if (rc < 0)
         return rc;
-    state_cursor *c = calloc(1, sizeof(*c));
-    if (!c)
+    size_t cap = (s->active ? s->active->table_count[table] : 0) +
+                 (s->frozen ? s->frozen->table_count[table] : 0);
+    it->dirty = cap ? malloc(cap * sizeof(*it->dirty)) : NULL;
+    if (cap && !it->dirty)
         return -ENOMEM;
-    c->s = s;
-    c->table = table;
-    rc = mdb_cursor_open(s->rtxn, s->dbi[table], &c->cur);
+    for (int i = 0; i < 2; i++) {
+        const state_layer *l = i == 0 ? s->active : s->frozen;
+        for (const state_entry *e = l ? l->lists[table] : NULL; e; e = e->next) {
+            if (!state_in_range(e->key, e->key_len, from, from_len, to, to_len))
+                continue;
+            /* A frozen object the active layer changed again: the newer. */
+            if (i == 1 && state_layer_get(s->active, table, e->key, e->key_len, e->hash))
+                continue;
+            it->dirty[it->n++] = (state_entry *)e;
+        }
+    }
+    if (it->n > 1)
+        qsort(it->dirty, it->n, sizeof(*it->dirty), state_entry_cmp);
+    rc = mdb_cursor_open(s->rtxn, s->dbi[table], &it->cur);
     if (rc != 0) {
-        free(c);
+        free(it->dirty);
         return state_errs(s, rc);
     }
-    *out = c;
-    return 0;
-}
-
-void state_cursor_close(state_cursor *c)
-{
-    if (!c)
-        return;
-    mdb_cursor_close(c->cur);
-    free(c);
-}
-
-static state_layer *state_cursor_layer(const state_cursor *c, int i)
-{
-    return i == 0 ? c->s->active : c->s->frozen;
-}
-
-/* Positions every source at its first key >= key (len 0: its first). */
-static int state_sources_ge(state_cursor *c, const void *key, size_t key_len)
-{
-    for (int i = 0; i < 2; i++) {
-        state_layer *l = state_cursor_layer(c, i);
-        c->pos[i] = !l ? NULL
-                   : key_len ? state_find_ge(l, c->table, key, key_len, NULL)
-                             : l->head[c->table]->next[0];
-    }
-    MDB_val k = {.mv_size = key_len, .mv_data = (void *)key};
-    int rc = mdb_cursor_get(c->cur, &k, &c->lv, key_len ? MDB_SET_RANGE : MDB_FIRST);
-    c->lmdb_valid = rc == 0;
+    MDB_val k = {.mv_size = from_len, .mv_data = (void *)from};
+    rc = mdb_cursor_get(it->cur, &k, &it->lv, from_len ? MDB_SET_RANGE : MDB_FIRST);
+    it->lmdb_valid = rc == 0;
     if (rc == 0)
-        c->lk = k;
-    return rc == 0 || rc == MDB_NOTFOUND ? 0 : state_errs(c->s, rc);
+        it->lk = k;
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : state_errs(s, rc);
 }
 
-/* Positions every source at its last key < key (len 0: its last). */
-static int state_sources_lt(state_cursor *c, const void *key, size_t key_len)
+static void state_iter_close(state_iter *it)
 {
-    for (int i = 0; i < 2; i++) {
-        state_layer *l = state_cursor_layer(c, i);
-        if (!l) {
-            c->pos[i] = NULL;
-            continue;
-        }
-        state_node *n = key_len ? state_find_ge(l, c->table, key, key_len, NULL) : NULL;
-        c->pos[i] = n ? n->prev : l->tail[c->table];
-    }
-    int rc;
-    MDB_val k = {.mv_size = key_len, .mv_data = (void *)key};
-    if (key_len) {
-        rc = mdb_cursor_get(c->cur, &k, &c->lv, MDB_SET_RANGE);
-        rc = rc == 0 ? mdb_cursor_get(c->cur, &k, &c->lv, MDB_PREV)
-           : rc == MDB_NOTFOUND ? mdb_cursor_get(c->cur, &k, &c->lv, MDB_LAST) : rc;
-    } else {
-        rc = mdb_cursor_get(c->cur, &k, &c->lv, MDB_LAST);
-    }
-    c->lmdb_valid = rc == 0;
+    if (it->cur)
+        mdb_cursor_close(it->cur);
+    free(it->dirty);
+}
+
+static int state_iter_lmdb_step(state_iter *it)
+{
+    MDB_val k;
+    int rc = mdb_cursor_get(it->cur, &k, &it->lv, MDB_NEXT);
+    it->lmdb_valid = rc == 0;
     if (rc == 0)
-        c->lk = k;
-    return rc == 0 || rc == MDB_NOTFOUND ? 0 : state_errs(c->s, rc);
+        it->lk = k;
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : state_errs(it->s, rc);
 }
 
-/* The smallest (dir > 0) or largest (dir < 0) key among the sources:
- * which sources hold it (bit 0 active, 1 frozen, 2 LMDB), or 0 if none. */
-static unsigned state_sources_pick(const state_cursor *c, int dir, const uint8_t **key,
-                                   size_t *key_len)
-{
-    unsigned who = 0;
-    const uint8_t *best = NULL;
-    size_t best_len = 0;
-    for (int i = 0; i < 3; i++) {
-        const uint8_t *k;
-        size_t kl;
-        if (i < 2) {
-            if (!c->pos[i])
-                continue;
-            k = c->pos[i]->key;
-            kl = c->pos[i]->key_len;
-        } else {
-            if (!c->lmdb_valid)
-                continue;
-            k = c->lk.mv_data;
-            kl = c->lk.mv_size;
-        }
-        int cmp = best ? state_keycmp(k, kl, best, best_len) : -dir;
-        if (cmp * dir < 0) {
-            best = k;
-            best_len = kl;
-            who = 1u << i;
-        } else if (cmp == 0) {
-            who |= 1u << i;
-        }
-    }
-    *key = best;
-    *key_len = best_len;
-    return who;
-}
-
-/* From the sources' positions, the first live entry in direction dir:
- * tombstones hide older versions, the newest version wins. */
-static int state_settle(state_cursor *c, int dir, const void **k, size_t *k_len,
-                        const void **v, size_t *v_len)
+/* 0 and the next live (key, value) in order; STATE_ABSENT at the end. */
+static int state_iter_next(state_iter *it, const void **k, size_t *kl, const void **v,
+                           size_t *vl)
 {
     for (;;) {
-        const uint8_t *key;
-        size_t key_len;
-        unsigned who = state_sources_pick(c, dir, &key, &key_len);
-        if (!who) {
-            c->valid = false;
-            return 1;
-        }
-        int newest = who & 1 ? 0 : who & 2 ? 1 : 2;
-        bool live = newest == 2 || c->pos[newest]->val_len != STATE_TOMBSTONE;
-        if (live) {
-            assert(key_len <= sizeof(c->key));
-            memcpy(c->key, key, key_len);
-            c->key_len = key_len;
-            c->valid = true;
-            *k = c->key;
-            *k_len = key_len;
-            if (newest < 2) {
-                *v = c->pos[newest]->val ? c->pos[newest]->val : (const uint8_t *)"";
-                *v_len = c->pos[newest]->val_len;
-                return 0;
+        if (it->lmdb_valid && it->to_len &&
+            state_keycmp(it->lk.mv_data, it->lk.mv_size, it->to, it->to_len) >= 0)
+            it->lmdb_valid = false;
+        const state_entry *d = it->i < it->n ? it->dirty[it->i] : NULL;
+        if (!d && !it->lmdb_valid)
+            return STATE_ABSENT;
+        int cmp = !d ? 1
+                  : !it->lmdb_valid
+                      ? -1
+                      : state_keycmp(d->key, d->key_len, it->lk.mv_data, it->lk.mv_size);
+        if (cmp <= 0) {
+            it->i++;
+            if (cmp == 0) {
+                int rc = state_iter_lmdb_step(it);
+                if (rc < 0)
+                    return rc;
             }
-            MDB_val val = c->lv;
-            int rc = state_check(c->s, c->table, &c->lk, &val);
-            if (rc < 0)
-                return rc;
-            *v = val.mv_data;
-            *v_len = val.mv_size;
+            if (d->tomb)
+                continue;
+            *k = d->key;
+            *kl = d->key_len;
+            *v = d->val ? d->val : (const uint8_t *)"";
+            *vl = d->val_len;
             return 0;
         }
-        /* Deleted: move every source past this key. */
-        for (int i = 0; i < 2; i++)
-            if (who & (1u << i))
-                c->pos[i] = dir > 0 ? c->pos[i]->next[0] : c->pos[i]->prev;
-        if (who & 4) {
-            MDB_val kk;
-            int rc = mdb_cursor_get(c->cur, &kk, &c->lv, dir > 0 ? MDB_NEXT : MDB_PREV);
-            c->lmdb_valid = rc == 0;
-            if (rc == 0)
-                c->lk = kk;
-            else if (rc != MDB_NOTFOUND)
-                return state_errs(c->s, rc);
-        }
+        MDB_val key = it->lk, val = it->lv;
+        int rc = state_check(it->s, it->table, &key, &val);
+        if (rc < 0)
+            return rc;
+        *k = key.mv_data;
+        *kl = key.mv_size;
+        *v = val.mv_data;
+        *vl = val.mv_size;
+        rc = state_iter_lmdb_step(it);
+        return rc < 0 ? rc : 0;
     }
 }
 
-int state_cursor_seek(state_cursor *c, const void *key, size_t key_len, const void **k,
-                      size_t *k_len, const void **v, size_t *v_len)
+int state_scan(state *s, int table, const void *from, size_t from_len, const void *to,
+               size_t to_len, state_scan_fn fn, void *ctx)
 {
-    int rc = state_sources_ge(c, key, key_len);
-    return rc < 0 ? rc : state_settle(c, 1, k, k_len, v, v_len);
-}
-
-int state_cursor_step(state_cursor *c, int dir, const void **k, size_t *k_len, const void **v,
-                      size_t *v_len)
-{
-    if (!c->valid)
-        return 1;
-    /* Re-position every source beside the current key: simple, and right
-     * whichever way the cursor last moved. */
-    uint8_t cur[512];
-    size_t n = c->key_len;
-    memcpy(cur, c->key, n);
-    int rc;
-    if (dir > 0) {
-        /* The first key > cur: >= cur, then past cur itself. */
-        rc = state_sources_ge(c, cur, n);
-        for (int i = 0; rc == 0 && i < 2; i++)
-            if (c->pos[i] && state_nodecmp(c->pos[i], cur, n) == 0)
-                c->pos[i] = c->pos[i]->next[0];
-        if (rc == 0 && c->lmdb_valid &&
-            state_keycmp(c->lk.mv_data, c->lk.mv_size, cur, n) == 0) {
-            MDB_val kk;
-            int r2 = mdb_cursor_get(c->cur, &kk, &c->lv, MDB_NEXT);
-            c->lmdb_valid = r2 == 0;
-            if (r2 == 0)
-                c->lk = kk;
-            else if (r2 != MDB_NOTFOUND)
-                rc = state_errs(c->s, r2);
-        }
-    } else {
-        rc = state_sources_lt(c, cur, n);
-    }
-    return rc < 0 ? rc : state_settle(c, dir, k, k_len, v, v_len);
-}
-
-int state_cursor_last(state_cursor *c, const void **k, size_t *k_len, const void **v,
-                      size_t *v_len)
-{
-    int rc = state_sources_lt(c, NULL, 0);
-    return rc < 0 ? rc : state_settle(c, -1, k, k_len, v, v_len);
+    state_iter it;
+    int rc = state_iter_init(s, table, from, from_len, to, to_len, &it);
+    const void *k, *v;
+    size_t kl, vl;
+    while (rc == 0 && (rc = state_iter_next(&it, &k, &kl, &v, &vl)) == 0)
+        rc = fn(ctx, k, kl, v, vl);
+    state_iter_close(&it);
+    return rc == STATE_ABSENT ? 0 : rc;
 }
 
 /* ---- compare, copy ---------------------------------------------------------------- */
 
-static void state_hex(const void *p, size_t n, char *out, size_t cap)
-{
-    const uint8_t *b = p;
-    size_t o = 0;
-    for (size_t i = 0; i < n && o + 3 < cap; i++)
-        o += (size_t)snprintf(out + o, cap - o, "%02x", b[i]);
-    out[o] = 0;
-}
-
 static int state_compare_table(state *a, state *b, int t, char *msg, size_t cap)
 {
-    state_cursor *ca, *cb;
-    int rc = state_cursor_open(a, t, &ca);
+    state_iter ia, ib;
+    int rc = state_iter_init(a, t, NULL, 0, NULL, 0, &ia);
     if (rc < 0)
         return rc;
-    rc = state_cursor_open(b, t, &cb);
+    rc = state_iter_init(b, t, NULL, 0, NULL, 0, &ib);
     if (rc < 0) {
-        state_cursor_close(ca);
+        state_iter_close(&ia);
         return rc;
     }
-    const void *ka, *va, *kb, *vb;
+    const void *ka = NULL, *va = NULL, *kb = NULL, *vb = NULL;
     size_t kal = 0, val = 0, kbl = 0, vbl = 0;
-    int ra = state_cursor_seek(ca, NULL, 0, &ka, &kal, &va, &val);
-    int rb = state_cursor_seek(cb, NULL, 0, &kb, &kbl, &vb, &vbl);
+    int ra = state_iter_next(&ia, &ka, &kal, &va, &val);
+    int rb = state_iter_next(&ib, &kb, &kbl, &vb, &vbl);
     rc = 0;
     while (ra == 0 || rb == 0) {
         if (ra < 0 || rb < 0) {
@@ -886,19 +923,22 @@ static int state_compare_table(state *a, state *b, int t, char *msg, size_t cap)
         bool same_key = ra == 0 && rb == 0 && state_keycmp(ka, kal, kb, kbl) == 0;
         if (!same_key || val != vbl || memcmp(va, vb, val) != 0) {
             char hex[80];
-            state_hex(ra == 0 ? ka : kb, ra == 0 ? kal : kbl, hex, sizeof(hex));
+            bool a_first = ra == 0 && (rb != 0 || state_keycmp(ka, kal, kb, kbl) < 0);
+            state_hex(a_first ? ka : kb, a_first ? kal : kbl, hex, sizeof(hex));
             snprintf(msg, cap, "state differs from the replay of the log: table %s, key %s (%s)",
                      state_names[t], hex,
-                     !same_key ? (ra != 0 ? "missing in state" : "missing in replay")
+                     !same_key ? (a_first ? "missing in replay" : "missing in state")
                                : "different value");
             rc = TALLY_ECORRUPT;
             break;
         }
-        ra = state_cursor_step(ca, 1, &ka, &kal, &va, &val);
-        rb = state_cursor_step(cb, 1, &kb, &kbl, &vb, &vbl);
+        ra = state_iter_next(&ia, &ka, &kal, &va, &val);
+        rb = state_iter_next(&ib, &kb, &kbl, &vb, &vbl);
     }
-    state_cursor_close(ca);
-    state_cursor_close(cb);
+    if (rc == 0 && (ra < 0 || rb < 0))
+        rc = ra < 0 ? ra : rb;
+    state_iter_close(&ia);
+    state_iter_close(&ib);
     return rc;
 }
 
@@ -917,7 +957,7 @@ int state_copy_fd(state *s, int fd)
     return state_errs(s, mdb_env_copyfd2(s->env, fd, MDB_CP_COMPACT));
 }
 
-int state_file_seq(const char *path, uint64_t *seq)
+int state_file_meta(const char *path, const char *name, void *out, size_t cap, size_t *len)
 {
     MDB_env *env;
     int rc = mdb_env_create(&env);
@@ -931,19 +971,26 @@ int state_file_seq(const char *path, uint64_t *seq)
         rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
     if (rc == 0)
         rc = mdb_dbi_open(txn, state_names[STATE_META], 0, &dbi);
-    MDB_val k = {.mv_size = 3, .mv_data = "seq"}, v;
+    MDB_val k = {.mv_size = strlen(name), .mv_data = (void *)name}, v;
     if (rc == 0)
         rc = mdb_get(txn, dbi, &k, &v);
-    if (rc == 0 && v.mv_size == 8 + STATE_CHECKSUM_BYTES &&
-        state_get64((const uint8_t *)v.mv_data + 8) ==
-            state_sum(STATE_META, "seq", 3, v.mv_data, 8))
-        memcpy(seq, v.mv_data, 8);
-    else if (rc == MDB_NOTFOUND)
-        *seq = 0, rc = 0;
-    else if (rc == 0)
-        rc = MDB_CORRUPTED;
+    int result = 0;
+    if (rc == MDB_NOTFOUND) {
+        result = STATE_ABSENT;
+        rc = 0;
+    } else if (rc == 0) {
+        size_t n = v.mv_size - STATE_CHECKSUM_BYTES;
+        if (v.mv_size < STATE_CHECKSUM_BYTES || n > cap ||
+            state_get64((const uint8_t *)v.mv_data + n) !=
+                state_sum(STATE_META, name, strlen(name), v.mv_data, n))
+            rc = MDB_CORRUPTED;
+        else {
+            memcpy(out, v.mv_data, n);
+            *len = n;
+        }
+    }
     if (txn)
         mdb_txn_abort(txn);
     mdb_env_close(env);
-    return state_err(rc);
+    return rc ? state_err(rc) : result;
 }

@@ -1,17 +1,21 @@
 /*
  * state.h — one shard's materialised state: named tables of byte keys and
  * values, kept in LMDB (the only module that includes lmdb.h, STYLE rule 2)
- * under an in-memory layer of recent changes (DESIGN-NOTES §1).
+ * under an in-memory layer of the objects changed since the last
+ * checkpoint (DESIGN-NOTES §1, §5).
  *
- * Writes go to the active layer (ordered, in memory).  Reads look at the
- * active layer, then at a frozen layer being committed, then at LMDB's
- * last commit through a read transaction.  A checkpoint freezes the active
- * layer and a committer thread writes it into LMDB in one synced
- * transaction (state_freeze, state_commit_frozen, state_commit_finish), so
- * the writer never waits for LMDB's page writes and flushes; or, for tools
- * and recovery, state_commit does it all on the calling thread.  LMDB on
- * disk is thus always one whole checkpoint, committed with its default
- * synced commits (never MDB_NOSYNC).
+ * Writes go to the active layer: a hash table of (table, key) → the
+ * object's newest value (or a tombstone), so a write or a point read of a
+ * changed object costs one hash lookup.  Reads look at the active layer,
+ * then at a frozen layer being committed, then at LMDB's last commit
+ * through a read transaction.  A checkpoint freezes the active layer and a
+ * committer thread writes it into LMDB — every object once, sorted by
+ * key, append-only tables with MDB_APPEND — in one synced transaction
+ * (state_freeze, state_commit_frozen, state_commit_finish), so the writer
+ * never waits for LMDB's page writes and flushes; or, for tools and
+ * recovery, state_commit does it all on the calling thread.  LMDB on disk
+ * is thus always one whole checkpoint, committed with its default synced
+ * commits (never MDB_NOSYNC).
  *
  * Every stored value carries a checksum: the caller's bytes, then an
  * XXH3-64 of (table, key, value) — 8 bytes, little-endian — because LMDB
@@ -22,8 +26,9 @@
  *
  * Keys are built big-endian by the caller so that they sort by their
  * numeric fields.  Errors are -errno, TALLY_ECORRUPT (damage found) or
- * TALLY_EFAILED (another LMDB limit), -ENOSPC (map or disk full);
- * state_get's "not found" is 1.
+ * TALLY_EFAILED (another LMDB limit), -ENOSPC (map or disk full).  A value
+ * returned by state_get or a scan stays valid until the next state_put,
+ * state_del or commit call on that state.
  */
 #ifndef TALLY_STATE_H
 #define TALLY_STATE_H
@@ -32,22 +37,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The tables.  Changing one's key or value layout changes the format. */
+/* The tables.  Changing one's key or value layout changes the format
+ * (ledger.c's LEDGER_FORMAT). */
 enum state_table {
-    STATE_META = 0,   /* "seq" → u64 checkpoint seq */
-    STATE_ACCOUNTS,   /* (m, a) → account */
-    STATE_LOTS,       /* (m, a, expiry key, seq) → lot */
-    STATE_EXPIRY,     /* (expires, m, a, seq) → "" : lots the sweep expires */
-    STATE_IDS,        /* (m, xxh128(id)) → id_ref */
-    STATE_HISTORY,    /* (m, a, seq) → log loc */
-    STATE_REFS,       /* (m, seq) → state of an entry others refer to */
-    STATE_HOLDS_DUE,  /* (deadline s, m, seq) → "" : open holds */
-    STATE_ACCT_HOLDS, /* (m, a, seq) → deadline : open holds by account */
+    STATE_META = 0,   /* "seq", "ts", "format", "ids" (the id index's manifest) */
+    STATE_ACCOUNTS,   /* (m, a) → account: totals, holds, pending and inline lots */
+    STATE_LOTS,       /* (m, a, chunk) → a chunk of an account's lots */
+    STATE_DUE,        /* (due s, m, a) → "": accounts with something due */
+    STATE_LOT_IDS,    /* seq → id of a lot that can expire or mature (append-only) */
+    STATE_HOLDS,      /* seq → (m, a): open holds, oldest first (append-mostly) */
+    STATE_REVERSED,   /* (m, seq) → points reversed so far of an entry */
     STATE_MERCHANTS,  /* m → merchant totals */
-    STATE_LIABILITY,  /* (m, month key) → points */
-    STATE_PENDING,    /* (m, a, available_at, seq) → "" : lots not yet spendable */
+    STATE_LIABILITY,  /* (m, month) → points outstanding */
     STATE_TABLES,
 };
+
+/* Named results of lookups (not errors). */
+enum { STATE_ABSENT = 1 };
+/* state_commit_finish: no commit was started / it still runs. */
+enum { STATE_COMMIT_NONE = 1, STATE_COMMIT_RUNNING = 2 };
 
 typedef struct state state;
 
@@ -67,40 +75,48 @@ int state_abort(state *s);
 
 /* Asynchronous checkpoints.  state_freeze makes the active layer the
  * frozen one and starts an empty active layer (-EBUSY if a frozen layer is
- * still there).  state_commit_frozen starts a thread that writes it into
- * LMDB and commits, then calls done(ctx) from that thread.
- * state_commit_finish, on the writer's thread: 1 if no commit was started,
- * 2 if it is still running, else its outcome (0: the read view now shows
- * it and the frozen layer is gone; < 0: it failed — call state_abort). */
+ * still there).  state_commit_frozen starts a thread that calls
+ * before(before_ctx)
+ * (work that must be durable before this commit: 0 or an error that fails
+ * it), writes the frozen layer into LMDB and commits, then calls
+ * done(done_ctx) from that thread.  state_commit_finish, on the writer's
+ * thread: STATE_COMMIT_NONE, STATE_COMMIT_RUNNING, else its outcome (0:
+ * the read view now shows it and the frozen layer is gone; < 0: it failed
+ * — call state_abort). */
 int state_freeze(state *s);
 bool state_has_frozen(const state *s);
-int state_commit_frozen(state *s, void (*done)(void *ctx), void *ctx);
+int state_commit_frozen(state *s, int (*before)(void *ctx), void *before_ctx,
+                        void (*done)(void *ctx), void *done_ctx);
+/* From before() only (the committer thread): one more value written in
+ * this commit — what only the committer knows (the id index's manifest
+ * once its run is written).  At most STATE_EXTRA_BYTES in all. */
+#define STATE_EXTRA_BYTES 8192
+int state_commit_add(state *s, int table, const void *key, size_t key_len, const void *val,
+                     size_t val_len);
 int state_commit_finish(state *s);
+/* state_commit_finish that waits for a running commit to end. */
+int state_commit_wait(state *s);
 /* Bytes the active layer holds (for backpressure). */
 size_t state_active_bytes(const state *s);
+/* Objects the active layer holds. */
+size_t state_active_count(const state *s);
 
-/* 0 and *val and *val_len (valid until the next write), 1 if absent. */
+/* 0 and *val, *val_len; STATE_ABSENT. */
 int state_get(state *s, int table, const void *key, size_t key_len, const void **val,
               size_t *val_len);
 int state_put(state *s, int table, const void *key, size_t key_len, const void *val,
               size_t val_len);
-/* 0, or 1 if absent. */
+/* 0, or STATE_ABSENT if there was nothing to delete. */
 int state_del(state *s, int table, const void *key, size_t key_len);
 
-/* Cursor over a table within the open transaction. */
-typedef struct state_cursor state_cursor;
-int state_cursor_open(state *s, int table, state_cursor **out);
-void state_cursor_close(state_cursor *c);
-/* Positions at the first key >= key (or the first key if key_len is 0).
- * 0 and *k, *v: found; 1: none. */
-int state_cursor_seek(state_cursor *c, const void *key, size_t key_len, const void **k,
-                      size_t *k_len, const void **v, size_t *v_len);
-/* Moves to the next (dir > 0) or previous (dir < 0) key; 0 or 1 (end). */
-int state_cursor_step(state_cursor *c, int dir, const void **k, size_t *k_len, const void **v,
-                      size_t *v_len);
-/* Positions at the last key. 0 or 1 (empty). */
-int state_cursor_last(state_cursor *c, const void **k, size_t *k_len, const void **v,
-                      size_t *v_len);
+/* Ordered iteration over the merged view (layers over LMDB) of keys in
+ * [from, to) — from_len 0: from the first key; to_len 0: to the last.
+ * fn(ctx, key, key_len, val, val_len) is called in key order and must not
+ * change the state; a non-zero return stops the scan and is returned. */
+typedef int (*state_scan_fn)(void *ctx, const void *key, size_t key_len, const void *val,
+                             size_t val_len);
+int state_scan(state *s, int table, const void *from, size_t from_len, const void *to,
+               size_t to_len, state_scan_fn fn, void *ctx);
 
 /* Compares every table except STATE_META of two states: 0, or
  * TALLY_ECORRUPT with the first difference (table and key) in msg. */
@@ -111,9 +127,10 @@ int state_compare(state *a, state *b, char *msg, size_t cap);
  * open file descriptor fd.  May run on another thread than the writer. */
 int state_copy_fd(state *s, int fd);
 
-/* Reads the checkpoint seq from the last committed state of an
- * environment file (a snapshot), opening it read-only on its own. */
-int state_file_seq(const char *path, uint64_t *seq);
+/* Reads a META value (e.g. "seq", "ids") from the last committed state of
+ * an environment file (a snapshot), opening it read-only on its own:
+ * 0 and up to cap bytes in out with *len; STATE_ABSENT. */
+int state_file_meta(const char *path, const char *name, void *out, size_t cap, size_t *len);
 
 /* Names a table, for messages. */
 const char *state_table_name(int table);
@@ -124,5 +141,7 @@ const char *state_error(const state *s);
 
 /* Bytes a stored value carries beyond the caller's (the checksum). */
 #define STATE_CHECKSUM_BYTES 8
+/* The longest key any table uses. */
+#define STATE_KEY_BYTES_MAX 32
 
 #endif

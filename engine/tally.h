@@ -58,7 +58,9 @@ enum tally_kind {
     TALLY_KIND_REVERSE,
     TALLY_KIND_ADJUST,
     TALLY_KIND_EXPIRE,
-    TALLY_KIND_COUNT,
+    TALLY_KIND_TRANSFER,  /* points moved between two accounts of a merchant */
+    TALLY_KIND_AVAILABLE, /* pending points became spendable (~avail:ID) */
+    TALLY_KIND_COUNT,     /* numbers are on disk: append only */
 };
 /* "earn", "redeem", ... ; "" for NONE or out of range. */
 const char *tally_kind_name(int kind);
@@ -73,6 +75,7 @@ enum tally_op {
     TALLY_OP_VOID,
     TALLY_OP_REVERSE,
     TALLY_OP_ADJUST,
+    TALLY_OP_TRANSFER,
     /* reads */
     TALLY_OP_BALANCE,
     TALLY_OP_ENTRY,
@@ -94,6 +97,7 @@ enum {
     TALLY_REQ_TIMEOUT = 1u << 3,      /* HOLD TIMEOUT given */
     TALLY_REQ_MEMO = 1u << 4,         /* MEMO given (may be empty) */
     TALLY_REQ_BEFORE = 1u << 5,       /* HISTORY BEFORE given */
+    TALLY_REQ_ALL = 1u << 6,          /* TRANSFER ALL */
 };
 
 /* One ledger entry as clients see it (SPEC §1). */
@@ -102,11 +106,15 @@ typedef struct tally_entry {
     uint64_t ts_ms;
     uint64_t merchant;
     uint64_t account;
-    int64_t points;  /* signed change to the available balance */
-    int64_t balance; /* available after */
-    int64_t held;    /* held after */
+    uint64_t account2; /* TRANSFER: the other account; else 0 */
+    int64_t points;   /* signed change to the available balance */
+    int64_t amount;   /* the operation's own size (earned, redeemed, held, ...) */
+    int64_t balance;  /* available after */
+    int64_t held;     /* held after */
+    int64_t pending;  /* pending after */
     uint64_t expires; /* unix s, 0 = never */
     uint8_t kind;     /* enum tally_kind */
+    bool imported;    /* loaded by `tally import` */
     uint8_t id_len;
     uint8_t ref_len;
     uint8_t memo_len;
@@ -168,6 +176,7 @@ struct tally_request {
     uint32_t flags; /* TALLY_REQ_* */
     uint64_t merchant;
     uint64_t account;
+    uint64_t account2;     /* TRANSFER: the receiving account */
     int64_t points;        /* amount (ADJUST: signed); POINTS n for capture */
     uint64_t expires;      /* unix s */
     uint64_t available_at; /* unix s */

@@ -46,6 +46,7 @@
 
 #include "checksum.h"
 #include "fault_util.h"
+#include "ids.h"
 #include "record.h"
 
 #define DM_SHARDS 8
@@ -133,7 +134,7 @@ static void dm_load_shard(unsigned s)
             break;
         cr_assert_eq(r.prev, prev, "shard %u: the written log chains", s);
         dm_rec *x = &d->recs[d->n++];
-        *x = (dm_rec){.off = off, .len = rl, .seq = r.seq, .batch_seq = r.batch_seq,
+        *x = (dm_rec){.off = off, .len = rl, .seq = r.seq, .batch_seq = r.seq - r.batch_back,
                       .account = r.account, .points = r.points};
         snprintf(x->id, sizeof(x->id), "%.*s", (int)r.id_len, r.id);
         prev = sum;
@@ -728,17 +729,62 @@ Test(lmdb, a_flipped_bit_in_a_merchants_totals_is_never_served_as_wrong_totals,
     lm_rebuild("merchant totals");
 }
 
+/* Flips a bit of the seq stored with `key` in every run file of a shard's
+ * id index (entries are (hi, lo, value) little-endian in 4 KiB blocks
+ * after a 4 KiB header): how many copies were flipped. */
+static int lm_flip_ids(unsigned shard, ids_key key)
+{
+    uint8_t want[16];
+    for (int i = 0; i < 8; i++) {
+        want[i] = (uint8_t)(key.hi >> (8 * i));
+        want[8 + i] = (uint8_t)(key.lo >> (8 * i));
+    }
+    char dir[160];
+    snprintf(dir, sizeof(dir), "%s/shard-%03u/state/ids", lm_td.dir, shard);
+    DIR *d = opendir(dir);
+    cr_assert_not_null(d, "%s", dir);
+    int hits = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        size_t n = strlen(de->d_name);
+        if (n < 4 || strcmp(de->d_name + n - 4, ".run") != 0)
+            continue;
+        char path[512];
+        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+        size_t len = 0;
+        uint8_t *f = (uint8_t *)fu_read_file(path, &len);
+        cr_assert_not_null(f, "%s", path);
+        for (size_t p = 4096; p + 24 <= len; p += 24) {
+            size_t in_block = (p - 4096) % 4096;
+            if (in_block + 24 > 169 * 24) {
+                p = p - in_block + 4096 - 24; /* on to the next block */
+                continue;
+            }
+            if (memcmp(f + p, want, 16) == 0) {
+                f[p + 16] ^= 0x04;
+                hits++;
+            }
+        }
+        FILE *w = fopen(path, "r+b");
+        cr_assert_not_null(w);
+        cr_assert_eq(fwrite(f, 1, len, w), len);
+        fclose(w);
+        free(f);
+    }
+    closedir(d);
+    cr_assert_gt(hits, 0, "the id's key was found in a run of %s", dir);
+    return hits;
+}
+
 Test(lmdb, a_flipped_bit_in_the_id_index_never_loses_an_entry_or_applies_a_retry_twice,
      .timeout = 120, .fini = fu_cleanup)
 {
     lm_setup();
-    /* The first earn of merchant 102, account 1000003. */
+    /* The first earn of merchant 102, account 1000003: its seq in the id
+     * index's run files (the index lives beside LMDB since issue 11). */
     const char *id = "e2-1000003-0";
-    uint8_t key[24];
-    lm_be64(key, 102);
-    checksum128(id, strlen(id), key + 8);
     unsigned shard = checksum_shard(102, LM_SHARDS);
-    int hits = lm_flip_value(shard, key, sizeof(key), 0); /* the entry's seq */
+    int hits = lm_flip_ids(shard, ids_key_of(102, id, strlen(id)));
     td_start(&lm_td, (const char *const[]){"--shards", "2", NULL});
     redisContext *c = td_connect(&lm_td);
     long refused = 0;

@@ -110,7 +110,7 @@ Test(server, a_thousand_simultaneous_connections_are_all_served)
     freeReplyObject(info);
     for (int i = 0; i < N; i++) {
         char buf[2048], id[32], want[64];
-        td_recv_until(fds[i], buf, sizeof(buf), "memo\r\n$0\r\n\r\n", 30000);
+        td_recv_until(fds[i], buf, sizeof(buf), "imported\r\n:0\r\n", 30000);
         snprintf(id, sizeof(id), "conn-%d", i);
         snprintf(want, sizeof(want), "$2\r\nid\r\n$%zu\r\n%s\r\n", strlen(id), id);
         cr_assert_not_null(strstr(buf, want), "connection %d: %s", i, buf);
@@ -554,7 +554,7 @@ static size_t raw_reply(const td *t, const char *cmd, char *buf, size_t cap)
     /* Entries end with the memo field; errors with one line. */
     size_t n = td_recv_until(fd, buf, cap, "\r\n", 5000);
     if (buf[0] == '*')
-        n += td_recv_until(fd, buf + n, cap - n, "memo\r\n$0\r\n\r\n", 5000);
+        n += td_recv_until(fd, buf + n, cap - n, "imported\r\n:0\r\n", 5000);
     close(fd);
     return n;
 }
@@ -759,7 +759,7 @@ Test(server, redis_cli_round_trip)
     out[n] = 0;
     cr_assert_eq(pclose(p), 0, "redis-cli failed: %s", out);
     cr_assert_not_null(strstr(out, "id\norder-77\nkind\nearn\n"), "%s", out);
-    cr_assert_not_null(strstr(out, "points\n-120\nbalance\n380\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "points\n-120\namount\n120\nbalance\n380\n"), "%s", out);
     cr_assert_not_null(strstr(out, "available\n380\nheld\n0\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\navailable 380\nheld 0\n"), "RESP3 map: %s", out);
     td_stop(&t);

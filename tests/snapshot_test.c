@@ -240,18 +240,18 @@ Test(snapshot, a_damaged_state_value_is_refused_then_rebuilt_at_the_next_open)
     char dir[64], path[160];
     eu_tmpdir(dir, "snap");
     tally *t = open_dir(dir, TALLY_RETAIN_KEEP, NULL, 0);
-    cr_assert_eq(eu_earn(t, 7, 1, 123456789012LL, "big", NULL), 0);
+    cr_assert_eq(eu_earn(t, 7, 1000, 123456789012LL, "big", NULL), 0);
     write_batch(t, 0, 300);
     tally_close(t);
-    /* The account's `earned` (and lot) values hold 123456789012 + ...:
-     * find the lot's remaining, which is exactly the earn's amount. */
+    /* Account 1000's value holds 123456789012 (its earned and its pool):
+     * flip a bit in each copy of it. */
     snprintf(path, sizeof(path), SHARD_DIR "/state/data.mdb", dir);
     cr_assert_gt(flip_value(path, 123456789012LL), 0, "the value is in data.mdb");
     t = open_dir(dir, TALLY_RETAIN_KEEP, NULL, 0);
     tally_request r;
     /* A debit reads the damaged lot: the shard is refused, never a wrong
      * balance. */
-    int rc = eu_redeem(t, 7, 1, 5, "after-damage", NULL);
+    int rc = eu_redeem(t, 7, 1000, 5, "after-damage", NULL);
     cr_assert_eq(rc, TALLY_ECORRUPT, "%s", tally_strerror(rc));
     tally_balance b;
     cr_assert_eq(eu_balance(t, 7, 1, &b), TALLY_ECORRUPT, "reads are refused too");
@@ -264,9 +264,11 @@ Test(snapshot, a_damaged_state_value_is_refused_then_rebuilt_at_the_next_open)
     cr_assert_eq(access(path, F_OK), 0, "marked for a rebuild");
     /* The next open rebuilds the state from the log: served again. */
     t = open_dir(dir, TALLY_RETAIN_KEEP, NULL, 0);
+    cr_assert_eq(eu_balance(t, 7, 1000, &b), 0);
+    cr_assert_eq(b.available, 123456789012LL);
     cr_assert_eq(eu_balance(t, 7, 1, &b), 0);
-    cr_assert_eq(b.available, 123456789012LL + expected(300, 1));
-    cr_assert_eq(eu_redeem(t, 7, 1, 5, "after-rebuild", NULL), 0);
+    cr_assert_eq(b.available, expected(300, 1));
+    cr_assert_eq(eu_redeem(t, 7, 1000, 5, "after-rebuild", NULL), 0);
     (void)r;
     tally_close(t);
     verify_offline(dir);

@@ -128,13 +128,16 @@ static int tool_dump_one(void *ctx, const tally_entry *e, bool refusal, int stat
     if (refusal) {
         printf(",\"refused\":\"%s\"", tally_error_code(status));
     } else {
-        printf(",\"points\":%" PRId64 ",\"balance\":%" PRId64 ",\"held\":%" PRId64, e->points,
-               e->balance, e->held);
+        printf(",\"points\":%" PRId64 ",\"amount\":%" PRId64 ",\"balance\":%" PRId64
+               ",\"held\":%" PRId64 ",\"pending\":%" PRId64,
+               e->points, e->amount, e->balance, e->held, e->pending);
     }
     printf(",\"ts\":%" PRIu64 ",\"ref\":", e->ts_ms);
     tool_json_string(stdout, e->ref, e->ref_len);
     printf(",\"expires\":%" PRIu64 ",\"memo\":", e->expires);
     tool_json_string(stdout, e->memo, e->memo_len);
+    if (e->imported)
+        fputs(",\"imported\":true", stdout);
     fputs("}\n", stdout);
     d->printed++;
     return ferror(stdout) ? -EIO : 0;
