@@ -28,6 +28,7 @@
 #include "os.h"
 #include "shard.h"
 #include "tally.h"
+#include "upgrade.h"
 
 #define TALLY_MANIFEST_VERSION 1
 
@@ -102,6 +103,37 @@ static int tally_lock(tally *t)
 
 /* ---- open / close ------------------------------------------------------- */
 
+static void tally_say(const tally *t, int level, const char *msg)
+{
+    if (t->opts.log)
+        t->opts.log(t->opts.log_ctx, level, msg);
+    else
+        fprintf(stderr, "tally: %s\n", msg);
+}
+
+/* A shard written by release 1 is upgraded in place before it opens
+ * (upgrade.h); offline tools, which never write, say so instead. */
+static int tally_upgrade(tally *t, const char *path, uint32_t index)
+{
+    int need = upgrade_needed(path);
+    if (need <= 0)
+        return need;
+    char msg[400];
+    if (t->opts.read_only) {
+        snprintf(msg, sizeof(msg),
+                 "shard %u holds release-1 data: start tallyd once to upgrade it", index);
+        tally_say(t, 2, msg);
+        return TALLY_EFORMAT;
+    }
+    int rc = upgrade_shard(path, index, t->opts.os, t->opts.state_map_bytes
+                                                         ? t->opts.state_map_bytes
+                                                         : LIMIT_STATE_MAP_BYTES_DEFAULT,
+                           t->opts.log, t->opts.log_ctx, msg, sizeof(msg));
+    if (rc < 0)
+        tally_say(t, 2, msg);
+    return rc;
+}
+
 static int tally_open_shards(tally *t)
 {
     for (uint32_t i = 0; i < t->shard_count; i++) {
@@ -118,7 +150,9 @@ static int tally_open_shards(tally *t)
             .snapshot_every_ms = t->opts.snapshot_every_ms,
             .retention = t->opts.retention, .archive_dir = t->opts.archive_dir,
         };
-        int rc = shard_open(&so, &t->shards[i]);
+        int rc = tally_upgrade(t, path, i);
+        if (rc == 0)
+            rc = shard_open(&so, &t->shards[i]);
         if (rc < 0)
             return rc;
     }

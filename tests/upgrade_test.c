@@ -1,0 +1,308 @@
+/*
+ * upgrade_test.c — a data directory written by release 1 (log format 1,
+ * state format 2: tests/fixtures/release1.tar.gz, made by that release's
+ * binaries) opened by this one: upgraded in place keeping every seq, id,
+ * entry and remembered refusal (issue 11), also with a torn tail, across
+ * a crash in the middle, and refused with advice when its log's start is
+ * gone.  The check is release 1's own `tally dump --refusals` of the
+ * fixture against this release's dump of the upgraded directory, field by
+ * field.
+ */
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fault_util.h"
+#include "record.h"
+#include "tallyd_util.h"
+
+/* ---- the fixture ---------------------------------------------------------- */
+
+static td up_td;
+
+/* A fresh copy of the release-1 directory in up_td.dir. */
+static void up_extract(void)
+{
+    td_init(&up_td, "upg");
+    char cmd[1024], out[4096];
+    snprintf(cmd, sizeof(cmd),
+             "set -e; tmp=$(mktemp -d); tar xzf '%s/tests/fixtures/release1.tar.gz' -C $tmp; "
+             "cp -a $tmp/rel1/. '%s/'; rm -rf $tmp",
+             td_source_dir(), up_td.dir);
+    cr_assert_eq(td_run(cmd, out, sizeof(out)), 0, "%s", out);
+}
+
+static void up_cleanup(void) { td_cleanup(&up_td); }
+
+/* `tally dump --refusals` of the directory, one line per array slot. */
+static char **up_dump(const char *file, size_t *n)
+{
+    char cmd[512], path[256];
+    snprintf(path, sizeof(path), "%s/../upgrade.dump", up_td.dir);
+    if (!file) {
+        char out[4096];
+        snprintf(cmd, sizeof(cmd), "%s/tally dump '%s' --refusals > '%s'", getenv("TALLY_BUILD"),
+                 up_td.dir, path);
+        cr_assert_eq(td_run(cmd, out, sizeof(out)), 0, "tally dump: %s", out);
+        file = path;
+    }
+    FILE *f = fopen(file, "r");
+    cr_assert_not_null(f, "%s", file);
+    char **lines = NULL, buf[8192];
+    size_t cap = 0;
+    *n = 0;
+    while (fgets(buf, sizeof(buf), f)) {
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 1024;
+            lines = realloc(lines, cap * sizeof(*lines));
+        }
+        lines[(*n)++] = strdup(buf);
+    }
+    fclose(f);
+    return lines;
+}
+
+static void up_free(char **lines, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(lines[i]);
+    free(lines);
+}
+
+/* The raw JSON value of "name" in a flat one-line object: a string with
+ * its quotes and escapes, or a number; "" if absent. */
+static void up_field(const char *line, const char *name, char *out, size_t cap)
+{
+    char key[64];
+    snprintf(key, sizeof(key), "\"%s\":", name);
+    const char *p = strstr(line, key);
+    out[0] = 0;
+    if (!p)
+        return;
+    p += strlen(key);
+    const char *e = p;
+    if (*e == '"') {
+        for (e++; *e && *e != '"'; e++)
+            if (*e == '\\' && e[1])
+                e++;
+        e++;
+    } else {
+        while (*e && *e != ',' && *e != '}')
+            e++;
+    }
+    size_t n = (size_t)(e - p) < cap - 1 ? (size_t)(e - p) : cap - 1;
+    memcpy(out, p, n);
+    out[n] = 0;
+}
+
+/* Every field release 1 printed, equal in this release's dump.  With
+ * `skip_seq`, release 1's last line (shard 1's last record, the dump's
+ * last shard) is that seq and expected gone. */
+static void up_compare(char **old, size_t n_old, char **now, size_t n_now, uint64_t skip_seq)
+{
+    static const char *const fields[] = {"seq", "id",  "kind", "merchant", "account",
+                                         "points", "balance", "held", "ts", "ref",
+                                         "expires", "memo", "refused"};
+    size_t j = 0;
+    for (size_t i = 0; i < n_old; i++) {
+        char seq[32];
+        up_field(old[i], "seq", seq, sizeof(seq));
+        if (skip_seq && i == n_old - 1) {
+            cr_assert_eq(strtoull(seq, NULL, 10), skip_seq, "the torn record is the last");
+            continue;
+        }
+        while (j < n_now && strstr(now[j], "\"id\":\"after-upgrade\""))
+            j++; /* written by release 2 after the upgrade */
+        cr_assert_lt(j, n_now, "this release's dump ends early (release 1: %zu lines)", n_old);
+        for (size_t f = 0; f < sizeof(fields) / sizeof(fields[0]); f++) {
+            char a[1024], b[1024];
+            up_field(old[i], fields[f], a, sizeof(a));
+            up_field(now[j], fields[f], b, sizeof(b));
+            cr_assert_str_eq(a, b, "line %zu field %s: release 1 %s, now %s", i, fields[f],
+                             old[i], now[j]);
+        }
+        j++;
+    }
+    cr_assert_geq(n_now, j);
+}
+
+static char **up_release1(size_t *n)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "%s/release1.dump", up_td.dir);
+    char **lines = up_dump(path, n);
+    unlink(path); /* not part of the data directory */
+    return lines;
+}
+
+static void up_verify_ok(void)
+{
+    char cmd[512], out[8192];
+    snprintf(cmd, sizeof(cmd), "%s/tally verify '%s' 2>&1", getenv("TALLY_BUILD"), up_td.dir);
+    cr_assert_eq(td_run(cmd, out, sizeof(out)), 0, "tally verify: %s", out);
+}
+
+/* ---- tests -------------------------------------------------------------------- */
+
+Test(upgrade, a_release_1_directory_is_upgraded_in_place_keeping_every_entry, .timeout = 120,
+     .fini = up_cleanup)
+{
+    up_extract();
+    size_t n_old;
+    char **old = up_release1(&n_old);
+    cr_assert_gt(n_old, 1000);
+    /* The offline tools say what to do, and change nothing. */
+    char cmd[512], out[4096];
+    snprintf(cmd, sizeof(cmd), "%s/tally verify '%s' 2>&1", getenv("TALLY_BUILD"), up_td.dir);
+    cr_assert_neq(td_run(cmd, out, sizeof(out)), 0);
+    cr_assert_not_null(strstr(out, "release-1 data: start tallyd once"), "%s", out);
+    td_start(&up_td, NULL);
+    redisContext *c = td_connect(&up_td);
+    redisReply *r = td_cmd(c, "VERIFY");
+    cr_assert_eq(r->type, REDIS_REPLY_STATUS, "%s", r->str);
+    freeReplyObject(r);
+    /* Retries of release-1 writes replay them; refusals stay refused. */
+    r = td_cmd(c, "REDEEM 11 1 999999 r-11-1-big");
+    cr_assert_eq(r->type, REDIS_REPLY_ERROR);
+    cr_assert(strncmp(r->str, "INSUFFICIENT", 12) == 0, "%s", r->str);
+    freeReplyObject(r);
+    r = td_cmd(c, "EARN 14 2 2 bulk-1 MEMO m1");
+    cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
+    cr_assert(td_field(r, "seq") && td_int_field(r, "seq") > 0);
+    freeReplyObject(r);
+    /* And release 2 goes on from there. */
+    r = td_cmd(c, "EARN 11 1 5 after-upgrade");
+    cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
+    freeReplyObject(r);
+    redisFree(c);
+    td_stop(&up_td);
+    size_t n_now;
+    char **now = up_dump(NULL, &n_now);
+    cr_assert_eq(n_now, n_old + 1, "one new entry after the upgrade");
+    up_compare(old, n_old, now, n_now, 0);
+    up_verify_ok();
+    char kept[128];
+    snprintf(kept, sizeof(kept), "%s/shard-000.release1/log-0000000001.seg", up_td.dir);
+    cr_assert_eq(access(kept, F_OK), 0, "the release-1 shard is kept aside");
+    up_free(old, n_old);
+    up_free(now, n_now);
+}
+
+/* The last record of shard 1's only segment: its offset and seq. */
+static void up_last_record(size_t *off_out, size_t *len_out, uint64_t *seq_out)
+{
+    char seg[160];
+    snprintf(seg, sizeof(seg), "%s/shard-001/log-0000000001.seg", up_td.dir);
+    size_t size = 0;
+    uint8_t *m = (uint8_t *)fu_read_file(seg, &size);
+    cr_assert_not_null(m);
+    size_t off = 64, last = 0, last_len = 0;
+    uint64_t seq = 0;
+    for (;;) {
+        record r;
+        size_t len;
+        uint64_t sum;
+        if (record_decode_v1(m + off, size - off, &r, &len, &sum) != RECORD_OK)
+            break;
+        last = off;
+        last_len = len;
+        seq = r.seq;
+        off += len;
+    }
+    free(m);
+    cr_assert_gt(seq, 0);
+    *off_out = last;
+    *len_out = last_len;
+    *seq_out = seq;
+}
+
+Test(upgrade, a_torn_tail_of_release_1_is_left_out_and_reported, .timeout = 120,
+     .fini = up_cleanup)
+{
+    up_extract();
+    size_t n_old;
+    char **old = up_release1(&n_old);
+    size_t off, len;
+    uint64_t seq;
+    up_last_record(&off, &len, &seq);
+    /* The second half of the last record never landed. */
+    char seg[160];
+    snprintf(seg, sizeof(seg), "%s/shard-001/log-0000000001.seg", up_td.dir);
+    int fd = open(seg, O_WRONLY);
+    cr_assert(fd >= 0);
+    char zeros[512] = {0};
+    cr_assert_eq(pwrite(fd, zeros, len / 2, (off_t)(off + len / 2)), (ssize_t)(len / 2));
+    close(fd);
+    td_start(&up_td, NULL);
+    td_stop(&up_td);
+    cr_assert_gt(fu_log_count(&up_td, (const char *const[]){"upgrade", "torn tail", NULL}), 0,
+                 "the torn tail is reported");
+    size_t n_now;
+    char **now = up_dump(NULL, &n_now);
+    cr_assert_eq(n_now, n_old - 1);
+    up_compare(old, n_old, now, n_now, seq);
+    up_verify_ok();
+    up_free(old, n_old);
+    up_free(now, n_now);
+}
+
+Test(upgrade, a_crash_during_the_upgrade_is_begun_again_or_finished_at_the_next_start,
+     .timeout = 180, .fini = up_cleanup)
+{
+    up_extract();
+    size_t n_old;
+    char **old = up_release1(&n_old);
+    char cmd[1024], out[4096];
+    /* Killed while converting: a half-made shard-000.upgrade. */
+    snprintf(cmd, sizeof(cmd), "mkdir -p '%s/shard-000.upgrade/state' && "
+                               "echo junk > '%s/shard-000.upgrade/log-0000000001.seg'",
+             up_td.dir, up_td.dir);
+    cr_assert_eq(td_run(cmd, out, sizeof(out)), 0, "%s", out);
+    td_start(&up_td, NULL);
+    td_stop(&up_td);
+    size_t n_now;
+    char **now = up_dump(NULL, &n_now);
+    up_compare(old, n_old, now, n_now, 0);
+    up_free(now, n_now);
+    /* Killed between the conversion's end and the renames: the complete
+     * new shard is waiting (UPGRADED), the old one is still in place.  And
+     * killed between the two renames: the old one moved aside, no shard. */
+    for (int at = 0; at < 2; at++) {
+        snprintf(cmd, sizeof(cmd),
+                 "set -e; cd '%s'; mv shard-000 shard-000.upgrade; touch shard-000.upgrade/UPGRADED; "
+                 "%s",
+                 up_td.dir, at == 0 ? "mv shard-000.release1 shard-000" : "true");
+        cr_assert_eq(td_run(cmd, out, sizeof(out)), 0, "%s", out);
+        td_start(&up_td, NULL);
+        td_stop(&up_td);
+        now = up_dump(NULL, &n_now);
+        up_compare(old, n_old, now, n_now, 0);
+        up_free(now, n_now);
+    }
+    up_verify_ok();
+    up_free(old, n_old);
+}
+
+Test(upgrade, release_1_data_without_the_start_of_its_log_is_refused_with_what_to_do,
+     .timeout = 60, .fini = up_cleanup)
+{
+    up_extract();
+    size_t n_old;
+    char **old = up_release1(&n_old);
+    up_free(old, n_old);
+    char seg[160];
+    snprintf(seg, sizeof(seg), "%s/shard-000/log-0000000001.seg", up_td.dir);
+    cr_assert_eq(unlink(seg), 0);
+    int status = td_start_expect_exit(&up_td, NULL);
+    cr_assert_neq(status, 0, "tallyd refuses to start");
+    cr_assert_neq(status, -1);
+    cr_assert_gt(fu_log_count(&up_td, (const char *const[]){"retention dropped its start",
+                                                             "tally import", NULL}),
+                 0, "it says why and what to do");
+    snprintf(seg, sizeof(seg), "%s/shard-000/log-0000000002.seg", up_td.dir);
+    cr_assert_eq(access(seg, F_OK), 0, "nothing was touched");
+}
