@@ -51,7 +51,7 @@ TEST_SRC := $(wildcard tests/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(BUILD)/tally-tests
 
-.PHONY: all run test test-crash bench bench-peers fuzz clean deps-build deps-test deps-bench deps-fuzz
+.PHONY: all run test test-crash bench bench-peers fuzz clean deps-build deps-test deps-bench deps-fuzz deps-examples
 all: $(LIB) $(TOOLS) $(BENCH_BIN)
 
 define ensure_pkgs
@@ -90,6 +90,20 @@ deps-test:
 deps-bench: ; $(call ensure_pkgs,$(DEPS_BENCH))
 deps-fuzz: ; $(call ensure_pkgs,$(DEPS_FUZZ))
 
+# The client examples (examples/, run by tests/examples_test.c): redis-py,
+# node and npm (Debian's, when the machine has no npm), and the npm packages
+# pinned in examples/node/package-lock.json.  Not fatal: without them the
+# examples' tests fail under CI=true and skip otherwise, saying why.
+DEPS_EXAMPLES = python3-redis $(if $(shell command -v npm),,nodejs npm)
+EXAMPLES_NODE := examples/node/node_modules/.package-lock.json
+EXAMPLE_BIN := $(BUILD)/examples/loyalty-hiredis
+deps-examples:
+	-$(call ensure_pkgs,$(DEPS_EXAMPLES))
+	-$(Q)$(MAKE) -s --no-print-directory $(EXAMPLES_NODE)
+$(EXAMPLES_NODE): examples/node/package.json examples/node/package-lock.json
+	@echo "installing the npm packages of examples/node/package-lock.json"
+	cd examples/node && npm ci --no-audit --no-fund --loglevel=error
+
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC $<")
@@ -117,6 +131,10 @@ $(TEST_BIN): $(TEST_OBJ) $(LIB)
 	@$(if $(Q),echo "  LD $@")
 	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lcriterion -lhiredis
 
+$(EXAMPLE_BIN): $(BUILD)/examples/c/loyalty.o
+	@$(if $(Q),echo "  LD $@")
+	$(Q)$(CC) $(LDFLAGS) $^ -o $@ -lhiredis
+
 # Build first in one make (deps installed), then run.
 run: deps-build
 	$(Q)$(MAKE) --no-print-directory all
@@ -134,8 +152,8 @@ run: deps-build
 # The counting script reads TEST_ARGS from the environment: its text, quotes
 # and patterns included, cannot be pasted into a shell line safely.
 test: export TEST_ARGS := $(TEST_ARGS)
-test: deps-test
-	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN)
+test: deps-test deps-examples
+	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN) $(EXAMPLE_BIN)
 	$(Q){ TALLY_BUILD=$(abspath $(BUILD)) $(TEST_BIN) --jobs 2 $(TEST_ARGS); \
 	  echo $$? > $(BUILD)/test.rc; } 2>&1 | tee $(BUILD)/test.out; \
 	rc=$$(cat $(BUILD)/test.rc); \
