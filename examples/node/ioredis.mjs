@@ -11,16 +11,21 @@ await main(async (o) => {
     host: o.host,
     port: o.port,
     password: o.token,
-    // ioredis resends the commands a dropped connection left unanswered by
-    // itself; with tally that is safe (every write carries its id), but the
-    // retry is made explicit here, in loyalty.mjs, to show it.
-    autoResendUnfulfilledCommands: false,
+    // After a reconnect ioredis resends by itself the commands a dropped
+    // connection left unanswered (autoResendUnfulfilledCommands, on by
+    // default).  Resending a write is safe with tally only because it
+    // carries its id: the resent EARN replays the original reply.  (Turning
+    // it off in ioredis 6.0.0 leaves such a command's promise pending
+    // forever, ioredis issue #2193; loyalty.mjs retries what ioredis gives
+    // up on, with the same id.)
     retryStrategy: (times) => (times > 10 ? null : 100 * times),
     maxRetriesPerRequest: 5,
   });
   // Connection errors also reject the commands they hit; the event only
   // needs a listener so that ioredis does not print each one.
   redis.on('error', () => {});
+  redis.on('reconnecting', () =>
+    console.log('  connection lost; ioredis reconnects and resends what was unanswered, with the same id'));
   return {
     send: (args) => redis.call(...args),
     isReply: (e) => e instanceof ReplyError,
