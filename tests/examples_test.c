@@ -279,62 +279,62 @@ static bool pair_read(proxy *p, pair *pr, int fd, char *buf, size_t *len)
     return true;
 }
 
-static void from_client(proxy *p, pair *pr)
+/* Reads what `from` sent and passes each whole value to `to`, as long as
+ * `each` lets it through (false: hold it back, or the pair was closed). */
+static void pump(proxy *p, pair *pr, int from, char *buf, size_t *len, int to,
+                 bool (*each)(proxy *, pair *, const char *, size_t))
 {
-    if (!pair_read(p, pr, pr->c, pr->cbuf, &pr->clen))
+    if (!pair_read(p, pr, from, buf, len))
         return;
-    /* Once a command's reply is to be dropped, nothing more goes through. */
-    while (pr->cut_at < 0) {
-        long n = resp_len(pr->cbuf, pr->clen);
-        if (n < 0 || (n > 0 && pr->cbuf[0] != '*')) {
-            proxy_error(p, pr, "the client sent something other than a RESP command");
+    for (;;) {
+        long n = resp_len(buf, *len);
+        if (n < 0) {
+            proxy_error(p, pr, "a peer sent something that is not RESP");
             return;
         }
-        if (n == 0)
+        if (n == 0 || !each(p, pr, buf, (size_t)n))
             return;
-        if (p->cut_pending && is_write_of(pr->cbuf, (size_t)n, p->cut_id)) {
-            p->cut_pending = false;
-            pr->cut_at = pr->sent;
-        }
-        if (!send_all(pr->s, pr->cbuf, (size_t)n)) {
+        if (!send_all(to, buf, (size_t)n)) {
             pair_close(pr);
             return;
         }
-        pr->sent++;
-        memmove(pr->cbuf, pr->cbuf + n, pr->clen - (size_t)n);
-        pr->clen -= (size_t)n;
+        memmove(buf, buf + n, *len - (size_t)n);
+        *len -= (size_t)n;
     }
 }
 
-static void from_server(proxy *p, pair *pr)
+/* A command from the client. */
+static bool command_passes(proxy *p, pair *pr, const char *v, size_t n)
 {
-    if (!pair_read(p, pr, pr->s, pr->sbuf, &pr->slen))
-        return;
-    for (;;) {
-        long n = resp_len(pr->sbuf, pr->slen);
-        if (n < 0) {
-            proxy_error(p, pr, "tallyd sent something that is not RESP");
-            return;
-        }
-        if (n == 0)
-            return;
-        if (pr->sbuf[0] != '>') { /* a push message answers no command */
-            if (pr->answered == pr->cut_at) {
-                /* tallyd has applied the write and answered: the client
-                 * never hears of it. */
-                p->cuts++;
-                pair_close(pr);
-                return;
-            }
-            pr->answered++;
-        }
-        if (!send_all(pr->c, pr->sbuf, (size_t)n)) {
-            pair_close(pr);
-            return;
-        }
-        memmove(pr->sbuf, pr->sbuf + n, pr->slen - (size_t)n);
-        pr->slen -= (size_t)n;
+    /* Once a command's reply is to be dropped, nothing more goes through. */
+    if (pr->cut_at >= 0)
+        return false;
+    if (v[0] != '*') {
+        proxy_error(p, pr, "the client sent something other than a RESP command");
+        return false;
     }
+    if (p->cut_pending && is_write_of(v, n, p->cut_id)) {
+        p->cut_pending = false;
+        pr->cut_at = pr->sent;
+    }
+    pr->sent++;
+    return true;
+}
+
+/* A reply from tallyd. */
+static bool reply_passes(proxy *p, pair *pr, const char *v, size_t n)
+{
+    (void)n;
+    if (v[0] == '>') /* a push message answers no command */
+        return true;
+    if (pr->answered++ == pr->cut_at) {
+        /* tallyd has applied the write and answered: the client never
+         * hears of it. */
+        p->cuts++;
+        pair_close(pr);
+        return false;
+    }
+    return true;
 }
 
 static void proxy_accept(proxy *p)
@@ -382,10 +382,11 @@ static void *proxy_run(void *arg)
         if (fds[1].revents)
             proxy_accept(p);
         for (int i = 0; i < PROXY_PAIRS; i++) {
-            if (fds[2 + 2 * i].revents && p->pairs[i].c >= 0)
-                from_client(p, &p->pairs[i]);
-            if (fds[3 + 2 * i].revents && p->pairs[i].s >= 0)
-                from_server(p, &p->pairs[i]);
+            pair *pr = &p->pairs[i];
+            if (fds[2 + 2 * i].revents && pr->c >= 0)
+                pump(p, pr, pr->c, pr->cbuf, &pr->clen, pr->s, command_passes);
+            if (fds[3 + 2 * i].revents && pr->s >= 0)
+                pump(p, pr, pr->s, pr->sbuf, &pr->slen, pr->c, reply_passes);
         }
     }
     for (int i = 0; i < PROXY_PAIRS; i++)
