@@ -12,7 +12,9 @@ await main(async (o) => {
       host: o.host,
       port: o.port,
       connectTimeout: 10000,
-      reconnectStrategy: (retries) => (retries > 10 ? new Error('tallyd unreachable') : 100 * retries),
+      // Reconnect after a dropped connection, not after a refused token.
+      reconnectStrategy: (retries, cause) =>
+        (cause instanceof ErrorReply || retries > 10 ? false : 100 * retries),
     },
     password: o.token,
   });
