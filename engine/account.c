@@ -64,6 +64,22 @@ static int account_lotcmp(uint64_t e1, uint64_t s1, uint64_t e2, uint64_t s2)
 
 /* ---- load and save ------------------------------------------------------------ */
 
+/* The value's parts, in order; an empty part may come from an array never
+ * allocated (memcpy must not see its NULL). */
+static void account_put(uint8_t **p, const void *src, size_t n)
+{
+    if (n)
+        memcpy(*p, src, n);
+    *p += n;
+}
+
+static void account_take(void *dst, const uint8_t **p, size_t n)
+{
+    if (n)
+        memcpy(dst, *p, n);
+    *p += n;
+}
+
 void account_free(account *ac)
 {
     for (uint32_t i = 0; i < ac->chunks_cap; i++)
@@ -139,14 +155,12 @@ int account_load(state *st, uint64_t m, uint64_t a, account *ac)
     if (rc < 0)
         return rc;
     const uint8_t *p = (const uint8_t *)v + sizeof(*h);
-    memcpy(ac->holds, p, h->nholds * sizeof(account_hold));
-    p += h->nholds * sizeof(account_hold);
-    memcpy(ac->pending, p, h->npending * sizeof(account_lot));
-    p += h->npending * sizeof(account_lot);
+    account_take(ac->holds, &p, h->nholds * sizeof(account_hold));
+    account_take(ac->pending, &p, h->npending * sizeof(account_lot));
     if (h->nchunks)
-        memcpy(ac->dir, p, h->nchunks * sizeof(account_dir));
+        account_take(ac->dir, &p, h->nchunks * sizeof(account_dir));
     else
-        memcpy(ac->inl, p, h->nlots * sizeof(account_lot));
+        account_take(ac->inl, &p, h->nlots * sizeof(account_lot));
     return 0;
 }
 
@@ -219,16 +233,13 @@ int account_save(state *st, account *ac)
     if (!buf)
         return -ENOMEM;
     uint8_t *p = buf;
-    memcpy(p, h, sizeof(*h));
-    p += sizeof(*h);
-    memcpy(p, ac->holds, h->nholds * sizeof(account_hold));
-    p += h->nholds * sizeof(account_hold);
-    memcpy(p, ac->pending, h->npending * sizeof(account_lot));
-    p += h->npending * sizeof(account_lot);
+    account_put(&p, h, sizeof(*h));
+    account_put(&p, ac->holds, h->nholds * sizeof(account_hold));
+    account_put(&p, ac->pending, h->npending * sizeof(account_lot));
     if (h->nchunks)
-        memcpy(p, ac->dir, h->nchunks * sizeof(account_dir));
+        account_put(&p, ac->dir, h->nchunks * sizeof(account_dir));
     else
-        memcpy(p, ac->inl, h->nlots * sizeof(account_lot));
+        account_put(&p, ac->inl, h->nlots * sizeof(account_lot));
     uint8_t k[16];
     int rc = state_put(st, STATE_ACCOUNTS, k, account_key(k, ac->m, ac->a), buf, len);
     if (buf != small)

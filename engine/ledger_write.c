@@ -378,7 +378,8 @@ int ledger_release(ledger *l, ledger_x *x, tally_request *q, const record *hold,
 
 static int ledger_hold_op(ledger *l, ledger_x *x, tally_request *q)
 {
-    record *t = &l->rec[1];
+    /* On the stack: the engine entries below use the ledger's records. */
+    record hold, *t = &hold;
     int rc = ledger_target(l, q->merchant, q->ref, q->ref_len, t);
     record *r = &l->rec[0];
     ledger_record_from_request(q, 0, r);
@@ -395,7 +396,7 @@ static int ledger_hold_op(ledger *l, ledger_x *x, tally_request *q)
     rc = ledger_due_first(l, x, q->merchant, t->account);
     if (rc < 0)
         return rc;
-    record hold = *t;
+    ledger_record_from_request(q, 0, r); /* the engine entries used it */
     int64_t capture = 0;
     if (q->op == TALLY_OP_CAPTURE)
         capture = q->flags & TALLY_REQ_POINTS ? q->points : -1;
@@ -527,7 +528,8 @@ static int ledger_refund(ledger *l, ledger_x *x, tally_request *q, record *r, ac
 static int ledger_reverse(ledger *l, ledger_x *x, tally_request *q)
 {
     uint64_t m = q->merchant;
-    record *t = &l->rec[1];
+    /* On the stack: the engine entries below use the ledger's records. */
+    record target, *t = &target;
     int rc = ledger_target(l, m, q->ref, q->ref_len, t);
     record *r = &l->rec[0];
     ledger_record_from_request(q, 0, r);
@@ -546,7 +548,8 @@ static int ledger_reverse(ledger *l, ledger_x *x, tally_request *q)
     rc = ledger_due_first(l, x, m, t->account);
     if (rc < 0)
         return rc;
-    record target = *t;
+    ledger_record_from_request(q, 0, r); /* the engine entries used it */
+    r->account = t->account;
     int64_t reversed;
     rc = ledger_reversed(l, m, target.seq, &reversed);
     if (rc < 0)
@@ -644,13 +647,15 @@ static int ledger_transfer_apply(ledger *l, account *from, account *to, uint32_t
                                  uint32_t received, uint64_t to_seq, int64_t total)
 {
     int rc = 0;
+    bool pending_moved = false;
     for (uint32_t i = 0; rc == 0 && i < n; i++) {
         const record_alloc *al = &l->allocs[i];
         if (al->flags & RECORD_A_PENDING)
-            continue; /* all pending lots go: cleared below */
-        rc = ledger_lot_change(l, from, al, -al->points, false);
+            pending_moved = true; /* ALL: every pending lot goes, cleared below */
+        else
+            rc = ledger_lot_change(l, from, al, -al->points, false);
     }
-    while (rc == 0 && from->h.npending > 0)
+    while (rc == 0 && pending_moved && from->h.npending > 0)
         account_pending_remove(from, from->h.npending - 1);
     from->h.transferred -= total;
     bool named = false;

@@ -230,3 +230,248 @@ Test(ledger, a_month_end_expiry_of_many_lots_is_swept_in_bounded_chunks, .init =
     cr_assert_geq(st.sweep_entries, N);
     cr_assert_gt(st.batches, N / LIMIT_SWEEP_CHUNK, "in chunks, not one batch");
 }
+
+/* Issue 10: a member who earned daily for years has thousands of lots; a
+ * redemption of all of them is one entry (its allocation continues in
+ * allocation parts), and a refund gives every lot back its points. */
+Test(ledger, one_redeem_takes_a_hundred_thousand_lots_and_its_refund_gives_them_back,
+     .timeout = 600)
+{
+    clock_ms = 1700000000000ull;
+    eu_tmpdir(dir, "ledger");
+    tally_options o = {.dir = dir, .shards = 1, .log = eu_log, .clock = test_clock,
+                       .sync = TALLY_SYNC_NONE, .segment_bytes = 64u << 20,
+                       .state_map_bytes = 1ull << 30};
+    cr_assert_eq(tally_open(&o, &t), 0);
+    enum { N = 100000 };
+    uint64_t base = now_s() + 86400;
+    for (int i = 0; i < N; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "lot-%d", i);
+        /* Distinct expiries, each its own lot (earned out of order: the
+         * account keeps them sorted). */
+        cr_assert_eq(earn_exp(9, 1 + i % 3, id, base + (uint64_t)((i * 7919) % N)), 0);
+    }
+    int64_t total = 0;
+    for (int i = 0; i < N; i++)
+        total += 1 + i % 3;
+    tally_balance b = balance(9);
+    cr_assert_eq(b.available, total);
+    cr_assert_eq(b.next_expiry, base);
+    tally_entry r;
+    cr_assert_eq(eu_redeem(t, 1, 9, total, "all", &r), 0);
+    cr_assert_eq(r.points, -total);
+    cr_assert_eq(r.amount, total);
+    b = balance(9);
+    cr_assert_eq(b.available, 0);
+    cr_assert_eq(b.next_expiry, 0, "no lot is left");
+    tally_entry rv;
+    cr_assert_eq(by_ref(TALLY_OP_REVERSE, "all", "refund", &rv), 0);
+    cr_assert_eq(rv.points, total);
+    b = balance(9);
+    cr_assert_eq(b.available, total);
+    cr_assert_eq(b.next_expiry, base, "every lot back with its own expiry");
+    cr_assert_eq(b.expiring, 1 + 0 % 3, "lot-0's points in the soonest lot");
+    /* A half of it again, then the soonest expiry passes. */
+    cr_assert_eq(eu_redeem(t, 1, 9, total / 2, "half", NULL), 0);
+    advance_s(86400 + N);
+    b = balance(9);
+    cr_assert_eq(b.available, 0, "everything left expired as of now");
+    cr_assert_eq(b.expired, total - total / 2);
+    down();
+}
+
+/* ---- the audit trail (issue 12) --------------------------------------------- */
+
+/* How an entry moves held and pending (README "Reading an account's
+ * history"): from its kind, points and amount alone. */
+static void audit_deltas(const tally_entry *e, int64_t *held, int64_t *pending)
+{
+    *held = 0;
+    *pending = 0;
+    switch (e->kind) {
+    case TALLY_KIND_EARN:
+    case TALLY_KIND_ADJUST:
+        *pending = e->points >= 0 ? e->amount - e->points : 0;
+        if (e->points < 0)
+            *pending = 0; /* a debit */
+        break;
+    case TALLY_KIND_HOLD:
+        *held = e->amount;
+        break;
+    case TALLY_KIND_CAPTURE:
+        *held = -(e->amount + e->points);
+        break;
+    case TALLY_KIND_VOID:
+        *held = -e->amount;
+        break;
+    case TALLY_KIND_REVERSE:
+    case TALLY_KIND_EXPIRE:
+        *pending = e->points < 0 || e->points == 0 ? -(e->amount + e->points) : 0;
+        break;
+    case TALLY_KIND_AVAILABLE:
+        *pending = -e->amount;
+        break;
+    case TALLY_KIND_TRANSFER:
+        *pending = e->points <= 0 ? -(e->amount + e->points) : e->amount - e->points;
+        break;
+    default:
+        break;
+    }
+}
+
+/* Every entry of an account, oldest first (HISTORY paged to the start). */
+static tally_entry *audit_history(uint64_t a, uint32_t *n)
+{
+    tally_entry *all = NULL;
+    uint32_t count = 0, cap = 0;
+    uint64_t before = 0;
+    for (;;) {
+        tally_request r;
+        eu_read(&r, TALLY_OP_HISTORY, 1, a);
+        r.limit = 100;
+        if (before) {
+            r.before_seq = before;
+            r.flags |= TALLY_REQ_BEFORE;
+        }
+        cr_assert_eq(tally_call(t, &r), 0);
+        if (count + r.res.items_count > cap) {
+            cap = (count + r.res.items_count) * 2;
+            all = realloc(all, cap * sizeof(*all));
+        }
+        memcpy(all + count, r.res.items, r.res.items_count * sizeof(*all));
+        count += r.res.items_count;
+        uint32_t got = r.res.items_count;
+        if (got)
+            before = r.res.items[got - 1].seq;
+        tally_result_free(&r.res);
+        if (got < 100)
+            break;
+    }
+    for (uint32_t i = 0; i < count / 2; i++) { /* oldest first */
+        tally_entry x = all[i];
+        all[i] = all[count - 1 - i];
+        all[count - 1 - i] = x;
+    }
+    *n = count;
+    return all;
+}
+
+/* From an account's HISTORY alone: Σ points = available, and each entry's
+ * balance, held and pending follow from the one before by what it says. */
+static void audit_account(uint64_t a)
+{
+    uint32_t n;
+    tally_entry *h = audit_history(a, &n);
+    int64_t bal = 0, held = 0, pending = 0, sum = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const tally_entry *e = &h[i];
+        int64_t dh, dp;
+        audit_deltas(e, &dh, &dp);
+        sum += e->points;
+        cr_assert_eq(e->balance, bal + e->points, "account %llu seq %llu (%s %.*s): balance",
+                     (unsigned long long)a, (unsigned long long)e->seq,
+                     tally_kind_name(e->kind), e->id_len, e->id);
+        cr_assert_eq(e->held, held + dh, "account %llu seq %llu (%s %.*s): held %lld, was %lld",
+                     (unsigned long long)a, (unsigned long long)e->seq,
+                     tally_kind_name(e->kind), e->id_len, e->id, (long long)e->held,
+                     (long long)held);
+        cr_assert_eq(e->pending, pending + dp,
+                     "account %llu seq %llu (%s %.*s): pending %lld, was %lld (points %lld "
+                     "amount %lld)",
+                     (unsigned long long)a, (unsigned long long)e->seq,
+                     tally_kind_name(e->kind), e->id_len, e->id, (long long)e->pending,
+                     (long long)pending, (long long)e->points, (long long)e->amount);
+        bal = e->balance;
+        held = e->held;
+        pending = e->pending;
+    }
+    tally_balance b = balance(a);
+    cr_assert_eq(sum, b.available, "account %llu: Σ points = available", (unsigned long long)a);
+    cr_assert_eq(held, b.held);
+    cr_assert_eq(pending, b.pending);
+    free(h);
+}
+
+static int audit_write(tally_request *r)
+{
+    int rc = tally_call(t, r);
+    tally_result_free(&r->res);
+    return rc;
+}
+
+Test(ledger, every_change_of_available_held_and_pending_is_an_entry_that_says_it,
+     .init = up, .fini = down, .timeout = 300)
+{
+    enum { ACCOUNTS = 5, STEPS = 4000 };
+    unsigned seed = 424242;
+    char id[32], ref[32];
+    int ids = 0;
+    for (int step = 0; step < STEPS; step++) {
+        uint64_t a = 1 + (uint64_t)(rand_r(&seed) % ACCOUNTS);
+        int what = rand_r(&seed) % 100;
+        tally_request r;
+        snprintf(id, sizeof(id), "w%d", ++ids);
+        /* An earlier write of ours to refer to (maybe refused, maybe of
+         * another kind: the ledger decides). */
+        snprintf(ref, sizeof(ref), "w%d", 1 + rand_r(&seed) % ids);
+        int64_t pts = 1 + rand_r(&seed) % 300;
+        if (what < 30) {
+            eu_write(&r, TALLY_OP_EARN, 1, a, pts, id);
+            int v = rand_r(&seed) % 4;
+            if (v == 1 || v == 3) {
+                r.expires = now_s() + 60 + (uint64_t)(rand_r(&seed) % 3000);
+                r.flags |= TALLY_REQ_EXPIRES;
+            }
+            if (v >= 2) {
+                r.available_at = now_s() + 1 + (uint64_t)(rand_r(&seed) % 50);
+                r.flags |= TALLY_REQ_AVAILABLE_AT;
+                if (r.flags & TALLY_REQ_EXPIRES && r.expires <= r.available_at)
+                    r.expires = r.available_at + 100;
+            }
+        } else if (what < 45) {
+            eu_write(&r, TALLY_OP_REDEEM, 1, a, pts, id);
+        } else if (what < 58) {
+            eu_write(&r, TALLY_OP_HOLD, 1, a, pts, id);
+            r.timeout_s = 1 + (uint64_t)(rand_r(&seed) % 200);
+            r.flags |= TALLY_REQ_TIMEOUT;
+        } else if (what < 68) {
+            eu_ref(&r, rand_r(&seed) % 2 ? TALLY_OP_CAPTURE : TALLY_OP_VOID, 1, ref, id);
+            if (r.op == TALLY_OP_CAPTURE && rand_r(&seed) % 2) {
+                r.points = 1 + rand_r(&seed) % 100;
+                r.flags |= TALLY_REQ_POINTS;
+            }
+        } else if (what < 78) {
+            eu_ref(&r, TALLY_OP_REVERSE, 1, ref, id);
+            if (rand_r(&seed) % 2) {
+                r.points = 1 + rand_r(&seed) % 100;
+                r.flags |= TALLY_REQ_POINTS;
+            }
+        } else if (what < 84) {
+            eu_write(&r, TALLY_OP_ADJUST, 1, a, rand_r(&seed) % 3 ? -pts : pts, id);
+        } else if (what < 92) {
+            eu_write(&r, TALLY_OP_TRANSFER, 1, a, pts, id);
+            r.account2 = 1 + (a + (uint64_t)(rand_r(&seed) % (ACCOUNTS - 1))) % ACCOUNTS;
+            if (rand_r(&seed) % 5 == 0) {
+                r.flags |= TALLY_REQ_ALL;
+                r.points = 0;
+            }
+        } else {
+            advance_s(1 + (uint64_t)(rand_r(&seed) % 120));
+            continue;
+        }
+        int rc = audit_write(&r);
+        cr_assert(rc == 0 || rc == TALLY_EINSUFFICIENT || rc == TALLY_EINVALID ||
+                      rc == TALLY_ENOTFOUND,
+                  "step %d: %s", step, tally_strerror(rc));
+    }
+    /* Everything due is written before a write to the account: one each. */
+    advance_s(4000);
+    for (uint64_t a = 1; a <= ACCOUNTS; a++) {
+        tally_request r;
+        snprintf(id, sizeof(id), "settle-%llu", (unsigned long long)a);
+        eu_write(&r, TALLY_OP_ADJUST, 1, a, 1, id);
+        cr_assert_eq(audit_write(&r), 0);
+        audit_account(a);
+    }
+}
