@@ -254,13 +254,13 @@ const char *ledger_state_error(const ledger *l) { return state_error(l->st); }
 uint64_t ledger_delta_records(const ledger *l) { return l->delta_records; }
 size_t ledger_pending_bytes(const ledger *l) { return state_active_bytes(l->st); }
 
-bool ledger_ids_full(const ledger *l)
+bool ledger_ids_full(const ledger *l, uint32_t times)
 {
     ids_stats_t st;
     ids_stats(l->ids, &st);
     uint64_t flush = l->opts.ids_flush_keys ? l->opts.ids_flush_keys
                                             : LEDGER_IDS_FLUSH_KEYS_DEFAULT;
-    return st.memtable_keys >= flush;
+    return st.memtable_keys >= flush * times;
 }
 
 void ledger_poll(ledger *l)
@@ -360,12 +360,15 @@ int ledger_checkpoint(ledger *l, uint64_t seq)
     return 0;
 }
 
-int ledger_checkpoint_freeze(ledger *l, uint64_t seq, bool flush_ids)
+int ledger_checkpoint_freeze(ledger *l, uint64_t seq)
 {
     if (state_has_frozen(l->st))
         return -EBUSY;
+    /* Every checkpoint flushes the id index's memtable (it holds about a
+     * checkpoint's ids): one that did not could keep growing past its
+     * limit while the next commit runs, and stall the shard. */
     int rc = ledger_checkpoint_rows(l, seq);
-    int fr = rc == 0 ? ids_freeze(l->ids, seq, flush_ids) : 0;
+    int fr = rc == 0 ? ids_freeze(l->ids, seq, true) : 0;
     if (fr < 0 && fr != -EAGAIN)
         rc = fr;
     if (rc == 0)

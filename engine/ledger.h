@@ -104,22 +104,22 @@ int ledger_checkpoint(ledger *l, uint64_t seq);
 
 /* Asynchronous checkpoints (the shard thread).  ledger_checkpoint_freeze
  * sets aside everything executed so far as reflecting `seq` (-EBUSY while
- * an earlier one is set aside) — with flush_ids, every id up to seq goes
- * into the id index's runs (a snapshot's checkpoint: retention can then
- * drop the log up to it); ledger_checkpoint_commit starts writing it
+ * an earlier one is set aside), the id index's memtable with it (every
+ * checkpoint puts the ids up to its seq into a run); ledger_checkpoint_commit starts writing it
  * into LMDB on a committer thread — only once `seq` is durable — which
  * calls done(ctx) when finished; ledger_checkpoint_finish:
  * STATE_COMMIT_NONE, STATE_COMMIT_RUNNING, 0 done (ledger_checkpoint_seq()
  * now says seq), < 0 failed (then ledger_rollback).
  * ledger_checkpoint_frozen: one is set aside (started or not). */
-int ledger_checkpoint_freeze(ledger *l, uint64_t seq, bool flush_ids);
+int ledger_checkpoint_freeze(ledger *l, uint64_t seq);
 int ledger_checkpoint_commit(ledger *l, void (*done)(void *ctx), void *ctx);
 int ledger_checkpoint_finish(ledger *l);
 bool ledger_checkpoint_frozen(const ledger *l);
 /* Memory the uncheckpointed changes hold (backpressure). */
 size_t ledger_pending_bytes(const ledger *l);
-/* True when the id index wants a checkpoint (its memtable is full). */
-bool ledger_ids_full(const ledger *l);
+/* True when the id index's memtable holds `times` flushes' worth: 1, a
+ * checkpoint is due; more, writes wait for the one running. */
+bool ledger_ids_full(const ledger *l, uint32_t times);
 /* Installs finished background work of the id index (between batches). */
 void ledger_poll(ledger *l);
 /* Drops everything since the last checkpoint (after a failed flush). */

@@ -102,7 +102,6 @@ struct shard {
     bool sweep_more;
     uint64_t last_checkpoint_ms;
     bool checkpoint_wanted;   /* freeze at the next batch seal */
-    bool checkpoint_flush_ids; /* ... with every id into the index's runs (snapshots) */
     uint64_t ckpt_seq;        /* frozen checkpoint's seq; 0: none */
     bool ckpt_committing;     /* its committer runs */
     uint64_t ckpt_started_ns;
@@ -293,7 +292,7 @@ static int shard_replay_into(shard *s, ledger *l, bool commit, const char *what,
         rc = r->seq <= ckpt ? ledger_replay_ids(l, r) : ledger_replay(l, r, loc, &src);
         n++;
         if (rc == 0 && commit && r->seq > ckpt && (n & 1023) == 0 &&
-            (ledger_pending_bytes(l) >= LIMIT_STATE_PENDING_BYTES_MAX || ledger_ids_full(l)))
+            (ledger_pending_bytes(l) >= LIMIT_STATE_PENDING_BYTES_MAX || ledger_ids_full(l, 1)))
             rc = ledger_checkpoint(l, it.last_seq);
         if (rc < 0)
             break;
@@ -655,7 +654,6 @@ static void shard_snap_pump(shard *s)
         shard_snap_start(s);
     } else if (!s->ckpt_seq) {
         s->checkpoint_wanted = true;
-        s->checkpoint_flush_ids = true; /* retention may drop up to the snapshot */
     }
 }
 
@@ -760,8 +758,7 @@ static void shard_ckpt_done(void *ctx)
 static void shard_ckpt_freeze(shard *s, uint64_t seq)
 {
     s->checkpoint_wanted = false;
-    int rc = ledger_checkpoint_freeze(s->ledger, seq, s->checkpoint_flush_ids);
-    s->checkpoint_flush_ids = false;
+    int rc = ledger_checkpoint_freeze(s->ledger, seq);
     if (rc < 0) {
         shard_fail(s, rc, "setting aside a checkpoint");
         return;
@@ -814,7 +811,7 @@ static bool shard_checkpoint_due(shard *s)
     if (atomic_load(&s->status) != 0 || ledger_delta_records(s->ledger) == 0 || s->ckpt_seq)
         return false;
     return ledger_delta_records(s->ledger) >= s->opts.checkpoint_entries ||
-           ledger_ids_full(s->ledger) ||
+           ledger_ids_full(s->ledger, 1) ||
            shard_now(s) - s->last_checkpoint_ms >= s->opts.checkpoint_ms;
 }
 
@@ -835,7 +832,7 @@ static void shard_pump(shard *s)
         s->checkpoint_wanted = true;
     /* Backpressure from the disk: changes pile up while a commit runs. */
     bool full = s->ckpt_seq && (ledger_pending_bytes(s->ledger) > LIMIT_STATE_PENDING_BYTES_MAX ||
-                                ledger_ids_full(s->ledger));
+                                ledger_ids_full(s->ledger, 4));
     if (full && !s->stall_ns)
         s->stall_ns = shard_mono_ns();
     if (!full && s->stall_ns) {

@@ -83,8 +83,15 @@ typedef struct state_chunk {
     uint8_t data[];
 } state_chunk;
 
+/* A slot keeps the hash beside the pointer: a probe that misses reads no
+ * entry (each would be a cache miss of its own). */
+typedef struct state_hslot {
+    uint64_t hash;
+    state_entry *e;
+} state_hslot;
+
 typedef struct state_layer {
-    state_entry **slots;
+    state_hslot *slots;
     uint32_t cap; /* power of two */
     uint32_t count;
     state_entry *lists[STATE_TABLES];
@@ -283,32 +290,35 @@ static uint64_t state_hash(int table, const void *key, size_t key_len)
 }
 
 /* The slot of (table, key): its entry, or the empty slot where it goes. */
-static state_entry **state_slot(const state_layer *l, int table, const void *key,
-                                size_t key_len, uint64_t h)
+static state_hslot *state_slot(const state_layer *l, int table, const void *key,
+                               size_t key_len, uint64_t h)
 {
     uint32_t mask = l->cap - 1;
     for (uint32_t i = (uint32_t)h & mask;; i = (i + 1) & mask) {
-        state_entry *e = l->slots[i];
-        if (!e || (e->hash == h && e->table == table && e->key_len == key_len &&
-                   memcmp(e->key, key, key_len) == 0))
-            return &l->slots[i];
+        state_hslot *sl = &l->slots[i];
+        if (!sl->e)
+            return sl;
+        if (sl->hash == h) {
+            const state_entry *e = sl->e;
+            if (e->table == table && e->key_len == key_len && memcmp(e->key, key, key_len) == 0)
+                return sl;
+        }
     }
 }
 
 static int state_layer_grow(state_layer *l)
 {
     uint32_t cap = l->cap * 2;
-    state_entry **n = calloc(cap, sizeof(*n));
+    state_hslot *n = calloc(cap, sizeof(*n));
     if (!n)
         return -ENOMEM;
     for (uint32_t i = 0; i < l->cap; i++) {
-        state_entry *e = l->slots[i];
-        if (!e)
+        if (!l->slots[i].e)
             continue;
-        uint32_t k = (uint32_t)e->hash & (cap - 1);
-        while (n[k])
+        uint32_t k = (uint32_t)l->slots[i].hash & (cap - 1);
+        while (n[k].e)
             k = (k + 1) & (cap - 1);
-        n[k] = e;
+        n[k] = l->slots[i];
     }
     free(l->slots);
     l->bytes += (cap - l->cap) * sizeof(*n);
@@ -320,7 +330,7 @@ static int state_layer_grow(state_layer *l)
 static state_entry *state_layer_get(const state_layer *l, int table, const void *key,
                                     size_t key_len, uint64_t h)
 {
-    return l ? *state_slot(l, table, key, key_len, h) : NULL;
+    return l ? state_slot(l, table, key, key_len, h)->e : NULL;
 }
 
 /* Sets (table, key)'s version in the layer (val NULL, tomb: a deletion).
@@ -332,8 +342,8 @@ static int state_layer_set(state_layer *l, int table, const void *key, size_t ke
     assert(val_len <= UINT32_MAX / 2);
     if ((l->count + 1) * 2 > l->cap && state_layer_grow(l) < 0)
         return -ENOMEM;
-    state_entry **slot = state_slot(l, table, key, key_len, h);
-    state_entry *e = *slot;
+    state_hslot *slot = state_slot(l, table, key, key_len, h);
+    state_entry *e = slot->e;
     if (!e) {
         e = state_alloc(l, sizeof(*e) + key_len);
         if (!e)
@@ -344,7 +354,8 @@ static int state_layer_set(state_layer *l, int table, const void *key, size_t ke
         l->lists[table] = e;
         l->table_count[table]++;
         l->count++;
-        *slot = e;
+        slot->hash = h;
+        slot->e = e;
     }
     e->tomb = tomb;
     if (val_len > e->val_cap) {
