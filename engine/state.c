@@ -100,10 +100,27 @@ typedef struct state_layer {
     size_t bytes;
 } state_layer;
 
+/* The last LMDB reads, answered again without a B-tree walk: a write
+ * reads its account twice (its due entries, then the write itself).  A
+ * value pointer is good while the read view lives (view counts views). */
+#define STATE_MEMO 4
+#define STATE_MEMO_KEY 32
+typedef struct state_memo {
+    uint64_t view; /* 0: empty */
+    int table;
+    uint8_t key_len;
+    uint8_t key[STATE_MEMO_KEY];
+    const void *val; /* NULL: absent */
+    size_t val_len;
+} state_memo;
+
 struct state {
     MDB_env *env;
     MDB_dbi dbi[STATE_TABLES];
     MDB_txn *rtxn; /* read view of the last commit; NULL until first use */
+    uint64_t view; /* which read view rtxn is (memo) */
+    state_memo memo[STATE_MEMO];
+    uint32_t memo_next;
     state_layer *active;
     state_layer *frozen;
     /* committer */
@@ -379,6 +396,7 @@ static int state_rtxn(state *s)
 {
     if (s->rtxn)
         return 0;
+    s->view++;
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->rtxn);
     if (rc != 0) {
         s->rtxn = NULL;
@@ -392,6 +410,7 @@ static int state_renew(state *s)
 {
     if (!s->rtxn)
         return 0;
+    s->view++;
     mdb_txn_reset(s->rtxn);
     int rc = mdb_txn_renew(s->rtxn);
     if (rc != 0) {
@@ -728,15 +747,33 @@ static int state_lmdb_get(state *s, int table, const void *key, size_t key_len,
     int rc = state_rtxn(s);
     if (rc < 0)
         return rc;
+    bool memo = key_len <= STATE_MEMO_KEY;
+    for (uint32_t i = 0; memo && i < STATE_MEMO; i++) {
+        const state_memo *m = &s->memo[i];
+        if (m->view == s->view && m->table == table && m->key_len == key_len &&
+            memcmp(m->key, key, key_len) == 0) {
+            if (!m->val)
+                return STATE_ABSENT;
+            *val = m->val;
+            *val_len = m->val_len;
+            return 0;
+        }
+    }
     MDB_val k = {.mv_size = key_len, .mv_data = (void *)key}, v;
     rc = mdb_get(s->rtxn, s->dbi[table], &k, &v);
-    if (rc == MDB_NOTFOUND)
-        return STATE_ABSENT;
-    if (rc != 0)
+    if (rc != 0 && rc != MDB_NOTFOUND)
         return state_errs(s, rc);
-    rc = state_check(s, table, &k, &v);
-    if (rc < 0)
+    if (rc == 0 && (rc = state_check(s, table, &k, &v)) < 0)
         return rc;
+    bool absent = rc == MDB_NOTFOUND;
+    if (memo) {
+        state_memo *m = &s->memo[s->memo_next++ % STATE_MEMO];
+        *m = (state_memo){.view = s->view, .table = table, .key_len = (uint8_t)key_len,
+                          .val = absent ? NULL : v.mv_data, .val_len = absent ? 0 : v.mv_size};
+        memcpy(m->key, key, key_len);
+    }
+    if (absent)
+        return STATE_ABSENT;
     *val = v.mv_data;
     *val_len = v.mv_size;
     return 0;
