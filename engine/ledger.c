@@ -505,9 +505,10 @@ int ledger_replay(ledger *l, const record *r, log_loc loc, ledger_src *src)
     ledger_x x = {.ts_ms = r->ts_ms, .replay = r, .replay_loc = loc, .src = src,
                   .legacy = (r->rflags & RECORD_F_LEGACY) != 0,
                   .imported = (r->rflags & RECORD_F_IMPORTED) != 0};
-    if (x.legacy && r->type == RECORD_REFUSAL) {
+    if ((x.legacy || x.imported) && r->type == RECORD_REFUSAL) {
         /* Release 1 refused for reasons of its own (a debit over too many
-         * lots): its refusals are kept as they are, never re-decided. */
+         * lots), an import's source for its own: their refusals are kept
+         * as they are, never re-decided. */
         log_loc at;
         record copy = *r;
         return ledger_emit(l, &x, &copy, &at);

@@ -157,4 +157,13 @@ int ledger_compare(ledger *a, ledger *b, char *msg, size_t cap);
  * the write path into this log, keeping their seq and time. */
 int ledger_convert(ledger *l, const record *v1, log_t *out);
 
+/* Import (SPEC §8, ledger_import.c): applies one line at its own time,
+ * marked imported, and checks the outcome against the line.  0 applied,
+ * 1 already there (the same request, or a transfer's receiving entry its
+ * sender's line wrote), or an error with msg: TALLY_ECONFLICT (the id
+ * names another request), TALLY_EINVALID (the line breaks a rule or its
+ * outcome differs), a refusal's code; < 0 other failures, which stop the
+ * shard like a live write's. */
+int ledger_import(ledger *l, const tally_import_item *it, char *msg, size_t cap);
+
 #endif

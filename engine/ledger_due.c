@@ -202,9 +202,13 @@ int ledger_due_entries(ledger *l, ledger_x *x, uint64_t m, uint64_t a, uint32_t 
     account *ac = &l->acc[2];
     for (;;) {
         int rc = ledger_acct_load(l, ac, m, a);
+        if (rc < 0)
+            return rc;
+        /* The account keeps its next due time: nothing before it. */
+        if (!ac->exists || (ac->h.due_s > x->ts_ms / 1000 && ac->h.due_s != 0))
+            return 0;
         ledger_next nx;
-        if (rc == 0)
-            rc = ledger_next_due(l, ac, x->ts_ms, &nx);
+        rc = ledger_next_due(l, ac, x->ts_ms, &nx);
         if (rc < 0)
             return rc;
         if (nx.what == DUE_NONE) {
@@ -242,14 +246,15 @@ int ledger_due_entries(ledger *l, ledger_x *x, uint64_t m, uint64_t a, uint32_t 
 /* ---- replay ---------------------------------------------------------------------- */
 
 /* The lot a replayed engine entry names: from its allocation, or (a record
- * of release 1, which had none) from its ref and expiry. */
+ * of release 1, or a line of an import: they have none) from its ref and
+ * expiry. */
 static int ledger_engine_lot(ledger *l, const record *r, record_alloc *out)
 {
     size_t pos = 0;
     int rc = record_alloc_next(r, &pos, out);
     if (rc == 1)
         return 0;
-    if (rc < 0 || !(r->rflags & RECORD_F_LEGACY))
+    if (rc < 0 || !(r->rflags & (RECORD_F_LEGACY | RECORD_F_IMPORTED)))
         return TALLY_ECORRUPT;
     uint64_t seq;
     bool refusal;

@@ -155,11 +155,16 @@ int ledger_emit(ledger *l, ledger_x *x, record *r, log_loc *loc)
                        (unsigned long long)r->seq);
             rc = TALLY_ECORRUPT;
         }
+    } else if (x->imported) {
+        r->ts_ms = x->ts_ms; /* an import keeps each entry's own time */
+        rc = log_append_keep_ts(l->log, r, loc);
     } else {
         rc = log_append(l->log, r, x->ts_ms, loc);
     }
     if (rc < 0)
         return rc;
+    l->emit_ts = r->ts_ms;
+    l->emit_imported = (r->rflags & RECORD_F_IMPORTED) != 0;
     if (r->type != RECORD_ALLOC && r->id_len > 0 && r->seq > ids_covered_seq(l->ids)) {
         ids_key k = ids_key_of(r->merchant, r->id, r->id_len);
         rc = ids_put(l->ids, k, r->seq << 1 | (r->type == RECORD_REFUSAL));
@@ -251,6 +256,8 @@ void ledger_entry_from_record(const record *r, tally_entry *e)
         .balance = r->balance, .held = r->held, .pending = r->pending,
         .expires = r->expires,
         .kind = r->kind, .imported = (r->rflags & RECORD_F_IMPORTED) != 0,
+        .available_at = r->available_at, .timeout_s = r->timeout_s,
+        .req_points = r->req_points, .req_flags = r->req_flags,
         .id_len = r->id_len, .ref_len = r->ref_len, .memo_len = r->memo_len,
     };
     memcpy(e->id, r->id, r->id_len);
@@ -418,6 +425,10 @@ int ledger_merchant_add(ledger *l, uint64_t m, const ledger_merchant *d)
     t.redeemed += d->redeemed;
     t.expired += d->expired;
     t.entries += d->entries;
+    if (d->entries > 0 && l->emit_imported && l->emit_ts > t.import_ts)
+        t.import_ts = l->emit_ts;
+    else if (d->entries > 0 && !l->emit_imported && t.live_ts == 0)
+        t.live_ts = l->emit_ts;
     uint8_t k[8];
     ledger_be64(k, m);
     return state_put(l->st, STATE_MERCHANTS, k, 8, &t, sizeof(t));

@@ -11,6 +11,7 @@
  *                    the sweep
  *   ledger_read.c    balance, entry, history, merchant, liability
  *   ledger_verify.c  consistency checks, state comparison
+ *   ledger_import.c  one line of an import
  */
 #ifndef TALLY_LEDGER_INT_H
 #define TALLY_LEDGER_INT_H
@@ -37,9 +38,14 @@ enum {
 };
 extern const char *const ledger_reasons[R_COUNT_];
 
-/* Merchant totals (STATE_MERCHANTS value). */
+/* Merchant totals (STATE_MERCHANTS value), and the times an import
+ * checks (SPEC §8: a merchant's imported entries are in ts order and older
+ * than its live ones): the ts of its first live entry and of its newest
+ * imported one (0: none).  ledger_merchant_add keeps them from the entry
+ * emitted last; deltas leave them 0. */
 typedef struct ledger_merchant {
     int64_t accounts, outstanding, earned, redeemed, expired, entries;
+    uint64_t live_ts, import_ts;
 } ledger_merchant;
 
 /* A lot's id as STATE_LOT_IDS keeps it: how the lot's engine ids are
@@ -77,6 +83,9 @@ struct ledger {
     uint64_t delta_records;
     uint64_t last_ts_ms;
     uint32_t epoch;
+    /* the record ledger_emit wrote last: its time, and whether imported */
+    uint64_t emit_ts;
+    bool emit_imported;
     tally_request *scratch; /* replay's request */
     account acc[3];         /* [0] the write's account, [1] a transfer's receiver,
                              * [2] engine entries and reads */

@@ -742,6 +742,10 @@ static void log_scan_corrupt(log_t *l, const log_scan *sc, uint64_t seq, const c
 static int log_scan_break(log_t *l, log_scan *sc, const char *why, uint64_t next_seq,
                           log_recovery *rec)
 {
+    /* An uncommitted import's records (and whatever tore after them) go,
+     * however many batches of it follow. */
+    if (l->opts.cut_seq && next_seq >= l->opts.cut_seq)
+        return log_scan_truncate(l, sc, next_seq, why, rec);
     if (next_seq <= l->opts.from_seq || log_later_batch_follows(l, sc->k, sc->off, next_seq)) {
         log_scan_corrupt(l, sc, next_seq, why, rec);
         return 0;

@@ -1013,6 +1013,42 @@ static int shard_rebuild_state(shard *s, const char *state_dir, const char *why)
     return rc;
 }
 
+/* An import that never committed checkpointed the state past where it
+ * began: the snapshot it took there goes back in its place. */
+static int shard_undo_state(shard *s, const char *state_dir)
+{
+    char snaps[4200], msg[400], bad[4300];
+    shard_snap_dir(s, snaps, sizeof(snaps));
+    snapshot_info list[SNAPSHOT_LIST_MAX];
+    uint32_t n = 0;
+    int rc = snapshot_list(snaps, false, list, SNAPSHOT_LIST_MAX, &n);
+    for (uint32_t i = 0; rc == 0 && i < n; i++) {
+        if (list[i].seq != s->opts.import_base)
+            continue;
+        if (snapshot_check(&list[i], msg, sizeof(msg)) != 0) {
+            shard_say(s, 2, "%s", msg);
+            break;
+        }
+        snprintf(bad, sizeof(bad), "%s.import-%llu", state_dir,
+                 (unsigned long long)shard_wall_ms(NULL));
+        if (rename(state_dir, bad) != 0)
+            return -errno;
+        rc = snapshot_restore(&list[i], s->opts.os ? s->opts.os : os_default(), state_dir);
+        if (rc == 0)
+            rc = os_remove_tree(bad);
+        if (rc == 0)
+            shard_say(s, 1, "an import that never committed is undone: state restored from the "
+                            "snapshot it took at seq %llu",
+                      (unsigned long long)list[i].seq);
+        return rc;
+    }
+    if (rc == 0)
+        shard_say(s, 2, "an import that never committed cannot be undone: the snapshot it took "
+                        "at seq %llu is gone or damaged",
+                  (unsigned long long)s->opts.import_base);
+    return rc < 0 ? rc : TALLY_ECORRUPT;
+}
+
 static int shard_open_ledger(shard *s, const char *state_dir)
 {
     /* Offline (read_only) shards still replay the log tail into the
@@ -1052,6 +1088,13 @@ static int shard_recover(shard *s)
             return rc;
     }
     rc = shard_open_ledger(s, path);
+    if (rc == 0 && s->opts.undo_import && ledger_checkpoint_seq(s->ledger) > s->opts.import_base) {
+        ledger_close(s->ledger);
+        s->ledger = NULL;
+        rc = shard_undo_state(s, path);
+        if (rc == 0)
+            rc = shard_open_ledger(s, path);
+    }
     if (rc == TALLY_ECORRUPT && !s->opts.read_only) {
         rc = shard_rebuild_state(s, path, "unreadable");
         if (rc == 0)
@@ -1062,6 +1105,7 @@ static int shard_recover(shard *s)
     uint64_t cp = ledger_checkpoint_seq(s->ledger);
     log_options o = {.dir = s->dir, .shard = s->opts.index, .segment_bytes = s->opts.segment_bytes,
                      .os = s->opts.os, .read_only = s->opts.read_only, .from_seq = cp,
+                     .cut_seq = s->opts.undo_import ? s->opts.import_base + 1 : 0,
                      .log = shard_tally_log, .log_ctx = s};
     log_recovery rec;
     rc = log_open(&o, &s->log, &rec);
@@ -1126,14 +1170,15 @@ int shard_open(const shard_options *opts, shard **out)
         rc = -errno;
     if (rc == 0)
         rc = shard_recover(s);
-    if (rc == 0 && !opts->read_only) {
+    bool thread = !opts->read_only && !opts->offline;
+    if (rc == 0 && thread) {
         s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (s->wake_fd < 0)
             rc = -errno;
     }
-    if (rc == 0 && !opts->read_only)
+    if (rc == 0 && thread)
         rc = ring_open(SHARD_RING_DEPTH, opts->os ? opts->os : os_default(), &s->ring);
-    if (rc == 0 && !opts->read_only) {
+    if (rc == 0 && thread) {
         rc = -pthread_create(&s->thread, NULL, shard_main, s);
         s->thread_started = rc == 0;
     }
@@ -1171,9 +1216,9 @@ void shard_close(shard *s)
 void shard_submit(shard *s, tally_request *req)
 {
     int st = atomic_load(&s->status);
-    if (st == TALLY_ECORRUPT || s->opts.read_only) {
+    if (st == TALLY_ECORRUPT || s->opts.read_only || s->opts.offline) {
         shard_fail_request(req, st ? st : TALLY_EFAILED,
-                           st ? s->status_message : "opened read-only");
+                           st ? s->status_message : "opened offline");
         req->done(req);
         return;
     }

@@ -31,6 +31,13 @@ typedef struct shard_options {
     tally_log_fn log;
     void *log_ctx;
     bool read_only; /* recover and serve reads, never write, no thread */
+    bool offline;   /* recover and commit, no thread: tools that write
+                     * through shard_log/shard_ledger (import.c) */
+    /* An import that never committed began after import_base (DIR/IMPORT,
+     * import.h): recovery cuts the log after it and, if the state was
+     * checkpointed past it, restores the snapshot taken at it. */
+    bool undo_import;
+    uint64_t import_base;
     uint64_t snapshot_every_records; /* 0: not by count */
     uint64_t snapshot_every_ms;      /* 0: not by time */
     int retention;                   /* enum tally_retention */
@@ -38,7 +45,7 @@ typedef struct shard_options {
 } shard_options;
 
 /* Opens the ledger and log, recovers (replays the log after the state's
- * checkpoint) and starts the writer thread.  A state that is missing,
+ * checkpoint) and starts the writer thread (not read_only or offline).  A state that is missing,
  * unreadable or marked damaged (state/REBUILD, written when damage was
  * found while serving) is moved aside to state.bad-<ms> and rebuilt from
  * the newest valid snapshot plus the retained log.  A shard whose

@@ -312,7 +312,7 @@ static bool snapshot_is_leftover(const char *dir, const char *name)
 }
 
 /* Removes a leftover file or runs directory. */
-static void snapshot_remove(const char *path) { os_remove_tree(path); }
+static void snapshot_remove_leftover(const char *path) { os_remove_tree(path); }
 
 int snapshot_list(const char *dir, bool read_only, snapshot_info *out, uint32_t cap,
                   uint32_t *count)
@@ -333,7 +333,7 @@ int snapshot_list(const char *dir, bool read_only, snapshot_info *out, uint32_t 
         if (!read_only && snapshot_is_leftover(dir, de->d_name)) {
             char p[4400];
             snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
-            snapshot_remove(p);
+            snapshot_remove_leftover(p);
             continue;
         }
         if (len > 5 && strcmp(de->d_name + len - 5, ".meta") == 0 && n < SNAPSHOT_LIST_MAX &&
@@ -416,6 +416,22 @@ int snapshot_restore(const snapshot_info *s, const os_ops *os, const char *state
     return rc;
 }
 
+/* Unpublishes and deletes one (the meta first: a crash in between leaves a
+ * leftover that snapshot_list removes). */
+static int snapshot_delete(const char *dir, const os_ops *os, uint64_t seq)
+{
+    char meta[4200], mdb[4200], ids_dir[4300];
+    snapshot_path(dir, seq, ".meta", meta, sizeof(meta));
+    snapshot_path(dir, seq, ".mdb", mdb, sizeof(mdb));
+    snapshot_path(dir, seq, ".ids", ids_dir, sizeof(ids_dir));
+    int rc = os->unlink(os->ctx, meta);
+    if (rc == 0)
+        rc = os->unlink(os->ctx, mdb);
+    if (rc == 0)
+        snapshot_rmdir(ids_dir);
+    return rc;
+}
+
 int snapshot_prune(const char *dir, const os_ops *os, uint32_t keep)
 {
     snapshot_info *list = calloc(SNAPSHOT_LIST_MAX, sizeof(*list));
@@ -423,21 +439,20 @@ int snapshot_prune(const char *dir, const os_ops *os, uint32_t keep)
         return -ENOMEM;
     uint32_t n = 0;
     int rc = snapshot_list(dir, false, list, SNAPSHOT_LIST_MAX, &n);
-    for (uint32_t i = keep; rc == 0 && i < n; i++) {
-        char meta[4200];
-        snapshot_path(dir, list[i].seq, ".meta", meta, sizeof(meta));
-        /* Unpublish first: a crash in between leaves a leftover. */
-        rc = os->unlink(os->ctx, meta);
-        if (rc == 0)
-            rc = os->unlink(os->ctx, list[i].path);
-        if (rc == 0) {
-            char ids_dir[4300];
-            snapshot_path(dir, list[i].seq, ".ids", ids_dir, sizeof(ids_dir));
-            snapshot_rmdir(ids_dir);
-        }
-    }
+    for (uint32_t i = keep; rc == 0 && i < n; i++)
+        rc = snapshot_delete(dir, os, list[i].seq);
     if (rc == 0 && n > keep)
         rc = os->fsync_dir(os->ctx, dir);
     free(list);
     return rc;
+}
+
+int snapshot_remove(const char *dir, const os_ops *os, uint64_t seq)
+{
+    char meta[4200];
+    snapshot_path(dir, seq, ".meta", meta, sizeof(meta));
+    if (access(meta, F_OK) != 0)
+        return 0;
+    int rc = snapshot_delete(dir, os, seq);
+    return rc == 0 ? os->fsync_dir(os->ctx, dir) : rc;
 }

@@ -77,5 +77,7 @@ int snapshot_restore(const snapshot_info *s, const os_ops *os, const char *state
 
 /* Deletes published snapshots beyond the newest `keep`. */
 int snapshot_prune(const char *dir, const os_ops *os, uint32_t keep);
+/* Deletes the snapshot at seq, if there is one (an import's undo). */
+int snapshot_remove(const char *dir, const os_ops *os, uint64_t seq);
 
 #endif

@@ -5,6 +5,7 @@
  *   DIR/LOCK          flock()ed while open: one process per directory
  *   DIR/MANIFEST      "tally-manifest 1\nshards N\n", written once, atomically
  *   DIR/shard-NNN/    one per shard: log-*.seg segments and state/ (LMDB)
+ *   DIR/IMPORT        while an import is uncommitted (import.h)
  *
  * A merchant lives in shard XXH3-64(merchant) mod N, so N is fixed when the
  * directory is created; opening it with another N is TALLY_ESHARDS.
@@ -27,18 +28,12 @@
 #include "log.h"
 #include "os.h"
 #include "shard.h"
-#include "tally.h"
+#include "import.h"
+#include "tally_int.h"
 #include "upgrade.h"
 
 #define TALLY_MANIFEST_VERSION 1
 
-struct tally {
-    tally_options opts;
-    char dir[4096];
-    int lock_fd;
-    uint32_t shard_count;
-    shard *shards[LIMIT_SHARDS_MAX];
-};
 
 /* ---- manifest ----------------------------------------------------------- */
 
@@ -103,7 +98,7 @@ static int tally_lock(tally *t)
 
 /* ---- open / close ------------------------------------------------------- */
 
-static void tally_say(const tally *t, int level, const char *msg)
+void tally_say(const tally *t, int level, const char *msg)
 {
     if (t->opts.log)
         t->opts.log(t->opts.log_ctx, level, msg);
@@ -134,7 +129,7 @@ static int tally_upgrade(tally *t, const char *path, uint32_t index)
     return rc;
 }
 
-static int tally_open_shards(tally *t)
+int tally_open_shards(tally *t, const uint64_t *undo_bases)
 {
     for (uint32_t i = 0; i < t->shard_count; i++) {
         char path[4200];
@@ -149,6 +144,8 @@ static int tally_open_shards(tally *t)
             .snapshot_every_records = t->opts.snapshot_every_records,
             .snapshot_every_ms = t->opts.snapshot_every_ms,
             .retention = t->opts.retention, .archive_dir = t->opts.archive_dir,
+            .offline = t->opts.offline, .undo_import = undo_bases != NULL,
+            .import_base = undo_bases ? undo_bases[i] : 0,
         };
         int rc = tally_upgrade(t, path, i);
         if (rc == 0)
@@ -157,6 +154,45 @@ static int tally_open_shards(tally *t)
             return rc;
     }
     return 0;
+}
+
+/* Opens the shards, undoing first an import that never committed. */
+static int tally_open_pending_import(tally *t)
+{
+    uint64_t *bases = calloc(t->shard_count, sizeof(*bases));
+    bool *made = calloc(t->shard_count, sizeof(*made));
+    if (!bases || !made) {
+        free(bases);
+        free(made);
+        return -ENOMEM;
+    }
+    int rc = import_marker_read(t->dir, t->shard_count, bases, made);
+    if (rc == 1 && t->opts.read_only) {
+        char msg[4400];
+        snprintf(msg, sizeof(msg),
+                 "%s holds an import that never committed: start tallyd, or run `tally import` "
+                 "again, to undo it first",
+                 t->dir);
+        tally_say(t, 2, msg);
+        rc = TALLY_EFORMAT;
+    } else if (rc == 1) {
+        tally_say(t, 1, "an import that never committed is undone: every shard goes back to "
+                        "where it began");
+        rc = import_undo(t, bases, made);
+    } else if (rc == 0) {
+        rc = tally_open_shards(t, NULL);
+    }
+    free(bases);
+    free(made);
+    return rc;
+}
+
+void tally_close_shards(tally *t)
+{
+    for (uint32_t i = 0; i < t->shard_count; i++) {
+        shard_close(t->shards[i]);
+        t->shards[i] = NULL;
+    }
 }
 
 int tally_open(const tally_options *opts, tally **out)
@@ -201,7 +237,7 @@ int tally_open(const tally_options *opts, tally **out)
     }
     if (rc == 0) {
         t->shard_count = n;
-        rc = tally_open_shards(t);
+        rc = tally_open_pending_import(t);
     }
     if (rc < 0) {
         tally_close(t);
@@ -215,8 +251,7 @@ void tally_close(tally *t)
 {
     if (!t)
         return;
-    for (uint32_t i = 0; i < t->shard_count; i++)
-        shard_close(t->shards[i]);
+    tally_close_shards(t);
     if (t->lock_fd >= 0)
         close(t->lock_fd);
     free(t);
@@ -252,6 +287,8 @@ int tally_scan(tally *t, uint32_t index, uint64_t after_seq, tally_scan_fn fn, v
     record r;
     log_loc loc;
     while (rc >= 0 && (rc = log_iter_next(&it, &r, &loc)) == 1) {
+        if (r.type == RECORD_ALLOC)
+            continue; /* an entry's further allocations: not an entry */
         tally_entry e;
         ledger_entry_from_record(&r, &e);
         bool refusal = r.type == RECORD_REFUSAL;
@@ -260,6 +297,57 @@ int tally_scan(tally *t, uint32_t index, uint64_t after_seq, tally_scan_fn fn, v
             return rc;
     }
     return rc < 0 ? rc : 0;
+}
+
+/* One shard's position in the merged scan. */
+typedef struct tally_merge {
+    log_iter it;
+    record r;
+    bool have;
+} tally_merge;
+
+static int tally_merge_next(tally_merge *m)
+{
+    log_loc loc;
+    int rc;
+    while ((rc = log_iter_next(&m->it, &m->r, &loc)) == 1 && m->r.type == RECORD_ALLOC)
+        ;
+    m->have = rc == 1;
+    return rc < 0 ? rc : 0;
+}
+
+int tally_scan_all(tally *t, tally_scan_fn fn, void *ctx)
+{
+    if (!t->opts.read_only)
+        return -EINVAL;
+    tally_merge *m = calloc(t->shard_count, sizeof(*m));
+    if (!m)
+        return -ENOMEM;
+    int rc = 0;
+    for (uint32_t i = 0; i < t->shard_count && rc == 0; i++) {
+        log_t *log = shard_log(t->shards[i]);
+        rc = log_iter_init(log, log_first_seq(log) - 1, &m[i].it);
+        if (rc == 0)
+            rc = tally_merge_next(&m[i]);
+    }
+    /* The oldest head next, ties to the lower shard: each shard's order
+     * is kept whatever its times (imported entries run back in time). */
+    while (rc == 0) {
+        uint32_t pick = UINT32_MAX;
+        for (uint32_t i = 0; i < t->shard_count; i++)
+            if (m[i].have && (pick == UINT32_MAX || m[i].r.ts_ms < m[pick].r.ts_ms))
+                pick = i;
+        if (pick == UINT32_MAX)
+            break;
+        tally_entry e;
+        ledger_entry_from_record(&m[pick].r, &e);
+        bool refusal = m[pick].r.type == RECORD_REFUSAL;
+        rc = fn(ctx, &e, refusal, refusal ? TALLY_EBASE - (int)m[pick].r.error : 0);
+        if (rc == 0)
+            rc = tally_merge_next(&m[pick]);
+    }
+    free(m);
+    return rc;
 }
 
 uint32_t tally_shard_of(const tally *t, uint64_t merchant)

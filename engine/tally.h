@@ -115,6 +115,12 @@ typedef struct tally_entry {
     uint64_t expires; /* unix s, 0 = never */
     uint8_t kind;     /* enum tally_kind */
     bool imported;    /* loaded by `tally import` */
+    /* The request as it was given (for `tally dump` and import, which
+     * must replay it exactly): */
+    uint64_t available_at; /* EARN AVAILABLE_AT, unix s; 0 none */
+    uint64_t timeout_s;    /* HOLD TIMEOUT as given; 0 none */
+    int64_t req_points;    /* the points argument as given (CAPTURE/REVERSE POINTS n, or 0) */
+    uint32_t req_flags;    /* TALLY_REQ_* */
     uint8_t id_len;
     uint8_t ref_len;
     uint8_t memo_len;
@@ -122,6 +128,27 @@ typedef struct tally_entry {
     char ref[LIMIT_ENGINE_ID_BYTES_MAX];
     char memo[LIMIT_MEMO_BYTES_MAX];
 } tally_entry;
+
+/* One line of an import (tally_import_add): an entry as `tally dump`
+ * writes it (export.h reads the text).  e.seq is the source's and is not
+ * kept.  `have` says which of the checked fields the line gave: the
+ * others are worked out by applying the line. */
+enum {
+    TALLY_HAVE_POINTS = 1u << 0,
+    TALLY_HAVE_AMOUNT = 1u << 1,
+    TALLY_HAVE_BALANCE = 1u << 2,
+    TALLY_HAVE_HELD = 1u << 3,
+    TALLY_HAVE_PENDING = 1u << 4,
+    TALLY_HAVE_ARG_POINTS = 1u << 5, /* e.req_points is the request's points argument */
+    TALLY_HAVE_GIVEN = 1u << 6,      /* e.req_flags says which options the request had */
+    TALLY_HAVE_SEQ = 1u << 7,
+};
+typedef struct tally_import_item {
+    tally_entry e;
+    int refused;   /* 0, or a remembered refusal's code (TALLY_EINSUFFICIENT, ...) */
+    uint32_t have; /* TALLY_HAVE_* */
+    uint64_t line; /* the caller's number for it (its line): errors name it */
+} tally_import_item;
 
 typedef struct tally_balance {
     int64_t available;
@@ -254,6 +281,9 @@ typedef struct tally_options {
     uint64_t snapshot_every_ms;
     int retention;            /* enum tally_retention */
     const char *archive_dir;  /* TALLY_RETAIN_ARCHIVE */
+    /* Tools that write (tally import): open writable but start no shard
+     * threads; requests cannot be submitted. */
+    bool offline;
 } tally_options;
 
 typedef struct tally tally;
@@ -293,6 +323,10 @@ int tally_verify_full(tally *t, char *msg, size_t cap);
  * -EINVAL (not read_only, bad shard), TALLY_ECORRUPT (a bad record). */
 typedef int (*tally_scan_fn)(void *ctx, const tally_entry *e, bool refusal, int status);
 int tally_scan(tally *t, uint32_t shard, uint64_t after_seq, tally_scan_fn fn, void *ctx);
+/* Every shard's retained log at once, merged by time: the oldest entry
+ * next (ties to the lower shard), each shard's own order kept.  What
+ * `tally dump` writes: an import reads it with every shard busy. */
+int tally_scan_all(tally *t, tally_scan_fn fn, void *ctx);
 
 uint32_t tally_shard_count(const tally *t);
 uint32_t tally_shard_of(const tally *t, uint64_t merchant);
@@ -322,5 +356,38 @@ typedef struct tally_shard_stats {
     char status_message[160];
 } tally_shard_stats;
 int tally_shard_stats_get(tally *t, uint32_t shard, tally_shard_stats *out);
+
+/* ---- import (SPEC §8; a tally opened `offline`) ------------------------------
+ *
+ * tally_import_begin checkpoints and snapshots every shard and writes
+ * DIR/IMPORT naming where each shard's log stood: while that file exists
+ * the import is uncommitted, and any open of the directory (tallyd, or a
+ * rerun) undoes it — cuts the logs back and restores the snapshots.
+ * tally_import_add applies one line at its own time, marked imported: an
+ * id already there with the same request is skipped, anything that
+ * differs (another request, other balances than the line says, a rule of
+ * the ledger) is an error and the import can only be aborted.
+ * tally_import_commit flushes and checkpoints every shard, reads every
+ * imported record back and checks the state of every merchant it touched,
+ * then removes DIR/IMPORT: all shards' entries become visible at once.
+ * Progress goes to opts.log. */
+typedef struct tally_import tally_import;
+typedef struct tally_import_stats {
+    uint64_t lines;   /* items added */
+    uint64_t applied; /* written */
+    uint64_t present; /* already there (a rerun) or checked (a transfer's receiver) */
+    uint64_t records; /* log records written, engine entries included */
+    uint32_t merchants;
+} tally_import_stats;
+int tally_import_begin(tally *t, tally_import **out, char *msg, size_t cap);
+/* Hands the item to its shard's worker (one thread per CPU, each owning
+ * some shards, applying their items in order).  0, or the first error of
+ * any item so far with msg naming its line and id (TALLY_ECONFLICT,
+ * TALLY_EINVALID, a refusal's TALLY_E*, -errno): only abort is left. */
+int tally_import_add(tally_import *im, const tally_import_item *it, char *msg, size_t cap);
+/* Commits and frees im. */
+int tally_import_commit(tally_import *im, tally_import_stats *out, char *msg, size_t cap);
+/* Undoes everything the import wrote, and frees im. */
+int tally_import_abort(tally_import *im);
 
 #endif

@@ -4,6 +4,7 @@
  *
  *   tally verify DIR                 checksums, chain, snapshots, state == replay
  *   tally dump DIR [--merchant m] [--refusals]   entries as JSON lines
+ *   tally import DIR FILE|-         load a dump (JSON lines) or CSV, all or nothing
  *   tally stats DIR                  per-shard and per-kind counts, sizes
  *   tally snapshot DIR [--retention keep|delete|archive] [--archive-dir D]
  *
@@ -21,6 +22,7 @@
 #include <time.h>
 
 #include "config.h"
+#include "export.h"
 #include "tally.h"
 
 /* ---- output helpers ----------------------------------------------------- */
@@ -38,22 +40,6 @@ static void tool_log(void *ctx, int level, const char *msg)
     (void)ctx;
     static const char *names[] = {"info", "warning", "error"};
     fprintf(stderr, "tally: %s: %s\n", names[level < 0 ? 0 : level > 2 ? 2 : level], msg);
-}
-
-/* Writes len bytes as a JSON string (memo bytes are opaque). */
-static void tool_json_string(FILE *out, const char *s, size_t len)
-{
-    fputc('"', out);
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\')
-            fprintf(out, "\\%c", c);
-        else if (c < 0x20 || c >= 0x7f)
-            fprintf(out, "\\u%04x", c);
-        else
-            fputc(c, out);
-    }
-    fputc('"', out);
 }
 
 static int tool_open(const char *dir, tally **out)
@@ -119,26 +105,9 @@ static int tool_dump_one(void *ctx, const tally_entry *e, bool refusal, int stat
         return 0;
     if (refusal && !d->refusals)
         return 0;
-    printf("{\"seq\":%" PRIu64 ",\"id\":", e->seq);
-    tool_json_string(stdout, e->id, e->id_len);
-    /* 64-bit ids are strings: jq and JavaScript hold JSON numbers as
-     * doubles, exact only up to 2^53, and would merge distinct ids. */
-    printf(",\"kind\":\"%s\",\"merchant\":\"%" PRIu64 "\",\"account\":\"%" PRIu64 "\"",
-           tally_kind_name(e->kind), e->merchant, e->account);
-    if (refusal) {
-        printf(",\"refused\":\"%s\"", tally_error_code(status));
-    } else {
-        printf(",\"points\":%" PRId64 ",\"amount\":%" PRId64 ",\"balance\":%" PRId64
-               ",\"held\":%" PRId64 ",\"pending\":%" PRId64,
-               e->points, e->amount, e->balance, e->held, e->pending);
-    }
-    printf(",\"ts\":%" PRIu64 ",\"ref\":", e->ts_ms);
-    tool_json_string(stdout, e->ref, e->ref_len);
-    printf(",\"expires\":%" PRIu64 ",\"memo\":", e->expires);
-    tool_json_string(stdout, e->memo, e->memo_len);
-    if (e->imported)
-        fputs(",\"imported\":true", stdout);
-    fputs("}\n", stdout);
+    char line[EXPORT_LINE_BYTES_MAX];
+    size_t n = export_json(line, sizeof(line), e, refusal, status);
+    fwrite(line, 1, n, stdout);
     d->printed++;
     return ferror(stdout) ? -EIO : 0;
 }
@@ -155,8 +124,11 @@ static int tool_dump_run(const char *dir, uint64_t merchant, int refusals)
         last = first + 1;
     }
     int rc = 0;
-    for (uint32_t i = first; i < last && rc == 0; i++)
-        rc = tally_scan(t, i, 0, tool_dump_one, &d);
+    if (merchant)
+        for (uint32_t i = first; i < last && rc == 0; i++)
+            rc = tally_scan(t, i, 0, tool_dump_one, &d);
+    else
+        rc = tally_scan_all(t, tool_dump_one, &d);
     if (rc < 0)
         fprintf(stderr, "tally: dump stopped: %s\n", tally_strerror(rc));
     tally_close(t);
@@ -296,11 +268,189 @@ static int tool_snapshot(const char *dir, int retention, const char *archive)
     return rc != 0;
 }
 
+/* ---- import --------------------------------------------------------------- */
+
+/* The longest line (a CSV row with its quoted newlines) read. */
+#define TOOL_IMPORT_LINE_MAX (64u << 10)
+
+typedef struct tool_import {
+    FILE *in;
+    char *buf;
+    size_t cap;
+    uint64_t line;      /* lines read */
+    uint64_t bytes;     /* bytes read */
+    char *row;          /* a CSV row being joined */
+    size_t row_len, row_cap;
+} tool_import;
+
+/* The next line (its newline included), or NULL at the end. */
+static const char *tool_import_line(tool_import *r, size_t *len)
+{
+    ssize_t n = getline(&r->buf, &r->cap, r->in);
+    if (n < 0)
+        return NULL;
+    r->line++;
+    r->bytes += (uint64_t)n;
+    *len = (size_t)n;
+    return r->buf;
+}
+
+static bool tool_blank(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n')
+            return false;
+    return true;
+}
+
+static int tool_import_append(tool_import *r, const char *s, size_t n)
+{
+    if (r->row_len + n + 1 > r->row_cap) {
+        size_t cap = (r->row_len + n + 1) * 2;
+        char *v = realloc(r->row, cap);
+        if (!v)
+            return -ENOMEM;
+        r->row = v;
+        r->row_cap = cap;
+    }
+    memcpy(r->row + r->row_len, s, n);
+    r->row_len += n;
+    return 0;
+}
+
+static int tool_import_run(const char *dir, const char *file, uint32_t shards)
+{
+    tool_import r = {.in = strcmp(file, "-") == 0 ? stdin : fopen(file, "r")};
+    if (!r.in) {
+        fprintf(stderr, "tally: import: cannot read %s: %s\n", file, strerror(errno));
+        return 1;
+    }
+    struct stat fst;
+    uint64_t total = fstat(fileno(r.in), &fst) == 0 && S_ISREG(fst.st_mode) ? (uint64_t)fst.st_size
+                                                                           : 0;
+    tally_options o = {.dir = dir, .log = tool_log, .offline = true, .shards = shards};
+    tally *t;
+    int rc = tally_open(&o, &t);
+    if (rc < 0) {
+        fprintf(stderr, "tally: cannot open %s: %s\n", dir,
+                rc == TALLY_ELOCKED ? "in use by a running tallyd (stop it first)"
+                                    : tally_strerror(rc));
+        if (r.in != stdin)
+            fclose(r.in);
+        return 1;
+    }
+    char msg[512];
+    tally_import *im;
+    rc = tally_import_begin(t, &im, msg, sizeof(msg));
+    if (rc < 0) {
+        fprintf(stderr, "tally: import: %s\n", msg);
+        tally_close(t);
+        if (r.in != stdin)
+            fclose(r.in);
+        return 1;
+    }
+    uint64_t t0 = tool_mono_ms(), shown = t0, at = 0;
+    enum { UNKNOWN, JSON, CSV } format = UNKNOWN;
+    export_csv csv;
+    tally_import_item it;
+    const char *text;
+    size_t len;
+    rc = 0;
+    while (rc == 0 && (text = tool_import_line(&r, &len)) != NULL) {
+        at = r.line;
+        if (len > TOOL_IMPORT_LINE_MAX) {
+            snprintf(msg, sizeof(msg), "longer than %u bytes", TOOL_IMPORT_LINE_MAX);
+            rc = TALLY_ESYNTAX;
+            break;
+        }
+        if (tool_blank(text, len))
+            continue;
+        if (format == UNKNOWN) {
+            size_t i = 0;
+            while (text[i] == ' ' || text[i] == '\t')
+                i++;
+            format = text[i] == '{' ? JSON : CSV;
+            if (format == CSV) {
+                rc = export_csv_header(text, len, &csv, msg, sizeof(msg));
+                continue;
+            }
+        }
+        if (format == JSON) {
+            rc = export_parse_json(text, len, &it, msg, sizeof(msg));
+        } else {
+            /* A quoted cell may hold newlines: join lines until it closes. */
+            r.row_len = 0;
+            rc = tool_import_append(&r, text, len);
+            while (rc == 0 && export_csv_open_quote(r.row, r.row_len)) {
+                if (r.row_len > TOOL_IMPORT_LINE_MAX || !(text = tool_import_line(&r, &len))) {
+                    snprintf(msg, sizeof(msg), "a quoted cell is not closed");
+                    rc = TALLY_ESYNTAX;
+                    break;
+                }
+                rc = tool_import_append(&r, text, len);
+            }
+            if (rc == 0)
+                rc = export_parse_csv(&csv, r.row, r.row_len, &it, msg, sizeof(msg));
+        }
+        if (rc == 0) {
+            it.line = at;
+            rc = tally_import_add(im, &it, msg, sizeof(msg));
+            if (rc < 0)
+                at = 0; /* the message names the line */
+        }
+        if ((r.line & 0xffff) == 0 && tool_mono_ms() - shown >= 1000) {
+            shown = tool_mono_ms();
+            double s = (double)(shown - t0) / 1000.0;
+            if (total)
+                fprintf(stderr, "tally: import: %" PRIu64 " lines, %.0f lines/s, %.0f%%\n",
+                        r.line, (double)r.line / s, 100.0 * (double)r.bytes / (double)total);
+            else
+                fprintf(stderr, "tally: import: %" PRIu64 " lines, %.0f lines/s\n", r.line,
+                        (double)r.line / s);
+        }
+    }
+    if (rc == 0 && ferror(r.in)) {
+        snprintf(msg, sizeof(msg), "reading %s: %s", file, strerror(errno));
+        rc = -EIO;
+        at = 0;
+    }
+    if (r.in != stdin)
+        fclose(r.in);
+    free(r.buf);
+    free(r.row);
+    tally_import_stats st;
+    if (rc == 0) {
+        rc = tally_import_commit(im, &st, msg, sizeof(msg));
+        at = 0;
+    }
+    if (rc < 0 && at)
+        fprintf(stderr, "tally: import: line %" PRIu64 ": %s\n", at, msg);
+    else if (rc < 0)
+        fprintf(stderr, "tally: import: %s\n", msg);
+    if (rc < 0) {
+        int arc = tally_import_abort(im);
+        fprintf(stderr, "tally: import: nothing was imported%s\n",
+                arc < 0 ? " (the undo failed: it is done when the directory is next opened)"
+                        : "");
+        tally_close(t);
+        return 1;
+    }
+    double s = (double)(tool_mono_ms() - t0) / 1000.0;
+    printf("imported %" PRIu64 " lines: %" PRIu64 " applied, %" PRIu64
+           " already there; %" PRIu64 " records, %u merchants, %.1f s (%.0f lines/s)\n",
+           st.lines, st.applied, st.present, st.records, st.merchants, s,
+           s > 0 ? (double)st.lines / s : 0.0);
+    tally_close(t);
+    return 0;
+}
+
 /* ---- main --------------------------------------------------------------- */
 
 static const char tool_usage_text[] =
     "usage: tally verify DIR\n"
     "       tally dump DIR [--merchant M] [--refusals]\n"
+    "       tally import DIR FILE|- [--shards N]   JSON lines as dump writes them, or CSV\n"
+    "                                with a header; all or nothing (N: a new DIR's shards)\n"
     "       tally stats DIR\n"
     "       tally snapshot DIR [--retention keep|delete|archive] [--archive-dir D]\n"
     "       tally --help\n"
@@ -328,6 +478,8 @@ typedef struct tool_args {
     int refusals;       /* dump --refusals */
     int retention;      /* snapshot --retention */
     const char *archive; /* snapshot --archive-dir */
+    const char *file;    /* import FILE|- */
+    uint32_t shards;     /* import --shards (a new directory) */
 } tool_args;
 
 /* Which options each command takes. */
@@ -337,6 +489,8 @@ static bool tool_takes(const char *cmd, const char *opt)
         return strcmp(opt, "--merchant") == 0 || strcmp(opt, "--refusals") == 0;
     if (strcmp(cmd, "snapshot") == 0)
         return strcmp(opt, "--retention") == 0 || strcmp(opt, "--archive-dir") == 0;
+    if (strcmp(cmd, "import") == 0)
+        return strcmp(opt, "--shards") == 0;
     return false;
 }
 
@@ -358,6 +512,11 @@ static int tool_option(tool_args *a, int argc, char **argv, int *i)
     if (strcmp(opt, "--merchant") == 0) {
         if (config_parse_u64(v, strlen(v), &a->merchant) != 0 || a->merchant == 0)
             return tool_usage_error("--merchant must be 1..18446744073709551615, got '%s'", v);
+    } else if (strcmp(opt, "--shards") == 0) {
+        uint64_t n;
+        if (config_parse_u64(v, strlen(v), &n) != 0 || n < 1 || n > LIMIT_SHARDS_MAX)
+            return tool_usage_error("--shards must be 1..%d, got '%s'", LIMIT_SHARDS_MAX, v);
+        a->shards = (uint32_t)n;
     } else if (strcmp(opt, "--retention") == 0) {
         if (config_parse_retention(v, &a->retention) < 0)
             return tool_usage_error("--retention must be keep, delete or archive, got '%s'", v);
@@ -369,7 +528,7 @@ static int tool_option(tool_args *a, int argc, char **argv, int *i)
 
 static int tool_parse(tool_args *a, int argc, char **argv)
 {
-    static const char *const cmds[] = {"verify", "dump", "stats", "snapshot"};
+    static const char *const cmds[] = {"verify", "dump", "stats", "snapshot", "import"};
     bool known = false;
     for (size_t k = 0; k < sizeof(cmds) / sizeof(cmds[0]); k++)
         known |= strcmp(a->cmd, cmds[k]) == 0;
@@ -380,12 +539,19 @@ static int tool_parse(tool_args *a, int argc, char **argv)
             a->dir = argv[i];
             continue;
         }
+        bool stdin_arg = strcmp(argv[i], "-") == 0;
+        if (strcmp(a->cmd, "import") == 0 && a->dir && !a->file && (argv[i][0] != '-' || stdin_arg)) {
+            a->file = argv[i];
+            continue;
+        }
         int rc = tool_option(a, argc, argv, &i);
         if (rc != 0)
             return rc;
     }
     if (!a->dir)
         return tool_usage_error("%s needs a data directory", a->cmd);
+    if (strcmp(a->cmd, "import") == 0 && !a->file)
+        return tool_usage_error("import needs a file to read (or - for standard input)");
     if (a->retention == TALLY_RETAIN_ARCHIVE && !a->archive)
         return tool_usage_error("--retention archive needs --archive-dir DIR");
     return 0;
@@ -413,5 +579,7 @@ int main(int argc, char **argv)
         return tool_stats_run(a.dir);
     if (strcmp(a.cmd, "snapshot") == 0)
         return tool_snapshot(a.dir, a.retention, a.archive);
+    if (strcmp(a.cmd, "import") == 0)
+        return tool_import_run(a.dir, a.file, a.shards);
     return tool_dump_run(a.dir, a.merchant, a.refusals);
 }
