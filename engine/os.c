@@ -7,6 +7,7 @@
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "os.h"
@@ -179,4 +180,25 @@ int os_remove_tree(const char *path)
     if (rc == -1)
         return errno == ENOENT ? 0 : -errno;
     return rc;
+}
+
+/* ---- accounting ------------------------------------------------------------ */
+
+int os_thread_written_bytes(uint64_t *out)
+{
+    int fd = open("/proc/thread-self/io", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    char buf[512];
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    int err = n < 0 ? -errno : 0;
+    close(fd);
+    if (n < 0)
+        return err;
+    buf[n] = 0;
+    const char *p = strstr(buf, "wchar:");
+    if (!p)
+        return -ENOENT;
+    *out = strtoull(p + 6, NULL, 10);
+    return 0;
 }

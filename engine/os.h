@@ -54,6 +54,13 @@ int os_read_all(int fd, int (*each)(void *ctx, const char *p, size_t n, uint64_t
  * The file is removed again if anything fails. */
 int os_copy_file(const os_ops *os, int in_fd, const char *to);
 
+/* Bytes the calling thread has handed to write system calls since it
+ * started (the kernel's per-thread I/O accounting, `wchar` of
+ * /proc/thread-self/io): what a thread that writes through libc or LMDB
+ * wrote, whatever file it went to.  io_uring writes are not in it.
+ * 0 and *out, or -errno (-ENOENT on a kernel without task I/O accounting). */
+int os_thread_written_bytes(uint64_t *out);
+
 /* Removes a file or a directory and everything in it (temporary
  * directories, unpublished snapshots): 0 or the first -errno.  A missing
  * path is 0. */

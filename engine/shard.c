@@ -67,6 +67,12 @@ enum { SHARD_TAG_INBOX = 1, SHARD_TAG_BATCH = 2 };
 
 /* ---- types -------------------------------------------------------------- */
 
+/* A tally_hist that the shard thread writes while others read it. */
+typedef struct shard_hist {
+    _Atomic uint64_t counts[TALLY_HIST_BUCKETS];
+    _Atomic uint64_t sum;
+} shard_hist;
+
 typedef struct shard_list {
     tally_request *head;
     tally_request *tail;
@@ -125,6 +131,9 @@ struct shard {
     char status_message[160];
 
     /* counters for tally_shard_stats_get */
+    shard_hist st_flush_us, st_batch_records, st_checkpoint_us;
+    _Atomic uint64_t st_checkpoint_bytes, st_snapshot_created_ms;
+    _Atomic uint64_t ckpt_written_bytes; /* the committer's writes, set by its done() */
     _Atomic uint64_t st_entries, st_batches, st_batch_entries_max, st_flush_us_total,
         st_flush_us_max, st_checkpoints, st_sweep_entries, st_seq, st_durable_seq,
         st_checkpoint_seq, st_log_bytes, st_checkpoint_us_total, st_checkpoint_us_max,
@@ -154,6 +163,21 @@ static uint64_t shard_mono_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* One observation: the shard thread is the only writer, readers take
+ * each field as it is. */
+static void shard_hist_add(shard_hist *h, uint64_t v)
+{
+    atomic_fetch_add_explicit(&h->counts[tally_hist_bucket(v)], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum, v, memory_order_relaxed);
+}
+
+static void shard_hist_get(shard_hist *h, tally_hist *out)
+{
+    for (uint32_t i = 0; i < TALLY_HIST_BUCKETS; i++)
+        out->counts[i] = atomic_load_explicit(&h->counts[i], memory_order_relaxed);
+    out->sum = atomic_load_explicit(&h->sum, memory_order_relaxed);
 }
 
 static uint64_t shard_wall_ms(void *ctx)
@@ -517,6 +541,8 @@ static void shard_batch_done(shard *s, int res)
         atomic_store(&s->st_flush_us_max, us);
     if (s->batch_records > atomic_load(&s->st_batch_entries_max))
         atomic_store(&s->st_batch_entries_max, s->batch_records);
+    shard_hist_add(&s->st_flush_us, us);
+    shard_hist_add(&s->st_batch_records, s->batch_records);
     atomic_fetch_add(&s->st_entries, s->batch_records);
     shard_publish(s);
     shard_complete_list(&s->inflight);
@@ -602,6 +628,7 @@ static void shard_snap_finish(shard *s)
         s->snap_last_ms = shard_now(s);
         atomic_store(&s->st_snapshot_seq, s->snap_info.seq);
         atomic_store(&s->st_snapshot_bytes, s->snap_info.bytes);
+        atomic_store(&s->st_snapshot_created_ms, s->snap_info.created_ms);
         atomic_fetch_add(&s->st_snapshots, 1);
         atomic_store(&s->st_snapshot_ms_last, ms);
         shard_publish(s);
@@ -727,9 +754,12 @@ static void shard_sweep(shard *s)
 static void shard_checkpoint(shard *s)
 {
     uint64_t seq = log_durable_seq(s->log);
-    uint64_t t0 = shard_mono_ns();
+    uint64_t t0 = shard_mono_ns(), w0 = 0, w1 = 0;
+    os_thread_written_bytes(&w0);
     int rc = ledger_checkpoint(s->ledger, seq);
     uint64_t us = (shard_mono_ns() - t0) / 1000u;
+    if (os_thread_written_bytes(&w1) == 0 && w1 >= w0)
+        atomic_fetch_add(&s->st_checkpoint_bytes, w1 - w0);
     s->ckpt_seq = 0;
     s->ckpt_committing = false;
     s->checkpoint_wanted = false;
@@ -743,12 +773,21 @@ static void shard_checkpoint(shard *s)
         atomic_store(&s->st_checkpoint_us_max, us);
     atomic_fetch_add(&s->st_checkpoints, 1);
     atomic_store(&s->st_checkpoint_seq, seq);
+    shard_hist_add(&s->st_checkpoint_us, us);
 }
 
-/* The committer is done (its thread): wake the shard thread. */
+/* The committer is done (its thread): note what it wrote — a thread of
+ * its own per commit, so everything it wrote since it started, or since
+ * its last commit if it is ever kept — and wake the shard thread. */
 static void shard_ckpt_done(void *ctx)
 {
     shard *s = ctx;
+    static _Thread_local uint64_t seen;
+    uint64_t written = 0;
+    if (os_thread_written_bytes(&written) == 0 && written >= seen) {
+        atomic_store(&s->ckpt_written_bytes, written - seen);
+        seen = written;
+    }
     uint64_t one = 1;
     ssize_t w = write(s->wake_fd, &one, sizeof(one));
     (void)w;
@@ -799,11 +838,13 @@ static void shard_ckpt_finish(shard *s)
         return;
     }
     uint64_t us = (shard_mono_ns() - s->ckpt_started_ns) / 1000u;
+    atomic_fetch_add(&s->st_checkpoint_bytes, atomic_exchange(&s->ckpt_written_bytes, 0));
     atomic_fetch_add(&s->st_checkpoint_us_total, us);
     if (us > atomic_load(&s->st_checkpoint_us_max))
         atomic_store(&s->st_checkpoint_us_max, us);
     atomic_fetch_add(&s->st_checkpoints, 1);
     atomic_store(&s->st_checkpoint_seq, seq);
+    shard_hist_add(&s->st_checkpoint_us, us);
 }
 
 static bool shard_checkpoint_due(shard *s)
@@ -1073,6 +1114,7 @@ static int shard_recover(shard *s)
         s->snap_last_seq = newest.seq;
         atomic_store(&s->st_snapshot_seq, newest.seq);
         atomic_store(&s->st_snapshot_bytes, newest.bytes);
+        atomic_store(&s->st_snapshot_created_ms, newest.created_ms);
     }
     shard_marker_path(s, file, sizeof(file));
     bool marked = access(file, F_OK) == 0;
@@ -1270,6 +1312,11 @@ void shard_stats(shard *s, tally_shard_stats *out)
     out->snapshot_bytes = atomic_load(&s->st_snapshot_bytes);
     out->snapshots = atomic_load(&s->st_snapshots);
     out->snapshot_ms_last = atomic_load(&s->st_snapshot_ms_last);
+    out->snapshot_created_ms = atomic_load(&s->st_snapshot_created_ms);
+    shard_hist_get(&s->st_flush_us, &out->flush_us);
+    shard_hist_get(&s->st_batch_records, &out->batch_records);
+    shard_hist_get(&s->st_checkpoint_us, &out->checkpoint_us);
+    out->checkpoint_bytes = atomic_load(&s->st_checkpoint_bytes);
     out->status = atomic_load(&s->status);
     if (out->status)
         snprintf(out->status_message, sizeof(out->status_message), "%s", s->status_message);

@@ -331,7 +331,31 @@ int tally_scan_all(tally *t, tally_scan_fn fn, void *ctx);
 uint32_t tally_shard_count(const tally *t);
 uint32_t tally_shard_of(const tally *t, uint64_t merchant);
 
-/* Counters for INFO and the benchmarks; read without stopping writers. */
+/* A histogram in power-of-two buckets (the engine's durations in
+ * microseconds, batch sizes in records): counts[i] holds the observations
+ * v with 2^(i-1) < v <= 2^i (counts[0]: v <= 1), the last bucket every v
+ * above 2^(TALLY_HIST_BUCKETS-2).  Buckets are not cumulative; sum is the
+ * total of the observations, their count the total of the buckets.  A
+ * bucket is found with one count-leading-zeros, so observing costs an
+ * increment or two on any path. */
+#define TALLY_HIST_BUCKETS 32
+typedef struct tally_hist {
+    uint64_t counts[TALLY_HIST_BUCKETS];
+    uint64_t sum;
+} tally_hist;
+
+/* The bucket of v (see tally_hist). */
+static inline uint32_t tally_hist_bucket(uint64_t v)
+{
+    if (v <= 1)
+        return 0;
+    uint32_t i = 64u - (uint32_t)__builtin_clzll(v - 1);
+    return i < TALLY_HIST_BUCKETS - 1 ? i : TALLY_HIST_BUCKETS - 1;
+}
+
+/* Counters for INFO, /metrics and the benchmarks; read without stopping
+ * writers (each field on its own: a histogram read while a flush completes
+ * may miss that flush in one field and have it in another). */
 typedef struct tally_shard_stats {
     uint64_t seq;            /* last seq assigned */
     uint64_t durable_seq;    /* last seq on stable storage */
@@ -352,6 +376,11 @@ typedef struct tally_shard_stats {
     uint64_t snapshot_bytes;
     uint64_t snapshots;      /* taken since open */
     uint64_t snapshot_ms_last; /* how long the last one took */
+    uint64_t snapshot_created_ms; /* unix ms the newest snapshot was taken, 0: none */
+    tally_hist flush_us;      /* per batch: submit to write+flush completed */
+    tally_hist batch_records; /* per batch: records it holds */
+    tally_hist checkpoint_us; /* per checkpoint: start to commit completed */
+    uint64_t checkpoint_bytes; /* bytes checkpoints wrote (LMDB, id index runs) */
     int status;              /* 0, TALLY_EFAILED or TALLY_ECORRUPT */
     char status_message[160];
 } tally_shard_stats;
