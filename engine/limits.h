@@ -100,6 +100,21 @@
 #define LIMIT_COMMAND_RECV_MS 10000
 #define LIMIT_AUTH_MS 10000
 
+/* ---- the metrics endpoint (tallyd --metrics) ---------------------------- */
+
+/* A request's head: a scrape's is a few hundred bytes; what does not fit
+ * is refused (431) before more is read. */
+#define LIMIT_HTTP_HEAD_BYTES_MAX 8192
+/* HTTP connections at once: a few Prometheus servers and an operator's
+ * curl; the next one gets 503.  Each holds one head buffer (preallocated)
+ * and at most one response. */
+#define LIMIT_HTTP_CONNECTIONS_MAX 16
+/* Time to send a whole request, from the connection or the previous
+ * response (an idle keep-alive connection is closed then too), and to
+ * take a whole response. */
+#define LIMIT_HTTP_RECV_MS 10000
+#define LIMIT_HTTP_SEND_MS 10000
+
 static_assert(9 + LIMIT_ID_BYTES_MAX + 1 + 10 + 1 + 20 <= LIMIT_ENGINE_ID_BYTES_MAX,
               "engine ids hold ~exp:~to: + client id + /k + #n");
 static_assert(LIMIT_ENGINE_ID_BYTES_MAX <= 255, "id length is one byte on disk");
