@@ -112,7 +112,15 @@ static const struct {
     {"LIMIT", OPT_LIMIT},
 };
 
+static_assert(COMMAND_TABLE_COUNT < METRICS_COMMANDS_MAX, "every command is counted apart");
+
 unsigned command_count(void) { return (unsigned)COMMAND_TABLE_COUNT; }
+
+const char *command_name(unsigned i)
+{
+    assert(i < COMMAND_TABLE_COUNT);
+    return command_table[i].name;
+}
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -1047,35 +1055,8 @@ static int command_command(command_call *c)
 
 /* ---- INFO --------------------------------------------------------------------- */
 
-typedef struct command_text {
-    char *buf;
-    size_t len, cap;
-} command_text;
-
-static void command_textf(command_text *t, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void command_textf(command_text *t, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
-        va_end(ap);
-        if (n < 0)
-            return;
-        if (t->len + (size_t)n < t->cap) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t cap = (t->cap + (size_t)n + 1) * 2;
-        char *b = realloc(t->buf, cap);
-        if (!b)
-            return;
-        t->buf = b;
-        t->cap = cap;
-    }
-}
+/* INFO's figures are the metrics module's (metrics.h), as /metrics reports
+ * them; this is only their Redis-style text. */
 
 static uint64_t command_now_ms(void)
 {
@@ -1084,11 +1065,12 @@ static uint64_t command_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static void command_info_server(command_text *t, const command_env *env)
+static void command_info_server(metrics_text *t, const command_env *env)
 {
     const command_server_info *in = env->info;
-    uint64_t up = in ? (command_now_ms() - in->start_ms) / 1000 : 0;
-    command_textf(t,
+    const metrics *m = env->metrics;
+    uint64_t up = m ? (command_now_ms() - m->start_ms) / 1000 : 0;
+    metrics_textf(t,
                   "# Server\r\ntally_version:%s\r\nredis_version:%s\r\nredis_mode:standalone\r\n"
                   "process_id:%ld\r\ntcp_port:%u\r\nuptime_in_seconds:%llu\r\n"
                   "sync:%s\r\nshards:%u\r\ndir:%s\r\n\r\n",
@@ -1098,117 +1080,102 @@ static void command_info_server(command_text *t, const command_env *env)
                   env->t ? tally_shard_count(env->t) : 0, in && in->dir ? in->dir : "");
 }
 
-static void command_info_clients(command_text *t, const command_env *env)
+static void command_info_clients(metrics_text *t, const command_env *env)
 {
-    const command_server_info *in = env->info;
-    if (!in)
+    const metrics *m = env->metrics;
+    if (!m)
         return;
-    command_textf(t,
+    metrics_textf(t,
                   "# Clients\r\nconnected_clients:%u\r\nmaxclients:%u\r\n"
                   "total_connections_received:%llu\r\nrejected_connections:%llu\r\n"
                   "total_commands_processed:%llu\r\nprotocol_errors:%llu\r\n"
                   "requests_in_flight:%llu\r\n\r\n",
-                  in->clients, in->max_clients, (unsigned long long)in->connections_total,
-                  (unsigned long long)in->connections_rejected,
-                  (unsigned long long)in->commands_total,
-                  (unsigned long long)in->protocol_errors,
-                  (unsigned long long)in->requests_inflight);
+                  m->clients, m->max_clients, (unsigned long long)m->connections_accepted,
+                  (unsigned long long)m->connections_rejected,
+                  (unsigned long long)m->commands_total,
+                  (unsigned long long)m->protocol_errors,
+                  (unsigned long long)m->requests_inflight);
+}
+
+static void command_info_shards(metrics_text *t, tally *eng)
+{
+    uint32_t n = tally_shard_count(eng);
+    metrics_textf(t, "# Shards\r\n");
+    for (uint32_t i = 0; i < n; i++) {
+        tally_shard_stats st;
+        tally_shard_stats_get(eng, i, &st);
+        const char *status = st.status == 0 ? "ok"
+                             : st.status == TALLY_ECORRUPT ? "corrupt" : "failed";
+        metrics_textf(t,
+                      "shard%u:status=%s,seq=%llu,durable_seq=%llu,checkpoint_seq=%llu,"
+                      "log_first_seq=%llu,log_bytes=%llu,snapshot_seq=%llu,"
+                      "snapshot_bytes=%llu,snapshots_taken=%llu,snapshot_ms_last=%llu%s%s\r\n",
+                      i, status, (unsigned long long)st.seq,
+                      (unsigned long long)st.durable_seq,
+                      (unsigned long long)st.checkpoint_seq,
+                      (unsigned long long)st.log_first_seq,
+                      (unsigned long long)st.log_bytes, (unsigned long long)st.snapshot_seq,
+                      (unsigned long long)st.snapshot_bytes,
+                      (unsigned long long)st.snapshots,
+                      (unsigned long long)st.snapshot_ms_last, st.status ? ",reason=" : "",
+                      st.status ? st.status_message : "");
+    }
+    metrics_textf(t, "\r\n");
 }
 
 /* Ledger, shards and commit sections from the engine's counters. */
-static void command_info_engine(command_text *t, const command_env *env, bool ledger,
+static void command_info_engine(metrics_text *t, const command_env *env, bool ledger,
                                 bool shards, bool commit)
 {
     if (!env->t)
         return;
-    uint32_t n = tally_shard_count(env->t);
-    tally_shard_stats sum = {0};
-    uint32_t failed = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        tally_shard_stats st;
-        tally_shard_stats_get(env->t, i, &st);
-        sum.seq += st.seq;
-        sum.durable_seq += st.durable_seq;
-        sum.entries += st.entries;
-        sum.batches += st.batches;
-        sum.flush_us_total += st.flush_us_total;
-        if (st.flush_us_max > sum.flush_us_max)
-            sum.flush_us_max = st.flush_us_max;
-        if (st.batch_entries_max > sum.batch_entries_max)
-            sum.batch_entries_max = st.batch_entries_max;
-        sum.checkpoints += st.checkpoints;
-        sum.checkpoint_us_total += st.checkpoint_us_total;
-        if (st.checkpoint_us_max > sum.checkpoint_us_max)
-            sum.checkpoint_us_max = st.checkpoint_us_max;
-        if (st.checkpoint_stall_us_max > sum.checkpoint_stall_us_max)
-            sum.checkpoint_stall_us_max = st.checkpoint_stall_us_max;
-        sum.log_bytes += st.log_bytes;
-        sum.sweep_entries += st.sweep_entries;
-        failed += st.status != 0;
-    }
+    metrics_engine e;
+    metrics_engine_read(env->t, &e);
+    const tally_shard_stats *sum = &e.sum;
     if (ledger)
-        command_textf(t,
+        metrics_textf(t,
                       "# Ledger\r\nrecords:%llu\r\ndurable_records:%llu\r\n"
                       "records_since_start:%llu\r\nengine_entries_since_start:%llu\r\n"
                       "log_bytes:%llu\r\ncheckpoints:%llu\r\nshards_failed:%u\r\n\r\n",
-                      (unsigned long long)sum.seq, (unsigned long long)sum.durable_seq,
-                      (unsigned long long)sum.entries, (unsigned long long)sum.sweep_entries,
-                      (unsigned long long)sum.log_bytes, (unsigned long long)sum.checkpoints,
-                      failed);
-    if (shards) {
-        command_textf(t, "# Shards\r\n");
-        for (uint32_t i = 0; i < n; i++) {
-            tally_shard_stats st;
-            tally_shard_stats_get(env->t, i, &st);
-            const char *status = st.status == 0 ? "ok"
-                                 : st.status == TALLY_ECORRUPT ? "corrupt" : "failed";
-            command_textf(t,
-                          "shard%u:status=%s,seq=%llu,durable_seq=%llu,checkpoint_seq=%llu,"
-                          "log_first_seq=%llu,log_bytes=%llu,snapshot_seq=%llu,"
-                          "snapshot_bytes=%llu,snapshots_taken=%llu,snapshot_ms_last=%llu%s%s\r\n",
-                          i, status, (unsigned long long)st.seq,
-                          (unsigned long long)st.durable_seq,
-                          (unsigned long long)st.checkpoint_seq,
-                          (unsigned long long)st.log_first_seq,
-                          (unsigned long long)st.log_bytes, (unsigned long long)st.snapshot_seq,
-                          (unsigned long long)st.snapshot_bytes,
-                          (unsigned long long)st.snapshots,
-                          (unsigned long long)st.snapshot_ms_last, st.status ? ",reason=" : "",
-                          st.status ? st.status_message : "");
-        }
-        command_textf(t, "\r\n");
-    }
+                      (unsigned long long)sum->seq, (unsigned long long)sum->durable_seq,
+                      (unsigned long long)sum->entries, (unsigned long long)sum->sweep_entries,
+                      (unsigned long long)sum->log_bytes, (unsigned long long)sum->checkpoints,
+                      e.shards_failed);
+    if (shards)
+        command_info_shards(t, env->t);
     if (commit) {
-        double avg_us = sum.batches ? (double)sum.flush_us_total / (double)sum.batches : 0;
-        double per_batch = sum.batches ? (double)sum.entries / (double)sum.batches : 0;
-        command_textf(t,
+        double avg_us = sum->batches ? (double)sum->flush_us_total / (double)sum->batches : 0;
+        double per_batch = sum->batches ? (double)sum->entries / (double)sum->batches : 0;
+        metrics_textf(t,
                       "# Commit\r\nbatches:%llu\r\nbatch_records_avg:%.1f\r\n"
                       "batch_records_max:%llu\r\nflush_latency_us_avg:%.0f\r\n"
                       "flush_latency_us_max:%llu\r\ncheckpoints:%llu\r\n"
                       "checkpoint_us_avg:%.0f\r\ncheckpoint_us_max:%llu\r\n"
                       "checkpoint_stall_us_max:%llu\r\n\r\n",
-                      (unsigned long long)sum.batches, per_batch,
-                      (unsigned long long)sum.batch_entries_max, avg_us,
-                      (unsigned long long)sum.flush_us_max, (unsigned long long)sum.checkpoints,
-                      sum.checkpoints ? (double)sum.checkpoint_us_total / (double)sum.checkpoints
-                                      : 0,
-                      (unsigned long long)sum.checkpoint_us_max,
-                      (unsigned long long)sum.checkpoint_stall_us_max);
+                      (unsigned long long)sum->batches, per_batch,
+                      (unsigned long long)sum->batch_entries_max, avg_us,
+                      (unsigned long long)sum->flush_us_max,
+                      (unsigned long long)sum->checkpoints,
+                      sum->checkpoints
+                          ? (double)sum->checkpoint_us_total / (double)sum->checkpoints
+                          : 0,
+                      (unsigned long long)sum->checkpoint_us_max,
+                      (unsigned long long)sum->checkpoint_stall_us_max);
     }
 }
 
 /* What a merchant token's INFO says: the versions clients check, and its
  * own connection (ioredis' ready check and other clients call INFO at
  * connect, so it must answer). */
-static void command_info_tenant(command_text *t, const command_call *c, bool server,
+static void command_info_tenant(metrics_text *t, const command_call *c, bool server,
                                 bool clients)
 {
     if (server)
-        command_textf(t, "# Server\r\ntally_version:%s\r\nredis_version:%s\r\n"
+        metrics_textf(t, "# Server\r\ntally_version:%s\r\nredis_version:%s\r\n"
                          "redis_mode:standalone\r\n\r\n",
                       COMMAND_VERSION, COMMAND_REDIS_VERSION);
     if (clients)
-        command_textf(t, "# Clients\r\nclient_id:%llu\r\nclient_name:%s\r\nresp:%d\r\n\r\n",
+        metrics_textf(t, "# Clients\r\nclient_id:%llu\r\nclient_name:%s\r\nresp:%d\r\n\r\n",
                       (unsigned long long)c->s->id, c->s->name, c->s->proto);
 }
 
@@ -1226,7 +1193,7 @@ static int command_info(command_call *c)
             if (command_arg_is(c, i, sections[k]))
                 want[k] = true;
     }
-    command_text t = {0};
+    metrics_text t = {0};
     if (!command_sees_server(c)) {
         command_info_tenant(&t, c, want[0], want[1]);
     } else {
@@ -1236,8 +1203,11 @@ static int command_info(command_call *c)
             command_info_clients(&t, c->env);
         command_info_engine(&t, c->env, want[2], want[3], want[4]);
     }
-    resp_bulk(c->out, t.buf ? t.buf : "", t.len);
-    free(t.buf);
+    if (t.oom)
+        resp_error(c->out, "ERR", "out of memory");
+    else
+        resp_bulk(c->out, t.buf ? t.buf : "", t.len);
+    metrics_text_free(&t);
     return COMMAND_REPLIED;
 }
 
@@ -1280,6 +1250,7 @@ int command_dispatch(const command_env *env, command_session *s, const resp_comm
     size_t n;
     const char *name = command_arg(&c, 0, &n);
     c.def = command_find(name, n);
+    s->command = c.def ? (uint32_t)(c.def - command_table) : (uint32_t)COMMAND_TABLE_COUNT;
     if (!c.def)
         return command_unknown(&c);
     if (!command_authed(&c) && !(c.def->flags & CMD_NOAUTH))

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "metrics.h"
 #include "resp.h"
 #include "tally.h"
 
@@ -25,21 +26,17 @@ typedef struct command_session {
     int proto;                  /* 2, or 3 after HELLO 3 */
     const config_token *token;  /* after AUTH; NULL if none */
     bool quit;                  /* QUIT: close after this reply */
+    uint32_t command;           /* out: the table row of the last command
+                                 * dispatched, command_count() if unknown */
     char name[64];              /* CLIENT SETNAME */
     char lib_name[64];          /* CLIENT SETINFO LIB-NAME */
     char lib_ver[64];           /* CLIENT SETINFO LIB-VER */
 } command_session;
 
-/* Live server counters that INFO reports; owned by the server. */
+/* The server's settings that INFO and CONFIG GET report; its counters
+ * are in the metrics module. */
 typedef struct command_server_info {
-    uint64_t start_ms;
-    uint64_t connections_total;
-    uint64_t connections_rejected;
-    uint64_t commands_total;
-    uint64_t protocol_errors;
-    uint32_t clients;
     uint32_t max_clients;
-    uint64_t requests_inflight;
     uint16_t port;
     const char *bind;
     const char *dir;
@@ -50,6 +47,7 @@ typedef struct command_env {
     tally *t;
     const config_auth *auth;          /* NULL: open server */
     const command_server_info *info;  /* may be NULL (tests) */
+    const metrics *metrics;           /* may be NULL (tests) */
 } command_env;
 
 enum command_outcome {
@@ -70,5 +68,7 @@ void command_reply(int proto, const tally_request *req, resp_out *out);
 
 /* The number of commands in the table (COMMAND COUNT). */
 unsigned command_count(void);
+/* The name of row i of the table (i < command_count()), lower case. */
+const char *command_name(unsigned i);
 
 #endif

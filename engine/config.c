@@ -76,6 +76,10 @@ static const char config_usage_text[] =
     "  --retention R        log segments a snapshot covers: keep (default), delete,\n"
     "                       or archive (moved to --archive-dir)\n"
     "  --archive-dir DIR    where --retention archive moves them\n"
+    "  --metrics [ADDR:]PORT  serve GET /metrics (Prometheus) over HTTP on ADDR (default\n"
+    "                       127.0.0.1; [ADDR]:PORT for IPv6); a non-loopback ADDR needs\n"
+    "                       --auth-file (then scrapes send an admin token as Bearer) or\n"
+    "                       --insecure\n"
     "  --help\n";
 
 const char *config_usage(void) { return config_usage_text; }
@@ -85,6 +89,7 @@ void config_defaults(config *c)
     memset(c, 0, sizeof(*c));
     snprintf(c->dir, sizeof(c->dir), "./data");
     snprintf(c->bind, sizeof(c->bind), "127.0.0.1");
+    snprintf(c->metrics_bind, sizeof(c->metrics_bind), "127.0.0.1");
     c->port = 7379;
     c->sync = TALLY_SYNC_ALWAYS;
     c->max_clients = LIMIT_CONNECTIONS_MAX;
@@ -135,6 +140,39 @@ static int config_every(config *c, const char *v, char *err, size_t cap)
     return 0;
 }
 
+/* --metrics [ADDR:]PORT, [ADDR]:PORT for an IPv6 address. */
+static int config_metrics(config *c, const char *v, char *err, size_t cap)
+{
+    const char *colon = strrchr(v, ':');
+    const char *addr = v, *port = v;
+    size_t addr_len = 0;
+    if (colon) {
+        port = colon + 1;
+        addr_len = (size_t)(colon - v);
+        if (v[0] == '[' && addr_len >= 2 && v[addr_len - 1] == ']') {
+            addr = v + 1;
+            addr_len -= 2;
+        } else if (memchr(v, ':', addr_len)) {
+            addr_len = 0; /* an IPv6 address without brackets: refused below */
+        }
+        if (addr_len == 0 || addr_len >= sizeof(c->metrics_bind)) {
+            snprintf(err, cap, "--metrics must be [ADDR:]PORT ([ADDR]:PORT for IPv6), got '%s'",
+                     v);
+            return -EINVAL;
+        }
+    }
+    uint64_t n;
+    int rc = config_number("--metrics port", port, 1, 65535, &n, err, cap);
+    if (rc < 0)
+        return rc;
+    if (addr_len) {
+        memcpy(c->metrics_bind, addr, addr_len);
+        c->metrics_bind[addr_len] = 0;
+    }
+    c->metrics_port = (uint16_t)n;
+    return 0;
+}
+
 /* The options that take a value: anything else that is not a flag is
  * unknown, said as such before any talk of a missing value. */
 static bool config_takes_value(const char *opt)
@@ -143,7 +181,7 @@ static bool config_takes_value(const char *opt)
         "--dir",           "--bind",          "--auth-file",          "--port",
         "--shards",        "--maxclients",    "--checkpoint-ms",      "--checkpoint-records",
         "--segment-kib",   "--snapshot-every", "--retention",         "--archive-dir",
-        "--sync",
+        "--sync",          "--metrics",
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcmp(opt, names[i]) == 0)
@@ -208,6 +246,8 @@ static int config_option(config *c, const char *opt, const char *val, int *used,
             snprintf(err, cap, "--retention must be keep, delete or archive, got '%s'", val);
     } else if (strcmp(opt, "--archive-dir") == 0) {
         rc = config_string(opt, val, c->archive_dir, sizeof(c->archive_dir), err, cap);
+    } else if (strcmp(opt, "--metrics") == 0) {
+        rc = config_metrics(c, val, err, cap);
     } else if (strcmp(opt, "--sync") == 0) {
         if (strcmp(val, "always") == 0)
             c->sync = TALLY_SYNC_ALWAYS;

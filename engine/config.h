@@ -7,6 +7,11 @@
  * and lines starting with '#' are ignored.  Tokens are 1..128 printable
  * bytes; merchants are decimal 1..2^64-1.  Without an auth file the server
  * is open and refuses a non-loopback --bind unless --insecure is given.
+ *
+ * --metrics [ADDR:]PORT (ADDR 127.0.0.1 unless given; [ADDR]:PORT for
+ * IPv6) serves GET /metrics over HTTP.  The same rule as --bind: without
+ * an auth file a non-loopback ADDR needs --insecure; with one, every
+ * scrape must carry an admin token (Authorization: Bearer TOKEN).
  */
 #ifndef TALLY_CONFIG_H
 #define TALLY_CONFIG_H
@@ -48,6 +53,8 @@ typedef struct config {
     uint64_t snapshot_every_ms;      /* --snapshot-every Ns|Nm|Nh */
     int retention;                   /* enum tally_retention */
     char archive_dir[4096];
+    char metrics_bind[64];  /* --metrics ADDR, default 127.0.0.1 */
+    uint16_t metrics_port;  /* --metrics PORT; 0: no metrics endpoint */
     bool help;
 } config;
 

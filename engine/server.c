@@ -32,6 +32,17 @@
  * holds a pointer to a freed connection.  A client that half-closes (EOF,
  * as `nc` does at the end of its input) gets the replies to everything it
  * sent before the connection is closed.
+ *
+ * Metrics (metrics.h): every figure the server keeps is a plain integer
+ * in s->m, counted on this thread — a request's command, result and
+ * latency when its reply is ready.  GET /metrics (--metrics) is served
+ * from this same loop, not from a thread of its own: the counters are
+ * then read by the thread that writes them, so counting needs no atomics
+ * and a scrape sees one consistent set (a request's counter and its
+ * histogram agree).  A scrape costs the loop the text's few microseconds
+ * per shard plus a stat of each shard's state files; HTTP connections are
+ * few (LIMIT_HTTP_CONNECTIONS_MAX), their heads bounded and timed like
+ * RESP commands, so a bad scraper cannot hold the loop.
  */
 #include <arpa/inet.h>
 #include <assert.h>
@@ -55,6 +66,8 @@
 #include <unistd.h>
 
 #include "command.h"
+#include "http.h"
+#include "metrics.h"
 #include "resp.h"
 #include "server.h"
 
@@ -71,7 +84,8 @@
 static_assert(SERVER_INPUT_BYTES_MIN <= LIMIT_CLIENT_INPUT_BYTES_MAX, "input buffer bounds");
 
 /* epoll data for the non-client descriptors (client data is the conn). */
-static char server_tag_listen, server_tag_done, server_tag_signal, server_tag_stop;
+static char server_tag_listen, server_tag_done, server_tag_signal, server_tag_stop,
+    server_tag_http;
 
 /* ---- types -------------------------------------------------------------- */
 
@@ -86,6 +100,8 @@ typedef struct server_slot {
     resp_out pre;                  /* a reply made at dispatch time */
     int proto;                     /* the session's protocol at dispatch */
     uint32_t units;                /* reply units it holds (backpressure) */
+    uint32_t command;              /* its row of the command table (metrics) */
+    uint64_t start_us;             /* dispatched at (monotonic), for its latency */
     bool engine;                   /* req went to the engine */
     bool ready;
 } server_slot;
@@ -118,11 +134,26 @@ struct server_conn {
     bool done_listed;
 };
 
+/* An HTTP connection to the metrics endpoint: one request at a time. */
+typedef struct server_http {
+    int fd;                  /* -1: this slot is free */
+    char in[LIMIT_HTTP_HEAD_BYTES_MAX];
+    size_t in_len;
+    char *out;               /* the response being sent (malloc'd), or NULL */
+    size_t out_len, out_sent;
+    uint64_t since_ms;       /* connected, or the last response sent */
+    uint64_t sending_ms;     /* the response began to be sent */
+    bool close_after;        /* close once the response is sent */
+    bool writing;            /* EPOLLOUT registered instead of EPOLLIN */
+} server_http;
+
 struct server {
     server_options opts;
     command_env env;
     command_server_info info;
-    int listen_fd, epoll_fd, done_fd, signal_fd, stop_fd;
+    metrics m;
+    int listen_fd, epoll_fd, done_fd, signal_fd, stop_fd, http_fd;
+    server_http http[LIMIT_HTTP_CONNECTIONS_MAX];
     _Atomic(server_slot *) done_head;
     server_slot *free_slots;
     server_slot **chunks; /* every slot allocation, freed at close */
@@ -149,11 +180,11 @@ static uint64_t server_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static uint64_t server_wall_ms(void)
+static uint64_t server_now_us(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
 static void server_say(server *s, int level, const char *fmt, ...)
@@ -301,7 +332,8 @@ static void server_conn_close(server *s, server_conn *c)
         epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
         close(c->fd);
         c->fd = -1;
-        s->info.clients--;
+        assert(s->m.clients > 0);
+        s->m.clients--;
     }
     /* Slots already answered (or never sent to the engine) go now; those
      * in the engine are dropped as they complete. */
@@ -331,13 +363,13 @@ static void server_accept(server *s)
                 server_say(s, 1, "accept: %s", strerror(errno));
             return;
         }
-        s->info.connections_total++;
-        if (s->info.clients >= s->info.max_clients || s->stopping) {
+        s->m.connections_accepted++;
+        if (s->m.clients >= s->m.max_clients || s->stopping) {
             static const char full[] = "-ERR max number of clients reached\r\n";
             ssize_t w = send(fd, full, sizeof(full) - 1, MSG_NOSIGNAL);
             (void)w;
             close(fd);
-            s->info.connections_rejected++;
+            s->m.connections_rejected++;
             continue;
         }
         int one = 1;
@@ -348,7 +380,7 @@ static void server_accept(server *s)
             free(c);
             free(in);
             close(fd);
-            s->info.connections_rejected++;
+            s->m.connections_rejected++;
             continue;
         }
         c->srv = s;
@@ -365,7 +397,7 @@ static void server_accept(server *s)
         if (s->conns)
             s->conns->prev_all = c;
         s->conns = c;
-        s->info.clients++;
+        s->m.clients++;
     }
 }
 
@@ -451,8 +483,9 @@ static bool server_conn_blocked(const server *s, const server_conn *c)
            s->inflight_units >= LIMIT_SERVER_INFLIGHT_MAX;
 }
 
-/* Dispatches one parsed command into a new slot. */
-static void server_conn_command(server *s, server_conn *c, const char *buf)
+/* Dispatches one parsed command into a new slot; start_us is when the
+ * loop began dispatching it. */
+static void server_conn_command(server *s, server_conn *c, const char *buf, uint64_t start_us)
 {
     server_slot *sl = server_slot_get(s, c);
     if (!sl) {
@@ -461,8 +494,10 @@ static void server_conn_command(server *s, server_conn *c, const char *buf)
         c->closing = true;
         return;
     }
-    s->info.commands_total++;
+    s->m.commands_total++;
     int rc = command_dispatch(&s->env, &c->session, &s->cmd, buf, &sl->req, &sl->pre);
+    sl->command = c->session.command;
+    sl->start_us = start_us;
     if (rc == COMMAND_SUBMIT) {
         /* A HISTORY reply can hold LIMIT entries: it weighs that much. */
         if (sl->req.op == TALLY_OP_HISTORY) {
@@ -478,6 +513,9 @@ static void server_conn_command(server *s, server_conn *c, const char *buf)
         return;
     }
     sl->ready = true;
+    uint64_t now_us = server_now_us();
+    metrics_request(&s->m, sl->command, metrics_result_of_reply(sl->pre.data, sl->pre.len),
+                    now_us > start_us ? now_us - start_us : 0);
     if (c->session.quit)
         c->closing = true;
 }
@@ -485,6 +523,7 @@ static void server_conn_command(server *s, server_conn *c, const char *buf)
 /* Parses and dispatches buffered commands while the connection may. */
 static void server_conn_parse(server *s, server_conn *c)
 {
+    uint64_t start_us = 0; /* one clock read for the commands of one read */
     while (!c->closing && c->in_off < c->in_len && !server_conn_blocked(s, c)) {
         size_t used = 0;
         const char *buf = c->in + c->in_off;
@@ -501,7 +540,7 @@ static void server_conn_parse(server *s, server_conn *c)
             break;
         }
         if (rc == RESP_EPROTO) {
-            s->info.protocol_errors++;
+            s->m.protocol_errors++;
             server_slot *sl = server_slot_get(s, c);
             if (sl) {
                 resp_error(&sl->pre, "ERR", c->parser.error);
@@ -512,8 +551,11 @@ static void server_conn_parse(server *s, server_conn *c)
             break;
         }
         c->partial_ms = 0;
-        if (rc == RESP_COMMAND)
-            server_conn_command(s, c, buf);
+        if (rc == RESP_COMMAND) {
+            if (start_us == 0)
+                start_us = server_now_us();
+            server_conn_command(s, c, buf, start_us);
+        }
         c->in_off += used;
     }
     if (c->in_off == c->in_len) {
@@ -602,8 +644,11 @@ static void server_completions(server *s)
      * may reuse them for new commands, so the completion list must not be
      * walked once pumping began. */
     server_conn *todo = NULL;
+    uint64_t now_us = sl ? server_now_us() : 0;
     for (server_slot *p = sl; p; p = p->done_next) {
         p->ready = true;
+        metrics_request(&s->m, p->command, metrics_result_of_status(p->req.res.status),
+                        now_us > p->start_us ? now_us - p->start_us : 0);
         server_conn *c = p->conn;
         if (!c->done_listed) {
             c->done_listed = true;
@@ -654,6 +699,230 @@ static void server_resume_stalled(server *s)
     }
 }
 
+/* ---- /metrics over HTTP --------------------------------------------------- */
+
+static void server_http_close(server *s, server_http *h)
+{
+    if (h->fd < 0)
+        return;
+    epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, h->fd, NULL);
+    close(h->fd);
+    h->fd = -1;
+    free(h->out);
+    h->out = NULL;
+    h->in_len = h->out_len = h->out_sent = 0;
+}
+
+/* Queues one response (head, then body unless it is a HEAD request's). */
+static void server_http_respond(server *s, server_http *h, int status, const char *type,
+                                const char *body, size_t body_len, bool send_body,
+                                const char *extra)
+{
+    char head[512];
+    size_t head_len = http_head(head, sizeof(head), status, type, body_len, !h->close_after,
+                                extra);
+    assert(head_len > 0);
+    size_t len = head_len + (send_body ? body_len : 0);
+    h->out = malloc(len);
+    if (!h->out) {
+        server_http_close(s, h);
+        return;
+    }
+    memcpy(h->out, head, head_len);
+    if (send_body && body_len)
+        memcpy(h->out + head_len, body, body_len);
+    h->out_len = len;
+    h->out_sent = 0;
+    h->sending_ms = server_now_ms();
+}
+
+static void server_http_error(server *s, server_http *h, int status, const char *extra)
+{
+    char body[96];
+    int n = snprintf(body, sizeof(body), "%d %s\n", status, http_reason(status));
+    server_http_respond(s, h, status, "text/plain; charset=utf-8", body, (size_t)n, true, extra);
+}
+
+/* With an auth file, a scrape shows server internals: admins only, as
+ * INFO shows them.  0 if allowed, else the status to answer. */
+static int server_http_auth(const server *s, const http_request *r)
+{
+    if (!s->env.auth)
+        return 0;
+    const config_token *t = r->bearer ? config_auth_find(s->env.auth, r->bearer, r->bearer_len)
+                                      : NULL;
+    if (!t)
+        return 401;
+    return t->admin ? 0 : 403;
+}
+
+/* Answers one parsed request. */
+static void server_http_answer(server *s, server_http *h, const http_request *r)
+{
+    bool get = http_method_is(r, "GET"), head = http_method_is(r, "HEAD");
+    h->close_after = !r->keep_alive || r->has_body || s->stopping;
+    if (r->path_len != 8 || memcmp(r->path, "/metrics", 8) != 0) {
+        server_http_error(s, h, 404, "");
+        return;
+    }
+    if (!get && !head) {
+        server_http_error(s, h, 405, "Allow: GET, HEAD\r\n");
+        return;
+    }
+    int denied = server_http_auth(s, r);
+    if (denied) {
+        server_http_error(s, h, denied,
+                          denied == 401 ? "WWW-Authenticate: Bearer realm=\"tally\"\r\n" : "");
+        return;
+    }
+    s->m.requests_inflight = s->inflight;
+    metrics_text text = {0};
+    metrics_prometheus(&s->m, s->opts.t, &text);
+    if (text.oom) {
+        h->close_after = true;
+        server_http_error(s, h, 503, "");
+    } else {
+        server_http_respond(s, h, 200, METRICS_CONTENT_TYPE, text.buf, text.len, get, "");
+    }
+    metrics_text_free(&text);
+}
+
+/* Parses what the connection sent and answers a whole request, if one is
+ * there and no response is still being sent. */
+static void server_http_parse(server *s, server_http *h)
+{
+    if (h->fd < 0 || h->out || h->in_len == 0)
+        return;
+    http_request r;
+    int rc = http_parse(h->in, h->in_len, &r);
+    if (rc == HTTP_MORE)
+        return;
+    if (rc == HTTP_BAD) {
+        h->close_after = true;
+        server_http_error(s, h, r.status, "");
+        h->in_len = 0;
+        return;
+    }
+    server_http_answer(s, h, &r);
+    if (h->fd < 0)
+        return;
+    memmove(h->in, h->in + r.head_bytes, h->in_len - r.head_bytes);
+    h->in_len -= r.head_bytes;
+}
+
+/* Sends what it can; then reads again, or closes after a last response. */
+static void server_http_write(server *s, server_http *h)
+{
+    while (h->out && h->out_sent < h->out_len) {
+        ssize_t n = send(h->fd, h->out + h->out_sent, h->out_len - h->out_sent, MSG_NOSIGNAL);
+        if (n > 0) {
+            h->out_sent += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        server_http_close(s, h);
+        return;
+    }
+    bool pending = h->out && h->out_sent < h->out_len;
+    if (!pending && h->out) {
+        free(h->out);
+        h->out = NULL;
+        if (h->close_after) {
+            server_http_close(s, h);
+            return;
+        }
+        h->since_ms = server_now_ms();
+    }
+    if (pending != h->writing &&
+        server_epoll(s, EPOLL_CTL_MOD, h->fd, pending ? EPOLLOUT : EPOLLIN, h) == 0)
+        h->writing = pending;
+}
+
+static void server_http_read(server *s, server_http *h)
+{
+    /* A full buffer was parsed (a request taken, or 431 answered) before
+     * this connection was read again. */
+    assert(h->in_len < sizeof(h->in));
+    ssize_t n = recv(h->fd, h->in + h->in_len, sizeof(h->in) - h->in_len, 0);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        server_http_close(s, h); /* gone: a half-sent request is never answered */
+        return;
+    }
+    if (n > 0)
+        h->in_len += (size_t)n;
+    server_http_parse(s, h);
+}
+
+static void server_http_event(server *s, server_http *h, uint32_t events)
+{
+    if (h->fd < 0)
+        return;
+    if (events & EPOLLERR) {
+        server_http_close(s, h);
+        return;
+    }
+    if (events & (EPOLLIN | EPOLLHUP)) {
+        if (h->writing) {
+            server_http_close(s, h); /* a hang-up while a response waits */
+            return;
+        }
+        server_http_read(s, h);
+    }
+    /* A response made just now, or one waiting for room: send it, then
+     * answer what was pipelined behind its request. */
+    while (h->fd >= 0 && h->out) {
+        server_http_write(s, h);
+        if (h->fd < 0 || h->out)
+            break;
+        server_http_parse(s, h);
+    }
+}
+
+static void server_http_accept(server *s)
+{
+    for (;;) {
+        int fd = accept4(s->http_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        server_http *h = NULL;
+        for (int i = 0; i < LIMIT_HTTP_CONNECTIONS_MAX && !h; i++)
+            if (s->http[i].fd < 0)
+                h = &s->http[i];
+        if (!h || s->stopping || server_epoll(s, EPOLL_CTL_ADD, fd, EPOLLIN, h) < 0) {
+            static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                                       "Content-Length: 0\r\nConnection: close\r\n\r\n";
+            ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL);
+            (void)w;
+            close(fd);
+            continue;
+        }
+        h->fd = fd;
+        h->in_len = 0;
+        h->writing = false;
+        h->close_after = false;
+        h->since_ms = server_now_ms();
+    }
+}
+
+/* A request must arrive whole within LIMIT_HTTP_RECV_MS of the connection
+ * or of the previous response (an idle keep-alive connection goes then
+ * too), and a response must be taken within LIMIT_HTTP_SEND_MS. */
+static void server_http_tick(server *s, uint64_t now)
+{
+    for (int i = 0; i < LIMIT_HTTP_CONNECTIONS_MAX; i++) {
+        server_http *h = &s->http[i];
+        if (h->fd < 0)
+            continue;
+        bool late = h->out ? now - h->sending_ms > LIMIT_HTTP_SEND_MS
+                           : (now - h->since_ms > LIMIT_HTTP_RECV_MS || s->stopping);
+        if (late)
+            server_http_close(s, h);
+    }
+}
+
 /* ---- timers --------------------------------------------------------------- */
 
 /* After many connections came and went, give their freed buffers back to
@@ -673,6 +942,7 @@ static void server_trim(server *s)
 static void server_tick(server *s)
 {
     uint64_t now = server_now_ms();
+    server_http_tick(s, now);
     server_conn *next;
     for (server_conn *c = s->conns; c; c = next) {
         next = c->next_all;
@@ -715,10 +985,13 @@ static void server_begin_stop(server *s)
     s->stop_ms = server_now_ms();
     server_say(s, 0, "stopping: no new connections or commands; answering %llu in flight",
                (unsigned long long)s->inflight);
-    if (s->listen_fd >= 0) {
-        epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, s->listen_fd, NULL);
-        close(s->listen_fd);
-        s->listen_fd = -1;
+    int *listeners[] = {&s->listen_fd, &s->http_fd};
+    for (size_t i = 0; i < sizeof(listeners) / sizeof(listeners[0]); i++) {
+        if (*listeners[i] < 0)
+            continue;
+        epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, *listeners[i], NULL);
+        close(*listeners[i]);
+        *listeners[i] = -1;
     }
     for (server_conn *c = s->conns; c; c = c->next_all)
         server_conn_events(s, c, false, c->out.len > c->out_sent);
@@ -744,17 +1017,19 @@ void server_stop(server *s)
 
 /* ---- open / run / close ------------------------------------------------------ */
 
-static int server_listen(server *s)
+/* A listening socket on addr:port_number into *fd; option names the
+ * option it came from, for the log. */
+static int server_listen(server *s, const char *option, const char *addr, uint16_t port_number,
+                         int *listen_fd)
 {
-    const config *cfg = s->opts.cfg;
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *res = NULL;
     char port[8];
-    snprintf(port, sizeof(port), "%u", cfg->port);
-    int rc = getaddrinfo(cfg->bind, port, &hints, &res);
+    snprintf(port, sizeof(port), "%u", port_number);
+    int rc = getaddrinfo(addr, port, &hints, &res);
     if (rc != 0) {
-        server_say(s, 2, "cannot resolve --bind %s: %s", cfg->bind, gai_strerror(rc));
+        server_say(s, 2, "cannot resolve %s %s: %s", option, addr, gai_strerror(rc));
         return -EINVAL;
     }
     int err = -EADDRNOTAVAIL;
@@ -767,7 +1042,7 @@ static int server_listen(server *s)
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
         if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 1024) == 0) {
-            s->listen_fd = fd;
+            *listen_fd = fd;
             err = 0;
             break;
         }
@@ -784,13 +1059,20 @@ int server_open(const server_options *o, server **out)
     if (!s)
         return -ENOMEM;
     s->opts = *o;
-    s->listen_fd = s->epoll_fd = s->done_fd = s->signal_fd = s->stop_fd = -1;
+    s->listen_fd = s->epoll_fd = s->done_fd = s->signal_fd = s->stop_fd = s->http_fd = -1;
+    for (int i = 0; i < LIMIT_HTTP_CONNECTIONS_MAX; i++)
+        s->http[i].fd = -1;
     s->info = (command_server_info){
-        .start_ms = server_wall_ms(), .max_clients = o->cfg->max_clients,
-        .port = o->cfg->port, .bind = o->cfg->bind, .dir = o->cfg->dir, .sync = o->cfg->sync,
+        .max_clients = o->cfg->max_clients, .port = o->cfg->port, .bind = o->cfg->bind,
+        .dir = o->cfg->dir, .sync = o->cfg->sync,
     };
-    s->env = (command_env){.t = o->t, .auth = o->auth, .info = &s->info};
-    int rc = server_listen(s);
+    const char *names[METRICS_COMMANDS_MAX];
+    unsigned count = command_count();
+    for (unsigned i = 0; i < count; i++)
+        names[i] = command_name(i);
+    metrics_init(&s->m, o->cfg->dir, o->cfg->max_clients, names, count);
+    s->env = (command_env){.t = o->t, .auth = o->auth, .info = &s->info, .metrics = &s->m};
+    int rc = server_listen(s, "--bind", o->cfg->bind, o->cfg->port, &s->listen_fd);
     sigset_t mask;
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
@@ -816,6 +1098,19 @@ int server_open(const server_options *o, server **out)
     return 0;
 }
 
+int server_listen_metrics(server *s, const char *addr, uint16_t port)
+{
+    assert(s->http_fd < 0);
+    int rc = server_listen(s, "--metrics", addr, port, &s->http_fd);
+    if (rc == 0)
+        rc = server_epoll(s, EPOLL_CTL_ADD, s->http_fd, EPOLLIN, &server_tag_http);
+    if (rc < 0 && s->http_fd >= 0) {
+        close(s->http_fd);
+        s->http_fd = -1;
+    }
+    return rc;
+}
+
 void server_attach(server *s, tally *t)
 {
     assert(t != NULL);
@@ -830,6 +1125,10 @@ static void server_event(server *s, const struct epoll_event *ev)
         server_accept(s);
     } else if (p == &server_tag_done) {
         server_completions(s);
+    } else if (p == &server_tag_http) {
+        server_http_accept(s);
+    } else if (p >= (void *)s->http && p < (void *)(s->http + LIMIT_HTTP_CONNECTIONS_MAX)) {
+        server_http_event(s, p, ev->events);
     } else if (p == &server_tag_signal) {
         struct signalfd_siginfo si;
         while (read(s->signal_fd, &si, sizeof(si)) == sizeof(si))
@@ -874,7 +1173,7 @@ int server_run(server *s)
             server_tick(s);
             server_trim(s);
         }
-        s->info.requests_inflight = s->inflight;
+        s->m.requests_inflight = s->inflight;
         server_resume_stalled(s);
         server_graveyard(s);
         if (s->stopping && server_drained(s))
@@ -900,7 +1199,9 @@ void server_close(server *s)
             server_graveyard(s);
     }
     server_graveyard(s);
-    int fds[] = {s->listen_fd, s->epoll_fd, s->done_fd, s->signal_fd, s->stop_fd};
+    for (int i = 0; i < LIMIT_HTTP_CONNECTIONS_MAX; i++)
+        server_http_close(s, &s->http[i]);
+    int fds[] = {s->listen_fd, s->epoll_fd, s->done_fd, s->signal_fd, s->stop_fd, s->http_fd};
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
         if (fds[i] >= 0)
             close(fds[i]);

@@ -3,8 +3,8 @@
  * requests handed to the engine, replies returned in request order per
  * connection (SPEC §4–5).
  *
- * Lifecycle: server_open() (binds and listens) → server_attach() (the
- * engine) → server_run() (until SIGTERM/SIGINT or server_stop) →
+ * Lifecycle: server_open() (binds and listens) → server_listen_metrics()
+ * (optional) → server_attach() (the engine) → server_run() (until SIGTERM/SIGINT or server_stop) →
  * server_close().  Binding comes first so that a busy port or a bad
  * address is refused before the data directory is created or recovered.  The caller must block
  * SIGTERM and SIGINT in every thread before starting any (the server reads
@@ -30,6 +30,11 @@ typedef struct server_options {
 
 /* Binds and listens.  Errors: -errno (address in use, permission...). */
 int server_open(const server_options *o, server **out);
+
+/* Also serves GET /metrics over HTTP on addr:port (metrics.h), from the
+ * same loop; before server_run().  Errors: -errno (address in use...),
+ * -EINVAL (an address that does not resolve). */
+int server_listen_metrics(server *s, const char *addr, uint16_t port);
 
 /* Gives the server its engine, opened by the caller after server_open();
  * before server_run(). */

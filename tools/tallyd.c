@@ -81,6 +81,12 @@ int main(int argc, char **argv)
                         "anyway)\n",
                 cfg.bind);
         return 2;
+    } else if (cfg.metrics_port && !config_is_loopback(cfg.metrics_bind) && !cfg.insecure) {
+        fprintf(stderr, "tallyd: refusing to serve /metrics on %s without --auth-file: "
+                        "anyone who can reach it could read the server's internals (give "
+                        "--insecure to do it anyway)\n",
+                cfg.metrics_bind);
+        return 2;
     }
     /* Signals are read from a signalfd by the server: block them before
      * any thread starts, so every thread inherits the mask. */
@@ -103,10 +109,17 @@ int main(int argc, char **argv)
     server_options sopts = {.cfg = &cfg, .auth = auth, .log = tallyd_log};
     server *srv = NULL;
     int rc = server_open(&sopts, &srv);
+    char where[128];
+    snprintf(where, sizeof(where), "listen on %s:%u", cfg.bind, cfg.port);
+    if (rc == 0 && cfg.metrics_port) {
+        rc = server_listen_metrics(srv, cfg.metrics_bind, cfg.metrics_port);
+        snprintf(where, sizeof(where), "--metrics: listen on %s:%u", cfg.metrics_bind,
+                 cfg.metrics_port);
+        if (rc != 0)
+            server_close(srv);
+    }
     if (rc != 0) {
         config_auth_free(auth);
-        char where[128];
-        snprintf(where, sizeof(where), "listen on %s:%u", cfg.bind, cfg.port);
         return tallyd_fail(where, strerror(-rc));
     }
     tally_options topts = {.dir = cfg.dir, .shards = cfg.shards, .sync = cfg.sync,
@@ -125,10 +138,14 @@ int main(int argc, char **argv)
         return tallyd_fail(cfg.dir, tally_strerror(rc));
     }
     server_attach(srv, t);
-    char msg[4400];
-    snprintf(msg, sizeof(msg), "listening on %s:%u, data in %s, %u shards, sync %s%s",
+    char msg[4400], metrics_at[96] = "";
+    if (cfg.metrics_port)
+        snprintf(metrics_at, sizeof(metrics_at), ", /metrics on %s:%u", cfg.metrics_bind,
+                 cfg.metrics_port);
+    snprintf(msg, sizeof(msg), "listening on %s:%u, data in %s, %u shards, sync %s%s%s",
              cfg.bind, cfg.port, cfg.dir, tally_shard_count(t),
-             cfg.sync == TALLY_SYNC_NONE ? "none" : "always", auth ? ", auth on" : "");
+             cfg.sync == TALLY_SYNC_NONE ? "none" : "always", auth ? ", auth on" : "",
+             metrics_at);
     tallyd_log(NULL, 0, msg);
     rc = server_run(srv);
     tally_close(t); /* answers anything left, final checkpoint */
