@@ -30,8 +30,10 @@ endif
 # Debian packages each target needs; installed when missing (as root) or the
 # exact command is printed.
 DEPS_BUILD := build-essential liblmdb-dev libxxhash-dev liburing-dev pkg-config
+# curl and prometheus (for promtool): tests/metrics_test.c scrapes /metrics
+# and checks the text with Prometheus' own linter.
 DEPS_TEST := $(DEPS_BUILD) libcriterion-dev libhiredis-dev redis-tools xfsprogs strace \
-	python3-redis jq
+	python3-redis jq curl prometheus
 DEPS_BENCH := $(DEPS_TEST) redis-server postgresql postgresql-contrib sqlite3 libsqlite3-dev lmdb-utils gnuplot-nox jq
 DEPS_FUZZ := $(DEPS_TEST) clang libfuzzer-14-dev
 

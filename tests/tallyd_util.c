@@ -32,8 +32,7 @@ static uint64_t td_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* A port the kernel just handed out (bound to 0, then released). */
-static uint16_t td_free_port(void)
+uint16_t td_free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     cr_assert(fd >= 0);

@@ -21,6 +21,9 @@ typedef struct td {
     char auth[96];    /* auth file, "" if none */
 } td;
 
+/* A loopback port the kernel just handed out (bound to 0, then released):
+ * free a moment ago, for a second listener (tallyd --metrics). */
+uint16_t td_free_port(void);
 /* Makes a fresh data directory under /tmp (td->dir). */
 void td_init(td *t, const char *tag);
 /* Starts tallyd on t->dir with extra arguments (NULL-terminated list, may
