@@ -28,6 +28,15 @@ static bool http_tchar(unsigned char c)
 /* Field values: visible bytes, space, tab and obs-text (RFC 9110 §5.5). */
 static bool http_value_char(unsigned char c) { return c == '\t' || (c >= 0x20 && c != 0x7f); }
 
+/* The length of the token (tchars) at p[0, n). */
+static size_t http_token(const char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n && http_tchar((unsigned char)p[i]))
+        i++;
+    return i;
+}
+
 /* Equal ignoring ASCII case, as header names and tokens compare. */
 static bool http_word_is(const char *p, size_t n, const char *word)
 {
@@ -60,9 +69,7 @@ static int http_bad(http_request *out, int status)
 /* METHOD SP target SP HTTP/1.x */
 static int http_request_line(const char *p, size_t n, http_request *out)
 {
-    size_t i = 0;
-    while (i < n && http_tchar((unsigned char)p[i]))
-        i++;
+    size_t i = http_token(p, n);
     if (i == 0 || i > 16 || i >= n || p[i] != ' ')
         return http_bad(out, 400);
     out->method = p;
@@ -130,9 +137,7 @@ static int http_header(const char *name, size_t name_len, const char *v, size_t 
 /* name ":" OWS value OWS */
 static int http_header_line(const char *p, size_t n, http_request *out)
 {
-    size_t i = 0;
-    while (i < n && http_tchar((unsigned char)p[i]))
-        i++;
+    size_t i = http_token(p, n);
     if (i == 0 || i >= n || p[i] != ':')
         return http_bad(out, 400); /* also obs-fold: a line that starts with a blank */
     size_t name_len = i++;

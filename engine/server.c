@@ -203,6 +203,25 @@ static void server_say(server *s, int level, const char *fmt, ...)
         fprintf(stderr, "tallyd: %s\n", msg);
 }
 
+/* Sends buf[*sent, len) until it is all sent or the socket is full,
+ * moving *sent: 0, or -1 if the connection failed (the caller closes it). */
+static int server_send(int fd, const char *buf, size_t len, size_t *sent)
+{
+    while (*sent < len) {
+        ssize_t n = send(fd, buf + *sent, len - *sent, MSG_NOSIGNAL);
+        if (n > 0) {
+            *sent += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        return -1;
+    }
+    return 0;
+}
+
 static int server_epoll(server *s, int op, int fd, uint32_t events, void *ptr)
 {
     struct epoll_event ev = {.events = events, .data.ptr = ptr};
@@ -444,21 +463,13 @@ static bool server_conn_write(server *s, server_conn *c)
         server_conn_close(s, c);
         return false;
     }
-    while (c->out_sent < c->out.len) {
-        ssize_t n = send(c->fd, c->out.data + c->out_sent, c->out.len - c->out_sent,
-                         MSG_NOSIGNAL);
-        if (n > 0) {
-            c->out_sent += (size_t)n;
-            c->sent_ms = server_now_ms();
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            break;
+    size_t sent = c->out_sent;
+    if (server_send(c->fd, c->out.data, c->out.len, &c->out_sent) < 0) {
         server_conn_close(s, c);
         return false;
     }
+    if (c->out_sent != sent)
+        c->sent_ms = server_now_ms();
     if (c->out_sent == c->out.len) {
         c->out.len = 0;
         c->out_sent = 0;
@@ -813,16 +824,7 @@ static void server_http_parse(server *s, server_http *h)
 /* Sends what it can; then reads again, or closes after a last response. */
 static void server_http_write(server *s, server_http *h)
 {
-    while (h->out && h->out_sent < h->out_len) {
-        ssize_t n = send(h->fd, h->out + h->out_sent, h->out_len - h->out_sent, MSG_NOSIGNAL);
-        if (n > 0) {
-            h->out_sent += (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            break;
+    if (h->out && server_send(h->fd, h->out, h->out_len, &h->out_sent) < 0) {
         server_http_close(s, h);
         return;
     }

@@ -598,13 +598,13 @@ static int mx_listeners(pid_t pid)
     return listening;
 }
 
-static void mx_read_log(const td *t, char *buf, size_t cap)
+/* tallyd's log as one string (malloc'd). */
+static char *mx_log(const td *t)
 {
-    FILE *f = fopen(t->log, "r");
-    size_t n = f ? fread(buf, 1, cap - 1, f) : 0;
-    buf[n] = 0;
-    if (f)
-        fclose(f);
+    size_t len;
+    char *log = fu_read_file(t->log, &len);
+    cr_assert_not_null(log, "%s", t->log);
+    return log;
 }
 
 Test(metrics, the_endpoint_is_off_without_the_option_and_its_address_follows_binds_rule)
@@ -622,20 +622,21 @@ Test(metrics, the_endpoint_is_off_without_the_option_and_its_address_follows_bin
 
     /* A non-loopback address without an auth file is refused, before the
      * data directory is opened; so are malformed addresses. */
-    char log[4096];
     unlink(t.log);
     cr_assert_eq(td_start_expect_exit(&t, (const char *const[]){"--metrics", "0.0.0.0:9", NULL}),
                  2);
-    mx_read_log(&t, log, sizeof(log));
+    char *log = mx_log(&t);
     cr_assert_not_null(strstr(log, "refusing to serve /metrics on 0.0.0.0 without --auth-file"),
                        "%s", log);
+    free(log);
     const char *bad[] = {"abc", "0", "70000", "::1:9100", ":9100", "127.0.0.1:", NULL};
     for (int i = 0; bad[i]; i++) {
         unlink(t.log);
         cr_assert_eq(td_start_expect_exit(&t, (const char *const[]){"--metrics", bad[i], NULL}),
                      2, "--metrics %s", bad[i]);
-        mx_read_log(&t, log, sizeof(log));
+        log = mx_log(&t);
         cr_assert_not_null(strstr(log, "--metrics"), "%s: %s", bad[i], log);
+        free(log);
     }
     /* Its port taken (by the RESP listener itself): refused, naming it. */
     unlink(t.log);
@@ -644,9 +645,10 @@ Test(metrics, the_endpoint_is_off_without_the_option_and_its_address_follows_bin
     cr_assert_eq(td_start_expect_exit(&t, (const char *const[]){"--metrics", same, "--port",
                                                                  same + 10, NULL}),
                  1);
-    mx_read_log(&t, log, sizeof(log));
+    log = mx_log(&t);
     cr_assert_not_null(strstr(log, "--metrics: listen on"), "%s", log);
     cr_assert_not_null(strstr(log, "Address already in use"), "%s", log);
+    free(log);
     td_cleanup(&t);
 }
 
