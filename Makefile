@@ -11,7 +11,7 @@ CC ?= cc
 CFLAGS ?= -O2 -g
 override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
 	-Wno-missing-field-initializers -MMD -MP -pthread -Iengine
-override LDLIBS += -llmdb -lxxhash -luring -pthread -lm
+override LDLIBS += -llmdb -lxxhash -luring -lzookeeper_mt -pthread -lm
 
 ifeq ($(SAN),1)
 BUILD := build-san
@@ -29,11 +29,15 @@ endif
 
 # Debian packages each target needs; installed when missing (as root) or the
 # exact command is printed.
-DEPS_BUILD := build-essential liblmdb-dev libxxhash-dev liburing-dev pkg-config
+# libzookeeper-mt-dev: the cluster's ZooKeeper client (engine/zk.c); zookeeperd:
+# the ZooKeeper server the cluster tests start privately (tests/zk_util.c;
+# its init script may not start it here: the tests never use a system one).
+DEPS_BUILD := build-essential liblmdb-dev libxxhash-dev liburing-dev pkg-config \
+	libzookeeper-mt-dev
 # curl and prometheus (for promtool): tests/metrics_test.c scrapes /metrics
 # and checks the text with Prometheus' own linter.
 DEPS_TEST := $(DEPS_BUILD) libcriterion-dev libhiredis-dev redis-tools xfsprogs strace \
-	python3-redis jq curl prometheus
+	python3-redis jq curl prometheus zookeeperd
 DEPS_BENCH := $(DEPS_TEST) redis-server postgresql postgresql-contrib sqlite3 libsqlite3-dev lmdb-utils gnuplot-nox jq
 DEPS_FUZZ := $(DEPS_TEST) clang libfuzzer-14-dev
 

@@ -130,4 +130,49 @@ static_assert(LIMIT_HISTORY_MAX <= LIMIT_CLIENT_PIPELINE_MAX,
 static_assert(LIMIT_BULK_BYTES_MAX < LIMIT_CLIENT_INPUT_BYTES_MAX,
               "a whole maximal command fits in the input buffer");
 
+/* ---- cluster (SPEC §8 "Cluster"; cluster_map.h, cluster.h, zk.h) ------- */
+
+/* Hash slots, as Redis Cluster: a command's slot is CRC16(key) mod this.
+ * Clients compute it themselves, so it can never change. */
+#define LIMIT_CLUSTER_SLOTS 16384
+/* Nodes and shard groups of one cluster: the map is a fixed-size value
+ * (about 80 KiB) copied whole into every snapshot. */
+#define LIMIT_CLUSTER_NODES_MAX 64
+#define LIMIT_CLUSTER_GROUPS_MAX 64
+/* Followers per group (--replicas): members are 1 + this; the in-sync set
+ * is a bit mask over a group's members. */
+#define LIMIT_CLUSTER_REPLICAS_MAX 4
+#define LIMIT_CLUSTER_MEMBERS_MAX (1 + LIMIT_CLUSTER_REPLICAS_MAX)
+/* Node ids: 1..40 bytes of [A-Za-z0-9_.-] (Redis's ids are 40 hex
+ * digits); they are ZooKeeper node names and CLUSTER NODES fields. */
+#define LIMIT_CLUSTER_NODE_ID_BYTES_MAX 40
+/* Cluster names: 1..64 bytes of the same set (a ZooKeeper node name). */
+#define LIMIT_CLUSTER_NAME_BYTES_MAX 64
+/* An advertised host: a DNS name (253) or an IPv4 address. */
+#define LIMIT_CLUSTER_HOST_BYTES_MAX 253
+/* The ZooKeeper connect string (host:port,... plus a chroot). */
+#define LIMIT_ZK_HOSTS_BYTES_MAX 1024
+/* A ZooKeeper path tally builds: /tally/NAME/groups/G/votes/ID. */
+#define LIMIT_ZK_PATH_BYTES_MAX 256
+/* The slot map's text: at worst one "start-end group\n" line per slot. */
+#define LIMIT_CLUSTER_SLOTS_TEXT_BYTES_MAX (LIMIT_CLUSTER_SLOTS * 18)
+/* Session timeouts tally asks ZooKeeper for (the server clamps them to
+ * its own 2..20 ticks).  A leader stops acknowledging after a third of
+ * the negotiated timeout without contact (SPEC §8). */
+#define LIMIT_ZK_SESSION_MS_DEFAULT 6000
+#define LIMIT_ZK_SESSION_MS_MIN 1000
+#define LIMIT_ZK_SESSION_MS_MAX 60000
+/* How often a member writes its durable position to ZooKeeper when it
+ * changed (status lag); a vote writes it at once. */
+#define LIMIT_CLUSTER_POS_REPORT_MS 1000
+
+static_assert(LIMIT_CLUSTER_SLOTS == 16384, "Redis Cluster clients hash into 16384 slots");
+static_assert(LIMIT_CLUSTER_GROUPS_MAX <= LIMIT_CLUSTER_NODES_MAX,
+              "groups never outnumber nodes (each node leads at most one at creation)");
+static_assert(LIMIT_CLUSTER_GROUPS_MAX <= UINT16_MAX, "a slot's group is a uint16_t");
+static_assert(LIMIT_CLUSTER_MEMBERS_MAX <= 32, "the in-sync set is a 32-bit mask");
+static_assert(LIMIT_ZK_PATH_BYTES_MAX >= 7 + LIMIT_CLUSTER_NAME_BYTES_MAX + 8 + 3 + 7 +
+                                            LIMIT_CLUSTER_NODE_ID_BYTES_MAX + 1,
+              "the longest path fits");
+
 #endif
