@@ -7,6 +7,7 @@
  *   tally import DIR FILE|-         load a dump (JSON lines) or CSV, all or nothing
  *   tally stats DIR                  per-shard and per-kind counts, sizes
  *   tally snapshot DIR [--retention keep|delete|archive] [--archive-dir D]
+ *   tally cluster create|status ZK_HOSTS/NAME ...   (engine/cluster_admin.h)
  *
  * Exit status: 0 ok, 1 a fault was found (verify) or an error, 2 usage.
  */
@@ -21,6 +22,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "cluster_admin.h"
 #include "config.h"
 #include "export.h"
 #include "tally.h"
@@ -452,10 +454,20 @@ static const char tool_usage_text[] =
     "       tally import DIR FILE|- [--shards N]   JSON lines as dump writes them, or CSV\n"
     "                                with a header; all or nothing (N: a new DIR's shards)\n"
     "       tally stats DIR\n"
-    "       tally snapshot DIR [--retention keep|delete|archive] [--archive-dir D]\n"
+    "       tally snapshot DIR [--retention keep|delete|archive] [--archive-dir D]\n";
+static const char tool_usage_notes[] =
     "       tally --help\n"
     "Options may come before or after DIR.  The directory must not be open in a\n"
-    "running tallyd (use its SNAPSHOT and VERIFY commands instead).\n";
+    "running tallyd (use its SNAPSHOT and VERIFY commands instead).  The cluster\n"
+    "commands work on the cluster's map in ZooKeeper.\n";
+
+/* The cluster's commands are engine/cluster_admin.c's. */
+static void tool_usage(FILE *f)
+{
+    fputs(tool_usage_text, f);
+    fputs(cluster_admin_usage, f);
+    fputs(tool_usage_notes, f);
+}
 
 static int tool_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -562,13 +574,15 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0 ||
             (i == 1 && strcmp(argv[i], "help") == 0)) {
-            fputs(tool_usage_text, stdout);
+            tool_usage(stdout);
             return 0;
         }
     if (argc < 2) {
-        fputs(tool_usage_text, stderr);
+        tool_usage(stderr);
         return 2;
     }
+    if (strcmp(argv[1], "cluster") == 0)
+        return cluster_admin_main(argc - 2, argv + 2, stdout, stderr);
     tool_args a = {.cmd = argv[1], .retention = TALLY_RETAIN_KEEP};
     int rc = tool_parse(&a, argc, argv);
     if (rc != 0)
