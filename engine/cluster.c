@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "cluster.h"
 
 /* ---- constants and types -------------------------------------------------- */
@@ -82,20 +83,6 @@ struct cluster {
 };
 
 /* ---- helpers -------------------------------------------------------------- */
-
-static uint64_t cl_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static uint64_t cl_unix_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static void cl_log(cluster *c, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
@@ -571,13 +558,13 @@ static int cl_write_pos(cluster *c, uint32_t g, cluster_pos p)
 {
     char path[LIMIT_ZK_PATH_BYTES_MAX], text[80];
     cl_path(path, c->name, "/groups/%" PRIu32 "/pos/%s", g, c->node_id);
-    size_t n = cluster_pos_encode(p, cl_unix_ms(), text, sizeof(text));
+    size_t n = cluster_pos_encode(p, clock_unix_ms(), text, sizeof(text));
     assert(n > 0);
     int rc = cl_put(c->zk, path, text, n, ZK_PERSISTENT);
     if (rc == 0) {
         pthread_mutex_lock(&c->mu);
         c->pos_sent[g] = p;
-        c->pos_sent_ms[g] = cl_mono_ms();
+        c->pos_sent_ms[g] = clock_mono_ms();
         pthread_mutex_unlock(&c->mu);
     }
     return rc;
@@ -647,7 +634,7 @@ static void cl_elect(cluster *c, const cluster_map *m, uint32_t g)
 /* Writes the positions that changed, at most once per report period. */
 static void cl_report(cluster *c)
 {
-    uint64_t now = cl_mono_ms();
+    uint64_t now = clock_mono_ms();
     for (uint32_t g = 0; g < c->group_count; g++) {
         pthread_mutex_lock(&c->mu);
         bool due = c->pos_known[g] && !cl_pos_eq(c->pos[g], c->pos_sent[g]) &&
@@ -697,7 +684,7 @@ static void cl_turn(cluster *c, bool dirty)
     const cluster_map *m = &c->snap->map; /* only this thread replaces it */
     if (!c->joined && cl_join(c, m) < 0)
         return;
-    uint64_t now = cl_mono_ms();
+    uint64_t now = clock_mono_ms();
     if (dirty || now >= c->next_read_ms) {
         int rc = cluster_read(c->zk, c->name, true, c->scratch);
         if (rc < 0) {
@@ -723,11 +710,7 @@ static void *cl_thread(void *arg)
     for (;;) {
         uint32_t tick = atomic_load(&c->timeout_ms) / 20;
         tick = tick < CL_TICK_MS_MIN ? CL_TICK_MS_MIN : tick > CL_TICK_MS_MAX ? CL_TICK_MS_MAX : tick;
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += (long)tick * 1000000L;
-        until.tv_sec += until.tv_nsec / 1000000000L;
-        until.tv_nsec %= 1000000000L;
+        struct timespec until = clock_mono_after(tick);
         pthread_mutex_lock(&c->mu);
         while (!c->stop && !c->dirty &&
                pthread_cond_timedwait(&c->cv, &c->mu, &until) != ETIMEDOUT)
@@ -800,7 +783,7 @@ static int cl_start(cluster *c)
     atomic_store(&c->timeout_ms, zk_session_timeout_ms(c->zk));
     if (!cl_publish(c, c->scratch))
         return -ENOMEM;
-    c->next_read_ms = cl_mono_ms() + LIMIT_CLUSTER_POS_REPORT_MS;
+    c->next_read_ms = clock_mono_ms() + LIMIT_CLUSTER_POS_REPORT_MS;
     rc = cl_join(c, &c->snap->map);
     /* Read again, so that the first map shows this node alive. */
     if (rc == 0)
@@ -822,11 +805,7 @@ int cluster_open(const cluster_options *o, cluster **out)
     if (rc == 0 && c->scratch == NULL)
         rc = -ENOMEM;
     pthread_mutex_init(&c->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&c->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&c->cv);
     if (rc == 0)
         rc = cl_start(c);
     if (rc < 0) {

@@ -26,6 +26,7 @@
 #define THREADED
 #include <zookeeper/zookeeper.h>
 
+#include "clock.h"
 #include "zk.h"
 
 /* ---- constants and types ------------------------------------------------- */
@@ -66,13 +67,6 @@ typedef struct zk_probe {
 } zk_probe;
 
 /* ---- helpers ----------------------------------------------------------- */
-
-static uint64_t zk_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* ZooKeeper's codes as -errno (zk.h lists them). */
 static int zk_error(int zrc)
@@ -174,7 +168,7 @@ static void zk_probe_send(zk *z)
         atomic_load(&z->probes_inflight) < ZK_PROBES_INFLIGHT_MAX) {
         zk_probe *p = malloc(sizeof(*p));
         if (p != NULL) {
-            *p = (zk_probe){.z = z, .sent_ms = zk_mono_ms(),
+            *p = (zk_probe){.z = z, .sent_ms = clock_mono_ms(),
                             .generation = atomic_load(&z->generation)};
             atomic_fetch_add(&z->probes_inflight, 1);
             if (zoo_aexists(z->zh, "/", 0, zk_probe_done, p) != ZOK) {
@@ -195,11 +189,7 @@ static void *zk_prober(void *arg)
         pthread_mutex_unlock(&z->probe_mu);
         zk_probe_send(z);
         pthread_mutex_lock(&z->probe_mu);
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += (long)(period_ms % 1000) * 1000000L;
-        until.tv_sec += period_ms / 1000 + until.tv_nsec / 1000000000L;
-        until.tv_nsec %= 1000000000L;
+        struct timespec until = clock_mono_after(period_ms);
         while (!z->probe_stop &&
                pthread_cond_timedwait(&z->probe_cv, &z->probe_mu, &until) != ETIMEDOUT)
             ;
@@ -242,11 +232,7 @@ int zk_open(const zk_options *o, zk **out)
     z->o.hosts = z->hosts;
     pthread_rwlock_init(&z->lock, NULL);
     pthread_mutex_init(&z->probe_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&z->probe_cv, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&z->probe_cv);
     if (o->log != NULL) {
         pthread_mutex_lock(&zk_log_mu);
         zk_log_owner = z;
@@ -269,14 +255,14 @@ int zk_open(const zk_options *o, zk **out)
 
 int zk_wait_connected(zk *z, uint32_t timeout_ms)
 {
-    uint64_t end = zk_mono_ms() + timeout_ms;
+    uint64_t end = clock_mono_ms() + timeout_ms;
     for (;;) {
         int st = zk_state(z);
         if (st == ZK_CONNECTED)
             return 0;
         if (st == ZK_EXPIRED)
             return -ECONNABORTED;
-        if (zk_mono_ms() >= end)
+        if (clock_mono_ms() >= end)
             return -ETIMEDOUT;
         nanosleep(&(struct timespec){.tv_nsec = ZK_WAIT_STEP_MS * 1000000L}, NULL);
     }
@@ -356,7 +342,7 @@ uint64_t zk_contact_age_ms(zk *z)
     uint64_t at = atomic_load(&z->contact_ms);
     if (at == 0)
         return UINT64_MAX;
-    uint64_t now = zk_mono_ms();
+    uint64_t now = clock_mono_ms();
     return now > at ? now - at : 0;
 }
 

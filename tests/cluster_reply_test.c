@@ -50,24 +50,21 @@ static void expect(resp_out *o, const char *want)
     resp_out_free(o);
 }
 
-#define NODE2(host, port, id) "*4\r\n$9\r\n" host "\r\n:" port "\r\n$1\r\n" id "\r\n*0\r\n"
-#define NODE3(host, port, id) "*4\r\n$9\r\n" host "\r\n:" port "\r\n$1\r\n" id "\r\n%0\r\n"
+/* A node of CLUSTER SLOTS; MAP0 is the empty map ("*0" in RESP2). */
+#define NODE(MAP0, port, id) "*4\r\n$9\r\n127.0.0.1\r\n:" port "\r\n$1\r\n" id "\r\n" MAP0 "\r\n"
+#define SLOTS(MAP0)                                                                          \
+    "*3\r\n"                                                                                 \
+    "*3\r\n:0\r\n:5460\r\n" NODE(MAP0, "7001", "a")                                          \
+    "*3\r\n:5461\r\n:10922\r\n" NODE(MAP0, "7003", "c")                                      \
+    "*4\r\n:10923\r\n:16383\r\n" NODE(MAP0, "7003", "c") NODE(MAP0, "7001", "a")
 
 Test(cluster_reply, slots_lists_each_run_with_its_master_and_live_replicas, .init = setup)
 {
     resp_out o = {0};
     cluster_reply_slots(&o, &map, 2);
-    expect(&o, "*3\r\n"
-               "*3\r\n:0\r\n:5460\r\n" NODE2("127.0.0.1", "7001", "a")
-               "*3\r\n:5461\r\n:10922\r\n" NODE2("127.0.0.1", "7003", "c")
-               "*4\r\n:10923\r\n:16383\r\n" NODE2("127.0.0.1", "7003", "c")
-                   NODE2("127.0.0.1", "7001", "a"));
+    expect(&o, SLOTS("*0"));
     cluster_reply_slots(&o, &map, 3);
-    expect(&o, "*3\r\n"
-               "*3\r\n:0\r\n:5460\r\n" NODE3("127.0.0.1", "7001", "a")
-               "*3\r\n:5461\r\n:10922\r\n" NODE3("127.0.0.1", "7003", "c")
-               "*4\r\n:10923\r\n:16383\r\n" NODE3("127.0.0.1", "7003", "c")
-                   NODE3("127.0.0.1", "7001", "a"));
+    expect(&o, SLOTS("%0"));
 }
 
 Test(cluster_reply, slots_splits_a_group_whose_slots_are_not_contiguous, .init = setup)
@@ -77,44 +74,39 @@ Test(cluster_reply, slots_splits_a_group_whose_slots_are_not_contiguous, .init =
     resp_out o = {0};
     cluster_reply_slots(&o, &map, 2);
     expect(&o, "*4\r\n"
-               "*3\r\n:0\r\n:99\r\n" NODE2("127.0.0.1", "7003", "c")
-               "*3\r\n:100\r\n:5460\r\n" NODE2("127.0.0.1", "7001", "a")
-               "*3\r\n:5461\r\n:10922\r\n" NODE2("127.0.0.1", "7003", "c")
-               "*4\r\n:10923\r\n:16383\r\n" NODE2("127.0.0.1", "7003", "c")
-                   NODE2("127.0.0.1", "7001", "a"));
+               "*3\r\n:0\r\n:99\r\n" NODE("*0", "7003", "c")
+               "*3\r\n:100\r\n:5460\r\n" NODE("*0", "7001", "a")
+               "*3\r\n:5461\r\n:10922\r\n" NODE("*0", "7003", "c")
+               "*4\r\n:10923\r\n:16383\r\n" NODE("*0", "7003", "c") NODE("*0", "7001", "a"));
 }
 
-#define SHARD_NODE(head, id, port, role_len, role, offset, health_len, health)                   \
-    head "$2\r\nid\r\n$1\r\n" id "\r\n$4\r\nport\r\n:" port "\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n"  \
+/* A node of CLUSTER SHARDS: a map of 7 pairs, whose header is HEAD. */
+#define SHARD_NODE(HEAD, id, port, role_len, role, offset, health_len, health)                   \
+    HEAD "$2\r\nid\r\n$1\r\n" id "\r\n$4\r\nport\r\n:" port "\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n"  \
          "$8\r\nendpoint\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$" role_len "\r\n" role "\r\n"         \
          "$18\r\nreplication-offset\r\n:" offset "\r\n$6\r\nhealth\r\n$" health_len "\r\n" health  \
          "\r\n"
+/* The whole reply; SHARD and NODE are the headers of a shard's map (2
+ * pairs) and a node's (7 pairs). */
+#define SHARDS(SHARD, NODE)                                                                   \
+    "*3\r\n"                                                                                  \
+    SHARD "$5\r\nslots\r\n*2\r\n:0\r\n:5460\r\n$5\r\nnodes\r\n*2\r\n"                          \
+    SHARD_NODE(NODE, "a", "7001", "6", "master", "120", "6", "online")                        \
+    SHARD_NODE(NODE, "b", "7002", "7", "replica", "118", "4", "fail")                         \
+    SHARD "$5\r\nslots\r\n*2\r\n:5461\r\n:10922\r\n$5\r\nnodes\r\n*2\r\n"                      \
+    SHARD_NODE(NODE, "c", "7003", "6", "master", "77", "6", "online")                         \
+    SHARD_NODE(NODE, "b", "7002", "7", "replica", "40", "4", "fail")                          \
+    SHARD "$5\r\nslots\r\n*2\r\n:10923\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n"                     \
+    SHARD_NODE(NODE, "c", "7003", "6", "master", "5", "6", "online")                          \
+    SHARD_NODE(NODE, "a", "7001", "7", "replica", "5", "7", "loading")
 
 Test(cluster_reply, shards_lists_each_group_with_master_first, .init = setup)
 {
     resp_out o = {0};
     cluster_reply_shards(&o, &map, 2);
-    expect(&o, "*3\r\n"
-               "*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:5460\r\n$5\r\nnodes\r\n*2\r\n"
-               SHARD_NODE("*14\r\n", "a", "7001", "6", "master", "120", "6", "online")
-               SHARD_NODE("*14\r\n", "b", "7002", "7", "replica", "118", "4", "fail")
-               "*4\r\n$5\r\nslots\r\n*2\r\n:5461\r\n:10922\r\n$5\r\nnodes\r\n*2\r\n"
-               SHARD_NODE("*14\r\n", "c", "7003", "6", "master", "77", "6", "online")
-               SHARD_NODE("*14\r\n", "b", "7002", "7", "replica", "40", "4", "fail")
-               "*4\r\n$5\r\nslots\r\n*2\r\n:10923\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n"
-               SHARD_NODE("*14\r\n", "c", "7003", "6", "master", "5", "6", "online")
-               SHARD_NODE("*14\r\n", "a", "7001", "7", "replica", "5", "7", "loading"));
+    expect(&o, SHARDS("*4\r\n", "*14\r\n"));
     cluster_reply_shards(&o, &map, 3);
-    expect(&o, "*3\r\n"
-               "%2\r\n$5\r\nslots\r\n*2\r\n:0\r\n:5460\r\n$5\r\nnodes\r\n*2\r\n"
-               SHARD_NODE("%7\r\n", "a", "7001", "6", "master", "120", "6", "online")
-               SHARD_NODE("%7\r\n", "b", "7002", "7", "replica", "118", "4", "fail")
-               "%2\r\n$5\r\nslots\r\n*2\r\n:5461\r\n:10922\r\n$5\r\nnodes\r\n*2\r\n"
-               SHARD_NODE("%7\r\n", "c", "7003", "6", "master", "77", "6", "online")
-               SHARD_NODE("%7\r\n", "b", "7002", "7", "replica", "40", "4", "fail")
-               "%2\r\n$5\r\nslots\r\n*2\r\n:10923\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n"
-               SHARD_NODE("%7\r\n", "c", "7003", "6", "master", "5", "6", "online")
-               SHARD_NODE("%7\r\n", "a", "7001", "7", "replica", "5", "7", "loading"));
+    expect(&o, SHARDS("%2\r\n", "%7\r\n"));
 }
 
 Test(cluster_reply, shards_names_a_host_that_is_no_ip_address_as_hostname, .init = setup)

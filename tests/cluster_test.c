@@ -152,6 +152,29 @@ static void await_pos(const char *name, uint32_t g, uint32_t member_index, uint6
                    (unsigned long)seq);
 }
 
+/* Creates cluster `name` of n nodes a, b, ... in one group (n - 1
+ * replicas), joins them all at position (0, 0) and waits until a, the
+ * preferred leader, leads with epoch 1. */
+static void one_group(const char *name, uint32_t n, member *m)
+{
+    static cluster_map plan;
+    create(&plan, name, n, n - 1, 1);
+    for (uint32_t i = 0; i < n; i++) {
+        char id[2] = {(char)('a' + i), '\0'};
+        join(&m[i], name, id);
+    }
+    for (uint32_t i = 0; i < n; i++)
+        position(&m[i], 0, 0, 0);
+    cr_assert_eq(await_lease(&m[0], 0), 1);
+}
+
+static void leave_all(member *m, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (m[i].c != NULL)
+            leave(&m[i]);
+}
+
 /* ---- tests ---------------------------------------------------------------- */
 
 Test(cluster, a_created_map_reads_back_whole_and_cannot_be_created_twice, .init = up, .fini = down)
@@ -253,148 +276,118 @@ Test(cluster, first_elections_make_each_groups_preferred_member_leader, .init = 
 Test(cluster, the_in_sync_member_with_the_highest_epoch_and_seq_succeeds_a_lost_leader,
      .init = up, .fini = down)
 {
-    static cluster_map plan, now;
-    create(&plan, "three", 3, 2, 1); /* one group: a, b, c */
-    member a, b, c;
-    join(&a, "three", "a");
-    join(&b, "three", "b");
-    join(&c, "three", "c");
-    position(&a, 0, 0, 0);
-    position(&b, 0, 0, 0);
-    position(&c, 0, 0, 0);
-    cr_assert_eq(await_lease(&a, 0), 1);
+    static cluster_map now;
+    member m[3], *a = &m[0], *b = &m[1], *c = &m[2];
+    one_group("three", 3, m);
     /* c falls behind and the leader takes it out of the in-sync set; then
      * c catches up past b on records the leader never acknowledged. */
-    cr_assert_eq(cluster_insync_set(a.c, 0, 0x3), 0);
-    cr_assert_eq(cluster_insync_set(a.c, 0, 0x8), -EINVAL, "only members");
-    cr_assert_eq(cluster_insync_set(b.c, 0, 0x3), -EPERM, "only the leader");
-    position(&a, 0, 1, 120);
-    position(&b, 0, 1, 100);
-    position(&c, 0, 1, 500);
+    cr_assert_eq(cluster_insync_set(a->c, 0, 0x3), 0);
+    cr_assert_eq(cluster_insync_set(a->c, 0, 0x8), -EINVAL, "only members");
+    cr_assert_eq(cluster_insync_set(b->c, 0, 0x3), -EPERM, "only the leader");
+    position(a, 0, 1, 120);
+    position(b, 0, 1, 100);
+    position(c, 0, 1, 500);
     await_pos("three", 0, 1, 100);
     read_map(&now, "three");
     cr_assert(now.groups[0].insync == 0x3 && now.groups[0].insync_epoch == 1);
-    leave(&a); /* the leader's session ends */
-    uint64_t e = await_lease(&b, 0);
+    leave(a); /* the leader's session ends */
+    uint64_t e = await_lease(b, 0);
     cr_assert_eq(e, 2, "a new, higher epoch");
-    cr_assert(!cluster_lease(c.c, 0, &e), "c was not in sync: it never wins on seq");
-    cr_assert_eq(atomic_load(&c.leader_events), 0);
+    cr_assert(!cluster_lease(c->c, 0, &e), "c was not in sync: it never wins on seq");
+    cr_assert_eq(atomic_load(&c->leader_events), 0);
     read_map(&now, "three");
     cr_assert(now.groups[0].leader == 1 && now.groups[0].epoch == 2);
     /* With b gone too, only c lives: nobody in sync can vote, so nobody
      * leads, however long it waits. */
-    leave(&b);
+    leave(b);
     sleep(2);
     read_map(&now, "three");
     cr_assert(!now.groups[0].leased, "c is never elected");
-    cr_assert_eq(atomic_load(&c.leader_events), 0);
+    cr_assert_eq(atomic_load(&c->leader_events), 0);
     /* a comes back behind c but in sync: a wins. */
-    join(&a, "three", "a");
-    position(&a, 0, 1, 120);
-    cr_assert_eq(await_lease(&a, 0), 3);
-    cr_assert_eq(atomic_load(&c.leader_events), 0);
-    leave(&a);
-    leave(&c);
+    join(a, "three", "a");
+    position(a, 0, 1, 120);
+    cr_assert_eq(await_lease(a, 0), 3);
+    cr_assert_eq(atomic_load(&c->leader_events), 0);
+    leave_all(m, 3);
 }
 
 Test(cluster, a_later_epoch_outranks_a_longer_log, .init = up, .fini = down)
 {
-    static cluster_map plan;
-    create(&plan, "epochs", 3, 2, 1);
-    member a, b, c;
-    join(&a, "epochs", "a");
-    join(&b, "epochs", "b");
-    join(&c, "epochs", "c");
-    position(&a, 0, 0, 0);
-    position(&b, 0, 0, 0);
-    position(&c, 0, 0, 0);
-    cr_assert_eq(await_lease(&a, 0), 1);
+    member m[3], *a = &m[0], *b = &m[1], *c = &m[2];
+    one_group("epochs", 3, m);
     /* b holds a long suffix of epoch 0 that epoch 1 never had; c has
      * epoch 1's records. */
-    position(&b, 0, 0, 900);
-    position(&c, 0, 1, 50);
-    leave(&a);
-    cr_assert_eq(await_lease(&c, 0), 2);
+    position(b, 0, 0, 900);
+    position(c, 0, 1, 50);
+    leave(a);
+    cr_assert_eq(await_lease(c, 0), 2);
     uint64_t e;
-    cr_assert(!cluster_lease(b.c, 0, &e));
+    cr_assert(!cluster_lease(b->c, 0, &e));
     /* Equal positions: the member listed first wins. */
-    position(&b, 0, 2, 60);
-    position(&c, 0, 2, 60);
-    join(&a, "epochs", "a");
-    position(&a, 0, 2, 60);
-    leave(&c);
-    cr_assert_eq(await_lease(&a, 0), 3);
-    cr_assert(!cluster_lease(b.c, 0, &e));
-    leave(&a);
-    leave(&b);
+    position(b, 0, 2, 60);
+    position(c, 0, 2, 60);
+    join(a, "epochs", "a");
+    position(a, 0, 2, 60);
+    leave(c);
+    cr_assert_eq(await_lease(a, 0), 3);
+    cr_assert(!cluster_lease(b->c, 0, &e));
+    leave_all(m, 3);
 }
 
 Test(cluster, a_leader_cut_off_from_zookeeper_stops_leading_within_its_session, .init = up,
      .fini = down)
 {
-    static cluster_map plan;
-    create(&plan, "cut", 2, 1, 1);
-    member a, b;
-    join(&a, "cut", "a");
-    join(&b, "cut", "b");
-    position(&a, 0, 0, 0);
-    position(&b, 0, 0, 0);
-    cr_assert_eq(await_lease(&a, 0), 1);
+    member m[2], *a = &m[0], *b = &m[1];
+    one_group("cut", 2, m);
     uint64_t e;
     zku_pause(&srv);
     uint64_t paused = now_ms();
-    while (cluster_lease(a.c, 0, &e) && now_ms() < paused + DEADLINE_MS)
+    while (cluster_lease(a->c, 0, &e) && now_ms() < paused + DEADLINE_MS)
         usleep(5000);
     uint64_t lost_ms = now_ms() - paused;
-    cr_assert(!cluster_lease(a.c, 0, &e), "the lease ends while ZooKeeper is silent");
+    cr_assert(!cluster_lease(a->c, 0, &e), "the lease ends while ZooKeeper is silent");
     /* A third of the session after the last answered probe, which was
      * sent at most a probe period before the pause: well within the
      * session, before anyone else could take the lease. */
     cr_assert_lt(lost_ms, SESSION_MS, "lease held %lu ms into the silence",
                  (unsigned long)lost_ms);
-    cr_assert_eq(atomic_load(&b.leader_events), 0);
+    cr_assert_eq(atomic_load(&b->leader_events), 0);
     zku_resume(&srv);
     /* Whatever the session's fate, one leader at a time, with epoch 1 if
      * a kept its session and 2 if b took over. */
     uint64_t end = now_ms() + DEADLINE_MS;
     uint64_t ea = 0, eb = 0;
     bool la = false, lb = false;
-    while (!(la = cluster_lease(a.c, 0, &ea)) && !(lb = cluster_lease(b.c, 0, &eb)) &&
+    while (!(la = cluster_lease(a->c, 0, &ea)) && !(lb = cluster_lease(b->c, 0, &eb)) &&
            now_ms() < end)
         usleep(10000);
     cr_assert(la || lb, "a leader again once ZooKeeper answers");
     cr_assert(la ? ea == 1 : eb == 2);
-    leave(&a);
-    leave(&b);
+    leave_all(m, 2);
 }
 
 Test(cluster, a_resigning_leader_hands_over_and_leaves_the_in_sync_set, .init = up,
      .fini = down)
 {
-    static cluster_map plan, now;
-    create(&plan, "hand", 2, 1, 1);
-    member a, b;
-    join(&a, "hand", "a");
-    join(&b, "hand", "b");
-    position(&a, 0, 0, 0);
-    position(&b, 0, 0, 0);
-    cr_assert_eq(await_lease(&a, 0), 1);
-    cr_assert_eq(cluster_resign(b.c, 0), -EPERM, "b does not lead");
-    cr_assert_eq(cluster_resign(a.c, 0), 0);
+    static cluster_map now;
+    member m[2], *a = &m[0], *b = &m[1];
+    one_group("hand", 2, m);
+    cr_assert_eq(cluster_resign(b->c, 0), -EPERM, "b does not lead");
+    cr_assert_eq(cluster_resign(a->c, 0), 0);
     uint64_t e;
-    cr_assert(!cluster_lease(a.c, 0, &e), "the lease ends at once");
-    cr_assert_eq(await_lease(&b, 0), 2);
+    cr_assert(!cluster_lease(a->c, 0, &e), "the lease ends at once");
+    cr_assert_eq(await_lease(b, 0), 2);
     read_map(&now, "hand");
     cr_assert_eq(now.groups[0].insync, 0x2, "a left the in-sync set");
     cr_assert_eq(now.groups[0].insync_epoch, 1);
-    cr_assert_eq(cluster_resign(b.c, 0), -EBUSY, "nobody else in sync to take over");
-    cr_assert(cluster_lease(b.c, 0, &e) && e == 2, "so b keeps leading");
-    cr_assert_eq(cluster_insync_set(b.c, 0, 0x3), 0, "a caught up");
-    cr_assert_eq(cluster_resign(b.c, 0), 0);
-    cr_assert_eq(await_lease(&a, 0), 3);
-    cr_assert_eq(atomic_load(&a.deposed_events), 0, "a resign is no deposition");
-    leave(&a);
-    leave(&b);
+    cr_assert_eq(cluster_resign(b->c, 0), -EBUSY, "nobody else in sync to take over");
+    cr_assert(cluster_lease(b->c, 0, &e) && e == 2, "so b keeps leading");
+    cr_assert_eq(cluster_insync_set(b->c, 0, 0x3), 0, "a caught up");
+    cr_assert_eq(cluster_resign(b->c, 0), 0);
+    cr_assert_eq(await_lease(a, 0), 3);
+    cr_assert_eq(atomic_load(&a->deposed_events), 0, "a resign is no deposition");
+    leave_all(m, 2);
 }
 
 Test(cluster, a_live_in_sync_member_that_has_not_voted_holds_the_election_up, .init = up,
@@ -417,26 +410,20 @@ Test(cluster, a_live_in_sync_member_that_has_not_voted_holds_the_election_up, .i
 
 Test(cluster, a_deposed_leader_cannot_change_the_in_sync_set, .init = up, .fini = down)
 {
-    static cluster_map plan, now;
-    create(&plan, "fence", 2, 1, 1);
-    member a, b;
-    join(&a, "fence", "a");
-    join(&b, "fence", "b");
-    position(&a, 0, 0, 0);
-    position(&b, 0, 0, 0);
-    cr_assert_eq(await_lease(&a, 0), 1);
+    static cluster_map now;
+    member m[2], *a = &m[0];
+    one_group("fence", 2, m);
     /* A newer election a has not heard of (here by hand): its writes are
      * refused by ZooKeeper, whatever a believes. */
     cr_assert_eq(zk_set(admin, "/tally/fence/groups/0/epoch", "2\n", 2, 1), 0);
-    cr_assert_eq(cluster_insync_set(a.c, 0, 0x1), -ESTALE);
-    cr_assert_eq(cluster_resign(a.c, 0), -ESTALE);
+    cr_assert_eq(cluster_insync_set(a->c, 0, 0x1), -ESTALE);
+    cr_assert_eq(cluster_resign(a->c, 0), -ESTALE);
     read_map(&now, "fence");
     cr_assert_eq(now.groups[0].insync, 0x3, "unchanged");
     cr_assert_eq(now.groups[0].insync_epoch, 0);
     /* The lease goes (the resign took it from a at once): a new round, in
      * which a, preferred and level with b, wins epoch 3. */
-    cr_assert_eq(cluster_insync_set(a.c, 0, 0x1), -EPERM, "no lease, no writes");
-    cr_assert_eq(await_lease(&a, 0), 3);
-    leave(&a);
-    leave(&b);
+    cr_assert_eq(cluster_insync_set(a->c, 0, 0x1), -EPERM, "no lease, no writes");
+    cr_assert_eq(await_lease(a, 0), 3);
+    leave_all(m, 2);
 }

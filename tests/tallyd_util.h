@@ -70,6 +70,9 @@ const char *td_source_dir(void);
  * cut to cap); returns its exit status (128 + signal if killed). */
 int td_run(const char *cmd, char *out, size_t cap);
 
+/* A loopback port the kernel just handed out (bound to 0, then released):
+ * free unless another process takes it meanwhile. */
+uint16_t td_free_port(void);
 /* Starts argv (searched in PATH) with stdout and stderr appended to log,
  * killed if this process dies. */
 pid_t td_exec(const char *const *argv, const char *log);

@@ -36,19 +36,6 @@ static uint64_t zku_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* A loopback port nobody listens on now (the kernel's pick for port 0). */
-static uint16_t zku_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    cr_assert(bind(fd, (struct sockaddr *)&a, len) == 0 &&
-              getsockname(fd, (struct sockaddr *)&a, &len) == 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 size_t zku_ask(const zku *z, const char *word, char *out, size_t cap, int timeout_ms)
 {
     out[0] = '\0';
@@ -134,7 +121,7 @@ void zku_start(zku *z)
                       ZKU_JAVA);
     eu_tmpdir(z->dir, "zk");
     snprintf(z->log, sizeof(z->log), "%s.log", z->dir);
-    z->port = zku_port();
+    z->port = td_free_port();
     snprintf(z->hosts, sizeof(z->hosts), "127.0.0.1:%u", z->port);
     zku_config(z);
     zku_launch(z);
