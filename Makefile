@@ -29,9 +29,9 @@ endif
 
 # Debian packages each target needs; installed when missing (as root) or the
 # exact command is printed.
-# libzookeeper-mt-dev: the cluster's ZooKeeper client (engine/zk.c); zookeeperd:
-# the ZooKeeper server the cluster tests start privately (tests/zk_util.c;
-# its init script may not start it here: the tests never use a system one).
+# libzookeeper-mt-dev: the cluster's ZooKeeper client (engine/zk.c).  zookeeperd:
+# the ZooKeeper server; the cluster tests run its Java server privately
+# (tests/zk_util.c) and never use the system service the package sets up.
 DEPS_BUILD := build-essential liblmdb-dev libxxhash-dev liburing-dev pkg-config \
 	libzookeeper-mt-dev
 # curl and prometheus (for promtool): tests/metrics_test.c scrapes /metrics
