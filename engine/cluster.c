@@ -84,7 +84,8 @@ struct cluster {
 
 /* ---- helpers -------------------------------------------------------------- */
 
-static void cl_log(cluster *c, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void cl_log(cluster *c, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static void cl_log(cluster *c, int level, const char *fmt, ...)
 {
@@ -709,7 +710,8 @@ static void *cl_thread(void *arg)
     cluster *c = arg;
     for (;;) {
         uint32_t tick = atomic_load(&c->timeout_ms) / 20;
-        tick = tick < CL_TICK_MS_MIN ? CL_TICK_MS_MIN : tick > CL_TICK_MS_MAX ? CL_TICK_MS_MAX : tick;
+        tick = tick < CL_TICK_MS_MIN ? CL_TICK_MS_MIN : tick;
+        tick = tick > CL_TICK_MS_MAX ? CL_TICK_MS_MAX : tick;
         struct timespec until = clock_mono_after(tick);
         pthread_mutex_lock(&c->mu);
         while (!c->stop && !c->dirty &&

@@ -81,7 +81,8 @@ static int ca_parse(ca_args *a, int argc, char **argv, FILE *err)
             a->nodes = v;
         else if (strcmp(opt, "--replicas") == 0 &&
                  ca_count(v, LIMIT_CLUSTER_REPLICAS_MAX, &a->replicas) < 0)
-            return ca_usage(err, "--replicas must be 0..%d, got '%s'", LIMIT_CLUSTER_REPLICAS_MAX, v);
+            return ca_usage(err, "--replicas must be 0..%d, got '%s'", LIMIT_CLUSTER_REPLICAS_MAX,
+                            v);
         else if (strcmp(opt, "--groups") == 0 &&
                  ca_count(v, LIMIT_CLUSTER_GROUPS_MAX, &a->groups) < 0)
             return ca_usage(err, "--groups must be 1..%d, got '%s'", LIMIT_CLUSTER_GROUPS_MAX, v);

@@ -578,8 +578,9 @@ static int cm_three(const char *buf, size_t len, uint64_t *a, uint64_t *b, uint6
     cm_field f[CM_FIELDS_MAX];
     uint32_t n;
     uint64_t x, y, z;
-    if (cm_split(buf, len, f, CM_FIELDS_MAX, &n) < 0 || n != 3 || cm_u64(f[0], UINT64_MAX, &x) < 0 ||
-        cm_u64(f[1], UINT64_MAX, &y) < 0 || cm_u64(f[2], UINT64_MAX, &z) < 0)
+    if (cm_split(buf, len, f, CM_FIELDS_MAX, &n) < 0 || n != 3 ||
+        cm_u64(f[0], UINT64_MAX, &x) < 0 || cm_u64(f[1], UINT64_MAX, &y) < 0 ||
+        cm_u64(f[2], UINT64_MAX, &z) < 0)
         return -EINVAL;
     *a = x;
     *b = y;

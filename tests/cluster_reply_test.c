@@ -81,11 +81,12 @@ Test(cluster_reply, slots_splits_a_group_whose_slots_are_not_contiguous, .init =
 }
 
 /* A node of CLUSTER SHARDS: a map of 7 pairs, whose header is HEAD. */
-#define SHARD_NODE(HEAD, id, port, role_len, role, offset, health_len, health)                   \
-    HEAD "$2\r\nid\r\n$1\r\n" id "\r\n$4\r\nport\r\n:" port "\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n"  \
-         "$8\r\nendpoint\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$" role_len "\r\n" role "\r\n"         \
-         "$18\r\nreplication-offset\r\n:" offset "\r\n$6\r\nhealth\r\n$" health_len "\r\n" health  \
-         "\r\n"
+#define SHARD_NODE(HEAD, id, port, role_len, role, offset, health_len, health)             \
+    HEAD "$2\r\nid\r\n$1\r\n" id "\r\n$4\r\nport\r\n:" port "\r\n"                           \
+         "$2\r\nip\r\n$9\r\n127.0.0.1\r\n$8\r\nendpoint\r\n$9\r\n127.0.0.1\r\n"                 \
+         "$4\r\nrole\r\n$" role_len "\r\n" role "\r\n"                                        \
+         "$18\r\nreplication-offset\r\n:" offset "\r\n"                                        \
+         "$6\r\nhealth\r\n$" health_len "\r\n" health "\r\n"
 /* The whole reply; SHARD and NODE are the headers of a shard's map (2
  * pairs) and a node's (7 pairs). */
 #define SHARDS(SHARD, NODE)                                                                   \

@@ -121,7 +121,8 @@ Test(cluster_zk, watches_report_changes_and_children, .init = up, .fini = down)
     cr_assert_eq(zk_create(z, "/w/k", "", 0, ZK_PERSISTENT, NULL, 0), 0);
     cr_assert_eq(zk_create(z, "/absent", "", 0, ZK_PERSISTENT, NULL, 0), 0);
     uint64_t end = now_ms() + 10000;
-    while ((atomic_load(&events[ZK_EVENT_CHANGED]) == 0 || atomic_load(&events[ZK_EVENT_CHILD]) == 0 ||
+    while ((atomic_load(&events[ZK_EVENT_CHANGED]) == 0 ||
+            atomic_load(&events[ZK_EVENT_CHILD]) == 0 ||
             atomic_load(&events[ZK_EVENT_CREATED]) == 0) &&
            now_ms() < end)
         usleep(10000);
