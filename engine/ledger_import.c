@@ -246,8 +246,8 @@ int ledger_import(ledger *l, const tally_import_item *it, char *msg, size_t cap)
                                   e->merchant, mm.live_ts);
     if (e->ts_ms < mm.import_ts)
         return ledger_import_fail(msg, cap, TALLY_EINVALID,
-                                  "merchant %" PRIu64 "'s entries are not in time order: ts %" PRIu64
-                                  " after ts %" PRIu64,
+                                  "merchant %" PRIu64 "'s entries are not in time order: ts "
+                                  "%" PRIu64 " after ts %" PRIu64,
                                   e->merchant, e->ts_ms, mm.import_ts);
     ledger_x x = {.ts_ms = e->ts_ms, .engine_entries = true, .imported = true};
     if (it->refused) {

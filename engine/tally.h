@@ -317,7 +317,8 @@ int tally_call(tally *t, tally_request *req);
 int tally_verify_full(tally *t, char *msg, size_t cap);
 
 /* Offline (read_only) scan of one shard's durable log in seq order, after
- * after_seq (or from the first record retention kept): fn gets each entry (refusal=false) or remembered refusal
+ * after_seq (or from the first record retention kept): fn gets each entry
+ * (refusal=false) or remembered refusal
  * (refusal=true, e->kind is the refused write's kind, *status its code).
  * A non-zero return from fn stops the scan and is returned.  Errors:
  * -EINVAL (not read_only, bad shard), TALLY_ECORRUPT (a bad record). */

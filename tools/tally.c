@@ -552,7 +552,8 @@ static int tool_parse(tool_args *a, int argc, char **argv)
             continue;
         }
         bool stdin_arg = strcmp(argv[i], "-") == 0;
-        if (strcmp(a->cmd, "import") == 0 && a->dir && !a->file && (argv[i][0] != '-' || stdin_arg)) {
+        if (strcmp(a->cmd, "import") == 0 && a->dir && !a->file &&
+            (argv[i][0] != '-' || stdin_arg)) {
             a->file = argv[i];
             continue;
         }
