@@ -43,10 +43,11 @@ static int imp_tool(char *out, size_t cap, const char *fmt, ...)
     return fu_tally_tool(args, out, cap);
 }
 
-/* A file beside the data directories. */
+/* A file beside the data directory, named after it (tests run in
+ * parallel, in several checkouts at once). */
 static void imp_path(const td *t, const char *name, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s/../%s", t->dir, name);
+    snprintf(out, cap, "%s.%s", t->dir, name);
 }
 
 static void imp_write(const char *path, const char *text)
@@ -622,7 +623,7 @@ Test(import, a_snapshot_plus_archived_segments_restore_into_a_new_directory, .ti
     td_init(&src, "impb");
     td_init(&dst, "impr");
     char arch[160], cmd[2048], out[8192];
-    snprintf(arch, sizeof(arch), "%s/../archive", src.dir);
+    imp_path(&src, "archive", arch, sizeof(arch));
     td_start(&src, (const char *const[]){"--shards", "2", "--segment-kib", "64", "--retention",
                                          "archive", "--archive-dir", arch, NULL});
     redisContext *c = td_connect(&src);

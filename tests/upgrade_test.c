@@ -43,7 +43,7 @@ static void up_cleanup(void) { td_cleanup(&up_td); }
 static char **up_dump(const char *file, size_t *n)
 {
     char cmd[512], path[256];
-    snprintf(path, sizeof(path), "%s/../upgrade.dump", up_td.dir);
+    snprintf(path, sizeof(path), "%s.upgrade.dump", up_td.dir);
     if (!file) {
         char out[4096];
         snprintf(cmd, sizeof(cmd), "%s/tally dump '%s' --refusals > '%s'", getenv("TALLY_BUILD"),
@@ -64,6 +64,8 @@ static char **up_dump(const char *file, size_t *n)
         lines[(*n)++] = strdup(buf);
     }
     fclose(f);
+    if (file == path)
+        unlink(path);
     return lines;
 }
 
