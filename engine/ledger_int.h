@@ -89,6 +89,7 @@ struct ledger {
     tally_request *scratch; /* replay's request */
     account acc[3];         /* [0] the write's account, [1] a transfer's receiver,
                              * [2] engine entries and reads */
+    bool acc0_loaded;       /* acc[0] is the write's account as stored (ledger_write.c) */
     record *rec;            /* scratch records: [0] the entry, [1] a second, [2] parts */
     record_alloc *allocs;   /* scratch allocation lists */
     uint32_t allocs_cap;

@@ -153,7 +153,25 @@ static int ledger_due_first(ledger *l, ledger_x *x, uint64_t m, uint64_t a)
 {
     uint32_t budget = UINT32_MAX;
     int rc = ledger_due_entries(l, x, m, a, &budget);
+    if (rc == 0 && x->engine_entries) {
+        /* acc[2] holds the account as stored now: the write takes it
+         * instead of loading it again (the structs own their buffers, so
+         * they are swapped whole). */
+        account t = l->acc[0];
+        l->acc[0] = l->acc[2];
+        l->acc[2] = t;
+        l->acc0_loaded = true;
+    }
     return rc < 0 ? rc : 0;
+}
+
+/* The write's account into acc[0]: as ledger_due_first left it, or loaded. */
+static int ledger_write_acct(ledger *l, uint64_t m, uint64_t a)
+{
+    account *ac = &l->acc[0];
+    bool ready = l->acc0_loaded && ac->m == m && ac->a == a;
+    l->acc0_loaded = false;
+    return ready ? 0 : ledger_acct_load(l, ac, m, a);
 }
 
 /* After a write that gave points back to lots (a void, a refund): those
@@ -173,7 +191,7 @@ static int ledger_credit(ledger *l, ledger_x *x, tally_request *q)
     record *r = &l->rec[0];
     ledger_record_from_request(q, 0, r);
     account *ac = &l->acc[0];
-    int rc = ledger_acct_load(l, ac, q->merchant, q->account);
+    int rc = ledger_write_acct(l, q->merchant, q->account);
     if (rc == 0 && x->legacy)
         rc = ledger_mature_silently(l, ac, x->ts_ms);
     if (rc < 0)
@@ -234,7 +252,7 @@ static int ledger_debit(ledger *l, ledger_x *x, tally_request *q)
     record *r = &l->rec[0];
     ledger_record_from_request(q, 0, r);
     account *ac = &l->acc[0];
-    int rc = ledger_acct_load(l, ac, q->merchant, q->account);
+    int rc = ledger_write_acct(l, q->merchant, q->account);
     if (rc == 0 && x->legacy)
         rc = ledger_mature_silently(l, ac, x->ts_ms);
     if (rc < 0)
@@ -764,6 +782,7 @@ static int ledger_transfer(ledger *l, ledger_x *x, tally_request *q)
 
 int ledger_write(ledger *l, ledger_x *x, tally_request *q)
 {
+    l->acc0_loaded = false;
     int rc = ledger_reserve(l, x, 1);
     if (rc < 0)
         return rc;
