@@ -79,7 +79,7 @@ static const uint8_t engine_ops[WORKLOAD_OP_COUNT] = {
     [WORKLOAD_OP_EARN] = TALLY_OP_EARN,       [WORKLOAD_OP_REDEEM] = TALLY_OP_REDEEM,
     [WORKLOAD_OP_BALANCE] = TALLY_OP_BALANCE, [WORKLOAD_OP_HOLD] = TALLY_OP_HOLD,
     [WORKLOAD_OP_CAPTURE] = TALLY_OP_CAPTURE, [WORKLOAD_OP_PING] = TALLY_OP_NONE,
-    [WORKLOAD_OP_REVERSE] = TALLY_OP_REVERSE,
+    [WORKLOAD_OP_REVERSE] = TALLY_OP_REVERSE, [WORKLOAD_OP_TRANSFER] = TALLY_OP_TRANSFER,
 };
 
 static void engine_fill(engine_slot *s, const workload_op *op)
@@ -90,6 +90,7 @@ static void engine_fill(engine_slot *s, const workload_op *op)
     r->op = engine_ops[op->kind];
     r->merchant = op->merchant;
     r->account = op->account;
+    r->account2 = op->account2;
     r->points = op->points;
     r->expires = op->expires;
     memcpy(r->id, op->id, op->id_len);

@@ -63,8 +63,8 @@ static const char main_usage[] =
     "      --durable          fail unless the server says every write is durable\n"
     "      --progress-s S     seconds between progress lines (1)\n"
     "common to run and engine:\n"
-    "  -w, --workload W       points-v1 | points-mix | earn-only | redeem-heavy |\n"
-    "                         read-heavy | hold-capture | ping (points-v1)\n"
+    "  -w, --workload W       points-v1 | points-mix | points-transfer | earn-only |\n"
+    "                         redeem-heavy | read-heavy | hold-capture | ping (points-v1)\n"
     "      --ids seq|random   ids <nonce>-<stream>-<n>, or order-<random 64-bit> (seq)\n"
     "      --accounts N       accounts in total (100000)\n"
     "      --merchants N      merchants, accounts spread evenly (100)\n"
@@ -406,6 +406,8 @@ static int main_run(main_args *a)
     a->net.target = strcmp(a->target, "redis") == 0 ? WIRE_REDIS : WIRE_TALLY;
     if (a->net.target == WIRE_REDIS && a->work.mix == WORKLOAD_POINTS_MIX)
         main_die("the Redis ledger script has no REVERSE or EXPIRES", "points-mix");
+    if (a->net.target == WIRE_REDIS && a->work.mix == WORKLOAD_POINTS_TRANSFER)
+        main_die("the Redis ledger script has no TRANSFER", "points-transfer");
     a->net.progress = !a->quiet;
     const char *ping[] = {"PING"};
     char reply[256];

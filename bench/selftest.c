@@ -269,10 +269,46 @@ static void selftest_mix(void)
     selftest_check(reverses == 0, "mix: no REVERSE without a succeeded entry to reverse");
 }
 
+static void selftest_transfer(void)
+{
+    workload_config cfg = {.mix = WORKLOAD_POINTS_TRANSFER, .accounts = 1000, .merchants = 10,
+                           .seed = 9, .nonce = "t"};
+    workload w;
+    workload_init(&w, &cfg, 0);
+    uint64_t count[WORKLOAD_OP_COUNT] = {0}, bad = 0, total = 100000;
+    char buf[WIRE_COMMAND_BYTES_MAX];
+    for (uint64_t i = 0; i < total; i++) {
+        workload_op ops[WORKLOAD_BURST_MAX];
+        uint32_t n = workload_next(&w, ops);
+        for (uint32_t k = 0; k < n; k++) {
+            count[ops[k].kind]++;
+            const workload_op *op = &ops[k];
+            if (op->kind == WORKLOAD_OP_TRANSFER)
+                bad += op->account2 == op->account || op->account2 < 1 || op->account2 > 100 ||
+                       op->points < 1 || op->points > 200;
+            else
+                bad += op->account2 != 0;
+        }
+    }
+    selftest_check(bad == 0, "transfer: to another account of the merchant, 1..200 points");
+    selftest_check(count[WORKLOAD_OP_TRANSFER] > total * 18 / 100 &&
+                       count[WORKLOAD_OP_TRANSFER] < total * 22 / 100 &&
+                       count[WORKLOAD_OP_EARN] > total * 58 / 100,
+                   "transfer: 60 % EARN, 20 % REDEEM, 20 % TRANSFER");
+    workload_op t = {.kind = WORKLOAD_OP_TRANSFER, .merchant = 4, .account = 7, .account2 = 9,
+                     .points = 12, .id_len = 2, .id = "t1"};
+    size_t n = wire_encode(buf, WIRE_TALLY, NULL, &t);
+    static const char want[] = "*6\r\n$8\r\nTRANSFER\r\n$1\r\n4\r\n$1\r\n7\r\n$1\r\n9\r\n"
+                               "$2\r\n12\r\n$2\r\nt1\r\n";
+    selftest_check(n == sizeof(want) - 1 && memcmp(buf, want, n) == 0,
+                   "transfer: TRANSFER m from to points id on the wire");
+}
+
 int selftest_run(void)
 {
     selftest_hist();
     selftest_wire();
+    selftest_transfer();
     selftest_workload();
     selftest_random_ids();
     selftest_mix();

@@ -142,6 +142,8 @@ static size_t wire_op_args(char *out, const workload_op *op)
     len += wire_bulk_u64(out + len, op->account);
     if (op->kind == WORKLOAD_OP_BALANCE)
         return len;
+    if (op->kind == WORKLOAD_OP_TRANSFER)
+        len += wire_bulk_u64(out + len, op->account2);
     len += wire_bulk_u64(out + len, (uint64_t)op->points);
     len += wire_bulk(out + len, op->id, op->id_len);
     if (op->expires == 0)
@@ -159,6 +161,8 @@ static uint32_t wire_op_argc(const workload_op *op)
         return 3;
     if (op->kind == WORKLOAD_OP_BALANCE)
         return 2;
+    if (op->kind == WORKLOAD_OP_TRANSFER)
+        return 5;
     return op->expires ? 6 : 4;
 }
 
@@ -168,7 +172,7 @@ static size_t wire_encode_tally(char *out, const workload_op *op)
         [WORKLOAD_OP_EARN] = "EARN", [WORKLOAD_OP_REDEEM] = "REDEEM",
         [WORKLOAD_OP_BALANCE] = "BALANCE", [WORKLOAD_OP_HOLD] = "HOLD",
         [WORKLOAD_OP_CAPTURE] = "CAPTURE", [WORKLOAD_OP_PING] = "PING",
-        [WORKLOAD_OP_REVERSE] = "REVERSE",
+        [WORKLOAD_OP_REVERSE] = "REVERSE", [WORKLOAD_OP_TRANSFER] = "TRANSFER",
     };
     size_t len = wire_header(out, '*', 1 + wire_op_argc(op));
     len += wire_bulk_str(out + len, names[op->kind]);
@@ -183,7 +187,8 @@ static size_t wire_encode_redis(char *out, const char *sha, const workload_op *o
         return wire_encode_tally(out, op);
     /* The script knows earn, redeem, balance, hold and capture, no EXPIRES:
      * main refuses other mixes against Redis. */
-    assert(op->kind != WORKLOAD_OP_REVERSE && op->expires == 0);
+    assert(op->kind != WORKLOAD_OP_REVERSE && op->kind != WORKLOAD_OP_TRANSFER &&
+           op->expires == 0);
     size_t len = wire_header(out, '*', 4 + wire_op_argc(op));
     len += wire_bulk_str(out + len, "EVALSHA");
     len += wire_bulk(out + len, sha, 40);

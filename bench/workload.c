@@ -15,13 +15,14 @@ static const char *const workload_mix_names[WORKLOAD_MIX_COUNT] = {
     [WORKLOAD_REDEEM_HEAVY] = "redeem-heavy", [WORKLOAD_READ_HEAVY] = "read-heavy",
     [WORKLOAD_HOLD_CAPTURE] = "hold-capture", [WORKLOAD_PING] = "ping",
     [WORKLOAD_PREFILL] = "prefill",     [WORKLOAD_POINTS_MIX] = "points-mix",
+    [WORKLOAD_POINTS_TRANSFER] = "points-transfer",
 };
 
 static const char *const workload_kind_names[WORKLOAD_OP_COUNT] = {
     [WORKLOAD_OP_EARN] = "earn",     [WORKLOAD_OP_REDEEM] = "redeem",
     [WORKLOAD_OP_BALANCE] = "balance", [WORKLOAD_OP_HOLD] = "hold",
     [WORKLOAD_OP_CAPTURE] = "capture", [WORKLOAD_OP_PING] = "ping",
-    [WORKLOAD_OP_REVERSE] = "reverse",
+    [WORKLOAD_OP_REVERSE] = "reverse", [WORKLOAD_OP_TRANSFER] = "transfer",
 };
 
 /* The refusals each operation may meet as an expected answer (a bit per
@@ -30,6 +31,7 @@ static const uint8_t workload_expected[WORKLOAD_OP_COUNT] = {
     [WORKLOAD_OP_REDEEM] = 1u << WORKLOAD_REFUSAL_INSUFFICIENT,
     [WORKLOAD_OP_HOLD] = 1u << WORKLOAD_REFUSAL_INSUFFICIENT,
     [WORKLOAD_OP_CAPTURE] = 1u << WORKLOAD_REFUSAL_NOTFOUND,
+    [WORKLOAD_OP_TRANSFER] = 1u << WORKLOAD_REFUSAL_INSUFFICIENT,
 };
 
 static const char digits36[] = "0123456789abcdefghijklmnopqrstuvwxyz";
@@ -282,6 +284,7 @@ static void workload_pick_account(workload *w, workload_op *op)
 static void workload_write(workload *w, workload_op *op, int kind, int64_t lo, int64_t hi)
 {
     op->kind = (uint8_t)kind;
+    op->account2 = 0;
     op->points = (int64_t)workload_range(w, (uint64_t)lo, (uint64_t)hi);
     op->id_len = workload_make_id(w, op->id);
     op->ref_len = 0;
@@ -311,6 +314,7 @@ static bool workload_reverse(workload *w, workload_op *op)
     op->kind = WORKLOAD_OP_REVERSE;
     op->merchant = w->reversible_merchant[i];
     op->account = 0;
+    op->account2 = 0;
     op->points = 0;
     op->expires = 0;
     op->ref_len = w->reversible_len[i];
@@ -341,6 +345,24 @@ static uint32_t workload_mixed(workload *w, workload_op ops[WORKLOAD_BURST_MAX],
     return 1;
 }
 
+/* points-transfer: TRANSFER to another account of the same merchant. */
+static uint32_t workload_transfer(workload *w, workload_op ops[WORKLOAD_BURST_MAX], uint64_t pct)
+{
+    workload_op *op = &ops[0];
+    workload_pick_account(w, op);
+    uint64_t per = w->cfg.accounts / w->cfg.merchants;
+    if (pct < 60 || per < 2) {
+        workload_write(w, op, WORKLOAD_OP_EARN, 1, 500);
+    } else if (pct < 80) {
+        workload_write(w, op, WORKLOAD_OP_REDEEM, 1, 200);
+    } else {
+        workload_write(w, op, WORKLOAD_OP_TRANSFER, 1, 200);
+        uint64_t to = workload_range(w, 1, per - 1);
+        op->account2 = to >= op->account ? to + 1 : to;
+    }
+    return 1;
+}
+
 uint32_t workload_next(workload *w, workload_op ops[WORKLOAD_BURST_MAX])
 {
     workload_op *op = &ops[0];
@@ -361,6 +383,8 @@ uint32_t workload_next(workload *w, workload_op ops[WORKLOAD_BURST_MAX])
     }
     case WORKLOAD_POINTS_MIX:
         return workload_mixed(w, ops, pct);
+    case WORKLOAD_POINTS_TRANSFER:
+        return workload_transfer(w, ops, pct);
     case WORKLOAD_PING:
         memset(op, 0, sizeof(*op));
         op->kind = WORKLOAD_OP_PING;

@@ -15,6 +15,8 @@
  *                 then CAPTURE of that hold, 15 REVERSE of an earlier EARN or
  *                 REDEEM of this stream that succeeded (an EARN while there
  *                 is none yet)
+ *   points-transfer  60 EARN 1..500, 20 REDEEM 1..200, 20 TRANSFER 1..200 to
+ *                 another account of the same merchant (household pooling)
  *   ping          PING only: the cost of the loop and the server's parser
  *   prefill       EARN of a fixed amount to every account once, in order
  *
@@ -58,6 +60,7 @@ enum workload_mix {
     WORKLOAD_PING,
     WORKLOAD_PREFILL,
     WORKLOAD_POINTS_MIX,
+    WORKLOAD_POINTS_TRANSFER,
     WORKLOAD_MIX_COUNT,
 };
 
@@ -69,6 +72,7 @@ enum workload_kind {
     WORKLOAD_OP_CAPTURE,
     WORKLOAD_OP_PING,
     WORKLOAD_OP_REVERSE,
+    WORKLOAD_OP_TRANSFER,
     WORKLOAD_OP_COUNT,
 };
 
@@ -101,6 +105,7 @@ typedef struct workload_op {
     uint8_t ref_len;
     uint64_t merchant;
     uint64_t account;
+    uint64_t account2; /* TRANSFER: the receiving account */
     int64_t points;
     uint64_t expires; /* EARN: unix s, 0 = never */
     char id[WORKLOAD_ID_BYTES_MAX];
