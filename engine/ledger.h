@@ -149,6 +149,14 @@ const char *ledger_state_error(const ledger *l);
  * with the first fault in msg. */
 int ledger_verify(ledger *l, uint64_t merchant, char *msg, size_t cap);
 
+/* Reads the log from its first retained record and checks every
+ * account's history: each entry's acct_prev names the account's entry
+ * before it, and its balance, held and pending follow from that entry's by
+ * what it says (tally_entry_moves).  An account whose first entry
+ * retention dropped is checked from its first retained one.  0, or
+ * TALLY_ECORRUPT with the first break in msg. */
+int ledger_verify_history(log_t *log, char *msg, size_t cap);
+
 /* Compares two ledgers' states (live vs replayed): 0 or TALLY_ECORRUPT
  * with the first difference in msg.  For `tally verify`. */
 int ledger_compare(ledger *a, ledger *b, char *msg, size_t cap);

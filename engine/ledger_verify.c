@@ -7,7 +7,10 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "checksum.h"
 
 #include "ledger_int.h"
 
@@ -142,4 +145,116 @@ int ledger_verify(ledger *l, uint64_t merchant, char *msg, size_t cap)
 int ledger_compare(ledger *a, ledger *b, char *msg, size_t cap)
 {
     return state_compare(a->st, b->st, msg, cap);
+}
+
+/* ---- history continuity ------------------------------------------------------------ */
+
+typedef struct ledger_hist {
+    uint64_t m, a; /* a == 0: free slot (accounts are >= 1) */
+    uint64_t seq;
+    int64_t balance, held, pending;
+} ledger_hist;
+
+typedef struct ledger_hist_map {
+    ledger_hist *v;
+    size_t cap, count;
+} ledger_hist_map;
+
+static ledger_hist *ledger_hist_slot(ledger_hist_map *h, uint64_t m, uint64_t a)
+{
+    uint64_t k[2] = {m, a};
+    size_t i = (size_t)checksum64(k, sizeof(k), 0) & (h->cap - 1);
+    while (h->v[i].a && (h->v[i].m != m || h->v[i].a != a))
+        i = (i + 1) & (h->cap - 1);
+    return &h->v[i];
+}
+
+static int ledger_hist_grow(ledger_hist_map *h)
+{
+    ledger_hist_map n = {.cap = h->cap ? h->cap * 2 : 4096};
+    n.v = calloc(n.cap, sizeof(*n.v));
+    if (!n.v)
+        return -ENOMEM;
+    for (size_t i = 0; i < h->cap; i++)
+        if (h->v[i].a)
+            *ledger_hist_slot(&n, h->v[i].m, h->v[i].a) = h->v[i];
+    n.count = h->count;
+    free(h->v);
+    *h = n;
+    return 0;
+}
+
+int ledger_verify_history(log_t *log, char *msg, size_t cap)
+{
+    ledger_hist_map h = {0};
+    log_iter it;
+    int rc = ledger_hist_grow(&h);
+    if (rc == 0)
+        rc = log_iter_init(log, log_first_seq(log) - 1, &it);
+    record *r = malloc(sizeof(*r));
+    if (!r)
+        rc = -ENOMEM;
+    log_loc loc;
+    uint64_t entries = 0;
+    while (rc == 0 && (rc = log_iter_next(&it, r, &loc)) == 1) {
+        rc = 0;
+        if (r->type != RECORD_ENTRY)
+            continue; /* refusals and allocation parts move nothing */
+        if ((h.count + 1) * 2 > h.cap && (rc = ledger_hist_grow(&h)) < 0)
+            break;
+        tally_entry e;
+        ledger_entry_from_record(r, &e);
+        int64_t dh, dp;
+        tally_entry_moves(&e, &dh, &dp);
+        ledger_hist *x = ledger_hist_slot(&h, r->merchant, r->account);
+        entries++;
+        /* Unknown so far: the account's first entry (from zero), or one
+         * whose history before it retention dropped (taken as it is). */
+        bool first = !x->a;
+        if (first && r->acct_prev != 0) {
+            *x = (ledger_hist){.m = r->merchant, .a = r->account, .seq = r->seq,
+                               .balance = r->balance, .held = r->held, .pending = r->pending};
+            h.count++;
+            continue;
+        }
+        if (first) {
+            *x = (ledger_hist){.m = r->merchant, .a = r->account};
+            h.count++;
+        }
+        /* Release 1 matured pending points without an entry: its
+         * entries are held to their history link only. */
+        bool legacy = (r->rflags & RECORD_F_LEGACY) != 0;
+        const char *what = r->acct_prev != x->seq                ? "its history link"
+                           : legacy                              ? NULL
+                           : r->balance != x->balance + r->points ? "balance"
+                           : r->held != x->held + dh             ? "held"
+                           : r->pending != x->pending + dp       ? "pending"
+                                                                 : NULL;
+        if (what) {
+            snprintf(msg, cap,
+                     "merchant %llu account %llu: seq %llu (%s %.*s) breaks the history: %s "
+                     "(after seq %llu: balance %lld held %lld pending %lld; this entry: points "
+                     "%lld amount %lld, balance %lld held %lld pending %lld, previous %llu)",
+                     (unsigned long long)r->merchant, (unsigned long long)r->account,
+                     (unsigned long long)r->seq, tally_kind_name(r->kind), (int)r->id_len, r->id,
+                     what, (unsigned long long)x->seq, (long long)x->balance, (long long)x->held,
+                     (long long)x->pending, (long long)r->points, (long long)r->amount,
+                     (long long)r->balance, (long long)r->held, (long long)r->pending,
+                     (unsigned long long)r->acct_prev);
+            rc = TALLY_ECORRUPT;
+            break;
+        }
+        x->seq = r->seq;
+        x->balance = r->balance;
+        x->held = r->held;
+        x->pending = r->pending;
+    }
+    if (rc < 0 && rc != TALLY_ECORRUPT)
+        snprintf(msg, cap, "history check: reading the log: %s", tally_strerror(rc));
+    else if (rc == TALLY_ECORRUPT && !msg[0])
+        snprintf(msg, cap, "history check: a bad record after %llu entries",
+                 (unsigned long long)entries);
+    free(r);
+    free(h.v);
+    return rc < 0 ? TALLY_ECORRUPT : 0;
 }

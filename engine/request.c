@@ -30,6 +30,39 @@ const char *tally_kind_name(int kind)
     return request_kind_names[kind];
 }
 
+void tally_entry_moves(const tally_entry *e, int64_t *held, int64_t *pending)
+{
+    *held = 0;
+    *pending = 0;
+    switch (e->kind) {
+    case TALLY_KIND_EARN:
+    case TALLY_KIND_ADJUST: /* what did not become available is pending */
+        *pending = e->points >= 0 ? e->amount - e->points : 0;
+        break;
+    case TALLY_KIND_HOLD:
+        *held = e->amount;
+        break;
+    case TALLY_KIND_CAPTURE: /* captured (amount) and released (points) */
+        *held = -(e->amount + e->points);
+        break;
+    case TALLY_KIND_VOID:
+        *held = -e->amount;
+        break;
+    case TALLY_KIND_REVERSE: /* a clawback or an expiry takes pending points too */
+    case TALLY_KIND_EXPIRE:
+        *pending = e->points <= 0 ? -(e->amount + e->points) : 0;
+        break;
+    case TALLY_KIND_AVAILABLE:
+        *pending = -e->amount;
+        break;
+    case TALLY_KIND_TRANSFER: /* pending lots move with the spendable ones */
+        *pending = e->points <= 0 ? -(e->amount + e->points) : e->amount - e->points;
+        break;
+    default:
+        break;
+    }
+}
+
 bool tally_op_is_write(int op)
 {
     return op >= TALLY_OP_EARN && op <= TALLY_OP_TRANSFER;

@@ -1374,6 +1374,10 @@ static int shard_verify_replay(shard *s, const snapshot_info *base, char *msg, s
 int shard_verify_full(shard *s, char *msg, size_t cap)
 {
     int rc = shard_verify(s, 0, msg, cap);
+    if (rc == 0) {
+        msg[0] = 0;
+        rc = ledger_verify_history(s->log, msg, cap);
+    }
     if (rc < 0)
         return rc;
     uint64_t first = log_first_seq(s->log);

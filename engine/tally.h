@@ -150,6 +150,12 @@ typedef struct tally_import_item {
     uint64_t line; /* the caller's number for it (its line): errors name it */
 } tally_import_item;
 
+/* How an entry moves its account's held and pending points, from its
+ * kind, points and amount alone (available moves by points): what lets an
+ * auditor rebuild every balance from HISTORY (docs/REFERENCE.md, "Reading
+ * an account's history"). */
+void tally_entry_moves(const tally_entry *e, int64_t *held, int64_t *pending);
+
 typedef struct tally_balance {
     int64_t available;
     int64_t held;

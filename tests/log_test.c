@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "engine_util.h"
+#include "ledger.h"
 #include "log.h"
 
 #define LT_SEG (64u << 10)
@@ -421,4 +422,90 @@ Test(log, damaged_acknowledged_record_before_a_rollover_refuses_the_log)
         log_close(l);
         lt_scene_free(&s);
     }
+}
+
+/* ---- the history check of tally verify (issue 12) ------------------------- */
+
+typedef struct lt_hist {
+    uint8_t kind;
+    uint64_t account;
+    int64_t points, amount, balance, held, pending;
+    bool legacy;
+} lt_hist;
+
+/* Writes the entries with their history links, flushes, checks. */
+static int lt_history(const lt_hist *h, int n, int bad_link, char *msg, size_t cap)
+{
+    char dir[64];
+    eu_tmpdir(dir, "hist");
+    log_t *l = lt_open(dir, NULL, NULL);
+    uint64_t head[8] = {0};
+    for (int i = 0; i < n; i++) {
+        record r;
+        memset(&r, 0, sizeof(r));
+        r.type = RECORD_ENTRY;
+        r.kind = h[i].kind;
+        r.merchant = 9;
+        r.account = h[i].account;
+        r.points = h[i].points;
+        r.amount = h[i].amount;
+        r.balance = h[i].balance;
+        r.held = h[i].held;
+        r.pending = h[i].pending;
+        r.rflags = h[i].legacy ? RECORD_F_LEGACY : 0;
+        r.acct_prev = i == bad_link ? head[h[i].account] + 1 : head[h[i].account];
+        r.id_len = (uint8_t)snprintf(r.id, sizeof(r.id), "h%d", i);
+        log_loc at;
+        cr_assert_eq(log_append(l, &r, 1000 + (uint64_t)i, &at), 0);
+        head[h[i].account] = r.seq;
+    }
+    cr_assert_eq(log_flush_sync(l), 0);
+    msg[0] = 0;
+    int rc = ledger_verify_history(l, msg, cap);
+    log_close(l);
+    eu_rmrf(dir);
+    return rc;
+}
+
+Test(log, tally_verify_follows_every_accounts_history_from_entry_to_entry)
+{
+    /* Two accounts interleaved: earn, pending earn, hold, capture of 30
+     * with 20 released, its pending points made available, a clawback of
+     * pending points, a transfer out with a pending lot, an expiry. */
+    const lt_hist ok[] = {
+        {TALLY_KIND_EARN, 1, 100, 100, 100, 0, 0, false},
+        {TALLY_KIND_EARN, 2, 0, 40, 0, 0, 40, false},
+        {TALLY_KIND_HOLD, 1, -50, 50, 50, 50, 0, false},
+        {TALLY_KIND_CAPTURE, 1, 20, 30, 70, 0, 0, false},
+        {TALLY_KIND_AVAILABLE, 2, 40, 40, 40, 0, 0, false},
+        {TALLY_KIND_EARN, 2, 0, 25, 40, 0, 25, false},
+        {TALLY_KIND_REVERSE, 2, -10, 35, 30, 0, 0, false},
+        {TALLY_KIND_EARN, 1, 0, 15, 70, 0, 15, false},
+        {TALLY_KIND_TRANSFER, 1, -60, 75, 10, 0, 0, false},
+        {TALLY_KIND_EXPIRE, 2, -30, 30, 0, 0, 0, false},
+    };
+    const int n = (int)(sizeof(ok) / sizeof(ok[0]));
+    char msg[512];
+    cr_assert_eq(lt_history(ok, n, -1, msg, sizeof(msg)), 0, "%s", msg);
+    /* Each figure off by one is found and named; so is a broken link. */
+    static const char *const what[] = {"balance", "held", "pending"};
+    for (int f = 0; f < 3; f++) {
+        lt_hist bad[sizeof(ok) / sizeof(ok[0])];
+        memcpy(bad, ok, sizeof(ok));
+        int64_t *v = f == 0 ? &bad[5].balance : f == 1 ? &bad[3].held : &bad[6].pending;
+        (*v)++;
+        cr_assert_eq(lt_history(bad, n, -1, msg, sizeof(msg)), TALLY_ECORRUPT, "%s", what[f]);
+        cr_assert_not_null(strstr(msg, what[f]), "%s", msg);
+        cr_assert_not_null(strstr(msg, "account"), "%s", msg);
+    }
+    cr_assert_eq(lt_history(ok, n, 4, msg, sizeof(msg)), TALLY_ECORRUPT);
+    cr_assert_not_null(strstr(msg, "its history link"), "%s", msg);
+    /* Release 1 made pending points available without an entry: its
+     * entries keep only their links. */
+    lt_hist legacy[] = {
+        {TALLY_KIND_EARN, 1, 0, 40, 0, 0, 40, true},
+        {TALLY_KIND_EARN, 1, 10, 10, 50, 0, 0, true},
+        {TALLY_KIND_REDEEM, 1, -5, 5, 45, 0, 0, false},
+    };
+    cr_assert_eq(lt_history(legacy, 3, -1, msg, sizeof(msg)), 0, "%s", msg);
 }
