@@ -283,43 +283,6 @@ Test(ledger, one_redeem_takes_a_hundred_thousand_lots_and_its_refund_gives_them_
 
 /* ---- the audit trail (issue 12) --------------------------------------------- */
 
-/* How an entry moves held and pending (README "Reading an account's
- * history"): from its kind, points and amount alone. */
-static void audit_deltas(const tally_entry *e, int64_t *held, int64_t *pending)
-{
-    *held = 0;
-    *pending = 0;
-    switch (e->kind) {
-    case TALLY_KIND_EARN:
-    case TALLY_KIND_ADJUST:
-        *pending = e->points >= 0 ? e->amount - e->points : 0;
-        if (e->points < 0)
-            *pending = 0; /* a debit */
-        break;
-    case TALLY_KIND_HOLD:
-        *held = e->amount;
-        break;
-    case TALLY_KIND_CAPTURE:
-        *held = -(e->amount + e->points);
-        break;
-    case TALLY_KIND_VOID:
-        *held = -e->amount;
-        break;
-    case TALLY_KIND_REVERSE:
-    case TALLY_KIND_EXPIRE:
-        *pending = e->points < 0 || e->points == 0 ? -(e->amount + e->points) : 0;
-        break;
-    case TALLY_KIND_AVAILABLE:
-        *pending = -e->amount;
-        break;
-    case TALLY_KIND_TRANSFER:
-        *pending = e->points <= 0 ? -(e->amount + e->points) : e->amount - e->points;
-        break;
-    default:
-        break;
-    }
-}
-
 /* Every entry of an account, oldest first (HISTORY paged to the start). */
 static tally_entry *audit_history(uint64_t a, uint32_t *n)
 {
@@ -367,7 +330,7 @@ static void audit_account(uint64_t a)
     for (uint32_t i = 0; i < n; i++) {
         const tally_entry *e = &h[i];
         int64_t dh, dp;
-        audit_deltas(e, &dh, &dp);
+        tally_entry_moves(e, &dh, &dp); /* the reference's table (log_test pins it) */
         sum += e->points;
         cr_assert_eq(e->balance, bal + e->points, "account %llu seq %llu (%s %.*s): balance",
                      (unsigned long long)a, (unsigned long long)e->seq,
