@@ -335,6 +335,15 @@ int ledger_checkpoint(ledger *l, uint64_t seq)
     rc = ledger_checkpoint_rows(l, seq);
     if (rc == 0) {
         int fr = ids_freeze(l->ids, seq, true);
+        if (fr == -EAGAIN) {
+            /* IDS_RUNS_MAX runs: merges are behind — as after many kills in
+             * a row, each start's recovery leaving a run and each merge cut
+             * short.  This checkpoint (recovery, close, tools) waits for
+             * them rather than fail the start. */
+            fr = ids_wait_merges(l->ids);
+            if (fr == 0)
+                fr = ids_freeze(l->ids, seq, true);
+        }
         rc = fr < 0 ? fr : 0;
     }
     /* Synchronous: the manifest goes in as a state row of its own. */

@@ -4,6 +4,8 @@
  * reopen, recovery from torn and corrupt segment files, engine time.
  */
 #include <criterion/criterion.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -561,6 +563,53 @@ Test(engine, requests_queued_during_a_checkpoint_are_taken_right_after_it)
     cr_assert_gt(st.checkpoints, 10);
     /* Each checkpoint is a few flushes; a lost wake-up costs a second. */
     cr_assert_lt(worst, 0.9, "a write waited %.2f s: a lost wake-up", worst);
+    tally_close(t);
+    eu_rmrf(dir);
+}
+
+/* The crash loop at 1,000 cycles (issue 10): every start's recovery put
+ * the id memtable into a run, and a kill dropped the merge in progress,
+ * so runs piled up past IDS_RUNS_MAX and the next start failed its
+ * checkpoint with "Resource temporarily unavailable" — a shard lost to
+ * crashes.  A start must wait for the merges instead.  Each life here is
+ * a child killed right after its writes are durable. */
+Test(engine, a_start_after_many_killed_lives_waits_for_merges_instead_of_failing, .timeout = 300)
+{
+    char dir[64];
+    eu_tmpdir(dir, "lives");
+    for (int life = 0; life < 70; life++) {
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+            tally_options o = {.dir = dir, .shards = 1, .log = eu_log,
+                               .state_map_bytes = 1ull << 30, .segment_bytes = 1u << 20};
+            tally *t;
+            int rc = tally_open(&o, &t);
+            if (rc < 0) {
+                fprintf(stderr, "start %d: %s\n", life, tally_strerror(rc));
+                _exit(3);
+            }
+            for (int i = 0; i < 3; i++) {
+                char id[32];
+                snprintf(id, sizeof(id), "l%d-%d", life, i);
+                if (eu_earn(t, 5, 1 + (uint64_t)i, 1, id, NULL) != 0)
+                    _exit(4);
+            }
+            raise(SIGKILL);
+        }
+        int st;
+        cr_assert_eq(waitpid(pid, &st, 0), pid);
+        cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "life %d ended with %d", life,
+                  WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    }
+    tally_options o = {.dir = dir, .read_only = true, .log = eu_log};
+    tally *t;
+    cr_assert_eq(tally_open(&o, &t), 0);
+    tally_balance b;
+    cr_assert_eq(eu_balance(t, 5, 1, &b), 0);
+    cr_assert_eq(b.available, 70, "every life's earns are there");
+    char msg[512];
+    cr_assert_eq(tally_verify_full(t, msg, sizeof(msg)), 0, "%s", msg);
     tally_close(t);
     eu_rmrf(dir);
 }
