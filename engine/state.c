@@ -12,7 +12,10 @@
  * place.  There are at most two layers: the active one (the writer's) and
  * a frozen one (being committed).  A key's newest version wins: active,
  * then frozen, then LMDB as of its last commit (one read transaction,
- * renewed after each commit).
+ * renewed after each commit).  The layer committed last is kept as a
+ * clean cache in front of LMDB (it says exactly what LMDB says for its
+ * keys), so the objects a checkpoint wrote are read again without a
+ * B-tree walk; the next commit replaces it, an abort drops it.
  *
  * Durability (DESIGN-NOTES §1): LMDB's default, fully synced commits —
  * never MDB_NOSYNC, MDB_NOMETASYNC or MDB_MAPASYNC, which can leave a
@@ -123,6 +126,7 @@ struct state {
     uint32_t memo_next;
     state_layer *active;
     state_layer *frozen;
+    state_layer *clean; /* the last committed layer: LMDB's values for its keys */
     /* committer */
     pthread_t thread;
     bool committing;
@@ -478,6 +482,7 @@ void state_close(state *s)
         mdb_txn_abort(s->rtxn);
     state_layer_free(s->active);
     state_layer_free(s->frozen);
+    state_layer_free(s->clean);
     if (s->env)
         mdb_env_close(s->env);
     free(s);
@@ -662,6 +667,13 @@ int state_commit_finish(state *s)
     return state_commit_wait(s);
 }
 
+/* A layer now in LMDB becomes the clean cache (the older one goes). */
+static void state_keep_clean(state *s, state_layer *l)
+{
+    state_layer_free(s->clean);
+    s->clean = l;
+}
+
 int state_commit_wait(state *s)
 {
     if (!s->committing)
@@ -671,19 +683,23 @@ int state_commit_wait(state *s)
     if (rc == 0)
         rc = state_renew(s);
     if (rc == 0) {
-        state_layer_free(s->frozen);
+        state_keep_clean(s, s->frozen);
         s->frozen = NULL;
     }
     return rc;
 }
 
-/* Starts an empty active layer in place of the current one. */
-static int state_empty_active(state *s)
+/* Starts an empty active layer in place of the current one, which is
+ * kept as the clean cache if it was committed. */
+static int state_empty_active(state *s, bool committed)
 {
     state_layer *fresh = state_layer_new();
     if (!fresh)
         return -ENOMEM;
-    state_layer_free(s->active);
+    if (committed)
+        state_keep_clean(s, s->active);
+    else
+        state_layer_free(s->active);
     s->active = fresh;
     return 0;
 }
@@ -698,14 +714,16 @@ int state_commit(state *s)
             rc = state_renew(s);
         if (rc < 0)
             return rc;
-        state_layer_free(s->frozen);
+        state_keep_clean(s, s->frozen);
         s->frozen = NULL;
     }
     if (s->frozen) {
         int rc = state_write_layer(s, s->frozen);
+        if (rc == 0)
+            rc = state_renew(s);
         if (rc < 0)
             return rc;
-        state_layer_free(s->frozen);
+        state_keep_clean(s, s->frozen);
         s->frozen = NULL;
     }
     int rc = state_write_layer(s, s->active);
@@ -713,7 +731,11 @@ int state_commit(state *s)
         rc = state_renew(s);
     if (rc < 0)
         return rc;
-    return state_empty_active(s);
+    /* The clean cache is the older layer: its keys the active one changed
+     * are newer there, so it goes. */
+    state_layer_free(s->clean);
+    s->clean = NULL;
+    return state_empty_active(s, true);
 }
 
 int state_abort(state *s)
@@ -724,10 +746,13 @@ int state_abort(state *s)
             state_renew(s);
     }
     /* Committed or not, the frozen layer goes: what it held is in LMDB or
-     * was never durable. */
+     * was never durable; the clean cache too, since LMDB may now be newer
+     * than it. */
     state_layer_free(s->frozen);
     s->frozen = NULL;
-    return state_empty_active(s);
+    state_layer_free(s->clean);
+    s->clean = NULL;
+    return state_empty_active(s, false);
 }
 
 /* ---- get / put / del -------------------------------------------------------------- */
@@ -738,7 +763,9 @@ static const state_entry *state_layers_get(const state *s, int table, const void
 {
     uint64_t h = state_hash(table, key, key_len);
     const state_entry *e = state_layer_get(s->active, table, key, key_len, h);
-    return e ? e : state_layer_get(s->frozen, table, key, key_len, h);
+    if (!e)
+        e = state_layer_get(s->frozen, table, key, key_len, h);
+    return e ? e : state_layer_get(s->clean, table, key, key_len, h);
 }
 
 static int state_lmdb_get(state *s, int table, const void *key, size_t key_len,
