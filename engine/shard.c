@@ -5,7 +5,7 @@
  * readable, the in-flight batch's write+flush completed, or a timer (sweep,
  * checkpoint).  Then it "pumps": applies queued requests to the filling
  * batch (their records go into the log's batch buffer, their effects into
- * the ledger's open transaction), and if no batch is in flight, seals the
+ * the state's active in-memory layer), and if no batch is in flight, seals the
  * filling one and submits it as one linked write + fdatasync.  So while
  * batch N flushes, batch N+1 fills, and it is submitted the moment N is
  * durable.  Nothing spins: the thread sleeps in io_uring_wait_cqe.
@@ -1177,9 +1177,8 @@ static int shard_recover(shard *s)
     }
     if (rc < 0)
         return rc;
-    /* Commit the replayed tail now, on this (the opening) thread: LMDB's
-     * write transaction must end on the thread that began it, and the
-     * next recovery then starts from here. */
+    /* Commit the replayed tail now, synchronously: the next recovery then
+     * starts from here, and the shard thread starts with an empty layer. */
     if (!s->opts.read_only) {
         cp = log_durable_seq(s->log);
         rc = ledger_checkpoint(s->ledger, cp);
