@@ -975,7 +975,6 @@ uint64_t log_first_seq(const log_t *l)
     return v;
 }
 
-uint32_t log_segment_count(const log_t *l) { return l->segs_count; }
 
 /* ---- appending ---------------------------------------------------------- */
 

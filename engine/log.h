@@ -102,7 +102,6 @@ uint64_t log_durable_seq(const log_t *l); /* on stable storage (any thread) */
 uint64_t log_bytes(const log_t *l);       /* bytes of records written */
 /* First seq of the retained log: 1 unless retention dropped segments. */
 uint64_t log_first_seq(const log_t *l);
-uint32_t log_segment_count(const log_t *l);
 
 /* Retention (snapshot.h): drops every segment whose records all have
  * seq <= seq, except segments the log still writes or a batch still uses;

@@ -378,51 +378,6 @@ int record_decode(const uint8_t *buf, size_t avail, record *out, size_t *len_out
 
 /* ---- format 1 ------------------------------------------------------------------ */
 
-size_t record_size_v1(const record *r)
-{
-    return record_round(RECORD_V1_FIXED_BYTES + r->id_len + r->ref_len + r->memo_len);
-}
-
-uint64_t record_encode_v1(const record *r, uint64_t batch_seq, uint8_t *out)
-{
-    assert(r->type == RECORD_ENTRY || r->type == RECORD_REFUSAL);
-    assert(r->id_len >= 1 && r->id_len <= RECORD_V1_ID_BYTES_MAX);
-    assert(r->ref_len <= RECORD_V1_ID_BYTES_MAX && r->kind <= TALLY_KIND_EXPIRE);
-    assert(batch_seq >= 1 && batch_seq <= r->seq);
-    size_t len = record_size_v1(r);
-    assert(len <= RECORD_V1_BYTES_MAX);
-    memset(out, 0, len);
-    record_put32(out + 0, (uint32_t)len);
-    out[4] = r->type;
-    out[5] = r->kind;
-    out[6] = r->error;
-    out[7] = r->reason;
-    record_put64(out + 8, r->seq);
-    record_put64(out + 16, r->ts_ms);
-    record_put64(out + 24, r->prev);
-    record_put64(out + 32, batch_seq);
-    record_put64(out + 40, r->merchant);
-    record_put64(out + 48, r->account);
-    record_put64(out + 56, (uint64_t)r->req_points);
-    record_put64(out + 64, (uint64_t)r->points);
-    record_put64(out + 72, (uint64_t)r->balance);
-    record_put64(out + 80, (uint64_t)r->held);
-    record_put64(out + 88, r->expires);
-    record_put64(out + 96, r->available_at);
-    record_put64(out + 104, r->timeout_s);
-    record_put32(out + 112, r->req_flags);
-    out[116] = r->id_len;
-    out[117] = r->ref_len;
-    out[118] = r->memo_len;
-    uint8_t *p = out + RECORD_V1_FIXED_BYTES;
-    memcpy(p, r->id, r->id_len);
-    memcpy(p + r->id_len, r->ref, r->ref_len);
-    memcpy(p + r->id_len + r->ref_len, r->memo, r->memo_len);
-    uint64_t sum = checksum64(out, len - 8, 0);
-    record_put64(out + len - 8, sum);
-    return sum;
-}
-
 int record_decode_v1(const uint8_t *buf, size_t avail, record *out, size_t *len_out,
                      uint64_t *checksum_out)
 {

@@ -197,8 +197,5 @@ int record_alloc_next(const record *r, size_t *pos, record_alloc *out);
  * Same results as record_decode. */
 int record_decode_v1(const uint8_t *buf, size_t avail, record *out, size_t *len_out,
                      uint64_t *checksum_out);
-/* Encodes a format-1 record (tests make release-1 data with it). */
-uint64_t record_encode_v1(const record *r, uint64_t batch_seq, uint8_t *out);
-size_t record_size_v1(const record *r);
 
 #endif

@@ -164,11 +164,6 @@ static int state_err(int rc)
     }
 }
 
-const char *state_table_name(int table)
-{
-    return table >= 0 && table < STATE_TABLES ? state_names[table] : "?";
-}
-
 const char *state_error(const state *s) { return s->error; }
 
 /* state_err, remembering LMDB's own words when it reports damage. */
@@ -489,7 +484,6 @@ void state_close(state *s)
 }
 
 size_t state_active_bytes(const state *s) { return s->active ? s->active->bytes : 0; }
-size_t state_active_count(const state *s) { return s->active ? s->active->count : 0; }
 bool state_has_frozen(const state *s) { return s->frozen != NULL; }
 
 /* ---- commits -------------------------------------------------------------------- */

@@ -98,8 +98,6 @@ int state_commit_finish(state *s);
 int state_commit_wait(state *s);
 /* Bytes the active layer holds (for backpressure). */
 size_t state_active_bytes(const state *s);
-/* Objects the active layer holds. */
-size_t state_active_count(const state *s);
 
 /* 0 and *val, *val_len; STATE_ABSENT. */
 int state_get(state *s, int table, const void *key, size_t key_len, const void **val,
@@ -131,9 +129,6 @@ int state_copy_fd(state *s, int fd);
  * an environment file (a snapshot), opening it read-only on its own:
  * 0 and up to cap bytes in out with *len; STATE_ABSENT. */
 int state_file_meta(const char *path, const char *name, void *out, size_t cap, size_t *len);
-
-/* Names a table, for messages. */
-const char *state_table_name(int table);
 
 /* After TALLY_ECORRUPT: which table and key failed its checksum, or what
  * LMDB reported.  "" if nothing failed. */
