@@ -79,7 +79,7 @@ int import_marker_read(const char *dir, uint32_t shards, uint64_t *bases, bool *
 int import_marker_write(const os_ops *os, const char *dir, uint32_t shards,
                         const uint64_t *bases, const bool *made)
 {
-    char text[LIMIT_SHARDS_MAX * 48 + 128], tmp[4200], path[4200];
+    char text[LIMIT_SHARDS_MAX * 48 + 128];
     size_t n = (size_t)snprintf(text, sizeof(text), "tally-import %u\nshards %u\n",
                                 IMPORT_VERSION, shards);
     for (uint32_t i = 0; i < shards; i++)
@@ -87,20 +87,7 @@ int import_marker_write(const os_ops *os, const char *dir, uint32_t shards,
                               bases[i], made[i] ? 1 : 0);
     n += (size_t)snprintf(text + n, sizeof(text) - n, "check %016" PRIx64 "\n",
                           checksum64(text, n, 0));
-    import_path(dir, "IMPORT.tmp", tmp, sizeof(tmp));
-    import_path(dir, "IMPORT", path, sizeof(path));
-    int fd = os->open(os->ctx, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return fd;
-    int rc = os_pwrite_all(os, fd, text, n, 0);
-    if (rc == 0)
-        rc = os->fdatasync(os->ctx, fd);
-    os->close(os->ctx, fd);
-    if (rc == 0)
-        rc = os->rename(os->ctx, tmp, path);
-    if (rc == 0)
-        rc = os->fsync_dir(os->ctx, dir);
-    return rc;
+    return os_write_file_atomic(os, dir, "IMPORT", text, n);
 }
 
 int import_marker_remove(const os_ops *os, const char *dir)
@@ -422,6 +409,20 @@ static void import_free_chunks(import_chunk *c)
     }
 }
 
+/* Hands the reader's filling chunk to its worker (w->lock held). */
+static void import_push_filling(import_worker *w)
+{
+    w->filling->next = NULL;
+    if (w->tail)
+        w->tail->next = w->filling;
+    else
+        w->head = w->filling;
+    w->tail = w->filling;
+    w->queued++;
+    w->filling = NULL;
+    pthread_cond_broadcast(&w->cond);
+}
+
 /* Ends the workers (their queues drained, or skipped after a failure). */
 static void import_stop(tally_import *im)
 {
@@ -430,16 +431,8 @@ static void import_stop(tally_import *im)
         if (!w->started)
             continue;
         pthread_mutex_lock(&w->lock);
-        if (w->filling && w->filling->n) {
-            w->filling->next = NULL;
-            if (w->tail)
-                w->tail->next = w->filling;
-            else
-                w->head = w->filling;
-            w->tail = w->filling;
-            w->queued++;
-            w->filling = NULL;
-        }
+        if (w->filling && w->filling->n)
+            import_push_filling(w);
         w->ending = true;
         pthread_cond_broadcast(&w->cond);
         pthread_mutex_unlock(&w->lock);
@@ -593,15 +586,7 @@ int tally_import_add(tally_import *im, const tally_import_item *it, char *msg, s
     pthread_mutex_lock(&w->lock);
     while (w->queued >= IMPORT_QUEUE_CHUNKS && !atomic_load(&im->failed))
         pthread_cond_wait(&w->cond, &w->lock);
-    w->filling->next = NULL;
-    if (w->tail)
-        w->tail->next = w->filling;
-    else
-        w->head = w->filling;
-    w->tail = w->filling;
-    w->queued++;
-    w->filling = NULL;
-    pthread_cond_broadcast(&w->cond);
+    import_push_filling(w);
     pthread_mutex_unlock(&w->lock);
     return 0;
 }

@@ -453,14 +453,8 @@ int ledger_execute(ledger *l, tally_request *q, uint64_t now_ms)
 /* The request a logged record came from. */
 static void ledger_request_from_record(const record *r, tally_request *q)
 {
-    static const uint8_t ops[TALLY_KIND_COUNT] = {
-        [TALLY_KIND_EARN] = TALLY_OP_EARN,       [TALLY_KIND_REDEEM] = TALLY_OP_REDEEM,
-        [TALLY_KIND_HOLD] = TALLY_OP_HOLD,       [TALLY_KIND_CAPTURE] = TALLY_OP_CAPTURE,
-        [TALLY_KIND_VOID] = TALLY_OP_VOID,       [TALLY_KIND_REVERSE] = TALLY_OP_REVERSE,
-        [TALLY_KIND_ADJUST] = TALLY_OP_ADJUST,   [TALLY_KIND_TRANSFER] = TALLY_OP_TRANSFER,
-    };
     memset(q, 0, offsetof(tally_request, id));
-    q->op = ops[r->kind];
+    q->op = (uint8_t)ledger_kind_op(r->kind);
     q->merchant = r->merchant;
     q->account = r->account;
     q->account2 = r->account2;

@@ -48,6 +48,17 @@ static int ledger_op_kind(int op)
     }
 }
 
+int ledger_kind_op(int kind)
+{
+    static const uint8_t ops[TALLY_KIND_COUNT] = {
+        [TALLY_KIND_EARN] = TALLY_OP_EARN,       [TALLY_KIND_REDEEM] = TALLY_OP_REDEEM,
+        [TALLY_KIND_HOLD] = TALLY_OP_HOLD,       [TALLY_KIND_CAPTURE] = TALLY_OP_CAPTURE,
+        [TALLY_KIND_VOID] = TALLY_OP_VOID,       [TALLY_KIND_REVERSE] = TALLY_OP_REVERSE,
+        [TALLY_KIND_ADJUST] = TALLY_OP_ADJUST,   [TALLY_KIND_TRANSFER] = TALLY_OP_TRANSFER,
+    };
+    return kind > TALLY_KIND_NONE && kind < TALLY_KIND_COUNT ? ops[kind] : TALLY_OP_NONE;
+}
+
 void ledger_record_from_request(const tally_request *q, int kind, record *r)
 {
     memset(r, 0, offsetof(record, id));

@@ -67,15 +67,9 @@ static int ledger_import_check(const tally_import_item *it, const record *r, cha
 static int ledger_import_request(const tally_import_item *it, tally_request *q, char *msg,
                                  size_t cap)
 {
-    static const uint8_t ops[TALLY_KIND_COUNT] = {
-        [TALLY_KIND_EARN] = TALLY_OP_EARN,       [TALLY_KIND_REDEEM] = TALLY_OP_REDEEM,
-        [TALLY_KIND_HOLD] = TALLY_OP_HOLD,       [TALLY_KIND_CAPTURE] = TALLY_OP_CAPTURE,
-        [TALLY_KIND_VOID] = TALLY_OP_VOID,       [TALLY_KIND_REVERSE] = TALLY_OP_REVERSE,
-        [TALLY_KIND_ADJUST] = TALLY_OP_ADJUST,   [TALLY_KIND_TRANSFER] = TALLY_OP_TRANSFER,
-    };
     const tally_entry *e = &it->e;
     tally_request_reset(q);
-    q->op = e->kind < TALLY_KIND_COUNT ? ops[e->kind] : TALLY_OP_NONE;
+    q->op = (uint8_t)ledger_kind_op(e->kind);
     if (q->op == TALLY_OP_NONE)
         return ledger_import_fail(msg, cap, TALLY_EINVALID,
                                   "kind %s is written by the engine: its id must be an engine "

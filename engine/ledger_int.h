@@ -120,6 +120,9 @@ bool ledger_balance_ok(const account *ac);
 
 /* ---- ledger_emit.c ---------------------------------------------------------- */
 
+/* The write op that makes entries of a kind (TALLY_OP_NONE for the
+ * engine's kinds: expire, available). */
+int ledger_kind_op(int kind);
 /* The record of a request: every argument, so a retry can be compared. */
 void ledger_record_from_request(const tally_request *q, int kind, record *r);
 /* Room for `records` records of up to LIMIT_RECORD_BYTES_MAX in the filling

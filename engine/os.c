@@ -151,6 +151,26 @@ static int os_copy_piece(void *ctx, const char *p, size_t n, uint64_t off)
     return os_pwrite_all(to->os, to->fd, p, n, off);
 }
 
+int os_write_file_atomic(const os_ops *os, const char *dir, const char *name, const void *text,
+                         size_t len)
+{
+    char tmp[4200], path[4200];
+    snprintf(tmp, sizeof(tmp), "%s/%s.tmp", dir, name);
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    int fd = os->open(os->ctx, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return fd;
+    int rc = os_pwrite_all(os, fd, text, len, 0);
+    if (rc == 0)
+        rc = os->fdatasync(os->ctx, fd);
+    os->close(os->ctx, fd);
+    if (rc == 0)
+        rc = os->rename(os->ctx, tmp, path);
+    if (rc == 0)
+        rc = os->fsync_dir(os->ctx, dir);
+    return rc;
+}
+
 int os_copy_file(const os_ops *os, int in_fd, const char *to)
 {
     int out = os->open(os->ctx, to, O_WRONLY | O_CREAT | O_TRUNC, 0644);

@@ -54,6 +54,12 @@ int os_read_all(int fd, int (*each)(void *ctx, const char *p, size_t n, uint64_t
  * The file is removed again if anything fails. */
 int os_copy_file(const os_ops *os, int in_fd, const char *to);
 
+/* Writes a small file whole or not at all: text into dir/name.tmp,
+ * flushed, renamed over dir/name, and dir flushed (a crash leaves the old
+ * file or the new one).  Through the seam. */
+int os_write_file_atomic(const os_ops *os, const char *dir, const char *name, const void *text,
+                         size_t len);
+
 /* Bytes the calling thread has handed to write system calls since it
  * started (the kernel's per-thread I/O accounting, `wchar` of
  * /proc/thread-self/io): what a thread that writes through libc or LMDB

@@ -57,23 +57,10 @@ static int tally_manifest_read(const char *dir, uint32_t *shards)
  * so a crash leaves either no manifest or a whole one. */
 static int tally_manifest_write(const os_ops *os, const char *dir, uint32_t shards)
 {
-    char tmp[4200], path[4200], text[64];
-    snprintf(tmp, sizeof(tmp), "%s/MANIFEST.tmp", dir);
-    snprintf(path, sizeof(path), "%s/MANIFEST", dir);
+    char text[64];
     int len = snprintf(text, sizeof(text), "tally-manifest %u\nshards %u\n",
                        TALLY_MANIFEST_VERSION, shards);
-    int fd = os->open(os->ctx, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return fd;
-    int rc = os_pwrite_all(os, fd, text, (size_t)len, 0);
-    if (rc == 0)
-        rc = os->fdatasync(os->ctx, fd);
-    os->close(os->ctx, fd);
-    if (rc == 0)
-        rc = os->rename(os->ctx, tmp, path);
-    if (rc == 0)
-        rc = os->fsync_dir(os->ctx, dir);
-    return rc;
+    return os_write_file_atomic(os, dir, "MANIFEST", text, (size_t)len);
 }
 
 static uint32_t tally_cpu_count(void)
