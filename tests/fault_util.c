@@ -216,6 +216,16 @@ int fu_tally_tool(const char *args, char *out, size_t cap)
     return td_run(cmd, out, cap);
 }
 
+int fu_tally_toolf(char *out, size_t cap, const char *fmt, ...)
+{
+    char args[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof(args), fmt, ap);
+    va_end(ap);
+    return fu_tally_tool(args, out, cap);
+}
+
 int fu_stop_any(td *t, int timeout_ms)
 {
     if (t->pid <= 0)

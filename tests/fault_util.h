@@ -53,6 +53,9 @@ long fu_rss_anon_kib(const td *t);
 /* Runs "$TALLY_BUILD/tally <args>"; output (stdout+stderr) into out;
  * returns the exit status. */
 int fu_tally_tool(const char *args, char *out, size_t cap);
+/* The same with printf-style arguments. */
+int fu_tally_toolf(char *out, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* SIGTERM, wait up to timeout_ms; returns the exit status (128+signal), or
  * -1 after a SIGKILL if it did not stop in time.  Never asserts. */
 int fu_stop_any(td *t, int timeout_ms);

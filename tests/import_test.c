@@ -31,17 +31,7 @@ static void imp_fini(void)
     td_cleanup(&dst);
 }
 
-static int imp_tool(char *out, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int imp_tool(char *out, size_t cap, const char *fmt, ...)
-{
-    char args[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof(args), fmt, ap);
-    va_end(ap);
-    return fu_tally_tool(args, out, cap);
-}
+#define imp_tool fu_tally_toolf
 
 /* A file beside the data directory, named after it (tests run in
  * parallel, in several checkouts at once). */

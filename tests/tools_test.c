@@ -24,18 +24,7 @@ static void down(void)
     td_cleanup(&srv);
 }
 
-/* fu_tally_tool with printf-style arguments. */
-static int tool(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int tool(char *out, size_t cap, const char *fmt, ...)
-{
-    char args[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof(args), fmt, ap);
-    va_end(ap);
-    return fu_tally_tool(args, out, cap);
-}
+#define tool fu_tally_toolf
 
 /* A few writes on both shards, one remembered refusal; then stops. */
 static void fill_and_stop(void)
