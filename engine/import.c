@@ -236,37 +236,16 @@ static int import_checkpoint(shard *s)
     return rc;
 }
 
-/* Checkpoints as the shard thread paces them: when one is due, the log is
- * flushed and the changes so far are set aside for the committer thread,
- * which writes them into LMDB while the worker goes on; only if the next
- * is due before it finished (or the id memtable overflows) does the
- * worker wait. */
+/* Checkpoints paced as the ledger does for work that owns it
+ * (ledger_checkpoint_paced), the log flushed first when one is due. */
 static int import_pace(shard *s)
 {
     log_t *log = shard_log(s);
     ledger *l = shard_ledger(s);
-    if (ledger_checkpoint_frozen(l)) {
-        int rc = ledger_checkpoint_finish(l);
-        if (rc == STATE_COMMIT_NONE || rc == 0)
-            ledger_poll(l);
-        else if (rc < 0)
-            return rc;
-    }
     bool due = ledger_delta_records(l) >= LIMIT_CHECKPOINT_ENTRIES_DEFAULT ||
                ledger_ids_full(l, 1) || ledger_pending_bytes(l) >= LIMIT_STATE_PENDING_BYTES_MAX;
-    if (!due)
-        return 0;
-    if (ledger_checkpoint_frozen(l)) {
-        if (!ledger_ids_full(l, 4) && ledger_pending_bytes(l) < 2 * LIMIT_STATE_PENDING_BYTES_MAX)
-            return 0; /* the running one first */
-        return import_checkpoint(s);
-    }
-    int rc = log_batch_bytes(log) > 0 ? log_flush_sync(log) : 0;
-    if (rc == 0)
-        rc = ledger_checkpoint_freeze(l, log_last_seq(log));
-    if (rc == 0)
-        rc = ledger_checkpoint_commit(l, NULL, NULL);
-    return rc;
+    int rc = due && log_batch_bytes(log) > 0 ? log_flush_sync(log) : 0;
+    return rc == 0 ? ledger_checkpoint_paced(l, log_last_seq(log)) : rc;
 }
 
 /* One item on its shard (worker thread): 0 applied, 1 there already. */

@@ -390,6 +390,30 @@ int ledger_checkpoint_freeze(ledger *l, uint64_t seq)
     return 0;
 }
 
+int ledger_checkpoint_paced(ledger *l, uint64_t seq)
+{
+    if (ledger_checkpoint_frozen(l)) {
+        int rc = ledger_checkpoint_finish(l);
+        if (rc == STATE_COMMIT_NONE || rc == 0)
+            ledger_poll(l);
+        else if (rc < 0)
+            return rc;
+    }
+    bool due = l->delta_records >= LIMIT_CHECKPOINT_ENTRIES_DEFAULT || ledger_ids_full(l, 1) ||
+               ledger_pending_bytes(l) >= LIMIT_STATE_PENDING_BYTES_MAX;
+    if (!due || seq <= l->checkpoint_seq)
+        return 0;
+    if (ledger_checkpoint_frozen(l)) {
+        if (!ledger_ids_full(l, 4) && ledger_pending_bytes(l) < 2 * LIMIT_STATE_PENDING_BYTES_MAX)
+            return 0; /* the running one first */
+        return ledger_checkpoint(l, seq);
+    }
+    int rc = ledger_checkpoint_freeze(l, seq);
+    if (rc == 0)
+        rc = ledger_checkpoint_commit(l, NULL, NULL);
+    return rc;
+}
+
 int ledger_checkpoint_commit(ledger *l, void (*done)(void *ctx), void *ctx)
 {
     return state_commit_frozen(l->st, ledger_before_commit, l, done, ctx);

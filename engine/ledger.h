@@ -102,6 +102,15 @@ void ledger_entry_from_record(const record *r, tally_entry *e);
  * calling thread (tools, recovery, close). */
 int ledger_checkpoint(ledger *l, uint64_t seq);
 
+/* For work that owns its ledger outright (recovery's replay, a rebuild,
+ * verify, import): when a checkpoint is due (changes or the id memtable
+ * past their limits), sets everything executed so far aside as reflecting
+ * `seq` (durable: the caller flushed) and has the committer write it while
+ * the work goes on; only when the next is due before that one finished,
+ * and memory is past twice the limits, does it wait.  Installs finished
+ * commits and merges.  0 or a failure. */
+int ledger_checkpoint_paced(ledger *l, uint64_t seq);
+
 /* Asynchronous checkpoints (the shard thread).  ledger_checkpoint_freeze
  * sets aside everything executed so far as reflecting `seq` (-EBUSY while
  * an earlier one is set aside), the id index's memtable with it (every

@@ -315,9 +315,10 @@ static int shard_replay_into(shard *s, ledger *l, bool commit, const char *what,
     while ((rc = log_iter_next(&it, r, &loc)) == 1) {
         rc = r->seq <= ckpt ? ledger_replay_ids(l, r) : ledger_replay(l, r, loc, &src);
         n++;
-        if (rc == 0 && commit && r->seq > ckpt && (n & 1023) == 0 &&
-            (ledger_pending_bytes(l) >= LIMIT_STATE_PENDING_BYTES_MAX || ledger_ids_full(l, 1)))
-            rc = ledger_checkpoint(l, it.last_seq);
+        /* Checkpoints on the committer thread while the replay goes on;
+         * only at a whole write (the iterator's last record). */
+        if (rc == 0 && commit && r->seq > ckpt && (n & 1023) == 0)
+            rc = ledger_checkpoint_paced(l, it.last_seq);
         if (rc < 0)
             break;
         if ((n & 0xffff) == 0 && shard_mono_ns() - last_report > 1000000000u) {

@@ -116,31 +116,91 @@ static int tally_upgrade(tally *t, const char *path, uint32_t index)
     return rc;
 }
 
+static int tally_open_shard(tally *t, const uint64_t *undo_bases, uint32_t i)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/shard-%03u", t->dir, i);
+    shard_options so = {
+        .dir = path, .index = i, .sync = t->opts.sync,
+        .segment_bytes = t->opts.segment_bytes, .checkpoint_ms = t->opts.checkpoint_ms,
+        .checkpoint_entries = t->opts.checkpoint_entries,
+        .map_bytes = t->opts.state_map_bytes, .os = t->opts.os, .clock = t->opts.clock,
+        .clock_ctx = t->opts.clock_ctx, .log = t->opts.log, .log_ctx = t->opts.log_ctx,
+        .read_only = t->opts.read_only,
+        .snapshot_every_records = t->opts.snapshot_every_records,
+        .snapshot_every_ms = t->opts.snapshot_every_ms,
+        .retention = t->opts.retention, .archive_dir = t->opts.archive_dir,
+        .offline = t->opts.offline, .undo_import = undo_bases != NULL,
+        .import_base = undo_bases ? undo_bases[i] : 0,
+    };
+    int rc = tally_upgrade(t, path, i);
+    if (rc == 0)
+        rc = shard_open(&so, &t->shards[i]);
+    return rc;
+}
+
+/* fn(t, i, ctx) for every shard, on one thread per CPU (each takes every
+ * n-th shard) — shards recover and verify independently, so a restart or a
+ * rebuild of a big ledger runs on every core.  Through a fault-injection
+ * seam one at a time, in order: its crash points are counted.  The first
+ * failure by shard index is returned. */
+typedef struct tally_worker {
+    tally *t;
+    int (*fn)(tally *t, uint32_t i, void *ctx);
+    void *ctx;
+    uint32_t first, step;
+    int *rcs;
+    bool started;
+    pthread_t thread;
+} tally_worker;
+
+static void *tally_worker_main(void *arg)
+{
+    tally_worker *w = arg;
+    for (uint32_t i = w->first; i < w->t->shard_count; i += w->step)
+        w->rcs[i] = w->fn(w->t, i, w->ctx);
+    return NULL;
+}
+
+static int tally_each_shard(tally *t, int (*fn)(tally *t, uint32_t i, void *ctx), void *ctx)
+{
+    uint32_t n = tally_cpu_count();
+    if (n > t->shard_count)
+        n = t->shard_count;
+    if (t->opts.os != os_default() || n < 2) {
+        for (uint32_t i = 0; i < t->shard_count; i++) {
+            int rc = fn(t, i, ctx);
+            if (rc < 0)
+                return rc;
+        }
+        return 0;
+    }
+    int rcs[LIMIT_SHARDS_MAX] = {0};
+    tally_worker w[LIMIT_SHARDS_MAX];
+    for (uint32_t k = 0; k < n; k++)
+        w[k] = (tally_worker){.t = t, .fn = fn, .ctx = ctx, .first = k, .step = n, .rcs = rcs};
+    for (uint32_t k = 0; k < n; k++)
+        w[k].started = pthread_create(&w[k].thread, NULL, tally_worker_main, &w[k]) == 0;
+    for (uint32_t k = 0; k < n; k++) {
+        if (w[k].started)
+            pthread_join(w[k].thread, NULL);
+        else
+            tally_worker_main(&w[k]); /* no thread: on this one */
+    }
+    for (uint32_t i = 0; i < t->shard_count; i++)
+        if (rcs[i] < 0)
+            return rcs[i];
+    return 0;
+}
+
+static int tally_open_one(tally *t, uint32_t i, void *ctx)
+{
+    return tally_open_shard(t, ctx, i);
+}
+
 int tally_open_shards(tally *t, const uint64_t *undo_bases)
 {
-    for (uint32_t i = 0; i < t->shard_count; i++) {
-        char path[4200];
-        snprintf(path, sizeof(path), "%s/shard-%03u", t->dir, i);
-        shard_options so = {
-            .dir = path, .index = i, .sync = t->opts.sync,
-            .segment_bytes = t->opts.segment_bytes, .checkpoint_ms = t->opts.checkpoint_ms,
-            .checkpoint_entries = t->opts.checkpoint_entries,
-            .map_bytes = t->opts.state_map_bytes, .os = t->opts.os, .clock = t->opts.clock,
-            .clock_ctx = t->opts.clock_ctx, .log = t->opts.log, .log_ctx = t->opts.log_ctx,
-            .read_only = t->opts.read_only,
-            .snapshot_every_records = t->opts.snapshot_every_records,
-            .snapshot_every_ms = t->opts.snapshot_every_ms,
-            .retention = t->opts.retention, .archive_dir = t->opts.archive_dir,
-            .offline = t->opts.offline, .undo_import = undo_bases != NULL,
-            .import_base = undo_bases ? undo_bases[i] : 0,
-        };
-        int rc = tally_upgrade(t, path, i);
-        if (rc == 0)
-            rc = shard_open(&so, &t->shards[i]);
-        if (rc < 0)
-            return rc;
-    }
-    return 0;
+    return tally_each_shard(t, tally_open_one, (void *)undo_bases);
 }
 
 /* Opens the shards, undoing first an import that never committed. */
@@ -246,18 +306,36 @@ void tally_close(tally *t)
 
 uint32_t tally_shard_count(const tally *t) { return t->shard_count; }
 
+/* Each shard's verdict in a message of its own. */
+typedef struct tally_verdicts {
+    char msg[LIMIT_SHARDS_MAX][512];
+} tally_verdicts;
+
+static int tally_verify_one(tally *t, uint32_t i, void *ctx)
+{
+    tally_verdicts *v = ctx;
+    return shard_verify_full(t->shards[i], v->msg[i], sizeof(v->msg[i]));
+}
+
 int tally_verify_full(tally *t, char *msg, size_t cap)
 {
     if (!t->opts.read_only) {
         snprintf(msg, cap, "full verify needs an offline (read-only) open");
         return -EINVAL;
     }
-    for (uint32_t i = 0; i < t->shard_count; i++) {
-        int rc = shard_verify_full(t->shards[i], msg, cap);
-        if (rc < 0)
-            return rc;
-    }
-    return 0;
+    tally_verdicts *v = calloc(1, sizeof(*v));
+    if (!v)
+        return -ENOMEM;
+    int rc = tally_each_shard(t, tally_verify_one, v);
+    for (uint32_t i = 0; rc < 0 && i < t->shard_count; i++)
+        if (strncmp(v->msg[i], "ok", 2) != 0 && v->msg[i][0]) {
+            snprintf(msg, cap, "%s", v->msg[i]);
+            break;
+        }
+    if (rc == 0)
+        snprintf(msg, cap, "%s", v->msg[t->shard_count - 1]);
+    free(v);
+    return rc;
 }
 
 int tally_scan(tally *t, uint32_t index, uint64_t after_seq, tally_scan_fn fn, void *ctx)
