@@ -153,6 +153,11 @@ static void log_put64(uint8_t *p, uint64_t v)
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
+static uint32_t log_get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
 static uint64_t log_get64(const uint8_t *p)
 {
     uint64_t v = 0;
@@ -1494,62 +1499,118 @@ int log_iter_init(log_t *l, uint64_t after_seq, log_iter *it)
     return rc == TALLY_ENOTFOUND ? 0 : rc;
 }
 
+/* The bytes of the record the iterator stands at, moving on to the next
+ * segment at the zeros that end one: 1 and *p, *avail, *seg; 0 at the
+ * durable end; TALLY_EARCHIVED, TALLY_ECORRUPT (a segment that does not
+ * continue the chain).  segs_lock held for reading. */
+static int log_iter_locate(log_t *l, log_iter *it, const uint8_t **p, size_t *avail,
+                           uint32_t *seg)
+{
+    for (;;) {
+        uint32_t dseg = atomic_load(&l->durable_seg);
+        if (it->seg_index > dseg ||
+            (it->seg_index == dseg && it->offset >= atomic_load(&l->durable_off)))
+            return 0;
+        const log_segment *s = log_seg(l, it->seg_index);
+        if (!s)
+            return TALLY_EARCHIVED;
+        if (it->offset + 4 > l->segment_bytes || log_get32(s->map + it->offset) == 0) {
+            it->seg_index++;
+            it->offset = LOG_HEADER_BYTES;
+            const log_segment *nx = log_seg(l, it->seg_index);
+            if (nx && nx->prev != it->prev)
+                return TALLY_ECORRUPT;
+            continue;
+        }
+        *p = s->map + it->offset;
+        *avail = l->segment_bytes - it->offset;
+        *seg = s->index;
+        return 1;
+    }
+}
+
+/* The iterator moves past the record at *loc (len bytes, checksum sum). */
+static void log_iter_advance(log_iter *it, size_t len, uint64_t sum, uint64_t seq, uint16_t part)
+{
+    it->offset += len;
+    it->prev = sum;
+    it->last_seq = seq;
+    it->last_part = part;
+}
+
 int log_iter_next(log_iter *it, record *r, log_loc *loc)
 {
     log_t *l = it->log;
     if (it->seg_index == UINT32_MAX)
         return 0;
     pthread_rwlock_rdlock(&l->segs_lock);
-    int rc;
-    for (;;) {
-        uint32_t dseg = atomic_load(&l->durable_seg);
-        if (it->seg_index > dseg ||
-            (it->seg_index == dseg && it->offset >= atomic_load(&l->durable_off))) {
-            rc = 0; /* the durable end */
-            break;
-        }
-        const log_segment *s = log_seg(l, it->seg_index);
-        if (!s) {
-            rc = TALLY_EARCHIVED;
-            break;
-        }
-        size_t len = 0;
-        uint64_t sum = 0;
-        record rr;
-        int drc = it->offset + 4 <= l->segment_bytes
-                      ? record_decode(s->map + it->offset, l->segment_bytes - it->offset, &rr,
-                                      &len, &sum)
-                      : RECORD_END;
-        if (drc == RECORD_END) {
-            it->seg_index++;
-            it->offset = LOG_HEADER_BYTES;
-            const log_segment *nx = log_seg(l, it->seg_index);
-            if (nx && nx->prev != it->prev) {
-                rc = TALLY_ECORRUPT;
-                break;
-            }
-            continue;
-        }
-        if (drc != RECORD_OK || rr.prev != it->prev) {
-            rc = TALLY_ECORRUPT;
-            break;
-        }
-        if (rr.seq > it->end_seq) {
-            rc = 0;
-            break;
-        }
-        *loc = log_make_loc(s->index, it->offset);
-        it->offset += len;
-        it->prev = sum;
-        it->last_seq = rr.seq;
-        it->last_part = rr.part;
+    const uint8_t *p = NULL;
+    size_t avail = 0, len = 0;
+    uint32_t seg = 0;
+    uint64_t sum = 0;
+    record rr;
+    int rc = log_iter_locate(l, it, &p, &avail, &seg);
+    if (rc == 1 && (record_decode(p, avail, &rr, &len, &sum) != RECORD_OK || rr.prev != it->prev))
+        rc = TALLY_ECORRUPT;
+    if (rc == 1 && rr.seq > it->end_seq)
+        rc = 0;
+    if (rc == 1) {
+        *loc = log_make_loc(seg, it->offset);
+        log_iter_advance(it, len, sum, rr.seq, rr.part);
         memcpy(r, &rr, offsetof(record, id));
         memcpy(r->id, rr.id, rr.id_len);
         memcpy(r->ref, rr.ref, rr.ref_len);
         memcpy(r->memo, rr.memo, rr.memo_len);
         memcpy(r->alloc, rr.alloc, rr.alloc_len);
-        rc = 1;
-        break;
+    }
+    pthread_rwlock_unlock(&l->segs_lock);
+    return rc;
+}
+
+int log_iter_next_entry(log_iter *it, uint64_t merchant, uint32_t *budget, record *r,
+                        log_loc *loc)
+{
+    log_t *l = it->log;
+    if (it->seg_index == UINT32_MAX)
+        return 0;
+    pthread_rwlock_rdlock(&l->segs_lock);
+    int rc = 0;
+    while (*budget > 0) {
+        const uint8_t *p = NULL;
+        size_t avail = 0;
+        uint32_t seg = 0;
+        rc = log_iter_locate(l, it, &p, &avail, &seg);
+        if (rc <= 0)
+            break;
+        record_head h;
+        if (record_peek_head(p, avail, &h) != RECORD_OK || h.prev != it->prev) {
+            rc = TALLY_ECORRUPT;
+            break;
+        }
+        if (h.seq > it->end_seq) {
+            rc = 0;
+            break;
+        }
+        bool match = h.type == RECORD_ENTRY && h.part == 0 &&
+                     (merchant == 0 || h.merchant == merchant);
+        if (match) {
+            size_t len;
+            uint64_t sum;
+            if (record_decode(p, avail, r, &len, &sum) != RECORD_OK) {
+                rc = TALLY_ECORRUPT;
+                break;
+            }
+            assert(len == h.len && sum == h.checksum);
+            *loc = log_make_loc(seg, it->offset);
+        } else {
+            (*budget)--;
+        }
+        log_iter_advance(it, h.len, h.checksum, h.seq, h.part);
+        if (match) {
+            rc = 1;
+            break;
+        }
+        rc = 0;
     }
     pthread_rwlock_unlock(&l->segs_lock);
     return rc;

@@ -217,5 +217,13 @@ int log_iter_init(log_t *l, uint64_t after_seq, log_iter *it);
 /* 1 and *r, *loc: a record; 0: end; TALLY_ECORRUPT: a bad record;
  * TALLY_EARCHIVED: retention dropped the segment meanwhile. */
 int log_iter_next(log_iter *it, record *r, log_loc *loc);
+/* For feeds (FOLLOW): the next entry (type RECORD_ENTRY, part 0) of
+ * `merchant` (0: of any merchant), any thread.  Other records are checked
+ * (length, checksum, chain) without being decoded, each taking one of
+ * *budget: 0 when the budget is spent or at the end (*budget says which),
+ * so one call does bounded work.  it->last_seq is how far it looked:
+ * every record up to it has been seen.  Errors as log_iter_next. */
+int log_iter_next_entry(log_iter *it, uint64_t merchant, uint32_t *budget, record *r,
+                        log_loc *loc);
 
 #endif

@@ -283,18 +283,31 @@ static int record_frame(const uint8_t *buf, size_t avail, size_t fixed, size_t m
     return RECORD_OK;
 }
 
-int record_peek(const uint8_t *buf, size_t avail, size_t *len_out, uint64_t *seq_out,
-                uint16_t *part_out)
+int record_peek_head(const uint8_t *buf, size_t avail, record_head *out)
 {
     uint32_t len;
     int rc = record_frame(buf, avail, RECORD_FIXED_BYTES, LIMIT_RECORD_BYTES_MAX, &len);
     if (rc != RECORD_OK)
         return rc;
-    if (checksum64(buf, len - 8, 0) != record_get64(buf + len - 8))
+    uint64_t sum = checksum64(buf, len - 8, 0);
+    if (sum != record_get64(buf + len - 8))
         return RECORD_CHECKSUM;
-    *len_out = len;
-    *seq_out = record_get64(buf + 8);
-    *part_out = record_get16(buf + 44);
+    *out = (record_head){.len = len, .type = buf[4], .seq = record_get64(buf + 8),
+                         .prev = record_get64(buf + 24), .part = record_get16(buf + 44),
+                         .merchant = record_get64(buf + 48), .checksum = sum};
+    return RECORD_OK;
+}
+
+int record_peek(const uint8_t *buf, size_t avail, size_t *len_out, uint64_t *seq_out,
+                uint16_t *part_out)
+{
+    record_head h;
+    int rc = record_peek_head(buf, avail, &h);
+    if (rc != RECORD_OK)
+        return rc;
+    *len_out = h.len;
+    *seq_out = h.seq;
+    *part_out = h.part;
     return RECORD_OK;
 }
 

@@ -179,6 +179,20 @@ int record_decode(const uint8_t *buf, size_t avail, record *out, size_t *len_out
  * skip records. */
 int record_peek(const uint8_t *buf, size_t avail, size_t *len_out, uint64_t *seq_out,
                 uint16_t *part_out);
+/* What a scan that skips most records needs of one (a feed looking for
+ * one merchant's entries): its length, type, seq, part, merchant, its
+ * chain link and its own checksum, after checking the length and the
+ * checksum (same results as record_peek). */
+typedef struct record_head {
+    size_t len;
+    uint8_t type;
+    uint16_t part;
+    uint64_t seq;
+    uint64_t prev;
+    uint64_t merchant;
+    uint64_t checksum; /* the next record's prev */
+} record_head;
+int record_peek_head(const uint8_t *buf, size_t avail, record_head *out);
 
 /* Appends one allocation to r's list if it fits (r->alloc_len +
  * encoded size <= record_alloc_room(r)): true, else false and r unchanged.
