@@ -27,6 +27,19 @@
 /* HISTORY LIMIT n: 1..1000, default 100 (SPEC §2). */
 #define LIMIT_HISTORY_MAX 1000
 #define LIMIT_HISTORY_DEFAULT 100
+/* FOLLOW COUNT n: 1..1000, default 100 (SPEC §8). */
+#define LIMIT_FOLLOW_MAX 1000
+#define LIMIT_FOLLOW_DEFAULT 100
+/* Records one FOLLOW looks at beyond the entries it returns (SPEC §8: a
+ * fixed scan budget): a follower of a quiet merchant on a busy shard
+ * gets its cursor moved this far per call, and a call costs at most
+ * about a millisecond of checksums. */
+#define LIMIT_FOLLOW_SCAN_RECORDS 16384
+/* FOLLOW BLOCK ms: 0 (no limit) .. one leap year. */
+#define LIMIT_FOLLOW_BLOCK_MS_MAX (366ULL * 24 * 3600 * 1000)
+/* Commands one MULTI queues: each is a request (~1.3 KiB) held until its
+ * EXEC, and an EXEC's records must fit in one batch. */
+#define LIMIT_MULTI_COMMANDS_MAX 256
 /* HOLD TIMEOUT default 900 s (SPEC §2); longest accepted: one year. */
 #define LIMIT_HOLD_TIMEOUT_DEFAULT_S 900
 #define LIMIT_HOLD_TIMEOUT_MAX_S (366ULL * 24 * 3600)
@@ -127,6 +140,8 @@ static_assert(LIMIT_RECORD_BYTES_MAX * 2 <= LIMIT_SEGMENT_BYTES_MIN,
               "a record always fits in a fresh segment");
 static_assert(LIMIT_HISTORY_MAX <= LIMIT_CLIENT_PIPELINE_MAX,
               "one HISTORY request always fits a connection's reply units");
+static_assert(LIMIT_FOLLOW_MAX <= LIMIT_CLIENT_PIPELINE_MAX,
+              "one FOLLOW request always fits a connection's reply units");
 static_assert(LIMIT_BULK_BYTES_MAX < LIMIT_CLIENT_INPUT_BYTES_MAX,
               "a whole maximal command fits in the input buffer");
 

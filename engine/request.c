@@ -115,6 +115,19 @@ void tally_result_free(tally_result *res)
     res->rows_count = 0;
 }
 
+void tally_request_release(tally_request *req)
+{
+    tally_result_free(&req->res);
+    for (uint32_t i = 0; i < req->cmds_count; i++)
+        tally_request_release(&req->cmds[i]);
+    free(req->cmds);
+    free(req->cursors);
+    req->cmds = NULL;
+    req->cmds_count = 0;
+    req->cursors = NULL;
+    req->cursors_count = 0;
+}
+
 void tally_request_init(tally_request *req)
 {
     tally_result_free(&req->res);
@@ -134,6 +147,7 @@ void tally_request_reset(tally_request *req)
     req->res.items_count = 0;
     req->res.rows = NULL;
     req->res.rows_count = 0;
+    req->res.cursor = 0;
     req->done = NULL;
     req->user = NULL;
     req->next_ = NULL;
@@ -239,12 +253,46 @@ static int request_check_write(tally_request *req)
     return request_check_combinations(req);
 }
 
+/* FOLLOW: COUNT and BLOCK in range; FOLLOW * carries its cursors. */
+static int request_check_follow(tally_request *req)
+{
+    if (req->limit > LIMIT_FOLLOW_MAX)
+        return request_fail(req, TALLY_EINVALID, "COUNT must be 1..%d", LIMIT_FOLLOW_MAX);
+    if ((req->flags & TALLY_REQ_BLOCK) && req->block_ms > LIMIT_FOLLOW_BLOCK_MS_MAX)
+        return request_fail(req, TALLY_EINVALID, "BLOCK must be 0..%llu (milliseconds)",
+                            (unsigned long long)LIMIT_FOLLOW_BLOCK_MS_MAX);
+    if (req->merchant == 0 && req->cursors == NULL)
+        return request_fail(req, TALLY_ESYNTAX, "FOLLOW * needs its cursors");
+    return 0;
+}
+
+/* EXEC: at least one queued request, every one for the EXEC's merchant
+ * and already checked when it was queued (checked again: it is cheap). */
+static int request_check_exec(tally_request *req)
+{
+    if (req->cmds_count == 0 || req->cmds_count > LIMIT_MULTI_COMMANDS_MAX || !req->cmds)
+        return request_fail(req, TALLY_ESYNTAX, "EXEC needs 1..%d queued commands",
+                            LIMIT_MULTI_COMMANDS_MAX);
+    for (uint32_t i = 0; i < req->cmds_count; i++) {
+        tally_request *c = &req->cmds[i];
+        bool allowed = c->op >= TALLY_OP_EARN && c->op <= TALLY_OP_LIABILITY;
+        if (!allowed || c->merchant != req->merchant)
+            return request_fail(req, TALLY_ESYNTAX,
+                                "EXEC runs ledger commands of its own merchant only");
+        if (tally_request_check(c) != 0)
+            return request_fail(req, c->res.status, "%s", c->res.message);
+    }
+    return 0;
+}
+
 int tally_request_check(tally_request *req)
 {
     req->res.status = 0;
     req->res.message[0] = '\0';
     if (req->op <= TALLY_OP_NONE || req->op >= TALLY_OP_COUNT)
         return request_fail(req, TALLY_ESYNTAX, "unknown operation");
+    if (req->op == TALLY_OP_FOLLOW)
+        return request_check_follow(req);
     bool admin = req->op == TALLY_OP_VERIFY || req->op == TALLY_OP_SNAPSHOT;
     if (req->merchant == 0 && !admin)
         return request_fail(req, TALLY_EINVALID, "merchant must be 1..18446744073709551615");
@@ -256,6 +304,8 @@ int tally_request_check(tally_request *req)
         return request_fail(req, TALLY_EINVALID, "account must be 1..18446744073709551615");
     if (tally_op_is_write(req->op))
         return request_check_write(req);
+    if (req->op == TALLY_OP_EXEC)
+        return request_check_exec(req);
     if (req->op == TALLY_OP_ENTRY && !request_id_ok(req->ref, req->ref_len, true))
         return request_fail(req, TALLY_EINVALID,
                             "id must be 1..128 printable ASCII bytes (0x21..0x7e)");

@@ -546,6 +546,8 @@ static void shard_batch_done(shard *s, int res)
     shard_hist_add(&s->st_batch_records, s->batch_records);
     atomic_fetch_add(&s->st_entries, s->batch_records);
     shard_publish(s);
+    if (s->opts.durable_fn)
+        s->opts.durable_fn(s->opts.durable_ctx, s->opts.index);
     shard_complete_list(&s->inflight);
     shard_ckpt_start(s);
 }
@@ -1321,6 +1323,8 @@ void shard_stats(shard *s, tally_shard_stats *out)
     if (out->status)
         snprintf(out->status_message, sizeof(out->status_message), "%s", s->status_message);
 }
+
+int shard_status(shard *s) { return atomic_load(&s->status); }
 
 struct log_t *shard_log(shard *s) { return s->log; }
 struct ledger *shard_ledger(shard *s) { return s->ledger; }

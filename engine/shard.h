@@ -42,6 +42,10 @@ typedef struct shard_options {
     uint64_t snapshot_every_ms;      /* 0: not by time */
     int retention;                   /* enum tally_retention */
     const char *archive_dir;
+    /* Called on the shard thread each time a batch became durable (the
+     * change feed, feed.h): it must cost O(1). */
+    void (*durable_fn)(void *ctx, uint32_t index);
+    void *durable_ctx;
 } shard_options;
 
 /* Opens the ledger and log, recovers (replays the log after the state's
@@ -66,6 +70,8 @@ void shard_submit(shard *s, tally_request *req);
 int shard_call_offline(shard *s, tally_request *req);
 
 void shard_stats(shard *s, tally_shard_stats *out);
+/* 0, TALLY_EFAILED or TALLY_ECORRUPT; any thread. */
+int shard_status(shard *s);
 
 /* Offline: checks the log chain, the state's consistency, and replays the
  * whole log into a fresh ledger in a temporary directory and compares it

@@ -132,6 +132,7 @@ static int tally_open_shard(tally *t, const uint64_t *undo_bases, uint32_t i)
         .retention = t->opts.retention, .archive_dir = t->opts.archive_dir,
         .offline = t->opts.offline, .undo_import = undo_bases != NULL,
         .import_base = undo_bases ? undo_bases[i] : 0,
+        .durable_fn = t->feed ? feed_notify : NULL, .durable_ctx = t->feed,
     };
     int rc = tally_upgrade(t, path, i);
     if (rc == 0)
@@ -284,8 +285,15 @@ int tally_open(const tally_options *opts, tally **out)
     }
     if (rc == 0) {
         t->shard_count = n;
-        rc = tally_open_pending_import(t);
+        /* The feed exists before the shards (they ring it), and starts
+         * once they are open (it reads their logs). */
+        if (!opts->read_only && !opts->offline)
+            rc = feed_new(n, &t->feed);
     }
+    if (rc == 0)
+        rc = tally_open_pending_import(t);
+    if (rc == 0 && t->feed)
+        rc = feed_start(t->feed, t->shards);
     if (rc < 0) {
         tally_close(t);
         return rc;
@@ -298,7 +306,9 @@ void tally_close(tally *t)
 {
     if (!t)
         return;
+    feed_close(t->feed);
     tally_close_shards(t);
+    feed_free(t->feed);
     if (t->lock_fd >= 0)
         close(t->lock_fd);
     free(t);
@@ -487,12 +497,35 @@ void tally_submit(tally *t, tally_request *req)
         req->done(req);
         return;
     }
+    if (req->op == TALLY_OP_FOLLOW) {
+        if (req->merchant == 0 && req->cursors_count != t->shard_count) {
+            req->res.status = TALLY_ESYNTAX;
+            snprintf(req->res.message, sizeof(req->res.message),
+                     "FOLLOW * needs one cursor per shard (%u)", t->shard_count);
+            req->done(req);
+            return;
+        }
+        if (t->feed) {
+            feed_submit(t->feed, req);
+            return;
+        }
+        req->res.status = TALLY_EFAILED;
+        snprintf(req->res.message, sizeof(req->res.message), "FOLLOW needs a running server");
+        req->done(req);
+        return;
+    }
     bool admin = req->op == TALLY_OP_VERIFY || req->op == TALLY_OP_SNAPSHOT;
     if (admin && req->merchant == 0) {
         tally_fanout_submit(t, req);
         return;
     }
     shard_submit(t->shards[tally_shard_of(t, req->merchant)], req);
+}
+
+void tally_wake(tally *t, tally_request *req)
+{
+    if (t->feed && req->op == TALLY_OP_FOLLOW)
+        feed_wake(t->feed, req);
 }
 
 typedef struct tally_waiter {

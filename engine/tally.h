@@ -85,6 +85,12 @@ enum tally_op {
     /* admin: merchant 0 means every shard */
     TALLY_OP_VERIFY,
     TALLY_OP_SNAPSHOT,
+    /* FOLLOW (SPEC §8): merchant m's durable entries after a cursor, or
+     * every merchant's (merchant 0: FOLLOW *); read off the shard threads */
+    TALLY_OP_FOLLOW,
+    /* EXEC: a MULTI's queued requests (cmds) for one merchant, run back to
+     * back in one batch, one log group: all or nothing */
+    TALLY_OP_EXEC,
     TALLY_OP_COUNT,
 };
 bool tally_op_is_write(int op);
@@ -98,6 +104,7 @@ enum {
     TALLY_REQ_MEMO = 1u << 4,         /* MEMO given (may be empty) */
     TALLY_REQ_BEFORE = 1u << 5,       /* HISTORY BEFORE given */
     TALLY_REQ_ALL = 1u << 6,          /* TRANSFER ALL */
+    TALLY_REQ_BLOCK = 1u << 7,        /* FOLLOW BLOCK ms given */
 };
 
 /* One ledger entry as clients see it (SPEC §1). */
@@ -197,6 +204,9 @@ typedef struct tally_result {
     uint32_t items_count;
     tally_liability_row *rows;
     uint32_t rows_count;
+    /* FOLLOW m: the cursor to pass as AFTER next time (FOLLOW * writes
+     * its cursors into the request's) */
+    uint64_t cursor;
 } tally_result;
 
 typedef struct tally_request tally_request;
@@ -215,7 +225,19 @@ struct tally_request {
     uint64_t available_at; /* unix s */
     uint64_t timeout_s;    /* HOLD */
     uint64_t before_seq;   /* HISTORY BEFORE */
-    uint32_t limit;        /* HISTORY LIMIT (0 = default) */
+    uint32_t limit;        /* HISTORY LIMIT, FOLLOW COUNT (0 = default) */
+    uint64_t after_seq;    /* FOLLOW m AFTER (0: from the start) */
+    uint64_t block_ms;     /* FOLLOW BLOCK ms (with TALLY_REQ_BLOCK; 0: no limit) */
+    /* Arrays the request owns (malloc'd by the caller, freed by
+     * tally_request_release):
+     * FOLLOW *: one cursor per shard (tally_shard_count), the seq after
+     * which to read, replaced by the next cursors when it completes;
+     * EXEC: the queued requests, each checked and for req->merchant,
+     * answered in their own res when the EXEC completes. */
+    uint64_t *cursors;
+    uint32_t cursors_count;
+    tally_request *cmds;
+    uint32_t cmds_count;
     char id[LIMIT_ENGINE_ID_BYTES_MAX];
     char ref[LIMIT_ENGINE_ID_BYTES_MAX]; /* hold_id / entry_id, or ENTRY id */
     char memo[LIMIT_MEMO_BYTES_MAX];
@@ -240,6 +262,9 @@ void tally_request_init(tally_request *req);
 void tally_request_reset(tally_request *req);
 /* Frees items/rows of a result; safe to call twice. */
 void tally_result_free(tally_result *res);
+/* Frees everything a request owns: its result, FOLLOW *'s cursors and
+ * EXEC's queued requests (released in turn); safe to call twice. */
+void tally_request_release(tally_request *req);
 /* Checks what can be checked without the ledger: amounts in range, id
  * syntax (1..64 printable, no leading '~' for writes), LIMIT range, option
  * combinations.  Returns 0 or TALLY_EINVALID/TALLY_ESYNTAX and writes a
@@ -311,6 +336,33 @@ void tally_close(tally *t);
  * refused by tally_request_check() is completed at once (done() called
  * before this returns).  Returns 0; the outcome is in req->res. */
 void tally_submit(tally *t, tally_request *req);
+
+/* FOLLOW requests do not go to a shard thread: a feed thread reads the
+ * durable logs (log.h allows it), answers at once with what it found,
+ * or — with TALLY_REQ_BLOCK, when it found nothing up to the end of the
+ * durable log — keeps the request until an entry of its merchant (any
+ * merchant for FOLLOW *) becomes durable or block_ms pass.  A waiting
+ * request costs the shards nothing but one flag test per batch while
+ * anyone waits on them.  tally_wake answers a waiting (or not yet
+ * answered) FOLLOW at once with what it has — [cursor, no entries] — for
+ * a client that left or a server that stops; done() may run before it
+ * returns, on the calling thread.  A request already answered is left
+ * alone: call it only for requests whose done() has not been seen. */
+void tally_wake(tally *t, tally_request *req);
+
+/* FOLLOW *'s cursor as text: one seq per shard, opaque to clients, with
+ * a checksum so that a damaged or invented one is refused.  format
+ * writes at most TALLY_CURSOR_BYTES_MAX bytes and a NUL; parse takes
+ * "0" (every shard from the start) or what format wrote for `shards`
+ * shards: 0, or TALLY_ESYNTAX with why in msg.  (Base64url of a version
+ * byte, the shard count and the seqs as LEB128 varints, and 32 bits of
+ * their XXH3-64.) */
+#define TALLY_CURSOR_BYTES_MAX (((3 + LIMIT_SHARDS_MAX * 10 + 4) * 4 + 2) / 3 + 1)
+static_assert(TALLY_CURSOR_BYTES_MAX <= LIMIT_BULK_BYTES_MAX,
+              "a FOLLOW * cursor always fits in one argument");
+size_t tally_cursor_format(const uint64_t *seqs, uint32_t shards, char *out, size_t cap);
+int tally_cursor_parse(const char *text, size_t len, uint32_t shards, uint64_t *seqs, char *msg,
+                       size_t cap);
 
 /* Submits and waits: for tools, tests and the engine benchmark.  Returns
  * req->res.status.  req->done must be NULL (it is used internally). */

@@ -5,6 +5,7 @@
 #ifndef TALLY_TALLY_INT_H
 #define TALLY_TALLY_INT_H
 
+#include "feed.h"
 #include "shard.h"
 #include "tally.h"
 
@@ -14,6 +15,7 @@ struct tally {
     int lock_fd;
     uint32_t shard_count;
     shard *shards[LIMIT_SHARDS_MAX];
+    feed *feed; /* FOLLOW; NULL for read-only and offline opens */
 };
 
 /* Opens every shard; with undo_bases, undoing an uncommitted import that
