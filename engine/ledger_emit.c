@@ -84,6 +84,11 @@ int ledger_reserve(ledger *l, const ledger_x *x, uint32_t records)
 {
     if (x->src || x->out)
         return 0;
+    /* An EXEC's writes share its group, which must lie in one batch: they
+     * take the room they need, up to the batch's hard limit (shard.c
+     * starts an EXEC in an empty batch and undoes it if it fails). */
+    if (log_group_open(l->log))
+        return 0;
     /* An empty batch takes any one write (its buffer grows); a started
      * one is sealed first when the write would pass the soft limit. */
     size_t need = (size_t)records * LIMIT_RECORD_BYTES_MAX;

@@ -758,7 +758,8 @@ static int ledger_transfer(ledger *l, ledger_x *x, tally_request *q)
     rr->ref_len = q->id_len;
     memcpy(rr->ref, q->id, q->id_len);
     ledger_result(rr, &ta);
-    bool live = !x->src && !x->replay && !x->out;
+    /* Inside an EXEC the two entries are already in its group. */
+    bool live = !x->src && !x->replay && !x->out && !log_group_open(l->log);
     if (live)
         log_group_begin(l->log);
     log_loc loc;

@@ -691,7 +691,79 @@ static void shard_snap_pump(shard *s)
 
 static bool shard_is_write(const tally_request *r)
 {
-    return tally_op_is_write(r->op) || r->op == TALLY_OP_SNAPSHOT;
+    return tally_op_is_write(r->op) || r->op == TALLY_OP_SNAPSHOT || r->op == TALLY_OP_EXEC;
+}
+
+/* Waits for the batch in flight and completes it (answering its requests,
+ * or failing the shard if its write or flush failed). */
+static void shard_wait_inflight(shard *s)
+{
+    while (s->batch_inflight) {
+        uint64_t tag = 0;
+        int res = 0;
+        if (ring_wait(s->ring, -1, &tag, &res) < 0)
+            continue;
+        if (tag == SHARD_TAG_BATCH)
+            shard_batch_done(s, res);
+        else if (tag == SHARD_TAG_INBOX)
+            s->wake_rearm = true;
+    }
+}
+
+/* An EXEC whose records passed the batch's hard limit: they are all the
+ * filling batch holds (it began in an empty one), so dropping that batch
+ * and rebuilding the state from the durable log undoes it whole.  Unlike
+ * a failure, nothing is wrong with the shard, which goes on; the rebuild
+ * costs a replay of the records since the last checkpoint. */
+static void shard_undo_exec(shard *s, tally_request *r)
+{
+    shard_wait_inflight(s);
+    int st = atomic_load(&s->status);
+    if (st == 0) {
+        log_discard(s->log);
+        ledger_rollback(s->ledger); /* waits for a running commit */
+        s->ckpt_seq = 0;
+        s->ckpt_committing = false;
+        s->checkpoint_wanted = false;
+        int rc = shard_replay(s, true);
+        if (rc < 0) {
+            shard_set_status(s, TALLY_ECORRUPT, "rebuilding state after an EXEC: %s",
+                             tally_strerror(rc));
+            st = TALLY_ECORRUPT;
+        }
+        shard_publish(s);
+    }
+    if (st != 0)
+        shard_fail_request(r, st, s->status_message);
+    else
+        shard_fail_request(r, TALLY_ETOOBIG, "EXEC writes more than one batch takes (64 MiB "
+                                             "of log records): nothing of it was applied");
+    r->done(r);
+}
+
+/* EXEC (SPEC §8): the queued requests back to back, nothing between
+ * them, as one log group — so in one batch, all or nothing through a
+ * crash — answered once that batch is durable.  Reads among them see the
+ * writes before them.  It starts in an empty batch (false: wait for
+ * one), so that shard_undo_exec can take it back whole. */
+static bool shard_apply_exec(shard *s, tally_request *r)
+{
+    if (log_batch_records(s->log) > 0)
+        return false;
+    uint64_t now = shard_now(s);
+    int rc = 0;
+    log_group_begin(s->log);
+    for (uint32_t i = 0; i < r->cmds_count && rc == 0; i++)
+        rc = ledger_execute(s->ledger, &r->cmds[i], now);
+    log_group_end(s->log);
+    if (rc == TALLY_ETOOBIG) {
+        shard_undo_exec(s, r);
+        return true;
+    }
+    shard_list_push(&s->filling, r);
+    if (rc < 0)
+        shard_fail(s, rc, "applying an EXEC");
+    return true;
 }
 
 /* Applies one request to the filling batch.  Returns false if it must wait
@@ -710,6 +782,8 @@ static bool shard_apply(shard *s, tally_request *r)
         s->snap_wanted = s->snap_wanted || !s->snap_running;
         return true;
     }
+    if (r->op == TALLY_OP_EXEC)
+        return shard_apply_exec(s, r);
     if (shard_is_write(r) && !log_batch_room(s->log, SHARD_WRITE_ROOM_BYTES))
         return false;
     int rc;
@@ -866,6 +940,26 @@ static void shard_take_inbox(shard *s)
     pthread_mutex_unlock(&s->inbox_lock);
 }
 
+/* Applies queued requests to the filling batch while it takes them. */
+static void shard_apply_queued(shard *s)
+{
+    tally_request *r;
+    while ((r = s->queued.head) != NULL) {
+        if (s->filling.count >= LIMIT_BATCH_ENTRIES_MAX / 2)
+            break;
+        shard_list_pop(&s->queued);
+        if (!shard_apply(s, r)) {
+            /* Batch full: put it back at the head and wait. */
+            r->next_ = s->queued.head;
+            s->queued.head = r;
+            if (!s->queued.tail)
+                s->queued.tail = r;
+            s->queued.count++;
+            break;
+        }
+    }
+}
+
 /* Applies what can be applied and submits the filling batch if nothing is
  * in flight. */
 static void shard_pump(shard *s)
@@ -887,25 +981,15 @@ static void shard_pump(shard *s)
     }
     if (!full) {
         shard_take_inbox(s);
-        tally_request *r;
-        while ((r = s->queued.head) != NULL) {
-            if (s->filling.count >= LIMIT_BATCH_ENTRIES_MAX / 2)
-                break;
-            shard_list_pop(&s->queued);
-            if (!shard_apply(s, r)) {
-                /* Batch full: put it back at the head and wait. */
-                r->next_ = s->queued.head;
-                s->queued.head = r;
-                if (!s->queued.tail)
-                    s->queued.tail = r;
-                s->queued.count++;
-                break;
-            }
-        }
+        shard_apply_queued(s);
         shard_sweep(s);
     }
-    if (!s->batch_inflight)
+    if (!s->batch_inflight) {
         shard_submit_batch(s);
+        /* An EXEC waits for an empty batch: it has one now. */
+        if (!full && s->queued.head && s->queued.head->op == TALLY_OP_EXEC)
+            shard_apply_queued(s);
+    }
     /* Nothing in flight and nothing filling: everything applied is
      * durable, so a checkpoint can be set aside and committed at once. */
     if (s->checkpoint_wanted && !s->ckpt_seq && !s->batch_inflight && s->filling.count == 0 &&
