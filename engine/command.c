@@ -45,6 +45,9 @@ enum {
     OPT_POINTS = 1u << 4,
     OPT_BEFORE = 1u << 5,
     OPT_LIMIT = 1u << 6,
+    OPT_AFTER = 1u << 7,
+    OPT_COUNT = 1u << 8,
+    OPT_BLOCK = 1u << 9,
 };
 
 /* One call: the command's words and where the answer goes. */
@@ -85,6 +88,12 @@ static int command_command(command_call *c);
 static int command_config(command_call *c);
 static int command_client(command_call *c);
 static int command_select(command_call *c);
+static int command_follow(command_call *c);
+static int command_multi(command_call *c);
+static int command_exec(command_call *c);
+static int command_discard(command_call *c);
+static int command_watch(command_call *c);
+static int command_unwatch(command_call *c);
 
 static const command_def command_table[] = {
 #define CMD(name, arity, flags, key, op, shape, options, handler, summary, args) \
@@ -109,7 +118,8 @@ static const struct {
 } command_option_names[] = {
     {"EXPIRES", OPT_EXPIRES}, {"AVAILABLE_AT", OPT_AVAILABLE_AT}, {"MEMO", OPT_MEMO},
     {"TIMEOUT", OPT_TIMEOUT}, {"POINTS", OPT_POINTS},             {"BEFORE", OPT_BEFORE},
-    {"LIMIT", OPT_LIMIT},
+    {"LIMIT", OPT_LIMIT},       {"AFTER", OPT_AFTER},               {"COUNT", OPT_COUNT},
+    {"BLOCK", OPT_BLOCK},
 };
 
 static_assert(COMMAND_TABLE_COUNT < METRICS_COMMANDS_MAX, "every command is counted apart");
@@ -214,6 +224,9 @@ enum {
     FIELD_POINTS_OPTION,
     FIELD_BEFORE,
     FIELD_LIMIT,
+    FIELD_AFTER,
+    FIELD_COUNT,
+    FIELD_BLOCK,
 };
 
 static const command_field command_fields[] = {
@@ -229,6 +242,9 @@ static const command_field command_fields[] = {
     [FIELD_POINTS_OPTION] = {"POINTS", 1, LIMIT_AMOUNT_MAX, false, ""},
     [FIELD_BEFORE] = {"BEFORE", 1, UINT64_MAX, false, " (a seq)"},
     [FIELD_LIMIT] = {"LIMIT", 1, LIMIT_HISTORY_MAX, false, ""},
+    [FIELD_AFTER] = {"AFTER", 0, UINT64_MAX, false, " (a seq)"},
+    [FIELD_COUNT] = {"COUNT", 1, LIMIT_FOLLOW_MAX, false, ""},
+    [FIELD_BLOCK] = {"BLOCK", 0, LIMIT_FOLLOW_BLOCK_MS_MAX, false, " (milliseconds)"},
 };
 
 /* A number: an optional '-', then decimal digits (leading zeros allowed),
@@ -357,6 +373,22 @@ static bool command_positional(command_call *c, char letter, uint32_t i)
     }
 }
 
+/* FOLLOW's AFTER: a seq for one merchant, FOLLOW *'s cursor text for
+ * every merchant. */
+static bool command_after(command_call *c, uint32_t i)
+{
+    tally_request *r = c->req;
+    if (r->merchant)
+        return command_u64_arg(c, i, FIELD_AFTER, &r->after_seq);
+    size_t n;
+    const char *a = command_arg(c, i, &n);
+    char msg[160];
+    if (tally_cursor_parse(a, n, r->cursors_count, r->cursors, msg, sizeof(msg)) == 0)
+        return true;
+    command_err(c, "ERR", "%s", msg);
+    return false;
+}
+
 /* One NAME value option into the request. */
 static bool command_option(command_call *c, uint32_t flag, uint32_t i)
 {
@@ -386,6 +418,17 @@ static bool command_option(command_call *c, uint32_t flag, uint32_t i)
         static_assert(LIMIT_HISTORY_MAX <= UINT32_MAX, "LIMIT fits the request's field");
         r->limit = (uint32_t)v;
         return true;
+    case OPT_AFTER:
+        return command_after(c, i);
+    case OPT_COUNT:
+        if (!command_u64_arg(c, i, FIELD_COUNT, &v))
+            return false;
+        static_assert(LIMIT_FOLLOW_MAX <= UINT32_MAX, "COUNT fits the request's field");
+        r->limit = (uint32_t)v;
+        return true;
+    case OPT_BLOCK:
+        r->flags |= TALLY_REQ_BLOCK;
+        return command_u64_arg(c, i, FIELD_BLOCK, &r->block_ms);
     case OPT_MEMO:
         r->flags |= TALLY_REQ_MEMO;
         a = command_arg(c, i, &n);
@@ -487,6 +530,198 @@ static int command_engine(command_call *c)
         return COMMAND_REPLIED;
     }
     return COMMAND_SUBMIT;
+}
+
+/* FOLLOW m or FOLLOW * (an admin's: every merchant, one cursor per
+ * shard). */
+static int command_follow(command_call *c)
+{
+    tally_request *r = c->req;
+    r->op = TALLY_OP_FOLLOW;
+    if (command_arg_is(c, 1, "*")) {
+        if (!command_allowed(c, 0))
+            return COMMAND_REPLIED;
+        uint32_t n = c->env->t ? tally_shard_count(c->env->t) : 0;
+        r->cursors = n ? calloc(n, sizeof(*r->cursors)) : NULL;
+        if (!r->cursors)
+            return command_err(c, "ERR", "FOLLOW *: out of memory");
+        r->cursors_count = n;
+    } else if (!command_u64_arg(c, 1, FIELD_MERCHANT, &r->merchant) ||
+               !command_allowed(c, r->merchant)) {
+        return COMMAND_REPLIED;
+    }
+    if (!command_options(c, 2))
+        return COMMAND_REPLIED;
+    if (tally_request_check(r) != 0) {
+        resp_error(c->out, tally_error_code(r->res.status), r->res.message);
+        return COMMAND_REPLIED;
+    }
+    return COMMAND_SUBMIT;
+}
+
+/* ---- MULTI / EXEC ---------------------------------------------------------------
+ *
+ * Redis's semantics, for the ledger commands of one merchant: between
+ * MULTI and EXEC every command is checked as it would be alone and queued
+ * (+QUEUED) or refused; a refusal — a malformed command, another
+ * merchant's (-CROSSSLOT), one that is not a ledger command — makes the
+ * EXEC answer -EXECABORT.  EXEC hands the queue to the merchant's shard as
+ * one request (tally.h, TALLY_OP_EXEC); its reply is the array of the
+ * commands' replies.  MULTI, EXEC, DISCARD, WATCH, UNWATCH and QUIT are
+ * never queued. */
+
+static void command_multi_reset(command_session *s)
+{
+    for (uint32_t i = 0; i < s->multi_count; i++)
+        tally_request_release(&s->multi_cmds[i]);
+    free(s->multi_cmds);
+    s->multi_cmds = NULL;
+    s->multi_count = s->multi_cap = 0;
+    s->multi = s->multi_failed = false;
+    s->multi_merchant = 0;
+    s->multi_units = 0;
+}
+
+void command_session_free(command_session *s) { command_multi_reset(s); }
+
+static bool command_immediate(const command_def *d)
+{
+    return d->handler == command_multi || d->handler == command_exec ||
+           d->handler == command_discard || d->handler == command_watch ||
+           d->handler == command_unwatch || d->handler == command_quit;
+}
+
+/* Refuses a command inside MULTI: the transaction will abort. */
+static int command_queue_refuse(command_call *c, tally_request *q, const char *code,
+                                const char *why)
+{
+    if (q)
+        tally_request_release(q);
+    c->s->multi_failed = true;
+    if (code)
+        return command_err(c, code, "%s", why);
+    return COMMAND_REPLIED; /* the reply is written already */
+}
+
+static int command_queue(command_call *c)
+{
+    command_session *s = c->s;
+    const command_def *d = c->def;
+    char why[200];
+    if (d->op < TALLY_OP_EARN || d->op > TALLY_OP_LIABILITY) {
+        snprintf(why, sizeof(why), "%s is not allowed in MULTI: a transaction holds ledger "
+                                   "commands of one merchant", d->name);
+        return command_queue_refuse(c, NULL, "ERR", why);
+    }
+    if (s->multi_count == LIMIT_MULTI_COMMANDS_MAX) {
+        snprintf(why, sizeof(why), "MULTI holds at most %d commands", LIMIT_MULTI_COMMANDS_MAX);
+        return command_queue_refuse(c, NULL, "ERR", why);
+    }
+    if (s->multi_count == s->multi_cap) {
+        uint32_t cap = s->multi_cap ? s->multi_cap * 2 : 8;
+        tally_request *v = realloc(s->multi_cmds, cap * sizeof(*v));
+        if (!v)
+            return command_queue_refuse(c, NULL, "ERR", "out of memory");
+        s->multi_cmds = v;
+        s->multi_cap = cap;
+    }
+    tally_request *q = &s->multi_cmds[s->multi_count];
+    memset(q, 0, sizeof(*q));
+    command_call qc = *c;
+    qc.req = q;
+    if (command_engine(&qc) != COMMAND_SUBMIT)
+        return command_queue_refuse(c, q, NULL, NULL);
+    if (s->multi_merchant && q->merchant != s->multi_merchant) {
+        snprintf(why, sizeof(why), "Keys in request don't hash to the same slot (this MULTI "
+                                   "is for merchant %llu)", (unsigned long long)s->multi_merchant);
+        return command_queue_refuse(c, q, "CROSSSLOT", why);
+    }
+    uint32_t units = command_units(q);
+    if (s->multi_units + units > LIMIT_CLIENT_PIPELINE_MAX) {
+        snprintf(why, sizeof(why), "MULTI's replies may hold at most %d entries",
+                 LIMIT_CLIENT_PIPELINE_MAX);
+        return command_queue_refuse(c, q, "ERR", why);
+    }
+    s->multi_merchant = q->merchant;
+    s->multi_units += units;
+    s->multi_count++;
+    resp_simple(c->out, "QUEUED");
+    return COMMAND_REPLIED;
+}
+
+static int command_multi(command_call *c)
+{
+    if (c->s->multi)
+        return command_err(c, "ERR", "MULTI calls can not be nested");
+    c->s->multi = true;
+    resp_simple(c->out, "OK");
+    return COMMAND_REPLIED;
+}
+
+static int command_exec(command_call *c)
+{
+    command_session *s = c->s;
+    if (!s->multi)
+        return command_err(c, "ERR", "EXEC without MULTI");
+    if (s->multi_failed) {
+        command_multi_reset(s);
+        return command_err(c, "EXECABORT", "Transaction discarded because of previous errors.");
+    }
+    if (s->multi_count == 0) {
+        command_multi_reset(s);
+        resp_array(c->out, 0);
+        return COMMAND_REPLIED;
+    }
+    tally_request *r = c->req;
+    r->op = TALLY_OP_EXEC;
+    r->merchant = s->multi_merchant;
+    r->cmds = s->multi_cmds;
+    r->cmds_count = s->multi_count;
+    s->multi_cmds = NULL;
+    s->multi_count = 0;
+    command_multi_reset(s);
+    return COMMAND_SUBMIT;
+}
+
+static int command_discard(command_call *c)
+{
+    if (!c->s->multi)
+        return command_err(c, "ERR", "DISCARD without MULTI");
+    command_multi_reset(c->s);
+    resp_simple(c->out, "OK");
+    return COMMAND_REPLIED;
+}
+
+static int command_watch(command_call *c)
+{
+    if (c->s->multi)
+        return command_err(c, "ERR", "WATCH inside MULTI is not allowed");
+    return command_err(c, "ERR", "WATCH is not supported: an EXEC runs its commands back to "
+                                 "back with nothing interleaved, so there is nothing to watch");
+}
+
+static int command_unwatch(command_call *c)
+{
+    resp_simple(c->out, "OK");
+    return COMMAND_REPLIED;
+}
+
+uint32_t command_units(const tally_request *req)
+{
+    switch (req->op) {
+    case TALLY_OP_HISTORY:
+        return req->limit ? req->limit : LIMIT_HISTORY_DEFAULT;
+    case TALLY_OP_FOLLOW:
+        return req->limit ? req->limit : LIMIT_FOLLOW_DEFAULT;
+    case TALLY_OP_EXEC: {
+        uint32_t n = 0;
+        for (uint32_t i = 0; i < req->cmds_count; i++)
+            n += command_units(&req->cmds[i]);
+        return n;
+    }
+    default:
+        return 1;
+    }
 }
 
 /* ---- replies to engine requests --------------------------------------------- */
@@ -592,6 +827,22 @@ static void command_liability(resp_out *o, const tally_result *res)
     resp_int(o, never);
 }
 
+/* [cursor, entries]: the cursor a bulk string (a seq's digits, or FOLLOW
+ * *'s text), the entries as HISTORY's, oldest first. */
+static void command_follow_reply(int proto, const tally_request *req, resp_out *out)
+{
+    char cursor[TALLY_CURSOR_BYTES_MAX];
+    size_t n = req->merchant
+                   ? (size_t)snprintf(cursor, sizeof(cursor), "%llu",
+                                      (unsigned long long)req->res.cursor)
+                   : tally_cursor_format(req->cursors, req->cursors_count, cursor, sizeof(cursor));
+    resp_array(out, 2);
+    resp_bulk(out, cursor, n);
+    resp_array(out, req->res.items_count);
+    for (uint32_t i = 0; i < req->res.items_count; i++)
+        command_entry(out, &req->res.items[i], proto);
+}
+
 void command_reply(int proto, const tally_request *req, resp_out *out)
 {
     const tally_result *res = &req->res;
@@ -627,6 +878,14 @@ void command_reply(int proto, const tally_request *req, resp_out *out)
     case TALLY_OP_VERIFY:
     case TALLY_OP_SNAPSHOT:
         resp_simple(out, "OK");
+        break;
+    case TALLY_OP_FOLLOW:
+        command_follow_reply(proto, req, out);
+        break;
+    case TALLY_OP_EXEC:
+        resp_array(out, req->cmds_count);
+        for (uint32_t i = 0; i < req->cmds_count; i++)
+            command_reply(proto, &req->cmds[i], out);
         break;
     default:
         command_entry(out, &res->entry, proto);
@@ -1251,13 +1510,21 @@ int command_dispatch(const command_env *env, command_session *s, const resp_comm
     const char *name = command_arg(&c, 0, &n);
     c.def = command_find(name, n);
     s->command = c.def ? (uint32_t)(c.def - command_table) : (uint32_t)COMMAND_TABLE_COUNT;
+    int arity = c.def ? c.def->arity : 0;
+    int rc;
     if (!c.def)
-        return command_unknown(&c);
-    if (!command_authed(&c) && !(c.def->flags & CMD_NOAUTH))
-        return command_err(&c, "NOAUTH", "Authentication required.");
-    int arity = c.def->arity;
-    if ((arity > 0 && cmd->argc != (uint32_t)arity) ||
-        (arity < 0 && cmd->argc < (uint32_t)-arity))
-        return command_arity_error(&c);
-    return c.def->handler(&c);
+        rc = command_unknown(&c);
+    else if (!command_authed(&c) && !(c.def->flags & CMD_NOAUTH))
+        rc = command_err(&c, "NOAUTH", "Authentication required.");
+    else if ((arity > 0 && cmd->argc != (uint32_t)arity) ||
+             (arity < 0 && cmd->argc < (uint32_t)-arity))
+        rc = command_arity_error(&c);
+    else if (s->multi && !command_immediate(c.def))
+        return command_queue(&c);
+    else
+        return c.def->handler(&c);
+    /* A command refused inside MULTI aborts its EXEC, as in Redis. */
+    if (s->multi)
+        s->multi_failed = true;
+    return rc;
 }

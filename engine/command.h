@@ -31,7 +31,18 @@ typedef struct command_session {
     char name[64];              /* CLIENT SETNAME */
     char lib_name[64];          /* CLIENT SETINFO LIB-NAME */
     char lib_ver[64];           /* CLIENT SETINFO LIB-VER */
+    /* MULTI: the commands queued for EXEC, all for multi_merchant */
+    bool multi;                 /* between MULTI and EXEC or DISCARD */
+    bool multi_failed;          /* a command was refused while queued: EXEC aborts */
+    uint64_t multi_merchant;    /* 0 until a command is queued */
+    uint32_t multi_units;       /* their reply units (command_units) */
+    tally_request *multi_cmds;
+    uint32_t multi_count, multi_cap;
 } command_session;
+
+/* Frees what a session holds (commands queued by a MULTI); the session
+ * can be used again. */
+void command_session_free(command_session *s);
 
 /* The server's settings that INFO and CONFIG GET report; its counters
  * are in the metrics module. */
@@ -60,6 +71,11 @@ enum command_outcome {
  * which the caller zeroed, for the engine (COMMAND_SUBMIT). */
 int command_dispatch(const command_env *env, command_session *s, const resp_command *cmd,
                      const char *buf, tally_request *req, resp_out *out);
+
+/* Reply units a submitted request weighs (backpressure: an entry's worth
+ * of reply each): HISTORY LIMIT n and FOLLOW COUNT n weigh n, an EXEC
+ * what its commands weigh, anything else 1. */
+uint32_t command_units(const tally_request *req);
 
 /* Encodes the engine's answer to a submitted request in protocol proto
  * (the session's protocol when the request was dispatched: a HELLO later

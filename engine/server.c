@@ -100,6 +100,7 @@ typedef struct server_slot {
     resp_out pre;                  /* a reply made at dispatch time */
     int proto;                     /* the session's protocol at dispatch */
     uint32_t units;                /* reply units it holds (backpressure) */
+    uint32_t deferred;             /* of them, not yet counted server-wide (FOLLOW BLOCK) */
     uint32_t command;              /* its row of the command table (metrics) */
     uint64_t start_us;             /* dispatched at (monotonic), for its latency */
     bool engine;                   /* req went to the engine */
@@ -264,6 +265,7 @@ static server_slot *server_slot_get(server *s, server_conn *c)
         c->head = sl;
     c->tail = sl;
     sl->units = 1;
+    sl->deferred = 0;
     c->pending++;
     c->pending_units++;
     s->inflight++;
@@ -277,8 +279,8 @@ static void server_slot_put(server *s, server_slot *sl)
     if (sl->conn) {
         sl->conn->pending_units -= sl->units;
     }
-    s->inflight_units -= sl->units;
-    tally_result_free(&sl->req.res);
+    s->inflight_units -= sl->units - sl->deferred;
+    tally_request_release(&sl->req);
     if (sl->pre.cap > 4096) {
         resp_out_free(&sl->pre);
         sl->pre = (resp_out){0};
@@ -318,6 +320,7 @@ static void server_conn_free(server *s, server_conn *c)
         c->next_all->prev_all = c->prev_all;
     if (c->stalled)
         s->stalled--;
+    command_session_free(&c->session);
     free(c->in);
     resp_out_free(&c->out);
     free(c);
@@ -343,10 +346,23 @@ static void server_graveyard(server *s)
     }
 }
 
+/* Answers the connection's waiting FOLLOWs now, [cursor, no entries]:
+ * its client left or stopped sending, or the server stops (a FOLLOW
+ * BLOCK 0 would otherwise hold the connection for good). */
+static void server_conn_wake(server *s, server_conn *c)
+{
+    if (!s->opts.t)
+        return; /* server_close: the engine is gone */
+    for (server_slot *sl = c->head; sl; sl = sl->next)
+        if (sl->engine && !sl->ready && sl->req.op == TALLY_OP_FOLLOW)
+            tally_wake(s->opts.t, &sl->req);
+}
+
 /* Closes the socket now; the connection is freed when no slot of it is
  * still in the engine. */
 static void server_conn_close(server *s, server_conn *c)
 {
+    server_conn_wake(s, c);
     if (c->fd >= 0) {
         epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
         close(c->fd);
@@ -510,13 +526,17 @@ static void server_conn_command(server *s, server_conn *c, const char *buf, uint
     sl->command = c->session.command;
     sl->start_us = start_us;
     if (rc == COMMAND_SUBMIT) {
-        /* A HISTORY reply can hold LIMIT entries: it weighs that much. */
-        if (sl->req.op == TALLY_OP_HISTORY) {
-            uint32_t w = sl->req.limit ? sl->req.limit : LIMIT_HISTORY_DEFAULT;
-            c->pending_units += w - 1;
-            s->inflight_units += w - 1;
-            sl->units = w;
-        }
+        /* A HISTORY reply can hold LIMIT entries: it weighs that much.  A
+         * FOLLOW that may wait (BLOCK) holds no entries while it waits:
+         * server-wide it weighs one unit until it is answered, so that
+         * waiting followers never stop the server reading the others. */
+        uint32_t w = command_units(&sl->req);
+        sl->deferred = sl->req.op == TALLY_OP_FOLLOW && (sl->req.flags & TALLY_REQ_BLOCK)
+                           ? w - 1
+                           : 0;
+        c->pending_units += w - 1;
+        s->inflight_units += w - 1 - sl->deferred;
+        sl->units = w;
         sl->engine = true;
         sl->req.done = server_done;
         sl->req.user = sl;
@@ -634,8 +654,10 @@ static void server_conn_read(server *s, server_conn *c)
     }
     if (n == 0) {
         /* Half-close: answer what was sent, then close.  A partial
-         * command at EOF can never complete: drop it. */
+         * command at EOF can never complete: drop it.  A waiting FOLLOW
+         * answers now. */
         c->eof = true;
+        server_conn_wake(s, c);
     }
     if (n > 0)
         c->in_len += (size_t)n;
@@ -658,6 +680,8 @@ static void server_completions(server *s)
     uint64_t now_us = sl ? server_now_us() : 0;
     for (server_slot *p = sl; p; p = p->done_next) {
         p->ready = true;
+        s->inflight_units += p->deferred;
+        p->deferred = 0;
         metrics_request(&s->m, p->command, metrics_result_of_status(p->req.res.status),
                         now_us > p->start_us ? now_us - p->start_us : 0);
         server_conn *c = p->conn;
@@ -995,8 +1019,10 @@ static void server_begin_stop(server *s)
         close(*listeners[i]);
         *listeners[i] = -1;
     }
-    for (server_conn *c = s->conns; c; c = c->next_all)
+    for (server_conn *c = s->conns; c; c = c->next_all) {
+        server_conn_wake(s, c);
         server_conn_events(s, c, false, c->out.len > c->out_sent);
+    }
 }
 
 /* Done when nothing is in the engine and every reply is written. */
@@ -1191,6 +1217,7 @@ void server_close(server *s)
         return;
     /* The engine has stopped (or never got these requests): nothing will
      * complete any more. */
+    s->opts.t = NULL;
     while (s->conns) {
         server_conn *c = s->conns;
         if (c->fd >= 0)
@@ -1210,7 +1237,7 @@ void server_close(server *s)
     for (uint32_t i = 0; i < s->chunks_count; i++) {
         for (int k = 0; k < SERVER_SLOT_CHUNK; k++) {
             resp_out_free(&s->chunks[i][k].pre);
-            tally_result_free(&s->chunks[i][k].req.res);
+            tally_request_release(&s->chunks[i][k].req);
         }
         free(s->chunks[i]);
     }
