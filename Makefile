@@ -29,11 +29,12 @@ endif
 
 # Debian packages each target needs; installed when missing (as root) or the
 # exact command is printed.
+# libhiredis-dev: `tally follow`'s RESP client (engine/follow.c; tally links it).
 # libzookeeper-mt-dev: the cluster's ZooKeeper client (engine/zk.c).  zookeeperd:
 # the ZooKeeper server; the cluster tests run its Java server privately
 # (tests/zk_util.c) and never use the system service the package sets up.
 DEPS_BUILD := build-essential liblmdb-dev libxxhash-dev liburing-dev pkg-config \
-	libzookeeper-mt-dev
+	libzookeeper-mt-dev libhiredis-dev
 # curl and prometheus (for promtool): tests/metrics_test.c scrapes /metrics
 # and checks the text with Prometheus' own linter.
 DEPS_TEST := $(DEPS_BUILD) libcriterion-dev libhiredis-dev redis-tools xfsprogs strace \
@@ -122,6 +123,8 @@ $(LIB): $(ENGINE_OBJ)
 $(BUILD)/%: $(BUILD)/tools/%.o $(LIB)
 	@$(if $(Q),echo "  LD $@")
 	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+# `tally follow` speaks RESP through hiredis (engine/follow.c).
+$(BUILD)/tally: override LDLIBS += -lhiredis
 
 $(BUILD)/tally-bench: $(BENCH_OBJ) $(LIB)
 	@$(if $(Q),echo "  LD $@")

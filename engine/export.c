@@ -155,7 +155,10 @@ static void export_base64(export_out *o, const unsigned char *s, size_t n)
     export_put(o, "\"");
 }
 
-size_t export_json(char *out, size_t cap, const tally_entry *e, bool refusal, int status)
+/* One line; `request`: the request's fields are known (a dump), else
+ * they are left out (a feed carries the entry only). */
+static size_t export_write(char *out, size_t cap, const tally_entry *e, bool refusal, int status,
+                          bool request)
 {
     export_out o = {.p = out, .cap = cap};
     export_put(&o, "{\"seq\":%" PRIu64 ",\"id\":", e->seq);
@@ -187,7 +190,8 @@ size_t export_json(char *out, size_t cap, const tally_entry *e, bool refusal, in
      * retry of it later replays the entry instead of a -CONFLICT):
      * arg_points on every line says the request is here (given, when
      * absent, is no option). */
-    export_put(&o, ",\"arg_points\":%" PRId64, e->req_points);
+    if (request)
+        export_put(&o, ",\"arg_points\":%" PRId64, e->req_points);
     if (e->available_at)
         export_put(&o, ",\"available_at\":%" PRIu64, e->available_at);
     if (e->timeout_s)
@@ -206,6 +210,16 @@ size_t export_json(char *out, size_t cap, const tally_entry *e, bool refusal, in
         export_put(&o, ",\"imported\":true");
     export_put(&o, "}\n");
     return o.len < cap ? o.len : cap - 1;
+}
+
+size_t export_json(char *out, size_t cap, const tally_entry *e, bool refusal, int status)
+{
+    return export_write(out, cap, e, refusal, status, true);
+}
+
+size_t export_json_entry(char *out, size_t cap, const tally_entry *e)
+{
+    return export_write(out, cap, e, false, 0, false);
 }
 
 /* ---- values ------------------------------------------------------------------ */

@@ -43,6 +43,11 @@
 /* Writes e (or a remembered refusal with `status`) as one JSON line with
  * its newline into out (cap >= EXPORT_LINE_BYTES_MAX): its length. */
 size_t export_json(char *out, size_t cap, const tally_entry *e, bool refusal, int status);
+/* An entry as a feed delivers it (FOLLOW carries what ENTRY shows, not
+ * the request's fields): the same line without arg_points, given,
+ * available_at and timeout — which an import then works out, as for
+ * release 1's lines. */
+size_t export_json_entry(char *out, size_t cap, const tally_entry *e);
 
 /* Reads one JSON line into *it (zeroed first).  0, or TALLY_ESYNTAX with
  * what is wrong in err. */

@@ -11,7 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -640,4 +643,202 @@ Test(follow, bad_input_gets_clear_errors, .fini = down, .timeout = 60)
     freeReplyObject(r);
     redisFree(c);
     td_stop(&srv);
+}
+
+/* ---- tally follow: a mirror ---------------------------------------------------------- */
+
+/* The mirror a loader keeps from `tally follow`'s lines: entries by seq
+ * (one merchant's seqs are unique), duplicates (at least once) allowed
+ * but only as the same entry again. */
+#define MIRROR_MAX 4096
+typedef struct mirror {
+    char id[MIRROR_MAX][40];
+    long long balance[MIRROR_MAX];
+    int account[MIRROR_MAX];
+    bool have[MIRROR_MAX];
+    size_t unique, lines, dups;
+} mirror;
+
+/* Applies every line of the follower's output (the loader). */
+static void mirror_load(mirror *m, const char *path)
+{
+    memset(m, 0, sizeof(*m));
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    char line[4096];
+    unsigned long long last = 0;
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long long seq = 0;
+        char id[40] = "";
+        int account = 0;
+        long long balance = 0;
+        const char *p = strstr(line, "\"balance\":"), *a = strstr(line, "\"account\":\"");
+        cr_assert(line[strlen(line) - 1] == '\n', "a torn line: %s", line);
+        cr_assert(sscanf(line, "{\"seq\":%llu,\"id\":\"%39[^\"]\"", &seq, id) == 2 && p && a,
+                  "not a dump line: %s", line);
+        balance = atoll(p + 10);
+        account = atoi(a + 11);
+        cr_assert_lt(seq, MIRROR_MAX);
+        m->lines++;
+        if (m->have[seq]) {
+            cr_assert_str_eq(m->id[seq], id, "seq %llu came back as another entry", seq);
+            cr_assert_leq(seq, last, "a repeat is a replay of what was delivered");
+            m->dups++;
+            continue;
+        }
+        cr_assert_gt(seq, last, "entries arrive in seq order (new ones after %llu)", last);
+        last = seq;
+        m->have[seq] = true;
+        snprintf(m->id[seq], sizeof(m->id[seq]), "%s", id);
+        m->balance[seq] = balance;
+        m->account[seq] = account;
+        m->unique++;
+    }
+    fclose(f);
+}
+
+/* Waits (bounded) until the mirror holds `want` entries. */
+static void mirror_wait(mirror *m, const char *path, size_t want)
+{
+    for (int i = 0; i < 600; i++) {
+        mirror_load(m, path);
+        if (m->unique >= want)
+            return;
+        usleep(50000);
+    }
+    cr_assert_fail("the mirror holds %zu entries of %zu", m->unique, want);
+}
+
+static pid_t follower_start(const td *t, const char *dir)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "exec '%s/tally' follow 127.0.0.1:%u --merchant 77 --cursor %s/cursor "
+             "--auth-file %s/token --count 50 >> %s/mirror.jsonl 2>> %s/follow.err",
+             getenv("TALLY_BUILD"), t->port, dir, dir, dir, dir);
+    const char *const argv[] = {"sh", "-c", cmd, NULL};
+    char log[160];
+    snprintf(log, sizeof(log), "%s/sh.log", dir);
+    return td_exec(argv, log);
+}
+
+static void follower_kill9(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+/* n writes to merchant 77 (and as many to 78, same shards or not); the
+ * number acknowledged for 77. */
+static size_t mirror_writes(redisContext *c, int from, int n)
+{
+    for (int i = from; i < from + n; i++) {
+        cr_assert_eq(redisAppendCommand(c, "EARN 77 %d 10 m%d", 1 + i % 7, i), REDIS_OK);
+        cr_assert_eq(redisAppendCommand(c, "REDEEM 77 %d 25 r%d", 1 + i % 7, i), REDIS_OK);
+        cr_assert_eq(redisAppendCommand(c, "EARN 78 1 1 o%d", i), REDIS_OK);
+    }
+    size_t acked = 0;
+    for (int i = 0; i < 3 * n; i++) {
+        redisReply *r;
+        cr_assert_eq(redisGetReply(c, (void **)&r), REDIS_OK);
+        if (i % 3 != 2 && r->type == REDIS_REPLY_ARRAY)
+            acked++; /* a refused REDEEM is no entry */
+        freeReplyObject(r);
+    }
+    return acked;
+}
+
+Test(follow, tally_follow_keeps_a_mirror_equal_through_restarts_and_kill_9, .fini = down,
+     .timeout = 300)
+{
+    td_init(&srv, "follow-mirror");
+    td_write_auth(&srv, "mirror-tok 77\nroot *\n");
+    char dir[128];
+    snprintf(dir, sizeof(dir), "%s.mirror", srv.dir);
+    cr_assert_eq(mkdir(dir, 0755), 0);
+    char path[200];
+    snprintf(path, sizeof(path), "%s/token", dir);
+    FILE *tf = fopen(path, "w");
+    fputs("# the follower's token\nmirror-tok 77\n", tf);
+    fclose(tf);
+    char mpath[200];
+    snprintf(mpath, sizeof(mpath), "%s/mirror.jsonl", dir);
+    const char *const args[] = {"--shards", "2", "--segment-kib", "256", NULL};
+    td_start(&srv, args);
+    redisContext *c = td_connect(&srv);
+    freeReplyObject(td_cmd(c, "AUTH root"));
+    size_t acked = mirror_writes(c, 0, 100);
+    pid_t fp = follower_start(&srv, dir);
+    mirror m;
+    mirror_wait(&m, mpath, acked);
+
+    /* kill -9 of the follower while writes go on, then it resumes. */
+    acked += mirror_writes(c, 100, 50);
+    follower_kill9(fp);
+    acked += mirror_writes(c, 150, 50);
+    fp = follower_start(&srv, dir);
+    mirror_wait(&m, mpath, acked);
+
+    /* The server stops and comes back on the same port: the follower
+     * reconnects by itself. */
+    redisFree(c);
+    td_stop(&srv);
+    td_restart(&srv, args);
+    c = td_connect(&srv);
+    freeReplyObject(td_cmd(c, "AUTH root"));
+    acked += mirror_writes(c, 200, 50);
+    mirror_wait(&m, mpath, acked);
+
+    /* kill -9 of the server, and of the follower again. */
+    acked += mirror_writes(c, 250, 50);
+    redisFree(c);
+    td_kill9(&srv);
+    follower_kill9(fp);
+    td_restart(&srv, args);
+    fp = follower_start(&srv, dir);
+    c = td_connect(&srv);
+    freeReplyObject(td_cmd(c, "AUTH root"));
+    acked += mirror_writes(c, 300, 50);
+    mirror_wait(&m, mpath, acked);
+    follower_kill9(fp);
+
+    /* The mirror equals the source: every entry, once, by seq. */
+    cr_assert_eq(m.unique, acked, "the mirror has %zu entries, the source %zu", m.unique, acked);
+    char cur[4096] = "0";
+    size_t checked = 0;
+    for (;;) {
+        feed_reply f;
+        fr_follow(&f, c, "FOLLOW 77 AFTER %s COUNT 1000", cur);
+        snprintf(cur, sizeof(cur), "%s", f.cursor);
+        for (size_t i = 0; i < f.count; i++) {
+            unsigned long long seq = fr_seq(&f, i);
+            cr_assert(seq < MIRROR_MAX && m.have[seq], "seq %llu is not in the mirror", seq);
+            cr_assert_str_eq(m.id[seq], fr_str(&f, i, "id"));
+            cr_assert_eq(m.balance[seq], td_int_field(fr_entry(&f, i), "balance"));
+            checked++;
+        }
+        size_t n = f.count;
+        fr_free(&f);
+        if (n == 0)
+            break;
+    }
+    cr_assert_eq(checked, acked);
+    /* The last balance of each account in the mirror is its BALANCE. */
+    for (int a = 1; a <= 7; a++) {
+        long long last = -1;
+        for (size_t s = 0; s < MIRROR_MAX; s++)
+            if (m.have[s] && m.account[s] == a)
+                last = m.balance[s];
+        redisReply *b = td_cmd(c, "BALANCE 77 %d", a);
+        cr_assert_eq(td_int_field(b, "available"), last, "account %d", a);
+        freeReplyObject(b);
+    }
+    cr_log_info("follow: mirror of %zu entries from %zu lines (%zu delivered again)", m.unique,
+                m.lines, m.dups);
+    redisFree(c);
+    td_stop(&srv);
+    char rm[300];
+    snprintf(rm, sizeof(rm), "rm -rf '%s'", dir);
+    cr_assert_eq(system(rm), 0);
 }

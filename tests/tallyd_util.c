@@ -167,17 +167,23 @@ static void td_dump_log(const td *t)
     fclose(f);
 }
 
+/* extra, then the auth file's option if the test wrote one. */
+static void td_args_with_auth(const td *t, const char *const *extra, const char **out)
+{
+    int n = 0;
+    for (int i = 0; extra && extra[i] && n < 60; i++)
+        out[n++] = extra[i];
+    if (t->auth[0]) {
+        out[n++] = "--auth-file";
+        out[n++] = t->auth;
+    }
+    out[n] = NULL;
+}
+
 void td_start(td *t, const char *const *extra)
 {
     const char *with_auth[64];
-    int n = 0;
-    for (int i = 0; extra && extra[i] && n < 60; i++)
-        with_auth[n++] = extra[i];
-    if (t->auth[0]) {
-        with_auth[n++] = "--auth-file";
-        with_auth[n++] = t->auth;
-    }
-    with_auth[n] = NULL;
+    td_args_with_auth(t, extra, with_auth);
     for (int attempt = 0; attempt < 5; attempt++) {
         t->port = td_free_port();
         t->pid = td_spawn(t, with_auth);
@@ -193,6 +199,24 @@ void td_start(td *t, const char *const *extra)
     }
     td_dump_log(t);
     cr_assert_fail("tallyd did not start (log %s)", t->log);
+}
+
+void td_restart(td *t, const char *const *extra)
+{
+    cr_assert(t->port != 0 && t->pid <= 0, "td_restart: started before and stopped since");
+    const char *with_auth[64];
+    td_args_with_auth(t, extra, with_auth);
+    t->pid = td_spawn(t, with_auth);
+    int rc = td_wait_up(t, t->pid, 60000);
+    if (rc == 0)
+        return;
+    if (rc < 0) {
+        kill(t->pid, SIGKILL);
+        waitpid(t->pid, NULL, 0);
+    }
+    t->pid = 0;
+    td_dump_log(t);
+    cr_assert_fail("tallyd did not start again on port %u (log %s)", t->port, t->log);
 }
 
 int td_start_expect_exit(td *t, const char *const *extra)

@@ -29,6 +29,9 @@ void td_init(td *t, const char *tag);
 /* Starts tallyd on t->dir with extra arguments (NULL-terminated list, may
  * be NULL) and waits until it accepts connections.  Asserts it came up. */
 void td_start(td *t, const char *const *extra);
+/* Starts it again on the port of its last start (clients that reconnect
+ * find it there); asserts it came up. */
+void td_restart(td *t, const char *const *extra);
 /* Starts and returns the exit status without asserting it came up (for
  * refused configurations): -1 if it is serving (then it is stopped). */
 int td_start_expect_exit(td *t, const char *const *extra);

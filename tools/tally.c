@@ -8,6 +8,8 @@
  *   tally stats DIR                  per-shard and per-kind counts, sizes
  *   tally snapshot DIR [--retention keep|delete|archive] [--archive-dir D]
  *   tally cluster create|status ZK_HOSTS/NAME ...   (engine/cluster_admin.h)
+ *   tally follow HOST:PORT [--merchant m] [--cursor FILE] ...   (engine/follow.h: a
+ *                                    client of a running tallyd, not of a directory)
  *
  * Exit status: 0 ok, 1 a fault was found (verify) or an error, 2 usage.
  */
@@ -25,6 +27,7 @@
 #include "cluster_admin.h"
 #include "config.h"
 #include "export.h"
+#include "follow.h"
 #include "tally.h"
 
 /* ---- output helpers ----------------------------------------------------- */
@@ -458,13 +461,14 @@ static const char tool_usage_text[] =
 static const char tool_usage_notes[] =
     "       tally --help\n"
     "Options may come before or after DIR.  The directory must not be open in a\n"
-    "running tallyd (use its SNAPSHOT and VERIFY commands instead).  The cluster\n"
-    "commands work on the cluster's map in ZooKeeper.\n";
+    "running tallyd (use its SNAPSHOT and VERIFY commands instead).  follow talks to a\n"
+    "running tallyd.  The cluster commands work on the cluster's map in ZooKeeper.\n";
 
 /* The cluster's commands are engine/cluster_admin.c's. */
 static void tool_usage(FILE *f)
 {
     fputs(tool_usage_text, f);
+    fputs(follow_usage, f);
     fputs(cluster_admin_usage, f);
     fputs(tool_usage_notes, f);
 }
@@ -584,6 +588,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "cluster") == 0)
         return cluster_admin_main(argc - 2, argv + 2, stdout, stderr);
+    if (strcmp(argv[1], "follow") == 0)
+        return follow_main(argc - 2, argv + 2, stdout, stderr);
     tool_args a = {.cmd = argv[1], .retention = TALLY_RETAIN_KEEP};
     int rc = tool_parse(&a, argc, argv);
     if (rc != 0)
