@@ -4,10 +4,12 @@
  * redis-py (Debian's python3-redis), each with its default options and a
  * merchant token.  Both call INFO or AUTH at connect; INFO must answer a
  * merchant token without the server's internals (process, data directory,
- * other tenants' shard figures).
+ * other tenants' shard figures).  Their transactions — redis-py's default
+ * pipeline() and ioredis' multi() — run as one EXEC (SPEC §8).
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -78,4 +80,53 @@ Test(clients, redis_py_connects_with_a_merchant_token_and_default_options, .init
     cr_assert_not_null(strstr(out, "\"noperm\": \"token not allowed for merchant 3\""), "%s",
                        out);
     assert_tenant_info(out);
+}
+
+/* The EXEC's entries took consecutive seqs, its read saw them, and a
+ * transaction naming two merchants applied nothing. */
+static void assert_transaction(const char *out)
+{
+    long long s1 = 0, s2 = 0, balance = 0;
+    const char *p = strstr(out, "\"seqs\": [");
+    if (!p)
+        p = strstr(out, "\"seqs\":[");
+    cr_assert_not_null(p, "%s", out);
+    p = strchr(p, '[');
+    cr_assert(sscanf(p, "[%lld, %lld]", &s1, &s2) == 2 || sscanf(p, "[%lld,%lld]", &s1, &s2) == 2,
+              "%s", out);
+    cr_assert_eq(s2, s1 + 1, "the EXEC's writes are back to back: %s", out);
+    const char *b = strstr(out, "\"balance\":");
+    cr_assert_not_null(b, "%s", out);
+    balance = atoll(b + 10 + (b[10] == ' '));
+    cr_assert_eq(balance, 70, "the read in the EXEC saw both writes: %s", out);
+    cr_assert_not_null(strstr(out, "CROSSSLOT"), "two merchants in one transaction: %s", out);
+    cr_assert(strstr(out, "\"applied\": false") || strstr(out, "\"applied\":false"),
+              "an aborted transaction applied something: %s", out);
+}
+
+Test(clients, redis_py_default_pipeline_is_one_exec, .init = up, .fini = down, .timeout = 120)
+{
+    char out[16384], cmd[1400];
+    if (td_run("/usr/bin/python3 -c 'import redis'", out, sizeof(out)) != 0)
+        td_cannot_run("redis-py is not installed (Debian package python3-redis): %s", out);
+    snprintf(cmd, sizeof(cmd), "/usr/bin/python3 %s/tests/clients/redis_py_pipeline.py %u root",
+             td_source_dir(), srv.port);
+    int rc = td_run(cmd, out, sizeof(out));
+    cr_assert_eq(rc, 0, "redis-py failed: %s", out);
+    assert_transaction(out);
+}
+
+Test(clients, ioredis_multi_is_one_exec, .init = up, .fini = down, .timeout = 120)
+{
+    char script[600], module[600], cmd[1400], out[16384];
+    snprintf(script, sizeof(script), "%s/tests/clients/ioredis_multi.js", td_source_dir());
+    snprintf(module, sizeof(module), "%s/tests/clients/node_modules/ioredis", td_source_dir());
+    struct stat st;
+    if (stat(module, &st) != 0 || td_run("command -v node", out, sizeof(out)) != 0)
+        td_cannot_run("ioredis is not installed (make test installs it with npm)");
+    snprintf(cmd, sizeof(cmd), "node %s %u root", script, srv.port);
+    int rc = td_run(cmd, out, sizeof(out));
+    cr_assert_eq(rc, 0, "ioredis failed: %s", out);
+    cr_assert_not_null(strstr(out, "\"errors\":[]"), "%s", out);
+    assert_transaction(out);
 }
