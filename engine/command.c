@@ -502,6 +502,16 @@ static bool command_allowed(command_call *c, uint64_t m)
 
 /* ---- engine commands ------------------------------------------------------- */
 
+/* The request as parsed goes to the engine if the engine's own checks
+ * pass (tally_request_check), else their error is the reply. */
+static int command_checked(command_call *c)
+{
+    if (tally_request_check(c->req) == 0)
+        return COMMAND_SUBMIT;
+    resp_error(c->out, tally_error_code(c->req->res.status), c->req->res.message);
+    return COMMAND_REPLIED;
+}
+
 static int command_engine(command_call *c)
 {
     const command_def *d = c->def;
@@ -525,11 +535,7 @@ static int command_engine(command_call *c)
         return command_arity_error(c);
     if (!command_options(c, i))
         return COMMAND_REPLIED;
-    if (tally_request_check(r) != 0) {
-        resp_error(c->out, tally_error_code(r->res.status), r->res.message);
-        return COMMAND_REPLIED;
-    }
-    return COMMAND_SUBMIT;
+    return command_checked(c);
 }
 
 /* FOLLOW m or FOLLOW * (an admin's: every merchant, one cursor per
@@ -552,11 +558,7 @@ static int command_follow(command_call *c)
     }
     if (!command_options(c, 2))
         return COMMAND_REPLIED;
-    if (tally_request_check(r) != 0) {
-        resp_error(c->out, tally_error_code(r->res.status), r->res.message);
-        return COMMAND_REPLIED;
-    }
-    return COMMAND_SUBMIT;
+    return command_checked(c);
 }
 
 /* ---- MULTI / EXEC ---------------------------------------------------------------

@@ -25,7 +25,6 @@
 #include <assert.h>
 #include <errno.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -115,19 +114,6 @@ static uint64_t feed_mono_ms(void)
 static uint32_t feed_bucket(uint64_t merchant)
 {
     return (uint32_t)((merchant * 0x9E3779B97F4A7C15ull) >> 52) & (FEED_BUCKETS - 1);
-}
-
-static int feed_fail(tally_request *q, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int feed_fail(tally_request *q, int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(q->res.message, sizeof(q->res.message), fmt, ap);
-    va_end(ap);
-    q->res.status = code;
-    return code;
 }
 
 /* The shards a request reads: [*first, *last). */
@@ -294,16 +280,16 @@ static int feed_check_cursor(feed *f, tally_request *q, uint32_t s, uint64_t aft
     if (q->merchant == 0)
         snprintf(where, sizeof(where), " of shard %u", s);
     if (shard_status(f->shards[s]) == TALLY_ECORRUPT)
-        return feed_fail(q, TALLY_ECORRUPT, "shard %u is refused: its data is damaged", s);
+        return tally_fail(q, TALLY_ECORRUPT, "shard %u is refused: its data is damaged", s);
     log_t *log = shard_log(f->shards[s]);
     uint64_t durable = log_durable_seq(log), first = log_first_seq(log);
     if (after > durable)
-        return feed_fail(q, TALLY_ESYNTAX, "cursor%s %llu is past the end of the log (seq %llu)",
-                         where, (unsigned long long)after, (unsigned long long)durable);
+        return tally_fail(q, TALLY_ESYNTAX, "cursor%s %llu is past the end of the log (seq %llu)",
+                          where, (unsigned long long)after, (unsigned long long)durable);
     if (after + 1 < first)
-        return feed_fail(q, TALLY_EARCHIVED,
-                         "cursor%s %llu is before the retained log, which starts at seq %llu",
-                         where, (unsigned long long)after, (unsigned long long)first);
+        return tally_fail(q, TALLY_EARCHIVED,
+                          "cursor%s %llu is before the retained log, which starts at seq %llu",
+                          where, (unsigned long long)after, (unsigned long long)first);
     return 0;
 }
 
@@ -313,9 +299,9 @@ static int feed_read_error(feed *f, tally_request *q, uint32_t s, int rc, uint64
     if (rc == TALLY_EARCHIVED && feed_check_cursor(f, q, s, at) != 0)
         return q->res.status;
     if (rc == -ENOMEM)
-        return feed_fail(q, rc, "out of memory");
-    return feed_fail(q, rc, "reading shard %u's log after seq %llu: %s", s,
-                     (unsigned long long)at, tally_strerror(rc));
+        return tally_fail(q, rc, "out of memory");
+    return tally_fail(q, rc, "reading shard %u's log after seq %llu: %s", s,
+                      (unsigned long long)at, tally_strerror(rc));
 }
 
 /* Appends r's entry to q's result (its array grows with what is found,
@@ -489,6 +475,17 @@ static void feed_ready_locked(feed *f, feed_waiter *w)
     f->ready = w;
 }
 
+/* The next woken follower (feed thread), or NULL. */
+static feed_waiter *feed_ready_pop(feed *f)
+{
+    feed_waiter *w = f->ready;
+    if (w) {
+        f->ready = w->next;
+        w->next = NULL;
+    }
+    return w;
+}
+
 /* Wakes the followers of shard s whose merchants are in f->touched (all
  * of them if `every`), and FOLLOW * if anything arrived. */
 static void feed_wake_touched(feed *f, uint32_t s, bool every, bool any)
@@ -551,12 +548,9 @@ static void feed_scan(feed *f)
         if (atomic_load(&f->watch[s]) > 0)
             feed_scan_shard(f, s);
     }
-    while (f->ready) {
-        feed_waiter *w = f->ready;
-        f->ready = w->next;
-        w->next = NULL;
+    feed_waiter *w;
+    while ((w = feed_ready_pop(f)) != NULL)
         feed_run(f, w);
-    }
 }
 
 /* Followers whose BLOCK ran out. */
@@ -567,12 +561,9 @@ static void feed_expire(feed *f)
     while (f->heap_count > 0 && f->heap[0]->deadline_ms <= now)
         feed_ready_locked(f, f->heap[0]);
     pthread_mutex_unlock(&f->wait_lock);
-    while (f->ready) {
-        feed_waiter *w = f->ready;
-        f->ready = w->next;
-        w->next = NULL;
+    feed_waiter *w;
+    while ((w = feed_ready_pop(f)) != NULL)
         feed_answer_waited(f, w);
-    }
 }
 
 /* ---- the thread ------------------------------------------------------------------ */
@@ -723,7 +714,7 @@ void feed_submit(feed *f, tally_request *req)
 {
     feed_waiter *w = calloc(1, sizeof(*w));
     if (!w) {
-        feed_fail(req, -ENOMEM, "out of memory");
+        tally_fail(req, -ENOMEM, "out of memory");
         req->done(req);
         return;
     }

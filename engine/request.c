@@ -156,7 +156,7 @@ void tally_request_reset(tally_request *req)
 
 /* ---- checks ------------------------------------------------------------- */
 
-static int request_fail(tally_request *req, int code, const char *fmt, ...)
+int tally_fail(tally_request *req, int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -204,52 +204,52 @@ static int request_check_combinations(tally_request *req)
 {
     bool expires = req->flags & TALLY_REQ_EXPIRES;
     if (expires && (req->flags & TALLY_REQ_AVAILABLE_AT) && req->expires <= req->available_at)
-        return request_fail(req, TALLY_EINVALID,
-                            "EXPIRES must be after AVAILABLE_AT (the points could never be "
-                            "spent)");
+        return tally_fail(req, TALLY_EINVALID,
+                          "EXPIRES must be after AVAILABLE_AT (the points could never be "
+                          "spent)");
     if (expires && req->op == TALLY_OP_ADJUST && req->points < 0)
-        return request_fail(req, TALLY_EINVALID,
-                            "EXPIRES cannot be given to a negative ADJUST (a debit makes no lot)");
+        return tally_fail(req, TALLY_EINVALID,
+                          "EXPIRES cannot be given to a negative ADJUST (a debit makes no lot)");
     return 0;
 }
 
 static int request_check_write(tally_request *req)
 {
     if (!request_id_ok(req->id, req->id_len, false))
-        return request_fail(req, TALLY_EINVALID, REQUEST_ID_MESSAGE);
+        return tally_fail(req, TALLY_EINVALID, REQUEST_ID_MESSAGE);
     bool needs_ref = req->op == TALLY_OP_CAPTURE || req->op == TALLY_OP_VOID ||
                      req->op == TALLY_OP_REVERSE;
     if (needs_ref && !request_id_ok(req->ref, req->ref_len, true))
-        return request_fail(req, TALLY_EINVALID, REQUEST_REF_MESSAGE);
+        return tally_fail(req, TALLY_EINVALID, REQUEST_REF_MESSAGE);
     if (req->op == TALLY_OP_ADJUST) {
         int64_t mag = req->points < 0 ? -req->points : req->points;
         if (req->points == INT64_MIN || !request_amount_ok(mag))
-            return request_fail(req, TALLY_EINVALID,
-                                "points must be -1000000000000000..-1 or 1..1000000000000000");
+            return tally_fail(req, TALLY_EINVALID,
+                              "points must be -1000000000000000..-1 or 1..1000000000000000");
     } else if (req->op == TALLY_OP_TRANSFER) {
         if (req->account2 == 0)
-            return request_fail(req, TALLY_EINVALID, "to_account must be 1..18446744073709551615");
+            return tally_fail(req, TALLY_EINVALID, "to_account must be 1..18446744073709551615");
         if (req->account2 == req->account)
-            return request_fail(req, TALLY_EINVALID,
-                                "from_account and to_account must differ");
+            return tally_fail(req, TALLY_EINVALID,
+                              "from_account and to_account must differ");
         if (!(req->flags & TALLY_REQ_ALL) && !request_amount_ok(req->points))
-            return request_fail(req, TALLY_EINVALID, "points must be 1..1000000000000000 or ALL");
+            return tally_fail(req, TALLY_EINVALID, "points must be 1..1000000000000000 or ALL");
     } else if (!needs_ref || (req->flags & TALLY_REQ_POINTS)) {
         if (req->op != TALLY_OP_VOID && !request_amount_ok(req->points))
-            return request_fail(req, TALLY_EINVALID, "%s must be 1..1000000000000000",
-                                needs_ref ? "POINTS" : "points");
+            return tally_fail(req, TALLY_EINVALID, "%s must be 1..1000000000000000",
+                              needs_ref ? "POINTS" : "points");
     }
     if (!request_unix_s_ok(req, TALLY_REQ_EXPIRES, req->expires))
-        return request_fail(req, TALLY_EINVALID,
-                            "EXPIRES must be 1..253402300799 (unix seconds)");
+        return tally_fail(req, TALLY_EINVALID,
+                          "EXPIRES must be 1..253402300799 (unix seconds)");
     if (!request_unix_s_ok(req, TALLY_REQ_AVAILABLE_AT, req->available_at))
-        return request_fail(req, TALLY_EINVALID,
-                            "AVAILABLE_AT must be 1..253402300799 (unix seconds)");
+        return tally_fail(req, TALLY_EINVALID,
+                          "AVAILABLE_AT must be 1..253402300799 (unix seconds)");
     if ((req->flags & TALLY_REQ_TIMEOUT) &&
         (req->timeout_s == 0 || req->timeout_s > LIMIT_HOLD_TIMEOUT_MAX_S))
-        return request_fail(req, TALLY_EINVALID, "TIMEOUT must be 1..31622400 (seconds)");
+        return tally_fail(req, TALLY_EINVALID, "TIMEOUT must be 1..31622400 (seconds)");
     if (req->memo_len > LIMIT_MEMO_BYTES_MAX)
-        return request_fail(req, TALLY_EINVALID, "MEMO must be 0..128 bytes");
+        return tally_fail(req, TALLY_EINVALID, "MEMO must be 0..128 bytes");
     return request_check_combinations(req);
 }
 
@@ -257,12 +257,12 @@ static int request_check_write(tally_request *req)
 static int request_check_follow(tally_request *req)
 {
     if (req->limit > LIMIT_FOLLOW_MAX)
-        return request_fail(req, TALLY_EINVALID, "COUNT must be 1..%d", LIMIT_FOLLOW_MAX);
+        return tally_fail(req, TALLY_EINVALID, "COUNT must be 1..%d", LIMIT_FOLLOW_MAX);
     if ((req->flags & TALLY_REQ_BLOCK) && req->block_ms > LIMIT_FOLLOW_BLOCK_MS_MAX)
-        return request_fail(req, TALLY_EINVALID, "BLOCK must be 0..%llu (milliseconds)",
-                            (unsigned long long)LIMIT_FOLLOW_BLOCK_MS_MAX);
+        return tally_fail(req, TALLY_EINVALID, "BLOCK must be 0..%llu (milliseconds)",
+                          (unsigned long long)LIMIT_FOLLOW_BLOCK_MS_MAX);
     if (req->merchant == 0 && req->cursors == NULL)
-        return request_fail(req, TALLY_ESYNTAX, "FOLLOW * needs its cursors");
+        return tally_fail(req, TALLY_ESYNTAX, "FOLLOW * needs its cursors");
     return 0;
 }
 
@@ -271,16 +271,16 @@ static int request_check_follow(tally_request *req)
 static int request_check_exec(tally_request *req)
 {
     if (req->cmds_count == 0 || req->cmds_count > LIMIT_MULTI_COMMANDS_MAX || !req->cmds)
-        return request_fail(req, TALLY_ESYNTAX, "EXEC needs 1..%d queued commands",
-                            LIMIT_MULTI_COMMANDS_MAX);
+        return tally_fail(req, TALLY_ESYNTAX, "EXEC needs 1..%d queued commands",
+                          LIMIT_MULTI_COMMANDS_MAX);
     for (uint32_t i = 0; i < req->cmds_count; i++) {
         tally_request *c = &req->cmds[i];
         bool allowed = c->op >= TALLY_OP_EARN && c->op <= TALLY_OP_LIABILITY;
         if (!allowed || c->merchant != req->merchant)
-            return request_fail(req, TALLY_ESYNTAX,
-                                "EXEC runs ledger commands of its own merchant only");
+            return tally_fail(req, TALLY_ESYNTAX,
+                              "EXEC runs ledger commands of its own merchant only");
         if (tally_request_check(c) != 0)
-            return request_fail(req, c->res.status, "%s", c->res.message);
+            return tally_fail(req, c->res.status, "%s", c->res.message);
     }
     return 0;
 }
@@ -290,30 +290,30 @@ int tally_request_check(tally_request *req)
     req->res.status = 0;
     req->res.message[0] = '\0';
     if (req->op <= TALLY_OP_NONE || req->op >= TALLY_OP_COUNT)
-        return request_fail(req, TALLY_ESYNTAX, "unknown operation");
+        return tally_fail(req, TALLY_ESYNTAX, "unknown operation");
     if (req->op == TALLY_OP_FOLLOW)
         return request_check_follow(req);
     bool admin = req->op == TALLY_OP_VERIFY || req->op == TALLY_OP_SNAPSHOT;
     if (req->merchant == 0 && !admin)
-        return request_fail(req, TALLY_EINVALID, "merchant must be 1..18446744073709551615");
+        return tally_fail(req, TALLY_EINVALID, "merchant must be 1..18446744073709551615");
     bool has_account = req->op == TALLY_OP_EARN || req->op == TALLY_OP_REDEEM ||
                        req->op == TALLY_OP_HOLD || req->op == TALLY_OP_ADJUST ||
                        req->op == TALLY_OP_TRANSFER || req->op == TALLY_OP_BALANCE ||
                        req->op == TALLY_OP_HISTORY;
     if (has_account && req->account == 0)
-        return request_fail(req, TALLY_EINVALID, "account must be 1..18446744073709551615");
+        return tally_fail(req, TALLY_EINVALID, "account must be 1..18446744073709551615");
     if (tally_op_is_write(req->op))
         return request_check_write(req);
     if (req->op == TALLY_OP_EXEC)
         return request_check_exec(req);
     if (req->op == TALLY_OP_ENTRY && !request_id_ok(req->ref, req->ref_len, true))
-        return request_fail(req, TALLY_EINVALID,
-                            "id must be 1..128 printable ASCII bytes (0x21..0x7e)");
+        return tally_fail(req, TALLY_EINVALID,
+                          "id must be 1..128 printable ASCII bytes (0x21..0x7e)");
     /* LIMIT 0 is the default (not given); BEFORE only when given. */
     if (req->op == TALLY_OP_HISTORY && req->limit > LIMIT_HISTORY_MAX)
-        return request_fail(req, TALLY_EINVALID, "LIMIT must be 1..1000");
+        return tally_fail(req, TALLY_EINVALID, "LIMIT must be 1..1000");
     if (req->op == TALLY_OP_HISTORY && (req->flags & TALLY_REQ_BEFORE) && req->before_seq == 0)
-        return request_fail(req, TALLY_EINVALID,
-                            "BEFORE must be 1..18446744073709551615 (a seq)");
+        return tally_fail(req, TALLY_EINVALID,
+                          "BEFORE must be 1..18446744073709551615 (a seq)");
     return 0;
 }

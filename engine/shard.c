@@ -390,6 +390,25 @@ static void shard_refuse_corrupt(shard *s, const char *what)
     shard_publish(s);
 }
 
+/* Drops the state's changes since the last checkpoint (the log dropped
+ * what was not durable first) and replays the durable log into it; a
+ * replay that fails refuses the shard.  After a failure it must not
+ * commit (the disk that failed would be written again). */
+static void shard_rebuild(shard *s, bool commit, const char *after)
+{
+    ledger_rollback(s->ledger); /* waits for a running commit */
+    s->ckpt_seq = 0;
+    s->ckpt_committing = false;
+    s->checkpoint_wanted = false;
+    int rc = shard_replay(s, commit);
+    if (rc < 0) {
+        atomic_store(&s->status, 0);
+        shard_set_status(s, TALLY_ECORRUPT, "rebuilding state after %s: %s", after,
+                         tally_strerror(rc));
+    }
+    shard_publish(s);
+}
+
 /* A write or flush failed (or the ledger hit a fatal error): answer
  * everything not yet durable with an error, drop the delta and rebuild
  * the state from the durable log.  Never retried (fsyncgate). */
@@ -431,17 +450,7 @@ static void shard_fail(shard *s, int err, const char *what)
     shard_fail_list(&s->inflight, TALLY_EFAILED, msg);
     shard_fail_list(&s->filling, TALLY_EFAILED, msg);
     s->batch_inflight = false;
-    ledger_rollback(s->ledger); /* waits for a running commit */
-    s->ckpt_seq = 0;
-    s->ckpt_committing = false;
-    s->checkpoint_wanted = false;
-    int rc = shard_replay(s, false);
-    if (rc < 0) {
-        atomic_store(&s->status, 0);
-        shard_set_status(s, TALLY_ECORRUPT, "rebuilding state after failure: %s",
-                         tally_strerror(rc));
-    }
-    shard_publish(s);
+    shard_rebuild(s, false, "failure");
 }
 
 /* ---- verify ------------------------------------------------------------- */
@@ -718,21 +727,11 @@ static void shard_wait_inflight(shard *s)
 static void shard_undo_exec(shard *s, tally_request *r)
 {
     shard_wait_inflight(s);
-    int st = atomic_load(&s->status);
-    if (st == 0) {
+    if (atomic_load(&s->status) == 0) {
         log_discard(s->log);
-        ledger_rollback(s->ledger); /* waits for a running commit */
-        s->ckpt_seq = 0;
-        s->ckpt_committing = false;
-        s->checkpoint_wanted = false;
-        int rc = shard_replay(s, true);
-        if (rc < 0) {
-            shard_set_status(s, TALLY_ECORRUPT, "rebuilding state after an EXEC: %s",
-                             tally_strerror(rc));
-            st = TALLY_ECORRUPT;
-        }
-        shard_publish(s);
+        shard_rebuild(s, true, "an EXEC");
     }
+    int st = atomic_load(&s->status);
     if (st != 0)
         shard_fail_request(r, st, s->status_message);
     else

@@ -498,20 +498,15 @@ void tally_submit(tally *t, tally_request *req)
         return;
     }
     if (req->op == TALLY_OP_FOLLOW) {
-        if (req->merchant == 0 && req->cursors_count != t->shard_count) {
-            req->res.status = TALLY_ESYNTAX;
-            snprintf(req->res.message, sizeof(req->res.message),
-                     "FOLLOW * needs one cursor per shard (%u)", t->shard_count);
+        if (req->merchant == 0 && req->cursors_count != t->shard_count)
+            tally_fail(req, TALLY_ESYNTAX, "FOLLOW * needs one cursor per shard (%u)",
+                       t->shard_count);
+        else if (!t->feed)
+            tally_fail(req, TALLY_EFAILED, "FOLLOW needs a running server");
+        if (req->res.status != 0)
             req->done(req);
-            return;
-        }
-        if (t->feed) {
+        else
             feed_submit(t->feed, req);
-            return;
-        }
-        req->res.status = TALLY_EFAILED;
-        snprintf(req->res.message, sizeof(req->res.message), "FOLLOW needs a running server");
-        req->done(req);
         return;
     }
     bool admin = req->op == TALLY_OP_VERIFY || req->op == TALLY_OP_SNAPSHOT;

@@ -265,6 +265,10 @@ void tally_result_free(tally_result *res);
 /* Frees everything a request owns: its result, FOLLOW *'s cursors and
  * EXEC's queued requests (released in turn); safe to call twice. */
 void tally_request_release(tally_request *req);
+/* Sets req's outcome to the error code with a message (printf format);
+ * returns code. */
+int tally_fail(tally_request *req, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* Checks what can be checked without the ledger: amounts in range, id
  * syntax (1..64 printable, no leading '~' for writes), LIMIT range, option
  * combinations.  Returns 0 or TALLY_EINVALID/TALLY_ESYNTAX and writes a

@@ -8,6 +8,7 @@
  * pipeline() and ioredis' multi() — run as one EXEC (SPEC §8).
  */
 #include <criterion/criterion.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,18 +44,32 @@ static void assert_tenant_info(const char *out)
     cr_assert_null(strstr(out, srv.dir), "a merchant token sees the data directory: %s", out);
 }
 
+/* Runs tests/clients/<script> with ioredis (node) or redis-py (Debian's
+ * python3), port and token as its arguments; asserts it exited 0. */
+static void run_client(const char *script, const char *token, char *out, size_t cap)
+{
+    char path[600], module[600], cmd[1400];
+    bool node = strstr(script, ".js") != NULL;
+    snprintf(path, sizeof(path), "%s/tests/clients/%s", td_source_dir(), script);
+    snprintf(module, sizeof(module), "%s/tests/clients/node_modules/ioredis", td_source_dir());
+    struct stat st;
+    if (node && (stat(module, &st) != 0 || td_run("command -v node", out, cap) != 0))
+        td_cannot_run("ioredis is not installed (make test installs it with npm)");
+    /* Debian's interpreter: python3-redis installs there, whatever else
+     * is first in PATH. */
+    if (!node && td_run("/usr/bin/python3 -c 'import redis'", out, cap) != 0)
+        td_cannot_run("redis-py is not installed (Debian package python3-redis): %s", out);
+    snprintf(cmd, sizeof(cmd), "%s %s %u %s", node ? "node" : "/usr/bin/python3", path, srv.port,
+             token);
+    int rc = td_run(cmd, out, cap);
+    cr_assert_eq(rc, 0, "%s failed: %s", script, out);
+}
+
 Test(clients, ioredis_connects_with_a_merchant_token_and_default_options, .init = up,
      .fini = down, .timeout = 120)
 {
-    char script[600], module[600], cmd[1400], out[16384];
-    snprintf(script, sizeof(script), "%s/tests/clients/ioredis_merchant.js", td_source_dir());
-    snprintf(module, sizeof(module), "%s/tests/clients/node_modules/ioredis", td_source_dir());
-    struct stat st;
-    if (stat(module, &st) != 0 || td_run("command -v node", out, sizeof(out)) != 0)
-        td_cannot_run("ioredis is not installed (make test installs it with npm)");
-    snprintf(cmd, sizeof(cmd), "node %s %u shop-1", script, srv.port);
-    int rc = td_run(cmd, out, sizeof(out));
-    cr_assert_eq(rc, 0, "ioredis failed: %s", out);
+    char out[16384];
+    run_client("ioredis_merchant.js", "shop-1", out, sizeof(out));
     cr_assert_not_null(strstr(out, "\"entry\":[\"id\",\"io-1\",\"kind\",\"earn\""), "%s", out);
     cr_assert_not_null(strstr(out, "\"balance\":[\"available\",10,"), "%s", out);
     cr_assert_not_null(strstr(out, "\"noperm\":\"NOPERM token not allowed for merchant 3\""),
@@ -65,15 +80,8 @@ Test(clients, ioredis_connects_with_a_merchant_token_and_default_options, .init 
 Test(clients, redis_py_connects_with_a_merchant_token_and_default_options, .init = up,
      .fini = down, .timeout = 120)
 {
-    char out[16384], cmd[1400];
-    /* Debian's interpreter: python3-redis installs there, whatever else
-     * is first in PATH. */
-    if (td_run("/usr/bin/python3 -c 'import redis'", out, sizeof(out)) != 0)
-        td_cannot_run("redis-py is not installed (Debian package python3-redis): %s", out);
-    snprintf(cmd, sizeof(cmd), "/usr/bin/python3 %s/tests/clients/redis_py_merchant.py %u shop-1",
-             td_source_dir(), srv.port);
-    int rc = td_run(cmd, out, sizeof(out));
-    cr_assert_eq(rc, 0, "redis-py failed: %s", out);
+    char out[16384];
+    run_client("redis_py_merchant.py", "shop-1", out, sizeof(out));
     cr_assert_not_null(strstr(out, "\"entry\": [\"id\", \"py-1\", \"kind\", \"earn\""), "%s",
                        out);
     cr_assert_not_null(strstr(out, "\"balance\": [\"available\", 10,"), "%s", out);
@@ -106,27 +114,15 @@ static void assert_transaction(const char *out)
 
 Test(clients, redis_py_default_pipeline_is_one_exec, .init = up, .fini = down, .timeout = 120)
 {
-    char out[16384], cmd[1400];
-    if (td_run("/usr/bin/python3 -c 'import redis'", out, sizeof(out)) != 0)
-        td_cannot_run("redis-py is not installed (Debian package python3-redis): %s", out);
-    snprintf(cmd, sizeof(cmd), "/usr/bin/python3 %s/tests/clients/redis_py_pipeline.py %u root",
-             td_source_dir(), srv.port);
-    int rc = td_run(cmd, out, sizeof(out));
-    cr_assert_eq(rc, 0, "redis-py failed: %s", out);
+    char out[16384];
+    run_client("redis_py_pipeline.py", "root", out, sizeof(out));
     assert_transaction(out);
 }
 
 Test(clients, ioredis_multi_is_one_exec, .init = up, .fini = down, .timeout = 120)
 {
-    char script[600], module[600], cmd[1400], out[16384];
-    snprintf(script, sizeof(script), "%s/tests/clients/ioredis_multi.js", td_source_dir());
-    snprintf(module, sizeof(module), "%s/tests/clients/node_modules/ioredis", td_source_dir());
-    struct stat st;
-    if (stat(module, &st) != 0 || td_run("command -v node", out, sizeof(out)) != 0)
-        td_cannot_run("ioredis is not installed (make test installs it with npm)");
-    snprintf(cmd, sizeof(cmd), "node %s %u root", script, srv.port);
-    int rc = td_run(cmd, out, sizeof(out));
-    cr_assert_eq(rc, 0, "ioredis failed: %s", out);
+    char out[16384];
+    run_client("ioredis_multi.js", "root", out, sizeof(out));
     cr_assert_not_null(strstr(out, "\"errors\":[]"), "%s", out);
     assert_transaction(out);
 }

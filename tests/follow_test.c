@@ -441,12 +441,7 @@ Test(follow, a_thousand_waiting_followers_do_not_hold_back_writes, .fini = down,
     for (int k = 0; k < ROUNDS; k++)
         for (int i = 0; i < FOLLOWERS; i++)
             cr_assert_eq(redisAppendCommand(w, "EARN %d 1 1 w%d-%d", BASE + i, k, i), REDIS_OK);
-    for (int k = 0; k < ROUNDS * FOLLOWERS; k++) {
-        redisReply *r;
-        cr_assert_eq(redisGetReply(w, (void **)&r), REDIS_OK, "write %d: %s", k, w->errstr);
-        cr_assert_eq(r->type, REDIS_REPLY_ARRAY, "write %d was not acknowledged", k);
-        freeReplyObject(r);
-    }
+    td_replies_ok(w, ROUNDS * FOLLOWERS);
     uint64_t write_ms = ft_ms() - t0;
     /* Every follower wakes with its own merchant's entries only, and from
      * its cursor gets exactly its ROUNDS entries. */
@@ -561,12 +556,7 @@ Test(follow, a_cursor_before_the_retained_log_is_an_error_naming_its_first_seq, 
     redisContext *c = td_connect(&srv);
     for (int i = 0; i < 3000; i++)
         cr_assert_eq(redisAppendCommand(c, "EARN 31 %d 1 r%d", 1 + i % 50, i), REDIS_OK);
-    for (int i = 0; i < 3000; i++) {
-        redisReply *r;
-        cr_assert_eq(redisGetReply(c, (void **)&r), REDIS_OK);
-        cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
-        freeReplyObject(r);
-    }
+    td_replies_ok(c, 3000);
     redisReply *r = td_cmd(c, "SNAPSHOT");
     cr_assert_eq(r->type, REDIS_REPLY_STATUS, "%s", r->str);
     freeReplyObject(r);

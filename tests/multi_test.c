@@ -358,12 +358,7 @@ Test(multi, an_exec_too_big_for_one_batch_is_refused_whole_and_the_shard_goes_on
      * all, twice, each time. */
     for (int i = 0; i < LOTS; i++)
         redisAppendCommand(c, "EARN 4 1 1 lot%d EXPIRES %lld", i, 4102444800LL + i);
-    for (int i = 0; i < LOTS; i++) {
-        redisReply *r;
-        cr_assert_eq(redisGetReply(c, (void **)&r), REDIS_OK);
-        cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
-        freeReplyObject(r);
-    }
+    td_replies_ok(c, LOTS);
     expect(c, "OK", "MULTI");
     for (int i = 0; i < TRANSFERS; i++)
         expect(c, "QUEUED", "TRANSFER 4 %d %d ALL big%d", 1 + i % 2, 2 - i % 2, i);

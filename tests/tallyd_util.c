@@ -180,22 +180,30 @@ static void td_args_with_auth(const td *t, const char *const *extra, const char 
     out[n] = NULL;
 }
 
+/* One start on t->port: true if it serves; else it is gone again. */
+static bool td_start_once(td *t, const char *const *with_auth)
+{
+    t->pid = td_spawn(t, with_auth);
+    int rc = td_wait_up(t, t->pid, 60000);
+    if (rc == 0)
+        return true;
+    if (rc < 0) {
+        kill(t->pid, SIGKILL);
+        waitpid(t->pid, NULL, 0);
+    }
+    t->pid = 0;
+    return false;
+}
+
 void td_start(td *t, const char *const *extra)
 {
     const char *with_auth[64];
     td_args_with_auth(t, extra, with_auth);
+    /* The port may be taken between td_free_port and the bind: another. */
     for (int attempt = 0; attempt < 5; attempt++) {
         t->port = td_free_port();
-        t->pid = td_spawn(t, with_auth);
-        int rc = td_wait_up(t, t->pid, 60000);
-        if (rc == 0)
+        if (td_start_once(t, with_auth))
             return;
-        if (rc < 0) {
-            kill(t->pid, SIGKILL);
-            waitpid(t->pid, NULL, 0);
-        }
-        t->pid = 0;
-        /* The port may have been taken in between: try another. */
     }
     td_dump_log(t);
     cr_assert_fail("tallyd did not start (log %s)", t->log);
@@ -206,15 +214,8 @@ void td_restart(td *t, const char *const *extra)
     cr_assert(t->port != 0 && t->pid <= 0, "td_restart: started before and stopped since");
     const char *with_auth[64];
     td_args_with_auth(t, extra, with_auth);
-    t->pid = td_spawn(t, with_auth);
-    int rc = td_wait_up(t, t->pid, 60000);
-    if (rc == 0)
+    if (td_start_once(t, with_auth))
         return;
-    if (rc < 0) {
-        kill(t->pid, SIGKILL);
-        waitpid(t->pid, NULL, 0);
-    }
-    t->pid = 0;
     td_dump_log(t);
     cr_assert_fail("tallyd did not start again on port %u (log %s)", t->port, t->log);
 }
@@ -348,6 +349,17 @@ const redisReply *td_field(const redisReply *r, const char *name)
         if (r->element[i]->type == REDIS_REPLY_STRING && strcmp(r->element[i]->str, name) == 0)
             return r->element[i + 1];
     return NULL;
+}
+
+void td_replies_ok(redisContext *c, int n)
+{
+    for (int i = 0; i < n; i++) {
+        redisReply *r;
+        cr_assert_eq(redisGetReply(c, (void **)&r), REDIS_OK, "reply %d: %s", i, c->errstr);
+        cr_assert_eq(r->type, REDIS_REPLY_ARRAY, "reply %d is not an entry: %s", i,
+                     r->type == REDIS_REPLY_ERROR ? r->str : "");
+        freeReplyObject(r);
+    }
 }
 
 long long td_int_field(const redisReply *r, const char *name)

@@ -51,6 +51,9 @@ redisReply *td_cmd(redisContext *c, const char *fmt, ...);
 /* Field of a flat field/value array reply (RESP2 map), or NULL. */
 const redisReply *td_field(const redisReply *r, const char *name);
 long long td_int_field(const redisReply *r, const char *name);
+/* Reads n pipelined replies (redisAppendCommand), asserting each is an
+ * entry (a write acknowledged). */
+void td_replies_ok(redisContext *c, int n);
 
 /* Raw socket to the server, with a receive timeout. */
 int td_raw(const td *t);
