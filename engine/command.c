@@ -412,20 +412,16 @@ static bool command_option(command_call *c, uint32_t flag, uint32_t i)
     case OPT_BEFORE:
         r->flags |= TALLY_REQ_BEFORE;
         return command_u64_arg(c, i, FIELD_BEFORE, &r->before_seq);
-    case OPT_LIMIT:
-        if (!command_u64_arg(c, i, FIELD_LIMIT, &v))
+    case OPT_LIMIT: /* HISTORY's */
+    case OPT_COUNT: /* FOLLOW's */
+        if (!command_u64_arg(c, i, flag == OPT_LIMIT ? FIELD_LIMIT : FIELD_COUNT, &v))
             return false;
-        static_assert(LIMIT_HISTORY_MAX <= UINT32_MAX, "LIMIT fits the request's field");
+        static_assert(LIMIT_HISTORY_MAX <= UINT32_MAX && LIMIT_FOLLOW_MAX <= UINT32_MAX,
+                      "LIMIT and COUNT fit the request's field");
         r->limit = (uint32_t)v;
         return true;
     case OPT_AFTER:
         return command_after(c, i);
-    case OPT_COUNT:
-        if (!command_u64_arg(c, i, FIELD_COUNT, &v))
-            return false;
-        static_assert(LIMIT_FOLLOW_MAX <= UINT32_MAX, "COUNT fits the request's field");
-        r->limit = (uint32_t)v;
-        return true;
     case OPT_BLOCK:
         r->flags |= TALLY_REQ_BLOCK;
         return command_u64_arg(c, i, FIELD_BLOCK, &r->block_ms);

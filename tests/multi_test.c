@@ -37,6 +37,14 @@ static void expect(redisContext *c, const char *want, const char *fmt, ...)
     freeReplyObject(r);
 }
 
+/* ENTRY of that id answers nil: nothing wrote it. */
+static void expect_no_entry(redisContext *c, int merchant, const char *id, const char *why)
+{
+    redisReply *e = td_cmd(c, "ENTRY %d %s", merchant, id);
+    cr_assert_eq(e->type, REDIS_REPLY_NIL, "%s: ENTRY %d %s is there", why, merchant, id);
+    freeReplyObject(e);
+}
+
 static long long entry_seq(const redisReply *e)
 {
     cr_assert_eq(e->type, REDIS_REPLY_ARRAY, "not an entry: %s",
@@ -130,18 +138,16 @@ Test(multi, refusals_while_queuing_abort_exec_as_redis_does, .fini = down, .time
         expect(c, "ERR WATCH inside MULTI is not allowed", "WATCH 5");
         expect(c, "EXECABORT Transaction discarded because of previous errors.", "EXEC");
         /* Nothing of it was applied; the connection is out of MULTI. */
-        redisReply *e = td_cmd(c, "ENTRY 5 a%d", (int)i);
-        cr_assert_eq(e->type, REDIS_REPLY_NIL, "an aborted EXEC applied a%zu", i);
-        freeReplyObject(e);
+        char id[16];
+        snprintf(id, sizeof(id), "a%d", (int)i);
+        expect_no_entry(c, 5, id, "an aborted EXEC applied it");
         expect(c, "ERR EXEC without MULTI", "EXEC");
     }
     /* DISCARD drops the queue. */
     expect(c, "OK", "MULTI");
     expect(c, "QUEUED", "EARN 5 1 10 d1");
     expect(c, "OK", "DISCARD");
-    redisReply *e = td_cmd(c, "ENTRY 5 d1");
-    cr_assert_eq(e->type, REDIS_REPLY_NIL);
-    freeReplyObject(e);
+    expect_no_entry(c, 5, "d1", "DISCARD");
     /* Nested MULTI alone does not abort. */
     expect(c, "OK", "MULTI");
     expect(c, "ERR MULTI calls can not be nested", "MULTI");
@@ -156,9 +162,7 @@ Test(multi, refusals_while_queuing_abort_exec_as_redis_does, .fini = down, .time
     redisFree(c);
     c = td_connect(&srv);
     expect(c, "OK", "AUTH shop");
-    e = td_cmd(c, "ENTRY 5 gone");
-    cr_assert_eq(e->type, REDIS_REPLY_NIL);
-    freeReplyObject(e);
+    expect_no_entry(c, 5, "gone", "a client left inside MULTI");
     redisFree(c);
     td_stop(&srv);
 }
@@ -366,9 +370,7 @@ Test(multi, an_exec_too_big_for_one_batch_is_refused_whole_and_the_shard_goes_on
     redisReply *b = td_cmd(c, "BALANCE 4 1");
     cr_assert_eq(td_int_field(b, "available"), LOTS, "nothing of the EXEC was applied");
     freeReplyObject(b);
-    redisReply *e = td_cmd(c, "ENTRY 4 big0");
-    cr_assert_eq(e->type, REDIS_REPLY_NIL);
-    freeReplyObject(e);
+    expect_no_entry(c, 4, "big0", "the EXEC too big for a batch");
     /* The shard goes on, and a smaller EXEC of the same goes through. */
     expect(c, "OK", "MULTI");
     expect(c, "QUEUED", "TRANSFER 4 1 2 ALL small0");
@@ -383,9 +385,7 @@ Test(multi, an_exec_too_big_for_one_batch_is_refused_whole_and_the_shard_goes_on
     b = td_cmd(c, "BALANCE 4 1");
     cr_assert_eq(td_int_field(b, "available"), LOTS);
     freeReplyObject(b);
-    e = td_cmd(c, "ENTRY 4 big0");
-    cr_assert_eq(e->type, REDIS_REPLY_NIL, "the refused EXEC came back after a restart");
-    freeReplyObject(e);
+    expect_no_entry(c, 4, "big0", "the refused EXEC came back after a restart");
     redisReply *v = td_cmd(c, "VERIFY");
     cr_assert_eq(v->type, REDIS_REPLY_STATUS, "%s", v->str);
     freeReplyObject(v);
