@@ -39,7 +39,7 @@ DEPS_BUILD := build-essential liblmdb-dev libxxhash-dev liburing-dev pkg-config 
 # and checks the text with Prometheus' own linter.
 DEPS_TEST := $(DEPS_BUILD) libcriterion-dev libhiredis-dev redis-tools xfsprogs strace \
 	python3-redis jq curl prometheus zookeeperd
-DEPS_BENCH := $(DEPS_TEST) redis-server postgresql postgresql-contrib sqlite3 libsqlite3-dev lmdb-utils gnuplot-nox jq
+DEPS_BENCH := $(DEPS_TEST) redis-server postgresql postgresql-contrib sqlite3 libsqlite3-dev lmdb-utils gnuplot-nox jq bc time
 DEPS_FUZZ := $(DEPS_TEST) clang libfuzzer-14-dev
 
 ENGINE_SRC := $(wildcard engine/*.c)
@@ -58,7 +58,7 @@ TEST_SRC := $(wildcard tests/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(BUILD)/tally-tests
 
-.PHONY: all run test test-crash bench bench-peers fuzz clean deps-build deps-test deps-bench deps-fuzz deps-examples
+.PHONY: all run test test-crash bench bench-peers bench-import fuzz clean deps-build deps-test deps-bench deps-fuzz deps-examples
 all: $(LIB) $(TOOLS) $(BENCH_BIN)
 
 define ensure_pkgs
@@ -191,6 +191,11 @@ bench: deps-bench
 bench-peers: deps-bench
 	$(Q)$(MAKE) --no-print-directory all $(PEER_BIN)
 	bench/run.sh --peers $(BENCH_ARGS)
+
+# tally import's speed: a 10M-entry ledger dumped and imported (bench/import.sh).
+bench-import: deps-bench
+	$(Q)$(MAKE) --no-print-directory all
+	bench/import.sh $(BENCH_ARGS)
 
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
 	-fno-sanitize-recover=undefined -Iengine
