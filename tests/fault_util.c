@@ -700,6 +700,8 @@ struct fu_load {
     pthread_t th[FU_WORKERS_MAX];
     _Atomic int stop;
     _Atomic long acked, failed;
+    _Atomic int first_set;
+    char first_error[256]; /* the first -ERR reply's text */
 };
 
 static void *fu_worker_main(void *arg)
@@ -737,8 +739,9 @@ static void *fu_worker_main(void *arg)
             fu_classify(op, r);
             if (op->state == FU_ENTRY || op->state == FU_REFUSED)
                 atomic_fetch_add(&l->acked, 1);
-            else if (op->state == FU_FAILED)
-                atomic_fetch_add(&l->failed, 1);
+            else if (op->state == FU_FAILED && atomic_fetch_add(&l->failed, 1) == 0 &&
+                     atomic_exchange(&l->first_set, 1) == 0)
+                snprintf(l->first_error, sizeof(l->first_error), "%s", r->str ? r->str : "");
             freeReplyObject(r);
         }
         idx += n;
@@ -768,6 +771,11 @@ fu_load *fu_load_start(const td *t, fu_book *b, const fu_load_opts *o)
 
 long fu_load_acked(const fu_load *l) { return atomic_load(&((fu_load *)l)->acked); }
 long fu_load_failed(const fu_load *l) { return atomic_load(&((fu_load *)l)->failed); }
+
+const char *fu_load_first_error(const fu_load *l)
+{
+    return atomic_load(&((fu_load *)l)->first_set) ? l->first_error : "";
+}
 
 long fu_load_wait_acked(const fu_load *l, long n, int timeout_ms)
 {

@@ -190,6 +190,8 @@ fu_load *fu_load_start(const td *t, fu_book *b, const fu_load_opts *o);
 long fu_load_acked(const fu_load *l);
 /* -ERR replies so far. */
 long fu_load_failed(const fu_load *l);
+/* The first -ERR reply's text ("" if none). */
+const char *fu_load_first_error(const fu_load *l);
 /* Waits (up to timeout_ms) until acked >= n; returns acked. */
 long fu_load_wait_acked(const fu_load *l, long n, int timeout_ms);
 /* Stops the workers (they finish the round in flight or see the server
