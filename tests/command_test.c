@@ -175,8 +175,19 @@ Test(command, hold_capture_void_follow_the_hold_lifecycle, .init = up, .fini = d
     expect_error("INVALID", "CAPTURE 2 he1 c5"); /* not a hold */
     expect_error("INSUFFICIENT", "HOLD 2 7 5000 h3");
     expect_error("INVALID", "HOLD 2 7 5 h4 TIMEOUT 0");
+    /* Idempotency compares the request as sent (issue 12): a capture of a
+     * whole hold of 50 and one with POINTS 50 capture the same amount but
+     * are different requests. */
+    freeReplyObject(entry_cmd("HOLD 2 7 50 h5"));
+    redisReply *whole = entry_cmd("CAPTURE 2 h5 c6");
+    cr_assert_eq(td_int_field(whole, "amount"), 50);
+    expect_error("CONFLICT", "CAPTURE 2 h5 c6 POINTS 50");
+    redisReply *again = entry_cmd("CAPTURE 2 h5 c6");
+    cr_assert_eq(td_int_field(again, "seq"), td_int_field(whole, "seq"), "the same replays");
+    freeReplyObject(whole);
+    freeReplyObject(again);
     redisReply *b2 = td_cmd(rc, "BALANCE 2 7");
-    cr_assert_eq(td_int_field(b2, "redeemed"), 200);
+    cr_assert_eq(td_int_field(b2, "redeemed"), 250);
     cr_assert_eq(td_int_field(b2, "held"), 0);
     freeReplyObject(h);
     freeReplyObject(b);
