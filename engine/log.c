@@ -62,7 +62,7 @@
 
 typedef struct log_segment {
     uint32_t index;
-    int fd;
+    int fd; /* -1 once no batch writes here again (log_seg_fd reopens it) */
     const uint8_t *map; /* segment_bytes, PROT_READ */
     uint64_t first_seq; /* of the first entry (part 0) starting here */
     uint64_t prev;
@@ -117,6 +117,7 @@ struct log_t {
     /* durable: published for readers on other threads */
     _Atomic uint64_t durable_seq;
     _Atomic uint32_t durable_seg;
+    uint32_t fds_below; /* segments before this index have their fd closed */
     _Atomic uint64_t durable_off;
     uint64_t durable_prev, durable_bytes;
     uint16_t durable_part;
@@ -286,6 +287,37 @@ static log_segment *log_seg_new(log_t *l, uint32_t index, int fd)
     }
     s->map = m;
     return s;
+}
+
+/* A segment's file descriptor, reopened if it was closed.  A log of many
+ * segments (years of them, or small ones) keeps one descriptor per
+ * segment only while batches may still write there: reads go through the
+ * mappings, which need no descriptor. */
+static int log_seg_fd(log_t *l, log_segment *s)
+{
+    if (s->fd >= 0)
+        return s->fd;
+    char path[4200];
+    log_path(l, s->index, "", path, sizeof(path));
+    int fd = l->os->open(l->os->ctx, path, l->opts.read_only ? O_RDONLY : O_RDWR, 0);
+    if (fd >= 0)
+        s->fd = fd;
+    return fd;
+}
+
+/* Closes the descriptors of segments before `index`: no batch writes there
+ * again (they are before the durable end), and recovery has passed them. */
+static void log_close_fds_below(log_t *l, uint32_t index)
+{
+    for (uint32_t i = l->fds_below; i < index; i++) {
+        log_segment *s = log_seg(l, i);
+        if (s && s->fd >= 0) {
+            l->os->close(l->os->ctx, s->fd);
+            s->fd = -1;
+        }
+    }
+    if (index > l->fds_below)
+        l->fds_below = index;
 }
 
 /* Adds a segment at the end of the table (under the write lock: readers
@@ -499,9 +531,15 @@ static int log_segment_open(log_t *l, uint32_t index, char *why, size_t cap)
         s->prev = log_get64(s->map + 32);
         rc = log_segs_push(l, s);
     }
-    if (rc < 0)
+    if (rc < 0) {
         log_seg_free(l, s);
-    return rc;
+        return rc;
+    }
+    /* Opening thousands of segments: only the newest keep descriptors
+     * (recovery reopens one it truncates). */
+    if (index >= 2)
+        log_close_fds_below(l, index - 1);
+    return 0;
 }
 
 int log_dir_version(const char *dir)
@@ -599,12 +637,13 @@ static int log_zero_tail(log_t *l, uint32_t k, uint64_t off, uint64_t *zeroed)
         end--;
     for (uint64_t o = off; o < end; o += sizeof(zeros)) {
         size_t n = end - o < sizeof(zeros) ? (size_t)(end - o) : sizeof(zeros);
-        int rc = os_pwrite_all(l->os, sg->fd, zeros, n, o);
+        int fd = log_seg_fd(l, sg);
+        int rc = fd < 0 ? fd : os_pwrite_all(l->os, fd, zeros, n, o);
         if (rc < 0)
             return rc;
     }
     if (end > off) {
-        int rc = l->os->fdatasync(l->os->ctx, sg->fd);
+        int rc = l->os->fdatasync(l->os->ctx, log_seg_fd(l, sg));
         if (rc < 0)
             return rc;
         *zeroed += end - off;
@@ -1152,7 +1191,7 @@ void log_seal(log_t *l, log_batch *out)
         size_t end = i + 1 < b->pieces ? b->piece[i + 1].from : b->len;
         log_segment *sg = log_seg(l, b->piece[i].seg);
         assert(sg && end > b->piece[i].from);
-        out->io[i] = (log_io){.fd = sg->fd, .buf = b->buf + b->piece[i].from,
+        out->io[i] = (log_io){.fd = log_seg_fd(l, sg), .buf = b->buf + b->piece[i].from,
                               .len = end - b->piece[i].from, .off = b->piece[i].off};
     }
     out->count = b->pieces;
@@ -1183,6 +1222,7 @@ void log_complete(log_t *l, int res)
     atomic_store(&l->durable_seq, b->last_seq);
     b->len = 0;
     l->sealed = NULL;
+    log_close_fds_below(l, b->end_seg);
 }
 
 void log_discard(log_t *l)
@@ -1225,7 +1265,7 @@ int log_flush_sync(log_t *l)
 /* ---- retention ---------------------------------------------------------- */
 
 /* Moves one segment file into the archive, or deletes it. */
-static int log_drop_file(log_t *l, const log_segment *sg, const char *archive_dir)
+static int log_drop_file(log_t *l, log_segment *sg, const char *archive_dir)
 {
     char path[4200];
     log_path(l, sg->index, "", path, sizeof(path));
@@ -1240,7 +1280,8 @@ static int log_drop_file(log_t *l, const log_segment *sg, const char *archive_di
     snprintf(to, sizeof(to), "%s/log-%010u.seg", dir, sg->index);
     int rc = l->os->rename(l->os->ctx, path, to);
     if (rc == -EXDEV) {
-        rc = os_copy_file(l->os, sg->fd, to);
+        int fd = log_seg_fd(l, sg);
+        rc = fd < 0 ? fd : os_copy_file(l->os, fd, to);
         if (rc == 0)
             rc = l->os->unlink(l->os->ctx, path);
     }

@@ -11,6 +11,7 @@
  * crosses a segment boundary can land or not land.
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -508,4 +509,56 @@ Test(log, tally_verify_follows_every_accounts_history_from_entry_to_entry)
         {TALLY_KIND_REDEEM, 1, -5, 5, 45, 0, 0, false},
     };
     cr_assert_eq(lt_history(legacy, 3, -1, msg, sizeof(msg)), 0, "%s", msg);
+}
+
+/* ---- descriptors (issue 10's crash loop at 1,000 cycles) ------------------- */
+
+static int lt_open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    cr_assert_not_null(d);
+    int n = 0;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
+/* The 1,000-cycle crash loop stopped at cycle 212 with "Too many open
+ * files": every segment kept its descriptor, and with 64 KiB segments a
+ * grown log has thousands.  Only segments batches may still write keep
+ * one; reads go through the mappings. */
+Test(log, a_log_of_800_segments_holds_a_few_descriptors_written_and_reopened)
+{
+    char dir[64];
+    eu_tmpdir_mem(dir, "fds");
+    int base = lt_open_fds();
+    log_t *l = lt_open(dir, NULL, NULL);
+    for (int b = 0; b < 3000; b++) {
+        lt_append(l, 64, 100, NULL);
+        cr_assert_eq(log_flush_sync(l), 0);
+    }
+    char seg[128];
+    snprintf(seg, sizeof(seg), "%s/log-%010u.seg", dir, 800u);
+    cr_assert_eq(access(seg, F_OK), 0, "the log has 800+ segments");
+    cr_assert_lt(lt_open_fds() - base, 8, "descriptors held while writing");
+    /* Every record still reads, the old ones through their mappings. */
+    log_iter it;
+    cr_assert_eq(log_iter_init(l, 0, &it), 0);
+    record r;
+    log_loc loc;
+    uint64_t n = 0;
+    while (log_iter_next(&it, &r, &loc) == 1)
+        n++;
+    cr_assert_eq(n, 192000);
+    log_close(l);
+    cr_assert_eq(lt_open_fds(), base, "closing gives every descriptor back");
+    uint64_t last;
+    l = lt_open(dir, NULL, &last);
+    cr_assert_eq(last, 192000);
+    cr_assert_lt(lt_open_fds() - base, 8, "descriptors held after opening 800+ segments");
+    lt_append(l, 4, 100, NULL);
+    cr_assert_eq(log_flush_sync(l), 0);
+    log_close(l);
+    eu_rmrf(dir);
 }
