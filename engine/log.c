@@ -871,7 +871,10 @@ static int log_recover(log_t *l, log_recovery *rec)
         bool ok = !end && drc == RECORD_OK && r.prev == sc.prev &&
                   log_successor(sc.seq, sc.part, sc.more, &r);
         if (ok && l->opts.cut_seq && r.part == 0 && r.seq >= l->opts.cut_seq) {
-            rc = log_scan_break(l, &sc, "an import that never committed", r.seq, rec);
+            rc = log_scan_break(l, &sc,
+                                l->opts.cut_reason ? l->opts.cut_reason
+                                                   : "an import that never committed",
+                                r.seq, rec);
             break;
         }
         if (ok) {
@@ -939,7 +942,8 @@ static int log_open_segments(log_t *l, log_recovery *rec)
     }
     free(idx);
     if (rc == 0 && l->segs_count == 0 && !l->opts.read_only)
-        rc = log_segment_create(l, 1, 1, 0);
+        rc = log_segment_create(l, 1, l->opts.first_seq ? l->opts.first_seq : 1,
+                                l->opts.first_seq ? l->opts.first_prev : 0);
     return rc;
 }
 
@@ -1078,18 +1082,11 @@ static int log_roll(log_t *l, log_buf *b)
     return 0;
 }
 
-static int log_append_at(log_t *l, record *r, uint64_t ts_ms, bool keep_ts, log_loc *loc)
+/* Makes room for a record of `size` bytes at the write position (rolling
+ * to a new segment when it does not fit) and starts the batch's first
+ * piece. */
+static int log_place(log_t *l, log_buf *b, size_t size, uint64_t seq)
 {
-    if (l->status != 0)
-        return l->status;
-    if (l->opts.read_only)
-        return -EROFS;
-    log_buf *b = l->filling;
-    bool is_part = r->type == RECORD_ALLOC;
-    assert(!is_part || l->last_seq > 0);
-    r->seq = is_part ? l->last_seq : l->last_seq + 1;
-    r->part = is_part ? (uint16_t)(l->last_part + 1) : 0;
-    size_t size = record_size(r);
     int rc = log_buf_reserve(b, size);
     if (rc < 0)
         return rc;
@@ -1103,20 +1100,20 @@ static int log_append_at(log_t *l, record *r, uint64_t ts_ms, bool keep_ts, log_
     if (b->len == 0) {
         b->pieces = 1;
         b->piece[0] = (log_piece){.seg = l->write_seg, .off = l->write_off, .from = 0};
-        b->first_seq = r->seq;
+        b->first_seq = seq;
     }
-    if (!keep_ts)
-        r->ts_ms = ts_ms > l->last_ts_ms ? ts_ms : l->last_ts_ms;
-    r->prev = l->prev;
-    r->batch_back = (uint32_t)(r->seq - b->first_seq);
-    if (l->group_open) {
-        r->rflags |= RECORD_F_GROUP;
-        r->group_back = (uint32_t)(r->seq - l->group_seq);
-    }
+    return 0;
+}
+
+/* The record r of `size` bytes was written at b->len with checksum sum:
+ * the batch and the log move past it. */
+static void log_took(log_t *l, log_buf *b, const record *r, size_t size, uint64_t sum,
+                     log_loc *loc)
+{
     b->last_rec_at = b->len;
-    l->prev = record_encode(r, b->buf + b->len);
+    l->prev = sum;
     *loc = log_make_loc(l->write_seg, l->write_off);
-    if (!is_part)
+    if (r->type != RECORD_ALLOC)
         log_sparse_note(log_last_seg(l), r->seq, l->write_off);
     b->len += size;
     b->last_seq = r->seq;
@@ -1133,6 +1130,33 @@ static int log_append_at(log_t *l, record *r, uint64_t ts_ms, bool keep_ts, log_
         log_prep_start(l, l->write_seg + 1);
     b->end_seg = l->write_seg;
     b->end_off = l->write_off;
+}
+
+static int log_append_at(log_t *l, record *r, uint64_t ts_ms, bool keep_ts, log_loc *loc)
+{
+    if (l->status != 0)
+        return l->status;
+    if (l->opts.read_only)
+        return -EROFS;
+    log_buf *b = l->filling;
+    bool is_part = r->type == RECORD_ALLOC;
+    assert(!is_part || l->last_seq > 0);
+    r->seq = is_part ? l->last_seq : l->last_seq + 1;
+    r->part = is_part ? (uint16_t)(l->last_part + 1) : 0;
+    size_t size = record_size(r);
+    int rc = log_place(l, b, size, r->seq);
+    if (rc < 0)
+        return rc;
+    if (!keep_ts)
+        r->ts_ms = ts_ms > l->last_ts_ms ? ts_ms : l->last_ts_ms;
+    r->prev = l->prev;
+    r->batch_back = (uint32_t)(r->seq - b->first_seq);
+    if (l->group_open) {
+        r->rflags |= RECORD_F_GROUP;
+        r->group_back = (uint32_t)(r->seq - l->group_seq);
+    }
+    uint64_t sum = record_encode(r, b->buf + b->len);
+    log_took(l, b, r, size, sum, loc);
     return 0;
 }
 
@@ -1144,6 +1168,40 @@ int log_append(log_t *l, record *r, uint64_t ts_ms, log_loc *loc)
 int log_append_keep_ts(log_t *l, record *r, log_loc *loc)
 {
     return log_append_at(l, r, 0, true, loc);
+}
+
+void log_tail(const log_t *l, uint64_t *seq, uint16_t *part, uint64_t *sum)
+{
+    *seq = l->last_seq;
+    *part = l->last_part;
+    *sum = l->prev;
+}
+
+bool log_follows(uint64_t seq, uint16_t part, uint64_t sum, const record *r)
+{
+    bool next = r->type == RECORD_ALLOC ? r->seq == seq && r->part == part + 1
+                                        : r->seq == seq + 1 && r->part == 0;
+    return next && r->prev == sum;
+}
+
+int log_append_raw(log_t *l, const uint8_t *buf, size_t len, const record *r, log_loc *loc)
+{
+    if (l->status != 0)
+        return l->status;
+    if (l->opts.read_only)
+        return -EROFS;
+    assert(!l->group_open);
+    if (!log_follows(l->last_seq, l->last_part, l->prev, r) || len != record_size(r) ||
+        len > LIMIT_RECORD_BYTES_MAX)
+        return TALLY_ECORRUPT;
+    log_buf *b = l->filling;
+    int rc = log_place(l, b, len, r->seq);
+    if (rc < 0)
+        return rc;
+    memcpy(b->buf + b->len, buf, len);
+    uint64_t sum = log_get64(buf + len - 8); /* the caller checked it */
+    log_took(l, b, r, len, sum, loc);
+    return 0;
 }
 
 void log_group_begin(log_t *l)
@@ -1579,7 +1637,38 @@ static void log_iter_advance(log_iter *it, size_t len, uint64_t sum, uint64_t se
     it->last_part = part;
 }
 
+static int log_iter_step(log_iter *it, record *r, log_loc *loc, uint8_t *raw, size_t *raw_len);
+
 int log_iter_next(log_iter *it, record *r, log_loc *loc)
+{
+    return log_iter_step(it, r, loc, NULL, NULL);
+}
+
+int log_iter_next_raw(log_iter *it, record *r, uint8_t *raw, size_t *raw_len)
+{
+    log_loc loc;
+    return log_iter_step(it, r, &loc, raw, raw_len);
+}
+
+int log_checksum_at(log_t *l, uint64_t seq, uint64_t *sum)
+{
+    pthread_rwlock_rdlock(&l->segs_lock);
+    log_loc loc;
+    int rc = log_find_locked(l, seq, &loc, false);
+    size_t avail = 0, len;
+    record r;
+    const uint8_t *p = rc == 0 ? log_bytes_at(l, log_loc_seg(loc), log_loc_off(loc), &avail,
+                                              false)
+                               : NULL;
+    if (rc == 0 && (!p || record_decode(p, avail, &r, &len, sum) != RECORD_OK))
+        rc = TALLY_ECORRUPT;
+    pthread_rwlock_unlock(&l->segs_lock);
+    return rc;
+}
+
+/* One step of an iterator; with raw, the record's bytes are copied there
+ * too (under the lock: the mapping may go with retention). */
+static int log_iter_step(log_iter *it, record *r, log_loc *loc, uint8_t *raw, size_t *raw_len)
 {
     log_t *l = it->log;
     if (it->seg_index == UINT32_MAX)
@@ -1597,6 +1686,11 @@ int log_iter_next(log_iter *it, record *r, log_loc *loc)
         rc = 0;
     if (rc == 1) {
         *loc = log_make_loc(seg, it->offset);
+        if (raw) {
+            assert(len <= LIMIT_RECORD_BYTES_MAX);
+            memcpy(raw, p, len);
+            *raw_len = len;
+        }
         log_iter_advance(it, len, sum, rr.seq, rr.part);
         memcpy(r, &rr, offsetof(record, id));
         memcpy(r->id, rr.id, rr.id_len);

@@ -69,6 +69,14 @@ typedef struct log_options {
      * tally.c); 0: nothing.  Records from it on are removed like a torn
      * tail, and must not be trusted (from_seq < cut_seq). */
     uint64_t cut_seq;
+    /* What the cut is for, in the report ("an import that never
+     * committed" when NULL). */
+    const char *cut_reason;
+    /* A log made here (no segments yet) starts at this seq, chained to
+     * this checksum: a replica bootstrapped from its leader's snapshot
+     * holds only the log after it (repl.h).  0: seq 1, prev 0. */
+    uint64_t first_seq;
+    uint64_t first_prev;
     tally_log_fn log;   /* progress and reports; NULL = silent */
     void *log_ctx;
 } log_options;
@@ -125,6 +133,14 @@ int log_append(log_t *l, record *r, uint64_t ts_ms, log_loc *loc);
 /* Imported entries keep their own ts_ms (not checked against the log's
  * time). */
 int log_append_keep_ts(log_t *l, record *r, log_loc *loc);
+/* Replication (repl.h): appends a record another log wrote, byte for
+ * byte: buf[0, len) is its encoding and r what record_decode() made of
+ * it (checksum checked by the caller).  It must continue this log — the
+ * next seq (or the next allocation part of the last one) and r->prev the
+ * checksum of the last record — else TALLY_ECORRUPT and nothing changes.
+ * Its seq, time, batch and group fields are the writer's.  Otherwise as
+ * log_append. */
+int log_append_raw(log_t *l, const uint8_t *buf, size_t len, const record *r, log_loc *loc);
 
 /* Groups: records appended between log_group_begin and log_group_end form
  * one group (RECORD_F_GROUP, group_back), the last marked
@@ -134,6 +150,14 @@ int log_append_keep_ts(log_t *l, record *r, log_loc *loc);
 void log_group_begin(log_t *l);
 void log_group_end(log_t *l);
 bool log_group_open(const log_t *l);
+
+/* Where the appended log ends: its last record's seq, part and checksum
+ * (writer thread). */
+void log_tail(const log_t *l, uint64_t *seq, uint16_t *part, uint64_t *sum);
+/* Whether record r (checksum-checked) may follow the record (seq, part)
+ * whose checksum is sum: the next entry, or the next allocation part of
+ * the same one, chained to it. */
+bool log_follows(uint64_t seq, uint16_t part, uint64_t sum, const record *r);
 
 /* Bytes and records in the filling batch. */
 size_t log_batch_bytes(const log_t *l);
@@ -225,5 +249,16 @@ int log_iter_next(log_iter *it, record *r, log_loc *loc);
  * every record up to it has been seen.  Errors as log_iter_next. */
 int log_iter_next_entry(log_iter *it, uint64_t merchant, uint32_t *budget, record *r,
                         log_loc *loc);
+/* log_iter_next that also copies the record's bytes as they are on disk
+ * into raw[0, *raw_len) (raw holds LIMIT_RECORD_BYTES_MAX): what a
+ * leader ships to its replicas. */
+int log_iter_next_raw(log_iter *it, record *r, uint8_t *raw, size_t *raw_len);
+
+/* The checksum of the durable record (seq, part 0) (what the record after
+ * it chains to, if it has no allocation parts): a replica and its leader
+ * compare them to find where their logs part (the chain makes equal
+ * checksums mean equal logs up to there).  Any thread.  TALLY_ENOTFOUND,
+ * TALLY_EARCHIVED, TALLY_ECORRUPT. */
+int log_checksum_at(log_t *l, uint64_t seq, uint64_t *sum);
 
 #endif

@@ -61,6 +61,12 @@ static uint16_t record_get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] <
 
 static size_t record_round(size_t body) { return ((body + 7) & ~(size_t)7) + 8; }
 
+bool record_ends_write(const record *r)
+{
+    bool grouped = (r->rflags & RECORD_F_GROUP) && !(r->rflags & RECORD_F_GROUP_END);
+    return !(r->rflags & RECORD_F_MORE) && !grouped;
+}
+
 size_t record_size(const record *r)
 {
     return record_round(RECORD_FIXED_BYTES + r->id_len + r->ref_len + r->memo_len +

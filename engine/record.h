@@ -155,6 +155,11 @@ typedef struct record_alloc {
     int64_t points;        /* > 0 */
 } record_alloc;
 
+/* Whether a write's records end with r: no allocation part follows it
+ * and it closes its group, if it is in one (replication cuts its
+ * messages there). */
+bool record_ends_write(const record *r);
+
 /* Encoded size of r in bytes (multiple of 8, <= LIMIT_RECORD_BYTES_MAX). */
 size_t record_size(const record *r);
 /* Bytes of allocations a record with these lengths can still take. */
