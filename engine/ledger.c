@@ -316,22 +316,28 @@ static int ledger_commit_outcome(ledger *l, int rc)
     return rc;
 }
 
-int ledger_checkpoint(ledger *l, uint64_t seq)
+int ledger_checkpoint_frozen_commit(ledger *l)
 {
     if (l->opts.read_only)
         return -EROFS;
+    if (!state_has_frozen(l->st))
+        return 0;
+    int rc = 0;
+    int st = state_commit_finish(l->st);
+    if (st == STATE_COMMIT_NONE)
+        rc = state_commit_frozen(l->st, ledger_before_commit, l, NULL, NULL);
+    if (rc == 0)
+        rc = ledger_commit_outcome(l, state_commit_wait(l->st));
+    return rc;
+}
+
+int ledger_checkpoint(ledger *l, uint64_t seq)
+{
     /* A checkpoint set aside earlier goes in first (its records are
      * durable by now: every caller has finished its batches). */
-    int rc = 0;
-    if (state_has_frozen(l->st)) {
-        int st = state_commit_finish(l->st);
-        if (st == STATE_COMMIT_NONE)
-            rc = state_commit_frozen(l->st, ledger_before_commit, l, NULL, NULL);
-        if (rc == 0)
-            rc = ledger_commit_outcome(l, state_commit_wait(l->st));
-        if (rc < 0)
-            return rc;
-    }
+    int rc = ledger_checkpoint_frozen_commit(l);
+    if (rc < 0)
+        return rc;
     rc = ledger_checkpoint_rows(l, seq);
     if (rc == 0) {
         int fr = ids_freeze(l->ids, seq, true);
@@ -425,6 +431,10 @@ int ledger_checkpoint_finish(ledger *l)
 }
 
 bool ledger_checkpoint_frozen(const ledger *l) { return state_has_frozen(l->st); }
+
+uint64_t ledger_checkpoint_frozen_seq(const ledger *l) { return l->frozen_seq; }
+
+void ledger_set_epoch(ledger *l, uint32_t epoch) { l->epoch = epoch; }
 
 void ledger_rollback(ledger *l)
 {

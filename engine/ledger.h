@@ -95,6 +95,10 @@ int ledger_replay_ids(ledger *l, const record *r);
  * are due into *more. */
 int ledger_sweep(ledger *l, uint64_t now_ms, uint32_t max, uint32_t *count, bool *more);
 
+/* The epoch written into every record from now on (repl.h: the epoch of
+ * the leader's lease; 0 standalone). */
+void ledger_set_epoch(ledger *l, uint32_t epoch);
+
 /* The client's view of a logged record (ENTRY, HISTORY, dump). */
 void ledger_entry_from_record(const record *r, tally_entry *e);
 
@@ -124,6 +128,13 @@ int ledger_checkpoint_freeze(ledger *l, uint64_t seq);
 int ledger_checkpoint_commit(ledger *l, void (*done)(void *ctx), void *ctx);
 int ledger_checkpoint_finish(ledger *l);
 bool ledger_checkpoint_frozen(const ledger *l);
+/* The seq of the checkpoint set aside (0: none). */
+uint64_t ledger_checkpoint_frozen_seq(const ledger *l);
+/* Commits the checkpoint set aside, if any, and waits for it, leaving
+ * what was executed after it uncommitted (a replica's shard closing: it
+ * may not checkpoint past the replicated seq).  0 or < 0 (then
+ * ledger_rollback). */
+int ledger_checkpoint_frozen_commit(ledger *l);
 /* Memory the uncheckpointed changes hold (backpressure). */
 size_t ledger_pending_bytes(const ledger *l);
 /* True when the id index's memtable holds `times` flushes' worth: 1, a

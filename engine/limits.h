@@ -180,6 +180,13 @@ static_assert(LIMIT_BULK_BYTES_MAX < LIMIT_CLIENT_INPUT_BYTES_MAX,
 /* How often a member writes its durable position to ZooKeeper when it
  * changed (status lag); a vote writes it at once. */
 #define LIMIT_CLUSTER_POS_REPORT_MS 1000
+/* Replication (repl.h): the most record bytes a leader puts in one
+ * message (then it cuts at the next write's end): big enough that a
+ * replica appends a busy leader's batch in one or two of its own, small
+ * enough that a message is read into memory whole. */
+#define LIMIT_REPL_CHUNK_BYTES (1u << 20)
+static_assert(LIMIT_REPL_CHUNK_BYTES + 64 * LIMIT_RECORD_BYTES_MAX <= LIMIT_BATCH_BYTES_MAX,
+              "a chunk fits one batch of the replica");
 
 static_assert(LIMIT_CLUSTER_SLOTS == 16384, "Redis Cluster clients hash into 16384 slots");
 static_assert(LIMIT_CLUSTER_GROUPS_MAX <= LIMIT_CLUSTER_NODES_MAX,

@@ -85,6 +85,7 @@ const char *tally_strerror(int err)
     case TALLY_ECLOSED: return "engine is shutting down";
     case TALLY_ETOOBIG: return "request exceeds an engine limit";
     case TALLY_EARCHIVED: return "the entry lies before the retained log";
+    case TALLY_ETRYAGAIN: return "not acknowledged by the cluster: retry with the same id";
     default: break;
     }
     if (err < 0 && err > TALLY_EBASE)
@@ -99,6 +100,7 @@ const char *tally_error_code(int err)
     case TALLY_ENOTFOUND: return "NOTFOUND";
     case TALLY_ECONFLICT: return "CONFLICT";
     case TALLY_EINVALID: return "INVALID";
+    case TALLY_ETRYAGAIN: return "TRYAGAIN";
     default: return "ERR";
     }
 }

@@ -62,8 +62,13 @@ enum { SHARD_TAG_INBOX = 1, SHARD_TAG_BATCH = 2 };
 #define SHARD_SWEEP_MS 1000
 /* One job per segment a batch touches, and the inbox poll. */
 #define SHARD_RING_DEPTH (LIMIT_BATCH_SEGMENTS_MAX + 8)
-/* Replays (recovery, rebuilds, verify) checkpoint this often, so that a
- * long log does not pile up in memory. */
+/* Cluster mode: batches durable but not yet acknowledged, each with the
+ * requests it answers (more are merged into the last). */
+#define SHARD_WAITING_MAX 256
+/* The records one replicated chunk can hold (the smallest record is
+ * RECORD_FIXED_BYTES + 8). */
+#define SHARD_CHUNK_RECORDS_MAX \
+    ((LIMIT_REPL_CHUNK_BYTES + 64 * LIMIT_RECORD_BYTES_MAX) / (RECORD_FIXED_BYTES + 8))
 
 /* ---- types -------------------------------------------------------------- */
 
@@ -78,6 +83,12 @@ typedef struct shard_list {
     tally_request *tail;
     uint32_t count;
 } shard_list;
+
+/* Requests of durable batches up to seq, waiting to be acknowledged. */
+typedef struct shard_wait {
+    shard_list list;
+    uint64_t seq;
+} shard_wait;
 
 struct shard {
     shard_options opts;
@@ -99,6 +110,8 @@ struct shard {
     shard_list filling;  /* applied, waiting for the filling batch */
     shard_list inflight; /* waiting for the in-flight batch */
     bool batch_inflight;
+    bool filling_gated;  /* cluster mode: the filling batch has requests applied */
+    bool inflight_gated; /* while leading: answered once replicated */
     uint32_t batch_pending_ios;
     int batch_res;
     uint64_t batch_submit_ns;
@@ -120,6 +133,7 @@ struct shard {
     _Atomic int snap_done;
     int snap_rc;
     snapshot_info snap_info;
+    tally_replica replica; /* opts.replica points here */
     uint64_t snap_started_ns;
     bool snap_wanted;
     shard_list snap_waiting; /* answered by the running (or next) snapshot */
@@ -140,6 +154,25 @@ struct shard {
         st_checkpoint_stall_us_max, st_log_first_seq, st_snapshot_seq, st_snapshot_bytes,
         st_snapshots, st_snapshot_ms_last;
     uint64_t stall_ns; /* when the pump stopped taking requests; 0: it takes them */
+
+    /* Cluster mode (opts.replica): set from any thread, acted on by the
+     * shard thread (woken through wake_fd). */
+    _Atomic bool leads;
+    _Atomic uint32_t lead_epoch;
+    _Atomic uint64_t ack_seq;    /* a leader answers up to here */
+    _Atomic uint64_t commit_seq; /* checkpoints reach at most here */
+    _Atomic bool drop_wanted;    /* answer the waiting ones TALLY_ETRYAGAIN */
+    _Atomic uint64_t st_repl_lag, st_durable_epoch;
+    tally_replica_chunk *chunk_inbox; /* under inbox_lock, newest first */
+    tally_replica_chunk *chunk_queue; /* the shard thread's, oldest first */
+    /* owned by the shard thread */
+    uint32_t ledger_epoch;  /* what the ledger writes into records */
+    uint32_t log_epoch;     /* epoch of the last record appended */
+    uint32_t sealed_epoch;  /* ... of the batch in flight */
+    shard_wait waiting[SHARD_WAITING_MAX];
+    uint32_t waiting_head, waiting_count;
+    log_loc *chunk_locs;    /* SHARD_CHUNK_RECORDS_MAX */
+    record *chunk_rec;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -268,6 +301,8 @@ static void shard_publish(shard *s)
 }
 
 /* ---- failure ------------------------------------------------------------ */
+
+static void shard_answer(shard *s, shard_list *l, uint64_t seq, bool gated);
 
 /* Marks the shard failed or corrupt, once; the message is written before
  * the status so readers that see the status see the message. */
@@ -435,7 +470,7 @@ static void shard_fail(shard *s, int err, const char *what)
         /* Its write and flush succeeded: those requests are durable, and
          * are answered as executed, whatever failed after them. */
         if (s->batch_res == 0)
-            shard_complete_list(&s->inflight);
+            shard_answer(s, &s->inflight, log_durable_seq(s->log), s->inflight_gated);
     }
     if (err == TALLY_ECORRUPT) {
         shard_refuse_corrupt(s, what);
@@ -451,6 +486,237 @@ static void shard_fail(shard *s, int err, const char *what)
     shard_fail_list(&s->filling, TALLY_EFAILED, msg);
     s->batch_inflight = false;
     shard_rebuild(s, false, "failure");
+}
+
+/* ---- cluster mode: acknowledgements (opts.replica) ------------------------ */
+
+/* How far checkpoints may go: a replica's state must never reflect a
+ * record it may have to drop (tally.h, repl.h). */
+static uint64_t shard_cap(shard *s)
+{
+    return s->opts.replica ? atomic_load(&s->commit_seq) : UINT64_MAX;
+}
+
+/* The waiting ones are answered TALLY_ETRYAGAIN: leadership was lost (or
+ * the shard closes) before a replica confirmed them, so their outcome is
+ * unknown to the client, which retries with the same id. */
+static void shard_drop_waiting(shard *s, const char *why)
+{
+    while (s->waiting_count > 0) {
+        shard_wait *w = &s->waiting[s->waiting_head];
+        shard_list l = w->list;
+        w->list = (shard_list){0};
+        s->waiting_head = (s->waiting_head + 1) % SHARD_WAITING_MAX;
+        s->waiting_count--;
+        shard_fail_list(&l, TALLY_ETRYAGAIN, why);
+    }
+}
+
+/* Answers the waiting batches a leader may acknowledge now: durable, up
+ * to the replicated seq, while its lease holds.  A shard that no longer
+ * leads acknowledges none of them. */
+static void shard_release(shard *s)
+{
+    if (s->waiting_count == 0)
+        return;
+    if (!atomic_load(&s->leads)) {
+        shard_drop_waiting(s, "this node lost the shard group's leadership before a replica "
+                              "confirmed the write: retry with the same id");
+        return;
+    }
+    if (!s->opts.replica->may_ack(s->opts.replica->ctx))
+        return; /* the lease is in doubt: hold them (kicked when it is back) */
+    uint64_t upto = log_durable_seq(s->log), ack = atomic_load(&s->ack_seq);
+    upto = ack < upto ? ack : upto;
+    while (s->waiting_count > 0) {
+        shard_wait *w = &s->waiting[s->waiting_head];
+        if (w->seq > upto)
+            break;
+        shard_list l = w->list;
+        w->list = (shard_list){0};
+        s->waiting_head = (s->waiting_head + 1) % SHARD_WAITING_MAX;
+        s->waiting_count--;
+        shard_complete_list(&l);
+    }
+}
+
+/* The requests of a batch durable up to seq: answered now, or — applied
+ * while the shard led a cluster's group (gated) — once acknowledged.
+ * Batches wait in order; past SHARD_WAITING_MAX the newest entry takes
+ * more (a later seq only holds them longer). */
+static void shard_answer(shard *s, shard_list *l, uint64_t seq, bool gated)
+{
+    if (!gated) {
+        shard_complete_list(l);
+        return;
+    }
+    if (l->head == NULL)
+        return;
+    assert(s->opts.replica != NULL);
+    shard_wait *w;
+    if (s->waiting_count == SHARD_WAITING_MAX) {
+        w = &s->waiting[(s->waiting_head + s->waiting_count - 1) % SHARD_WAITING_MAX];
+    } else {
+        w = &s->waiting[(s->waiting_head + s->waiting_count++) % SHARD_WAITING_MAX];
+        *w = (shard_wait){0};
+    }
+    shard_list_append(&w->list, l);
+    w->seq = seq;
+    shard_release(s);
+}
+
+/* ---- cluster mode: a replica's records (opts.replica) --------------------- */
+
+/* Checks that c's records continue the log — chain, seqs, epochs never
+ * going down nor past the leader's — and end at the end of a write,
+ * before one is appended: a bad chunk changes nothing.  *count: its
+ * records. */
+static int shard_chunk_check(shard *s, const tally_replica_chunk *c, uint32_t *count,
+                             uint32_t *epoch_out)
+{
+    uint64_t seq, sum;
+    uint16_t part;
+    log_tail(s->log, &seq, &part, &sum);
+    uint32_t epoch = s->log_epoch, n = 0;
+    record *r = s->chunk_rec;
+    size_t off = 0;
+    bool ends = false;
+    while (off < c->len) {
+        size_t len;
+        uint64_t next_sum;
+        if (n == SHARD_CHUNK_RECORDS_MAX ||
+            record_decode(c->buf + off, c->len - off, r, &len, &next_sum) != RECORD_OK ||
+            !log_follows(seq, part, sum, r) || r->epoch < epoch || r->epoch > c->epoch)
+            return TALLY_ECORRUPT;
+        seq = r->seq;
+        part = r->part;
+        sum = next_sum;
+        epoch = r->epoch;
+        ends = record_ends_write(r);
+        off += len;
+        n++;
+    }
+    if (n == 0 || !ends)
+        return TALLY_ECORRUPT;
+    *count = n;
+    *epoch_out = epoch;
+    return 0;
+}
+
+/* The records of a chunk in order, with where the log put them: what a
+ * replay pulls (ledger_src). */
+typedef struct shard_chunk_cur {
+    const tally_replica_chunk *c;
+    const log_loc *locs;
+    size_t off;
+    uint32_t i;
+} shard_chunk_cur;
+
+static int shard_chunk_next(void *ctx, record *r, log_loc *loc)
+{
+    shard_chunk_cur *cur = ctx;
+    if (cur->off >= cur->c->len)
+        return 0;
+    size_t len;
+    uint64_t sum;
+    int drc = record_decode(cur->c->buf + cur->off, cur->c->len - cur->off, r, &len, &sum);
+    assert(drc == RECORD_OK); /* shard_chunk_check decoded it */
+    (void)drc;
+    *loc = cur->locs[cur->i++];
+    cur->off += len;
+    return 1;
+}
+
+/* Appends a chunk's records as they are and replays them into the ledger
+ * (so the state includes them as the leader's did), in the filling
+ * batch.  False if it must wait for the next batch. */
+static bool shard_apply_chunk(shard *s, tally_replica_chunk *c)
+{
+    int st = atomic_load(&s->status);
+    uint32_t n = 0, epoch = 0;
+    int rc = st ? st : atomic_load(&s->leads) ? TALLY_ETRYAGAIN : shard_chunk_check(s, c, &n,
+                                                                                  &epoch);
+    if (rc < 0) {
+        shard_fail_request(&c->req, rc, rc == TALLY_ECORRUPT
+                                            ? "the records do not continue this replica's log"
+                                        : rc == TALLY_ETRYAGAIN ? "this shard leads its group"
+                                                                : s->status_message);
+        c->req.done(&c->req);
+        return true;
+    }
+    if (log_batch_records(s->log) > 0 && !log_batch_room(s->log, c->len))
+        return false;
+    shard_chunk_cur cur = {.c = c, .locs = s->chunk_locs};
+    size_t off = 0;
+    for (uint32_t i = 0; rc == 0 && i < n; i++) {
+        record *r = s->chunk_rec;
+        size_t len;
+        uint64_t sum;
+        record_decode(c->buf + off, c->len - off, r, &len, &sum);
+        rc = log_append_raw(s->log, c->buf + off, len, r, &s->chunk_locs[i]);
+        off += len;
+    }
+    shard_list_push(&s->filling, &c->req);
+    if (rc < 0) {
+        shard_fail(s, rc, "appending its leader's records");
+        return true;
+    }
+    ledger_src src = {shard_chunk_next, &cur};
+    log_loc loc;
+    while (rc == 0 && shard_chunk_next(&cur, s->chunk_rec, &loc) == 1)
+        rc = ledger_replay(s->ledger, s->chunk_rec, loc, &src);
+    if (rc < 0) {
+        shard_fail(s, rc, "replaying its leader's records");
+        return true;
+    }
+    s->log_epoch = epoch;
+    c->last_seq = log_last_seq(s->log);
+    c->req.res.status = 0;
+    return true;
+}
+
+/* The chunks queued by shard_replica_append, oldest first, after the ones
+ * waiting. */
+static void shard_take_chunks(shard *s)
+{
+    pthread_mutex_lock(&s->inbox_lock);
+    tally_replica_chunk *newest = s->chunk_inbox;
+    s->chunk_inbox = NULL;
+    pthread_mutex_unlock(&s->inbox_lock);
+    tally_replica_chunk *oldest = NULL;
+    while (newest) {
+        tally_replica_chunk *next = newest->next_;
+        newest->next_ = oldest;
+        oldest = newest;
+        newest = next;
+    }
+    tally_replica_chunk **tail = &s->chunk_queue;
+    while (*tail)
+        tail = &(*tail)->next_;
+    *tail = oldest;
+}
+
+static void shard_pump_chunks(shard *s)
+{
+    shard_take_chunks(s);
+    while (s->chunk_queue) {
+        tally_replica_chunk *c = s->chunk_queue;
+        if (!shard_apply_chunk(s, c))
+            break; /* the batch is full: after it is sealed */
+        s->chunk_queue = c->next_;
+    }
+}
+
+/* Closing: chunks never applied are refused. */
+static void shard_fail_chunks(shard *s)
+{
+    shard_take_chunks(s);
+    while (s->chunk_queue) {
+        tally_replica_chunk *c = s->chunk_queue;
+        s->chunk_queue = c->next_;
+        shard_fail_request(&c->req, TALLY_ECLOSED, "engine is shutting down");
+        c->req.done(&c->req);
+    }
 }
 
 /* ---- verify ------------------------------------------------------------- */
@@ -498,7 +764,9 @@ static void shard_submit_batch(shard *s)
     log_seal(s->log, &b);
     if (b.count == 0) {
         /* Nothing to write: what the filling requests saw is durable. */
-        shard_complete_list(&s->filling);
+        bool gated = s->filling_gated;
+        s->filling_gated = false;
+        shard_answer(s, &s->filling, log_durable_seq(s->log), gated);
         return;
     }
     bool sync = s->opts.sync == TALLY_SYNC_ALWAYS;
@@ -524,6 +792,9 @@ static void shard_submit_batch(shard *s)
     s->batch_res = 0;
     s->batch_submit_ns = shard_mono_ns();
     s->batch_records = b.last_seq - b.first_seq + 1;
+    s->inflight_gated = s->filling_gated;
+    s->filling_gated = false;
+    s->sealed_epoch = s->log_epoch;
     shard_list_append(&s->inflight, &s->filling);
     /* The state now holds exactly the records up to this batch: the moment
      * to set a checkpoint aside (committed once the batch is durable). */
@@ -554,10 +825,14 @@ static void shard_batch_done(shard *s, int res)
     shard_hist_add(&s->st_flush_us, us);
     shard_hist_add(&s->st_batch_records, s->batch_records);
     atomic_fetch_add(&s->st_entries, s->batch_records);
+    atomic_store(&s->st_durable_epoch, s->sealed_epoch);
     shard_publish(s);
     if (s->opts.durable_fn)
         s->opts.durable_fn(s->opts.durable_ctx, s->opts.index);
-    shard_complete_list(&s->inflight);
+    if (s->opts.replica)
+        s->opts.replica->on_durable(s->opts.replica->ctx, log_durable_seq(s->log),
+                                    s->sealed_epoch);
+    shard_answer(s, &s->inflight, log_durable_seq(s->log), s->inflight_gated);
     shard_ckpt_start(s);
 }
 
@@ -781,8 +1056,21 @@ static bool shard_apply(shard *s, tally_request *r)
         s->snap_wanted = s->snap_wanted || !s->snap_running;
         return true;
     }
-    if (r->op == TALLY_OP_EXEC)
-        return shard_apply_exec(s, r);
+    if (s->opts.replica && !atomic_load(&s->leads) &&
+        (tally_op_is_write(r->op) || r->op == TALLY_OP_EXEC)) {
+        shard_fail_request(r, TALLY_ETRYAGAIN, "this node does not lead the shard group");
+        r->done(r);
+        return true;
+    }
+    if (s->opts.replica && atomic_load(&s->leads))
+        s->filling_gated = true; /* it may see (or be) a record not yet replicated */
+    uint64_t last = log_last_seq(s->log);
+    if (r->op == TALLY_OP_EXEC) {
+        bool taken = shard_apply_exec(s, r);
+        if (log_last_seq(s->log) != last)
+            s->log_epoch = s->ledger_epoch;
+        return taken;
+    }
     if (shard_is_write(r) && !log_batch_room(s->log, SHARD_WRITE_ROOM_BYTES))
         return false;
     int rc;
@@ -792,6 +1080,8 @@ static bool shard_apply(shard *s, tally_request *r)
     } else {
         rc = ledger_execute(s->ledger, r, shard_now(s));
     }
+    if (log_last_seq(s->log) != last)
+        s->log_epoch = s->ledger_epoch; /* records of this shard's own epoch */
     if (rc == TALLY_ETOOBIG) {
         /* The batch filled up with engine entries due before this write;
          * the write itself was not applied: run it again in the next one. */
@@ -809,6 +1099,10 @@ static void shard_sweep(shard *s)
 {
     if (atomic_load(&s->status) != 0 || s->opts.read_only)
         return;
+    /* A replica writes nothing of its own: its leader's expiries come as
+     * records. */
+    if (s->opts.replica && !atomic_load(&s->leads))
+        return;
     uint64_t now = shard_now(s);
     if (!s->sweep_more && now - s->last_sweep_ms < SHARD_SWEEP_MS)
         return;
@@ -821,6 +1115,8 @@ static void shard_sweep(shard *s)
         shard_fail(s, rc, "sweeping expiries");
         return;
     }
+    if (count > 0)
+        s->log_epoch = s->ledger_epoch;
     s->last_sweep_ms = now;
     s->sweep_more = more;
     atomic_fetch_add(&s->st_sweep_entries, count);
@@ -832,7 +1128,16 @@ static void shard_checkpoint(shard *s)
     uint64_t seq = log_durable_seq(s->log);
     uint64_t t0 = shard_mono_ns(), w0 = 0, w1 = 0;
     os_thread_written_bytes(&w0);
-    int rc = ledger_checkpoint(s->ledger, seq);
+    int rc;
+    if (shard_cap(s) >= seq) {
+        rc = ledger_checkpoint(s->ledger, seq);
+    } else {
+        /* A replica: only what was set aside within the commit seq; the
+         * rest is replayed from the log at the next open. */
+        seq = ledger_checkpoint_frozen_seq(s->ledger);
+        rc = seq && seq <= shard_cap(s) ? ledger_checkpoint_frozen_commit(s->ledger) : 0;
+        seq = ledger_checkpoint_seq(s->ledger);
+    }
     uint64_t us = (shard_mono_ns() - t0) / 1000u;
     if (os_thread_written_bytes(&w1) == 0 && w1 >= w0)
         atomic_fetch_add(&s->st_checkpoint_bytes, w1 - w0);
@@ -885,7 +1190,8 @@ static void shard_ckpt_freeze(shard *s, uint64_t seq)
 /* Once its records are durable, the frozen checkpoint is committed. */
 static void shard_ckpt_start(shard *s)
 {
-    if (!s->ckpt_seq || s->ckpt_committing || log_durable_seq(s->log) < s->ckpt_seq)
+    if (!s->ckpt_seq || s->ckpt_committing || log_durable_seq(s->log) < s->ckpt_seq ||
+        shard_cap(s) < s->ckpt_seq)
         return;
     s->ckpt_started_ns = shard_mono_ns();
     int rc = ledger_checkpoint_commit(s->ledger, shard_ckpt_done, s);
@@ -965,6 +1271,14 @@ static void shard_pump(shard *s)
 {
     if (atomic_load(&s->status) == 0)
         ledger_poll(s->ledger); /* finished merges of the id index go in */
+    if (s->opts.replica) {
+        uint32_t e = atomic_load(&s->lead_epoch);
+        if (e != s->ledger_epoch) {
+            ledger_set_epoch(s->ledger, e);
+            s->ledger_epoch = e;
+        }
+        shard_release(s);
+    }
     if (!s->checkpoint_wanted && shard_checkpoint_due(s))
         s->checkpoint_wanted = true;
     /* Backpressure from the disk: changes pile up while a commit runs. */
@@ -978,6 +1292,8 @@ static void shard_pump(shard *s)
             atomic_store(&s->st_checkpoint_stall_us_max, us);
         s->stall_ns = 0;
     }
+    if (!full && s->opts.replica)
+        shard_pump_chunks(s);
     if (!full) {
         shard_take_inbox(s);
         shard_apply_queued(s);
@@ -1007,13 +1323,13 @@ static int shard_wait_ms(shard *s)
     if (s->batch_inflight)
         return -1;
     if (s->queued.count > 0 || (s->checkpoint_wanted && !s->ckpt_seq) ||
-        (s->snap_wanted && !s->snap_running && !s->ckpt_seq))
+        (s->snap_wanted && !s->snap_running && !s->ckpt_seq) || s->chunk_queue)
         return 0;
     /* Requests the pump left in the inbox (it does not take them while a
      * checkpoint is wanted): submitters ring the eventfd only when the
      * inbox was empty, so nothing else would wake us for them. */
     pthread_mutex_lock(&s->inbox_lock);
-    bool inbox = s->inbox.head != NULL;
+    bool inbox = s->inbox.head != NULL || s->chunk_inbox != NULL;
     pthread_mutex_unlock(&s->inbox_lock);
     if (inbox)
         return 0;
@@ -1037,6 +1353,8 @@ static bool shard_should_exit(shard *s)
     pthread_mutex_lock(&s->inbox_lock);
     bool done = s->closing && s->inbox.head == NULL;
     pthread_mutex_unlock(&s->inbox_lock);
+    if (s->chunk_queue)
+        return false;
     return done && s->queued.head == NULL && !s->batch_inflight && s->filling.head == NULL &&
            log_batch_records(s->log) == 0;
 }
@@ -1069,6 +1387,7 @@ static void *shard_main(void *arg)
         if (s->snap_running && atomic_load(&s->snap_done))
             shard_snap_finish(s);
         shard_ckpt_finish(s);
+        shard_ckpt_start(s); /* a replica's commit seq may have moved */
         if (s->wake_rearm) {
             s->wake_rearm = false;
             if (ring_poll(s->ring, s->wake_fd, SHARD_TAG_INBOX) == 0)
@@ -1077,6 +1396,11 @@ static void *shard_main(void *arg)
         shard_pump(s);
         if (shard_should_exit(s))
             break;
+    }
+    if (s->opts.replica) {
+        shard_fail_chunks(s);
+        shard_drop_waiting(s, "server is shutting down before a replica confirmed the write: "
+                              "retry with the same id");
     }
     if (atomic_load(&s->status) == 0 &&
         (ledger_delta_records(s->ledger) > 0 || ledger_checkpoint_frozen(s->ledger)))
@@ -1186,6 +1510,21 @@ static int shard_open_ledger(shard *s, const char *state_dir)
     return ledger_open(&lo, NULL, &s->ledger);
 }
 
+/* A replica: the epoch of its log's last record (what it votes with). */
+static int shard_recover_epoch(shard *s)
+{
+    uint64_t seq = log_durable_seq(s->log);
+    if (seq == 0 || seq < log_first_seq(s->log))
+        return 0;
+    log_loc loc;
+    int rc = log_read_seq(s->log, seq, s->chunk_rec, &loc);
+    if (rc < 0)
+        return rc;
+    s->log_epoch = s->sealed_epoch = s->chunk_rec->epoch;
+    atomic_store(&s->st_durable_epoch, s->log_epoch);
+    return 0;
+}
+
 static int shard_recover(shard *s)
 {
     char path[4200], file[4300], snaps[4200];
@@ -1235,6 +1574,23 @@ static int shard_recover(shard *s)
                      .os = s->opts.os, .read_only = s->opts.read_only, .from_seq = cp,
                      .cut_seq = s->opts.undo_import ? s->opts.import_base + 1 : 0,
                      .log = shard_tally_log, .log_ctx = s};
+    const tally_replica *rp = s->opts.replica;
+    if (rp && rp->cut_after) {
+        /* A replica dropping the suffix its leader does not have: no
+         * checkpoint ever passes the replicated seq, so none reached it. */
+        if (rp->cut_after < cp) {
+            shard_set_status(s, TALLY_ECORRUPT, "cannot drop the log after seq %llu: the state "
+                                                "reflects seq %llu",
+                             (unsigned long long)rp->cut_after, (unsigned long long)cp);
+            return 0;
+        }
+        o.cut_seq = rp->cut_after + 1;
+        o.cut_reason = "a suffix its shard group's leader does not have";
+    }
+    if (rp) {
+        o.first_seq = rp->first_seq;
+        o.first_prev = rp->first_prev;
+    }
     log_recovery rec;
     rc = log_open(&o, &s->log, &rec);
     if (rc < 0)
@@ -1255,7 +1611,9 @@ static int shard_recover(shard *s)
         return 0;
     }
     s->now_ms = rec.last_ts_ms;
-    rc = shard_replay(s, !s->opts.read_only);
+    /* A replica checkpoints nothing past the seq its group replicated,
+     * which it learns from its leader: the replayed tail stays in memory. */
+    rc = shard_replay(s, !s->opts.read_only && !rp);
     if (rc == TALLY_ECORRUPT) {
         shard_set_status(s, TALLY_ECORRUPT, "replay after checkpoint seq %llu diverged",
                          (unsigned long long)cp);
@@ -1264,16 +1622,20 @@ static int shard_recover(shard *s)
     if (rc < 0)
         return rc;
     /* Commit the replayed tail now, synchronously: the next recovery then
-     * starts from here, and the shard thread starts with an empty layer. */
-    if (!s->opts.read_only) {
+     * starts from here, and the shard thread starts with an empty layer.
+     * (Not a replica: it never checkpoints past its group's commit seq.) */
+    if (!s->opts.read_only && !rp) {
         cp = log_durable_seq(s->log);
         rc = ledger_checkpoint(s->ledger, cp);
         if (rc < 0)
             return rc;
     }
     atomic_store(&s->st_checkpoint_seq, cp);
+    atomic_store(&s->commit_seq, cp);
+    if (rp)
+        rc = shard_recover_epoch(s);
     shard_publish(s);
-    return 0;
+    return rc;
 }
 
 int shard_open(const shard_options *opts, shard **out)
@@ -1293,6 +1655,17 @@ int shard_open(const shard_options *opts, shard **out)
     s->wake_fd = -1;
     pthread_mutex_init(&s->inbox_lock, NULL);
     int rc = 0;
+    if (opts->replica) {
+        s->replica = *opts->replica;
+        s->opts.replica = &s->replica;
+    }
+    s->chunk_rec = malloc(sizeof(*s->chunk_rec));
+    if (!s->chunk_rec)
+        rc = -ENOMEM;
+    if (opts->replica && rc == 0) {
+        s->chunk_locs = calloc(SHARD_CHUNK_RECORDS_MAX, sizeof(*s->chunk_locs));
+        rc = s->chunk_locs ? 0 : -ENOMEM;
+    }
     if (!opts->read_only && mkdir(s->dir, 0755) < 0 && errno != EEXIST)
         rc = -errno;
     if (rc == 0)
@@ -1337,6 +1710,8 @@ void shard_close(shard *s)
     ledger_close(s->ledger);
     log_close(s->log);
     pthread_mutex_destroy(&s->inbox_lock);
+    free(s->chunk_locs);
+    free(s->chunk_rec);
     free(s);
 }
 
@@ -1402,12 +1777,86 @@ void shard_stats(shard *s, tally_shard_stats *out)
     shard_hist_get(&s->st_batch_records, &out->batch_records);
     shard_hist_get(&s->st_checkpoint_us, &out->checkpoint_us);
     out->checkpoint_bytes = atomic_load(&s->st_checkpoint_bytes);
+    out->durable_epoch = atomic_load(&s->st_durable_epoch);
+    out->replicated_seq = atomic_load(&s->ack_seq);
+    out->commit_seq = atomic_load(&s->commit_seq);
+    out->repl_lag = atomic_load(&s->st_repl_lag);
+    out->leads = atomic_load(&s->leads);
     out->status = atomic_load(&s->status);
     if (out->status)
         snprintf(out->status_message, sizeof(out->status_message), "%s", s->status_message);
 }
 
 int shard_status(shard *s) { return atomic_load(&s->status); }
+
+/* ---- cluster mode: the replication module's handles ----------------------- */
+
+static void shard_wake(shard *s)
+{
+    uint64_t one = 1;
+    ssize_t w = write(s->wake_fd, &one, sizeof(one));
+    (void)w; /* a full eventfd counter still wakes the thread */
+}
+
+static void shard_max(_Atomic uint64_t *v, uint64_t seq)
+{
+    uint64_t old = atomic_load(v);
+    while (old < seq && !atomic_compare_exchange_weak(v, &old, seq))
+        ;
+}
+
+void shard_replica_lead(shard *s, bool lead, uint32_t epoch)
+{
+    assert(s->opts.replica != NULL);
+    if (lead) {
+        atomic_store(&s->lead_epoch, epoch); /* before the writes it lets in */
+        /* What it holds beyond the replicated seq it learnt as a replica
+         * may exist nowhere else: acknowledged only once replicated anew. */
+        atomic_store(&s->ack_seq, atomic_load(&s->commit_seq));
+    }
+    atomic_store(&s->leads, lead);
+    shard_wake(s);
+}
+
+void shard_replica_ack(shard *s, uint64_t seq)
+{
+    uint64_t before = atomic_load(&s->ack_seq);
+    shard_max(&s->ack_seq, seq);
+    if (seq > before)
+        shard_wake(s);
+}
+
+void shard_replica_commit(shard *s, uint64_t seq)
+{
+    uint64_t before = atomic_load(&s->commit_seq);
+    shard_max(&s->commit_seq, seq);
+    if (seq > before)
+        shard_wake(s);
+}
+
+void shard_replica_kick(shard *s) { shard_wake(s); }
+
+void shard_replica_lag(shard *s, uint64_t records) { atomic_store(&s->st_repl_lag, records); }
+
+void shard_replica_append(shard *s, tally_replica_chunk *c)
+{
+    assert(s->opts.replica != NULL);
+    int st = atomic_load(&s->status);
+    pthread_mutex_lock(&s->inbox_lock);
+    bool closing = s->closing;
+    if (!closing && st == 0) {
+        c->next_ = s->chunk_inbox;
+        s->chunk_inbox = c;
+    }
+    pthread_mutex_unlock(&s->inbox_lock);
+    if (closing || st != 0) {
+        shard_fail_request(&c->req, st ? st : TALLY_ECLOSED,
+                           st ? s->status_message : "engine is shutting down");
+        c->req.done(&c->req);
+        return;
+    }
+    shard_wake(s);
+}
 
 struct log_t *shard_log(shard *s) { return s->log; }
 struct ledger *shard_ledger(shard *s) { return s->ledger; }

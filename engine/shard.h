@@ -46,6 +46,8 @@ typedef struct shard_options {
      * change feed, feed.h): it must cost O(1). */
     void (*durable_fn)(void *ctx, uint32_t index);
     void *durable_ctx;
+    /* Cluster mode (tally.h "cluster mode"): NULL standalone. */
+    const tally_replica *replica;
 } shard_options;
 
 /* Opens the ledger and log, recovers (replays the log after the state's
@@ -72,6 +74,14 @@ int shard_call_offline(shard *s, tally_request *req);
 void shard_stats(shard *s, tally_shard_stats *out);
 /* 0, TALLY_EFAILED or TALLY_ECORRUPT; any thread. */
 int shard_status(shard *s);
+
+/* Cluster mode: tally.h's tally_replica_* for this shard. */
+void shard_replica_lead(shard *s, bool lead, uint32_t epoch);
+void shard_replica_ack(shard *s, uint64_t seq);
+void shard_replica_commit(shard *s, uint64_t seq);
+void shard_replica_kick(shard *s);
+void shard_replica_lag(shard *s, uint64_t records);
+void shard_replica_append(shard *s, tally_replica_chunk *c);
 
 /* Offline: checks the log chain, the state's consistency, and replays the
  * whole log into a fresh ledger in a temporary directory and compares it

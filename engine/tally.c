@@ -133,6 +133,7 @@ static int tally_open_shard(tally *t, const uint64_t *undo_bases, uint32_t i)
         .offline = t->opts.offline, .undo_import = undo_bases != NULL,
         .import_base = undo_bases ? undo_bases[i] : 0,
         .durable_fn = t->feed ? feed_notify : NULL, .durable_ctx = t->feed,
+        .replica = t->opts.replica,
     };
     int rc = tally_upgrade(t, path, i);
     if (rc == 0)
@@ -246,6 +247,10 @@ void tally_close_shards(tally *t)
 int tally_open(const tally_options *opts, tally **out)
 {
     if (!opts->dir || opts->shards > LIMIT_SHARDS_MAX)
+        return -EINVAL;
+    /* A shard group's engine is one shard: one log, one seq, the position
+     * its members compare in elections (repl.h). */
+    if (opts->replica && (opts->shards != 1 || opts->read_only || opts->offline))
         return -EINVAL;
     tally *t = calloc(1, sizeof(*t));
     if (!t)
@@ -429,6 +434,25 @@ uint32_t tally_shard_of(const tally *t, uint64_t merchant)
 {
     return checksum_shard(merchant, t->shard_count);
 }
+
+/* ---- cluster mode: one shard (tally_open checks) -------------------------- */
+
+void tally_replica_lead(tally *t, bool lead, uint32_t epoch)
+{
+    shard_replica_lead(t->shards[0], lead, epoch);
+}
+
+void tally_replica_ack(tally *t, uint64_t seq) { shard_replica_ack(t->shards[0], seq); }
+void tally_replica_commit(tally *t, uint64_t seq) { shard_replica_commit(t->shards[0], seq); }
+void tally_replica_kick(tally *t) { shard_replica_kick(t->shards[0]); }
+void tally_replica_lag(tally *t, uint64_t records) { shard_replica_lag(t->shards[0], records); }
+
+void tally_replica_append(tally *t, tally_replica_chunk *c)
+{
+    shard_replica_append(t->shards[0], c);
+}
+
+struct log_t *tally_replica_log(tally *t) { return shard_log(t->shards[0]); }
 
 int tally_shard_stats_get(tally *t, uint32_t index, tally_shard_stats *out)
 {

@@ -36,14 +36,16 @@ enum {
     TALLY_ECLOSED = -10011,       /* engine is shutting down */
     TALLY_ETOOBIG = -10012,       /* request exceeds an engine limit */
     TALLY_EARCHIVED = -10013,     /* the record lies before the retained log */
-    TALLY_ELAST = -10014,
+    TALLY_ETRYAGAIN = -10014,     /* -TRYAGAIN: not acknowledged in a cluster (no
+                                   * replica confirmed it, or leadership lost) */
+    TALLY_ELAST = -10015,
 };
 
 /* Names an error code: "-INSUFFICIENT" style codes map to their text,
  * -errno to strerror().  Never NULL; the string is static. */
 const char *tally_strerror(int err);
 /* The RESP error code word for an error: "INSUFFICIENT", "NOTFOUND",
- * "CONFLICT", "INVALID" or "ERR". */
+ * "CONFLICT", "INVALID", "TRYAGAIN" or "ERR". */
 const char *tally_error_code(int err);
 
 /* ---- data model --------------------------------------------------------- */
@@ -296,6 +298,23 @@ typedef uint64_t (*tally_clock_fn)(void *ctx);
  * 1 = warning, 2 = error.  May be called from any thread. */
 typedef void (*tally_log_fn)(void *ctx, int level, const char *msg);
 
+/* A shard group's engine in a cluster (repl.h): one shard, whose log a
+ * leader ships to its replicas.  While the shard leads (tally_replica_lead),
+ * requests are answered only up to the seq tally_replica_ack() allows and
+ * while may_ack() says so; no checkpoint passes tally_replica_commit();
+ * a replica's shard writes nothing of its own (no expiry sweep) and takes
+ * its leader's records through tally_replica_append(). */
+typedef struct tally_replica {
+    bool (*may_ack)(void *ctx);                  /* the lease holds (shard thread) */
+    /* After every flush (shard thread): the durable seq and the epoch of
+     * the record there. */
+    void (*on_durable)(void *ctx, uint64_t seq, uint32_t epoch);
+    void *ctx;
+    uint64_t cut_after;  /* at open: drop the log after this seq (0: keep) */
+    uint64_t first_seq;  /* a new log starts here, chained to first_prev (0: 1) */
+    uint64_t first_prev;
+} tally_replica;
+
 typedef struct tally_options {
     const char *dir;   /* data directory, created if missing */
     uint32_t shards;   /* 0 = manifest's, or CPU count when creating */
@@ -319,6 +338,8 @@ typedef struct tally_options {
     /* Tools that write (tally import): open writable but start no shard
      * threads; requests cannot be submitted. */
     bool offline;
+    /* Cluster mode: a shard group's engine (one shard); copied. */
+    const tally_replica *replica;
 } tally_options;
 
 typedef struct tally tally;
@@ -446,8 +467,59 @@ typedef struct tally_shard_stats {
     uint64_t checkpoint_bytes; /* bytes checkpoints wrote (LMDB, id index runs) */
     int status;              /* 0, TALLY_EFAILED or TALLY_ECORRUPT */
     char status_message[160];
+    /* Cluster mode (opts.replica): */
+    uint64_t durable_epoch;   /* epoch of the last durable record */
+    uint64_t replicated_seq;  /* a leader answers requests up to here */
+    uint64_t commit_seq;      /* checkpoints may reach here */
+    uint64_t repl_lag;        /* records its followers lack (tally_replica_lag) */
+    bool leads;               /* tally_replica_lead(true) */
 } tally_shard_stats;
 int tally_shard_stats_get(tally *t, uint32_t shard, tally_shard_stats *out);
+
+/* ---- cluster mode (opts.replica; repl.h) ---------------------------------------
+ *
+ * The engine of one shard group: one shard.  Any thread may call these. */
+
+/* Leads with `epoch` (its records carry it; writes are taken; the expiry
+ * sweep runs), or follows (writes are refused with TALLY_ETRYAGAIN,
+ * nothing of its own is written: records come through
+ * tally_replica_append).  Following answers every request still waiting
+ * to be acknowledged TALLY_ETRYAGAIN: leadership was lost before a
+ * replica confirmed it, so its outcome is unknown to the client. */
+void tally_replica_lead(tally *t, bool lead, uint32_t epoch);
+/* While leading: requests whose records are all at or below seq may be
+ * answered (once durable and while may_ack() holds).  Only moves up. */
+void tally_replica_ack(tally *t, uint64_t seq);
+/* Checkpoints may reflect records up to seq (no further: a replica may
+ * have to drop what follows).  Only moves up. */
+void tally_replica_commit(tally *t, uint64_t seq);
+/* may_ack() may have changed: look again at the requests waiting. */
+void tally_replica_kick(tally *t);
+/* The records its followers lack, for INFO and /metrics. */
+void tally_replica_lag(tally *t, uint64_t records);
+
+/* Records of its leader for a following shard: buf[0, len) holds whole
+ * encoded records (at most LIMIT_REPL_CHUNK_BYTES, plus one record) that
+ * continue its log and end at the end of a write, none of an epoch
+ * above `epoch` or below the log's last.  They are appended as they are,
+ * applied by the replay path, and req.done(&req) is called once they
+ * are durable (req.res.status 0), or with an error and nothing appended
+ * (TALLY_ECORRUPT: they do not continue the log; TALLY_ETRYAGAIN: the
+ * shard leads).  buf must stay valid until then. */
+typedef struct tally_replica_chunk {
+    tally_request req; /* done and user are the caller's */
+    const uint8_t *buf;
+    size_t len;
+    uint32_t epoch;
+    uint64_t last_seq; /* out: the last seq appended */
+    struct tally_replica_chunk *next_;
+} tally_replica_chunk;
+void tally_replica_append(tally *t, tally_replica_chunk *c);
+
+/* The shard's log (stable while the engine is open), for the leader's
+ * senders and the replicas' handshake (log.h: durable records are read
+ * from any thread). */
+struct log_t *tally_replica_log(tally *t);
 
 /* ---- import (SPEC §8; a tally opened `offline`) ------------------------------
  *
