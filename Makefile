@@ -11,7 +11,7 @@ CC ?= cc
 CFLAGS ?= -O2 -g
 override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
 	-Wno-missing-field-initializers -MMD -MP -pthread -Iengine
-override LDLIBS += -llmdb -lxxhash -luring -lzookeeper_mt -pthread -lm
+override LDLIBS += -llmdb -lxxhash -luring -lzookeeper_mt -lcrypto -pthread -lm
 
 ifeq ($(SAN),1)
 BUILD := build-san
@@ -30,11 +30,12 @@ endif
 # Debian packages each target needs; installed when missing (as root) or the
 # exact command is printed.
 # libhiredis-dev: `tally follow`'s RESP client (engine/follow.c; tally links it).
+# libssl-dev: HMAC-SHA256 for the replication handshake (engine/repl_proto.c).
 # libzookeeper-mt-dev: the cluster's ZooKeeper client (engine/zk.c).  zookeeperd:
 # the ZooKeeper server; the cluster tests run its Java server privately
 # (tests/zk_util.c) and never use the system service the package sets up.
 DEPS_BUILD := build-essential liblmdb-dev libxxhash-dev liburing-dev pkg-config \
-	libzookeeper-mt-dev libhiredis-dev
+	libzookeeper-mt-dev libhiredis-dev libssl-dev
 # curl and prometheus (for promtool): tests/metrics_test.c scrapes /metrics
 # and checks the text with Prometheus' own linter.
 DEPS_TEST := $(DEPS_BUILD) libcriterion-dev libhiredis-dev redis-tools xfsprogs strace \
