@@ -19,7 +19,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cluster_reply.h"
 #include "command.h"
+#include "repl.h"
 
 #define COMMAND_VERSION "0.1.0"
 /* Reported as redis_version so that client libraries which gate features
@@ -94,6 +96,10 @@ static int command_exec(command_call *c);
 static int command_discard(command_call *c);
 static int command_watch(command_call *c);
 static int command_unwatch(command_call *c);
+static int command_cluster(command_call *c);
+static int command_readonly(command_call *c);
+static int command_readwrite(command_call *c);
+static int command_asking(command_call *c);
 
 static const command_def command_table[] = {
 #define CMD(name, arity, flags, key, op, shape, options, handler, summary, args) \
@@ -1328,10 +1334,11 @@ static void command_info_server(metrics_text *t, const command_env *env)
     const metrics *m = env->metrics;
     uint64_t up = m ? (command_now_ms() - m->start_ms) / 1000 : 0;
     metrics_textf(t,
-                  "# Server\r\ntally_version:%s\r\nredis_version:%s\r\nredis_mode:standalone\r\n"
+                  "# Server\r\ntally_version:%s\r\nredis_version:%s\r\nredis_mode:%s\r\n"
                   "process_id:%ld\r\ntcp_port:%u\r\nuptime_in_seconds:%llu\r\n"
                   "sync:%s\r\nshards:%u\r\ndir:%s\r\n\r\n",
-                  COMMAND_VERSION, COMMAND_REDIS_VERSION, (long)getpid(), in ? in->port : 0,
+                  COMMAND_VERSION, COMMAND_REDIS_VERSION,
+                  env->cluster ? "cluster" : "standalone", (long)getpid(), in ? in->port : 0,
                   (unsigned long long)up,
                   in && in->sync == TALLY_SYNC_NONE ? "none" : "always",
                   env->t ? tally_shard_count(env->t) : 0, in && in->dir ? in->dir : "");
@@ -1436,21 +1443,49 @@ static void command_info_tenant(metrics_text *t, const command_call *c, bool ser
                       (unsigned long long)c->s->id, c->s->name, c->s->proto);
 }
 
+/* Cluster mode: one line per group this node serves (repl.h's figures):
+ * its role, epochs, seqs, the chain value at its durable seq (equal on
+ * members that hold the same log) and lag. */
+static void command_info_replication(metrics_text *t, const command_env *env)
+{
+    repl_group_info in[LIMIT_CLUSTER_GROUPS_MAX];
+    uint32_t n = repl_groups(env->cluster, in, LIMIT_CLUSTER_GROUPS_MAX);
+    const cluster_map *m = repl_map_acquire(env->cluster);
+    metrics_textf(t, "# Replication\r\ncluster_name:%s\r\nnode_id:%s\r\ngroups:%u\r\n", m->name,
+                  m->nodes[repl_self(env->cluster)].id, n);
+    repl_map_release(env->cluster, m);
+    for (uint32_t i = 0; i < n; i++)
+        metrics_textf(t,
+                      "group%u:role=%s,leader=%s,epoch=%llu,durable_seq=%llu,durable_epoch=%llu,"
+                      "replicated_seq=%llu,commit_seq=%llu,chain=%016llx,replicas=%u,lag=%llu,"
+                      "open=%d\r\n",
+                      in[i].group, repl_role_name(in[i].role), in[i].leader[0] ? in[i].leader : "-",
+                      (unsigned long long)in[i].epoch, (unsigned long long)in[i].durable_seq,
+                      (unsigned long long)in[i].durable_epoch,
+                      (unsigned long long)in[i].replicated_seq,
+                      (unsigned long long)in[i].commit_seq, (unsigned long long)in[i].chain,
+                      in[i].replicas, (unsigned long long)in[i].lag, in[i].open);
+    metrics_textf(t, "\r\n");
+}
+
 static int command_info(command_call *c)
 {
     bool all = c->cmd->argc == 1;
-    bool want[5] = {all, all, all, all, all};
-    static const char *const sections[5] = {"server", "clients", "ledger", "shards", "commit"};
+    bool want[6] = {all, all, all, all, all, all};
+    static const char *const sections[6] = {"server", "clients", "ledger", "shards", "commit",
+                                            "replication"};
     for (uint32_t i = 1; i < c->cmd->argc; i++) {
         if (command_arg_is(c, i, "all") || command_arg_is(c, i, "default") ||
             command_arg_is(c, i, "everything"))
-            for (int k = 0; k < 5; k++)
+            for (int k = 0; k < 6; k++)
                 want[k] = true;
-        for (int k = 0; k < 5; k++)
+        for (int k = 0; k < 6; k++)
             if (command_arg_is(c, i, sections[k]))
                 want[k] = true;
     }
     metrics_text t = {0};
+    if (c->env->cluster && want[0])
+        metrics_textf(&t, "# Cluster\r\ncluster_enabled:1\r\n\r\n"); /* what clients check */
     if (!command_sees_server(c)) {
         command_info_tenant(&t, c, want[0], want[1]);
     } else {
@@ -1459,12 +1494,146 @@ static int command_info(command_call *c)
         if (want[1])
             command_info_clients(&t, c->env);
         command_info_engine(&t, c->env, want[2], want[3], want[4]);
+        if (want[5] && c->env->cluster)
+            command_info_replication(&t, c->env);
     }
     if (t.oom)
         resp_error(c->out, "ERR", "out of memory");
     else
         resp_bulk(c->out, t.buf ? t.buf : "", t.len);
     metrics_text_free(&t);
+    return COMMAND_REPLIED;
+}
+
+/* ---- cluster mode (SPEC §8; repl.h) ------------------------------------------------ */
+
+static int command_no_cluster(command_call *c)
+{
+    return command_err(c, "ERR", "This instance has cluster support disabled");
+}
+
+/* CLUSTER INFO's text, Redis's fields. */
+static void command_cluster_info(command_call *c, const cluster_map *m)
+{
+    uint32_t slots_ok = 0, leaders = 0;
+    uint64_t epoch = 0, my_epoch = 0;
+    uint32_t self = repl_self(c->env->cluster);
+    for (uint32_t g = 0; g < m->group_count; g++) {
+        const cluster_group *gr = &m->groups[g];
+        int leader = cluster_group_leader(m, g);
+        uint16_t ranges[64][2];
+        uint32_t n = cluster_slot_ranges(m, g, ranges, 64);
+        for (uint32_t i = 0; leader >= 0 && i < n && i < 64; i++)
+            slots_ok += (uint32_t)(ranges[i][1] - ranges[i][0] + 1);
+        leaders += leader >= 0;
+        epoch = gr->epoch > epoch ? gr->epoch : epoch;
+        if (leader == (int)self && gr->leader_epoch > my_epoch)
+            my_epoch = gr->leader_epoch;
+    }
+    char text[768];
+    int n = snprintf(text, sizeof(text),
+                     "cluster_enabled:1\r\ncluster_state:%s\r\ncluster_slots_assigned:%u\r\n"
+                     "cluster_slots_ok:%u\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:%u\r\n"
+                     "cluster_known_nodes:%u\r\ncluster_size:%u\r\ncluster_current_epoch:%llu\r\n"
+                     "cluster_my_epoch:%llu\r\ncluster_groups_led:%u\r\n",
+                     leaders == m->group_count ? "ok" : "fail", LIMIT_CLUSTER_SLOTS, slots_ok,
+                     LIMIT_CLUSTER_SLOTS - slots_ok, m->node_count, m->group_count,
+                     (unsigned long long)epoch, (unsigned long long)my_epoch, leaders);
+    resp_bulk(c->out, text, (size_t)n);
+}
+
+static int command_cluster(command_call *c)
+{
+    if (!c->env->cluster)
+        return command_no_cluster(c);
+    uint32_t argc = c->cmd->argc;
+    const cluster_map *m = repl_map_acquire(c->env->cluster);
+    int proto = c->s->proto;
+    if (command_arg_is(c, 1, "slots") && argc == 2)
+        cluster_reply_slots(c->out, m, proto);
+    else if (command_arg_is(c, 1, "shards") && argc == 2)
+        cluster_reply_shards(c->out, m, proto);
+    else if (command_arg_is(c, 1, "nodes") && argc == 2)
+        cluster_reply_nodes(c->out, m, repl_self(c->env->cluster), proto);
+    else if (command_arg_is(c, 1, "info") && argc == 2)
+        command_cluster_info(c, m);
+    else if (command_arg_is(c, 1, "myid") && argc == 2)
+        resp_bulk_str(c->out, m->nodes[repl_self(c->env->cluster)].id);
+    else if (command_arg_is(c, 1, "keyslot") && argc == 3) {
+        size_t n;
+        const char *k = command_arg(c, 2, &n);
+        resp_int(c->out, cluster_keyslot(k, n));
+    } else
+        command_err(c, "ERR", "unknown subcommand or wrong number of arguments for 'cluster|%.*s'",
+                    (int)(c->cmd->argl[1] < 40 ? c->cmd->argl[1] : 40),
+                    resp_arg(c->cmd, c->buf, 1));
+    repl_map_release(c->env->cluster, m);
+    return COMMAND_REPLIED;
+}
+
+static int command_readonly(command_call *c)
+{
+    if (!c->env->cluster)
+        return command_no_cluster(c);
+    c->s->readonly = true;
+    resp_simple(c->out, "OK");
+    return COMMAND_REPLIED;
+}
+
+static int command_readwrite(command_call *c)
+{
+    if (!c->env->cluster)
+        return command_no_cluster(c);
+    c->s->readonly = false;
+    resp_simple(c->out, "OK");
+    return COMMAND_REPLIED;
+}
+
+/* tally never moves a slot while it migrates (no -ASK), so ASKING has
+ * nothing to allow: accepted, as clients send it after an -ASK. */
+static int command_asking(command_call *c)
+{
+    resp_simple(c->out, "OK");
+    return COMMAND_REPLIED;
+}
+
+/* Where a command the engine would run goes in a cluster: its merchant
+ * written canonically (the client hashed those bytes), then its slot's
+ * group — here, or -MOVED to its leader, or -TRYAGAIN. */
+static int command_route(command_call *c)
+{
+    const command_def *d = c->def;
+    repl *r = c->env->cluster;
+    if (d->key_first == 0 || c->req->merchant == 0) {
+        c->s->route_group = COMMAND_ALL_GROUPS; /* VERIFY, SNAPSHOT: every engine here */
+        return COMMAND_SUBMIT;
+    }
+    size_t n;
+    const char *m = command_arg(c, (uint32_t)d->key_first, &n);
+    if (n > 1 && m[0] == '0') {
+        resp_errorf(c->out, "INVALID", "merchant must be written in canonical decimal in cluster "
+                                       "mode (%llu, not %.*s): clients hash its bytes",
+                    (unsigned long long)c->req->merchant, (int)(n < 24 ? n : 24), m);
+        return COMMAND_REPLIED;
+    }
+    uint16_t slot = cluster_keyslot(m, n);
+    bool write = (d->flags & CMD_WRITE) != 0;
+    /* An admin VERIFY checks this node's copy when it has one. */
+    bool readonly = c->s->readonly || d->op == TALLY_OP_VERIFY;
+    uint32_t group = 0, node = 0;
+    const char *why = "";
+    int route = repl_route(r, slot, write, readonly, &group, &node, &why);
+    if (route == REPL_ROUTE_LOCAL) {
+        c->s->route_group = group;
+        return COMMAND_SUBMIT;
+    }
+    if (route == REPL_ROUTE_TRYAGAIN) {
+        resp_error(c->out, "TRYAGAIN", why);
+        return COMMAND_REPLIED;
+    }
+    const cluster_map *map = repl_map_acquire(r);
+    cluster_reply_moved(c->out, map, slot, node);
+    repl_map_release(r, map);
     return COMMAND_REPLIED;
 }
 
@@ -1519,8 +1688,10 @@ int command_dispatch(const command_env *env, command_session *s, const resp_comm
         rc = command_arity_error(&c);
     else if (s->multi && !command_immediate(c.def))
         return command_queue(&c);
+    else if ((rc = c.def->handler(&c)) == COMMAND_SUBMIT && env->cluster)
+        return command_route(&c);
     else
-        return c.def->handler(&c);
+        return rc;
     /* A command refused inside MULTI aborts its EXEC, as in Redis. */
     if (s->multi)
         s->multi_failed = true;

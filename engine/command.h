@@ -38,7 +38,12 @@ typedef struct command_session {
     uint32_t multi_units;       /* their reply units (command_units) */
     tally_request *multi_cmds;
     uint32_t multi_count, multi_cap;
+    bool readonly;              /* READONLY: a cluster replica may serve reads */
+    uint32_t route_group;       /* out, cluster mode: the group a COMMAND_SUBMIT
+                                 * goes to (COMMAND_ALL_GROUPS: every engine) */
 } command_session;
+
+#define COMMAND_ALL_GROUPS UINT32_MAX
 
 /* Frees what a session holds (commands queued by a MULTI); the session
  * can be used again. */
@@ -54,8 +59,11 @@ typedef struct command_server_info {
     int sync;
 } command_server_info;
 
+struct repl;
+
 typedef struct command_env {
-    tally *t;
+    tally *t;                         /* NULL in cluster mode */
+    struct repl *cluster;             /* cluster mode (repl.h); NULL standalone */
     const config_auth *auth;          /* NULL: open server */
     const command_server_info *info;  /* may be NULL (tests) */
     const metrics *metrics;           /* may be NULL (tests) */
@@ -68,7 +76,11 @@ enum command_outcome {
 
 /* Looks at one parsed command (args in buf, see resp.h) and either writes
  * its reply into out (COMMAND_REPLIED; s->quit set by QUIT) or fills req,
- * which the caller zeroed, for the engine (COMMAND_SUBMIT). */
+ * which the caller zeroed, for the engine (COMMAND_SUBMIT).  In cluster
+ * mode a command for a merchant is routed first (SPEC §8): its merchant
+ * must be canonical decimal (-INVALID), and a slot this node does not
+ * serve for it answers -MOVED or -TRYAGAIN; s->route_group says where a
+ * COMMAND_SUBMIT goes (repl_submit, or repl_submit_all). */
 int command_dispatch(const command_env *env, command_session *s, const resp_command *cmd,
                      const char *buf, tally_request *req, resp_out *out);
 

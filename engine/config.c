@@ -80,6 +80,15 @@ static const char config_usage_text[] =
     "                       127.0.0.1; [ADDR]:PORT for IPv6); a non-loopback ADDR needs\n"
     "                       --auth-file (then scrapes send an admin token as Bearer) or\n"
     "                       --insecure\n"
+    "cluster mode (SPEC section 8; README \"Cluster\"):\n"
+    "  --cluster ZK/NAME    join cluster NAME kept in ZooKeeper at ZK (host:port,...)\n"
+    "  --node-id ID         this node's id in the cluster's map\n"
+    "  --advertise HOST:PORT  the address the map gives for this node (checked)\n"
+    "  --ack replicated|local  answer writes once a replica has them too (default),\n"
+    "                       or after the local flush\n"
+    "  --zk-session-ms N    ZooKeeper session timeout, 1000..60000 (default 6000)\n"
+    "  --repl-secret FILE   the replication secret (default: the cluster's, in ZooKeeper)\n"
+    "  --repl-bind ADDR     address of the replication port (default: --bind)\n"
     "  --help\n";
 
 const char *config_usage(void) { return config_usage_text; }
@@ -173,6 +182,71 @@ static int config_metrics(config *c, const char *v, char *err, size_t cap)
     return 0;
 }
 
+/* The cluster's options (each takes a value). */
+static int config_cluster_option(config *c, const char *opt, const char *val, char *err,
+                                 size_t cap)
+{
+    uint64_t n = 0;
+    int rc = 0;
+    if (strcmp(opt, "--cluster") == 0) {
+        rc = config_string(opt, val, c->cluster, sizeof(c->cluster), err, cap);
+        if (rc == 0 && (!strchr(val, '/') || strrchr(val, '/')[1] == 0 || val[0] == '/')) {
+            snprintf(err, cap, "--cluster must be ZK_HOSTS/NAME (host:port,...), got '%s'", val);
+            rc = -EINVAL;
+        }
+    } else if (strcmp(opt, "--node-id") == 0) {
+        rc = config_string(opt, val, c->node_id, sizeof(c->node_id), err, cap);
+    } else if (strcmp(opt, "--advertise") == 0) {
+        const char *colon = strrchr(val, ':');
+        rc = config_string(opt, val, c->advertise, sizeof(c->advertise), err, cap);
+        if (rc == 0 && (!colon || colon == val ||
+                        config_number("--advertise port", colon + 1, 1, 65535, &n, err, cap)))
+            rc = -EINVAL;
+        if (rc < 0 && !err[0])
+            snprintf(err, cap, "--advertise must be HOST:PORT, got '%s'", val);
+    } else if (strcmp(opt, "--ack") == 0) {
+        c->ack_local = strcmp(val, "local") == 0;
+        if (!c->ack_local && strcmp(val, "replicated") != 0) {
+            snprintf(err, cap, "--ack must be replicated or local, got '%s'", val);
+            rc = -EINVAL;
+        }
+    } else if (strcmp(opt, "--zk-session-ms") == 0) {
+        rc = config_number(opt, val, LIMIT_ZK_SESSION_MS_MIN, LIMIT_ZK_SESSION_MS_MAX, &n, err,
+                           cap);
+        c->zk_session_ms = (uint32_t)n;
+    } else if (strcmp(opt, "--repl-secret") == 0) {
+        rc = config_string(opt, val, c->repl_secret, sizeof(c->repl_secret), err, cap);
+    } else if (strcmp(opt, "--repl-bind") == 0) {
+        rc = config_string(opt, val, c->repl_bind, sizeof(c->repl_bind), err, cap);
+    } else {
+        snprintf(err, cap, "unknown option %s (try --help)", opt);
+        rc = -EINVAL;
+    }
+    return rc;
+}
+
+/* What cluster mode needs, and what it excludes. */
+static int config_cluster_check(const config *c, char *err, size_t cap)
+{
+    bool any = c->node_id[0] || c->advertise[0] || c->ack_local || c->zk_session_ms ||
+               c->repl_secret[0] || c->repl_bind[0];
+    if (!c->cluster[0] && any) {
+        snprintf(err, cap, "--node-id, --advertise, --ack, --zk-session-ms, --repl-secret and "
+                           "--repl-bind need --cluster ZK_HOSTS/NAME");
+        return -EINVAL;
+    }
+    if (c->cluster[0] && (!c->node_id[0] || !c->advertise[0])) {
+        snprintf(err, cap, "--cluster needs --node-id ID and --advertise HOST:PORT");
+        return -EINVAL;
+    }
+    if (c->cluster[0] && c->shards) {
+        snprintf(err, cap, "--shards does not apply with --cluster: each shard group this node "
+                           "serves is one shard (more groups: tally cluster create --groups)");
+        return -EINVAL;
+    }
+    return 0;
+}
+
 /* The options that take a value: anything else that is not a flag is
  * unknown, said as such before any talk of a missing value. */
 static bool config_takes_value(const char *opt)
@@ -181,7 +255,9 @@ static bool config_takes_value(const char *opt)
         "--dir",           "--bind",          "--auth-file",          "--port",
         "--shards",        "--maxclients",    "--checkpoint-ms",      "--checkpoint-records",
         "--segment-kib",   "--snapshot-every", "--retention",         "--archive-dir",
-        "--sync",          "--metrics",
+        "--sync",          "--metrics",       "--cluster",            "--node-id",
+        "--advertise",     "--ack",           "--zk-session-ms",      "--repl-secret",
+        "--repl-bind",
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcmp(opt, names[i]) == 0)
@@ -248,6 +324,10 @@ static int config_option(config *c, const char *opt, const char *val, int *used,
         rc = config_string(opt, val, c->archive_dir, sizeof(c->archive_dir), err, cap);
     } else if (strcmp(opt, "--metrics") == 0) {
         rc = config_metrics(c, val, err, cap);
+    } else if (strncmp(opt, "--cluster", 9) == 0 || strcmp(opt, "--node-id") == 0 ||
+               strcmp(opt, "--advertise") == 0 || strcmp(opt, "--ack") == 0 ||
+               strncmp(opt, "--zk-", 5) == 0 || strncmp(opt, "--repl-", 7) == 0) {
+        rc = config_cluster_option(c, opt, val, err, cap);
     } else if (strcmp(opt, "--sync") == 0) {
         if (strcmp(val, "always") == 0)
             c->sync = TALLY_SYNC_ALWAYS;
@@ -289,7 +369,7 @@ int config_parse(config *c, int argc, char **argv, char *err, size_t cap)
         snprintf(err, cap, "--retention archive needs --archive-dir DIR");
         return -EINVAL;
     }
-    return 0;
+    return config_cluster_check(c, err, cap);
 }
 
 bool config_is_loopback(const char *addr)

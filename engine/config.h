@@ -20,6 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "limits.h"
+
 #define CONFIG_TOKEN_BYTES_MAX 128
 #define CONFIG_TOKENS_MAX 100000
 #define CONFIG_TOKEN_MERCHANTS_MAX 100000
@@ -55,6 +57,14 @@ typedef struct config {
     char archive_dir[4096];
     char metrics_bind[64];  /* --metrics ADDR, default 127.0.0.1 */
     uint16_t metrics_port;  /* --metrics PORT; 0: no metrics endpoint */
+    /* Cluster mode (SPEC §8, repl.h): "" standalone. */
+    char cluster[LIMIT_ZK_HOSTS_BYTES_MAX + LIMIT_CLUSTER_NAME_BYTES_MAX + 2]; /* ZK/NAME */
+    char node_id[LIMIT_CLUSTER_NODE_ID_BYTES_MAX + 1];
+    char advertise[LIMIT_CLUSTER_HOST_BYTES_MAX + 8]; /* HOST:PORT clients are sent to */
+    bool ack_local;            /* --ack local (default replicated) */
+    uint32_t zk_session_ms;    /* 0: LIMIT_ZK_SESSION_MS_DEFAULT */
+    char repl_secret[4096];    /* file; "" = the cluster's secret in ZooKeeper */
+    char repl_bind[64];        /* "" = --bind */
     bool help;
 } config;
 
@@ -62,7 +72,9 @@ typedef struct config {
 void config_defaults(config *c);
 
 /* Parses tallyd's arguments.  0, or -EINVAL with a message in err.
- * --retention archive needs --archive-dir. */
+ * --retention archive needs --archive-dir.  --cluster needs --node-id
+ * and --advertise, and takes no --shards (each shard group is one shard);
+ * the cluster options need --cluster. */
 int config_parse(config *c, int argc, char **argv, char *err, size_t cap);
 
 /* The usage text. */

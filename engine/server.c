@@ -68,6 +68,7 @@
 #include "command.h"
 #include "http.h"
 #include "metrics.h"
+#include "repl.h"
 #include "resp.h"
 #include "server.h"
 
@@ -510,6 +511,19 @@ static bool server_conn_blocked(const server *s, const server_conn *c)
            s->inflight_units >= LIMIT_SERVER_INFLIGHT_MAX;
 }
 
+/* Hands a request to the engine: the one engine, or in cluster mode the
+ * group command_dispatch routed it to (every group for VERIFY and
+ * SNAPSHOT without a merchant). */
+static void server_submit(server *s, server_conn *c, tally_request *req)
+{
+    if (!s->env.cluster)
+        tally_submit(s->opts.t, req);
+    else if (c->session.route_group == COMMAND_ALL_GROUPS)
+        repl_submit_all(s->env.cluster, req);
+    else
+        repl_submit(s->env.cluster, c->session.route_group, req);
+}
+
 /* Dispatches one parsed command into a new slot; start_us is when the
  * loop began dispatching it. */
 static void server_conn_command(server *s, server_conn *c, const char *buf, uint64_t start_us)
@@ -540,7 +554,7 @@ static void server_conn_command(server *s, server_conn *c, const char *buf, uint
         sl->engine = true;
         sl->req.done = server_done;
         sl->req.user = sl;
-        tally_submit(s->opts.t, &sl->req);
+        server_submit(s, c, &sl->req);
         return;
     }
     sl->ready = true;
@@ -1146,6 +1160,12 @@ void server_attach(server *s, tally *t)
     s->env.t = t;
 }
 
+void server_attach_cluster(server *s, struct repl *r)
+{
+    assert(r != NULL);
+    s->env.cluster = r;
+}
+
 static void server_event(server *s, const struct epoll_event *ev)
 {
     void *p = ev->data.ptr;
@@ -1186,7 +1206,7 @@ static void server_event(server *s, const struct epoll_event *ev)
 
 int server_run(server *s)
 {
-    assert(s->opts.t != NULL && "server_attach() first");
+    assert((s->opts.t != NULL || s->env.cluster != NULL) && "server_attach() first");
     struct epoll_event evs[SERVER_EVENTS_MAX];
     uint64_t last_tick = server_now_ms();
     for (;;) {

@@ -40,6 +40,11 @@ int server_listen_metrics(server *s, const char *addr, uint16_t port);
  * before server_run(). */
 void server_attach(server *s, tally *t);
 
+/* Cluster mode: the server routes by slot through the node's groups
+ * (repl.h) instead of one engine; before server_run(). */
+struct repl;
+void server_attach_cluster(server *s, struct repl *r);
+
 /* Serves until a stop: then stops accepting and reading, answers every
  * request already handed to the engine, flushes replies (a few seconds at
  * most for clients that do not read), closes connections and returns 0.

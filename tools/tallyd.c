@@ -15,6 +15,8 @@
 #include <time.h>
 
 #include "config.h"
+#include "repl.h"
+#include "repl_proto.h"
 #include "server.h"
 #include "tally.h"
 
@@ -55,6 +57,61 @@ static int tallyd_fail(const char *what, const char *detail)
 {
     fprintf(stderr, "tallyd: %s: %s\n", what, detail);
     return 1;
+}
+
+/* The map's entry for this node must be the address clients are sent to
+ * and this server listens on. */
+static int tallyd_check_advertise(const config *cfg, repl *r)
+{
+    const cluster_map *m = repl_map_acquire(r);
+    const cluster_node *n = &m->nodes[repl_self(r)];
+    char want[LIMIT_CLUSTER_HOST_BYTES_MAX + 8];
+    snprintf(want, sizeof(want), "%s:%u", n->host, n->port);
+    int rc = strcmp(want, cfg->advertise) == 0 && n->port == cfg->port ? 0 : -EINVAL;
+    if (rc < 0)
+        fprintf(stderr, "tallyd: --advertise %s --port %u, but the cluster's map gives node %s "
+                        "as %s\n", cfg->advertise, cfg->port, cfg->node_id, want);
+    repl_map_release(r, m);
+    return rc;
+}
+
+/* Cluster mode: joins, opens every group's engine (repl.h). */
+static int tallyd_cluster(const config *cfg, const tally_options *engine, repl **out)
+{
+    char hosts[LIMIT_ZK_HOSTS_BYTES_MAX + 1], name[LIMIT_CLUSTER_NAME_BYTES_MAX + 1];
+    if (cluster_parse_target(cfg->cluster, hosts, sizeof(hosts), name, sizeof(name)) < 0) {
+        fprintf(stderr, "tallyd: --cluster %s: not ZK_HOSTS/NAME\n", cfg->cluster);
+        return -EINVAL;
+    }
+    uint8_t secret[REPL_SECRET_BYTES_MAX];
+    size_t secret_len = 0;
+    int rc = repl_secret_load(cfg->repl_secret[0] ? cfg->repl_secret : NULL, hosts, name, secret,
+                              sizeof(secret), &secret_len);
+    if (rc < 0) {
+        fprintf(stderr, "tallyd: the replication secret (%s): %s\n",
+                cfg->repl_secret[0] ? cfg->repl_secret : "from ZooKeeper", strerror(-rc));
+        return rc;
+    }
+    repl_options ro = {.dir = cfg->dir, .zk_hosts = hosts, .name = name,
+                       .node_id = cfg->node_id, .session_timeout_ms = cfg->zk_session_ms,
+                       .ack_local = cfg->ack_local, .secret = secret, .secret_len = secret_len,
+                       .repl_bind = cfg->repl_bind[0] ? cfg->repl_bind : cfg->bind,
+                       .engine = *engine, .log = tallyd_log};
+    rc = repl_open(&ro, out);
+    if (rc < 0) {
+        fprintf(stderr, "tallyd: --cluster %s as %s: %s\n", cfg->cluster, cfg->node_id,
+                rc == -ESRCH ? "no such node in the cluster's map"
+                : rc == -ENOENT ? "no such cluster (tally cluster create first)"
+                : rc == -ETIMEDOUT ? "ZooKeeper does not answer"
+                                   : tally_strerror(rc));
+        return rc;
+    }
+    rc = tallyd_check_advertise(cfg, *out);
+    if (rc < 0) {
+        repl_close(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -131,24 +188,41 @@ int main(int argc, char **argv)
                            .retention = cfg.retention,
                            .archive_dir = cfg.archive_dir[0] ? cfg.archive_dir : NULL};
     tally *t = NULL;
-    rc = tally_open(&topts, &t);
-    if (rc != 0) {
-        server_close(srv);
-        config_auth_free(auth);
-        return tallyd_fail(cfg.dir, tally_strerror(rc));
+    repl *cl = NULL;
+    if (cfg.cluster[0]) {
+        rc = tallyd_cluster(&cfg, &topts, &cl);
+        if (rc != 0) {
+            server_close(srv);
+            config_auth_free(auth);
+            return 1;
+        }
+        server_attach_cluster(srv, cl);
+    } else {
+        rc = tally_open(&topts, &t);
+        if (rc != 0) {
+            server_close(srv);
+            config_auth_free(auth);
+            return tallyd_fail(cfg.dir, tally_strerror(rc));
+        }
+        server_attach(srv, t);
     }
-    server_attach(srv, t);
     char msg[4400], metrics_at[96] = "";
     if (cfg.metrics_port)
         snprintf(metrics_at, sizeof(metrics_at), ", /metrics on %s:%u", cfg.metrics_bind,
                  cfg.metrics_port);
-    snprintf(msg, sizeof(msg), "listening on %s:%u, data in %s, %u shards, sync %s%s%s",
-             cfg.bind, cfg.port, cfg.dir, tally_shard_count(t),
-             cfg.sync == TALLY_SYNC_NONE ? "none" : "always", auth ? ", auth on" : "",
-             metrics_at);
+    char shards[128];
+    if (cl)
+        snprintf(shards, sizeof(shards), "cluster node %s, acknowledging %s", cfg.node_id,
+                 cfg.ack_local ? "after the local flush" : "once replicated");
+    else
+        snprintf(shards, sizeof(shards), "%u shards", tally_shard_count(t));
+    snprintf(msg, sizeof(msg), "listening on %s:%u, data in %s, %s, sync %s%s%s", cfg.bind,
+             cfg.port, cfg.dir, shards, cfg.sync == TALLY_SYNC_NONE ? "none" : "always",
+             auth ? ", auth on" : "", metrics_at);
     tallyd_log(NULL, 0, msg);
     rc = server_run(srv);
     tally_close(t); /* answers anything left, final checkpoint */
+    repl_close(cl);
     server_close(srv);
     config_auth_free(auth);
     tallyd_log(NULL, 0, "bye");
