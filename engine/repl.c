@@ -139,7 +139,6 @@ struct repl_group {
     uint64_t max_epoch;      /* the highest leader epoch it accepted */
     repl_chunk chunks[REPL_CHUNKS];
     /* events from the cluster (r->mu) */
-    uint64_t ev_leader;      /* a lease won with this epoch, 0: none */
     bool ev_deposed;
 };
 
@@ -520,7 +519,10 @@ static int repl_accept_join(repl_peer *p, const uint8_t *nonce_l, repl_join *jn,
     if (why != NULL) {
         uint8_t buf[256];
         repl_send(p->fd, buf, repl_enc_refuse(why, buf, sizeof(buf)), REPL_HANDSHAKE_MS);
-        repl_say(r, 1, "replication: refused %s (group %" PRIu32 "): %s", jn->id, jn->group, why);
+        /* Replicas knock while leadership moves: only a bad peer is news. */
+        if (gr == NULL || atomic_load(&gr->role) == REPL_LEADER)
+            repl_say(r, 1, "replication: refused %s (group %" PRIu32 "): %s", jn->id, jn->group,
+                     why);
         return -EACCES;
     }
     *j = (uint32_t)member;
@@ -850,9 +852,10 @@ static int repl_handshake(repl_follow *f, repl_welcome *w)
     if (rc == 0)
         rc = repl_recv(f->fd, &f->rx, REPL_AUTH_BYTES_MAX, REPL_HANDSHAKE_MS, -1, &fr);
     if (rc == 0 && fr.type == REPL_REFUSE) {
-        repl_say(r, 1, "group %" PRIu32 ": the leader refused: %.*s", gr->g, (int)fr.len,
-                 (const char *)fr.p);
-        rc = -EACCES;
+        if (fr.len < 20 || memcmp(fr.p, "this node does not l", 20) != 0)
+            repl_say(r, 1, "group %" PRIu32 ": the leader refused: %.*s", gr->g, (int)fr.len,
+                     (const char *)fr.p);
+        rc = -EAGAIN; /* a leader not yet taken up its lease: again shortly */
     }
     if (rc == 0)
         rc = repl_dec_welcome(&fr, w);
@@ -1289,10 +1292,8 @@ static void repl_event(void *ctx, const cluster_event *ev)
     repl *r = ctx;
     pthread_mutex_lock(&r->mu);
     repl_group *gr = ev->group < r->group_count ? r->groups[ev->group] : NULL;
-    if (gr && ev->kind == CLUSTER_EVENT_LEADER)
-        gr->ev_leader = ev->epoch;
-    else if (gr && ev->kind == CLUSTER_EVENT_DEPOSED)
-        gr->ev_deposed = true;
+    if (gr && ev->kind == CLUSTER_EVENT_DEPOSED)
+        gr->ev_deposed = true; /* a lease won is read from cluster_lease() */
     r->dirty = true;
     pthread_cond_signal(&r->cv);
     pthread_mutex_unlock(&r->mu);
@@ -1352,6 +1353,7 @@ static void repl_promote(repl_group *gr, uint64_t epoch)
 static void repl_demote(repl_group *gr)
 {
     atomic_store(&gr->role, REPL_FOLLOWER);
+    atomic_store(&gr->lag, 0);
     tally *t = repl_engine_get(gr);
     if (t) {
         tally_replica_lead(t, false, 0); /* the requests waiting: TRYAGAIN */
@@ -1428,11 +1430,11 @@ static void repl_insync_turn(repl_group *gr)
     repl_ack_update(gr);
     pthread_mutex_unlock(&gr->mu);
     repl_say(r, rc == 0 ? 0 : 1, "group %" PRIu32 ": %s member %d %s the in-sync set%s%s",
-             gr->g, rc == 0 ? "" : "could not move", __builtin_ctz(add | drop),
+             gr->g, rc == 0 ? "" : "could not move ", __builtin_ctz(add | drop),
              add ? "into" : "out of", rc < 0 ? ": " : "", rc < 0 ? strerror(-rc) : "");
 }
 
-static void repl_group_turn(repl_group *gr, uint64_t lead, bool deposed)
+static void repl_group_turn(repl_group *gr, bool deposed)
 {
     int role = atomic_load(&gr->role);
     if (deposed && role == REPL_LEADER) {
@@ -1442,12 +1444,15 @@ static void repl_group_turn(repl_group *gr, uint64_t lead, bool deposed)
             role = REPL_FOLLOWER;
         }
     }
+    /* The lease itself, not only its event: a lease won while ZooKeeper's
+     * answers were late (cluster_lease false for a moment) is taken up at
+     * the next turn. */
     uint64_t e = 0;
-    if (lead && (role != REPL_LEADER || atomic_load(&gr->epoch) != lead) &&
-        cluster_lease(gr->r->c, gr->g, &e) && e == lead) {
+    if (cluster_lease(gr->r->c, gr->g, &e) &&
+        (role != REPL_LEADER || atomic_load(&gr->epoch) != e)) {
         if (role == REPL_LEADER)
             repl_demote(gr);
-        repl_promote(gr, lead);
+        repl_promote(gr, e);
         role = atomic_load(&gr->role);
     }
     if (role == REPL_NONE) {
@@ -1499,7 +1504,6 @@ static void *repl_mgr_main(void *arg)
     repl *r = arg;
     for (;;) {
         struct timespec until = clock_mono_after(REPL_TICK_MS);
-        uint64_t lead[LIMIT_CLUSTER_GROUPS_MAX] = {0};
         bool deposed[LIMIT_CLUSTER_GROUPS_MAX] = {0};
         pthread_mutex_lock(&r->mu);
         while (!r->stop && !r->dirty &&
@@ -1511,9 +1515,7 @@ static void *repl_mgr_main(void *arg)
             repl_group *gr = r->groups[g];
             if (!gr)
                 continue;
-            lead[g] = gr->ev_leader;
             deposed[g] = gr->ev_deposed;
-            gr->ev_leader = 0;
             gr->ev_deposed = false;
         }
         pthread_mutex_unlock(&r->mu);
@@ -1521,7 +1523,7 @@ static void *repl_mgr_main(void *arg)
             break;
         for (uint32_t g = 0; g < r->group_count; g++)
             if (r->groups[g])
-                repl_group_turn(r->groups[g], lead[g], deposed[g]);
+                repl_group_turn(r->groups[g], deposed[g]);
         repl_reap_peers(r, false);
     }
     return NULL;
