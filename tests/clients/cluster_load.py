@@ -1,6 +1,6 @@
 """Drives a tally cluster with redis-py's RedisCluster (tests/cluster_failover_test.c).
 
-  cluster_load.py load HOST:PORT OUT_DIR [--merchants N] [--accounts N]
+  cluster_load.py load HOST:PORT[,HOST:PORT...] OUT_DIR [--merchants N] [--accounts N]
       points-v1 (80 % EARN 1..500, 20 % REDEEM 1..200, each a fresh id) from one
       thread per shard group, each on merchants whose slots its group owns, until
       OUT_DIR/stop exists.  Every acknowledged write is appended to
@@ -30,22 +30,23 @@ from redis.crc import key_slot
 logging.getLogger("redis").setLevel(logging.CRITICAL)
 
 
-def cluster(addr):
-    host, port = addr.rsplit(":", 1)
+def cluster(addrs):
+    """addrs: "host:port[,host:port...]", every node, so that one down is no matter."""
+    nodes = [ClusterNode(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in addrs.split(",")]
     # Short timeouts: a node killed -9 must not stall the load for long;
     # retries are this script's own.
     return RedisCluster(
-        startup_nodes=[ClusterNode(host, int(port))],
-        socket_timeout=5,
-        socket_connect_timeout=2,
+        startup_nodes=nodes,
+        socket_timeout=2,
+        socket_connect_timeout=1,
         cluster_error_retry_attempts=1,
         decode_responses=True,
     )
 
 
-def groups_of(addr):
+def groups_of(addrs):
     """[slot ranges] per group, in CLUSTER SHARDS order (a shard is a group)."""
-    host, port = addr.rsplit(":", 1)
+    host, port = addrs.split(",")[0].rsplit(":", 1)
     r = redis.Redis(host=host, port=int(port), decode_responses=True)
     shards = r.execute_command("CLUSTER SHARDS")
     r.close()
