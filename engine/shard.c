@@ -700,10 +700,13 @@ static void shard_pump_chunks(shard *s)
 {
     shard_take_chunks(s);
     while (s->chunk_queue) {
+        /* Off the queue first: once answered, a chunk is its owner's. */
         tally_replica_chunk *c = s->chunk_queue;
-        if (!shard_apply_chunk(s, c))
-            break; /* the batch is full: after it is sealed */
         s->chunk_queue = c->next_;
+        if (!shard_apply_chunk(s, c)) {
+            s->chunk_queue = c; /* the batch is full: after it is sealed */
+            break;
+        }
     }
 }
 
