@@ -74,17 +74,18 @@ define ensure_pkgs
 	fi
 endef
 
-# npm packages of the client tests (tests/clients/package-lock.json: ioredis),
+# npm packages of the client tests (tests/clients/package-lock.json: ioredis,
+# and node-redis for the cluster's clients),
 # into tests/clients/node_modules (git-ignored), the same way: installed as
 # root, otherwise the exact command is printed.  npm itself comes with
 # Node.js (Debian: nodejs npm).
 NPM_CI := npm ci --prefix tests/clients --no-audit --no-fund
 define ensure_npm
-	@if [ ! -d tests/clients/node_modules/ioredis ]; then \
+	@if [ ! -d tests/clients/node_modules/ioredis ] || [ ! -d tests/clients/node_modules/redis ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    command -v npm >/dev/null || (apt-get update -qq && \
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm) >/dev/null || exit 1; \
-	    echo "installing: ioredis (npm)"; $(NPM_CI) >/dev/null || exit 1; \
+	    echo "installing: ioredis, redis (npm)"; $(NPM_CI) >/dev/null || exit 1; \
 	  else \
 	    echo "missing npm packages; run: $(NPM_CI)"; exit 1; \
 	  fi; \

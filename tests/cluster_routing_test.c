@@ -1,0 +1,303 @@
+/*
+ * cluster_routing_test.c — how a cluster answers whoever asks (SPEC §8
+ * "Cluster"): a write reaches only its group's leader, any other node
+ * redirects it with -MOVED, never serving it; a replica serves reads
+ * after READONLY; merchants are canonical; a group without a leader, or
+ * without a replica to confirm, answers -TRYAGAIN; CLUSTER SLOTS, SHARDS,
+ * NODES and INFO describe the map; and the cluster-aware clients
+ * (redis-cli -c, ioredis Cluster, node-redis createCluster) route by
+ * merchant unchanged.  Real tallyd processes on loopback (cluster_util.h).
+ */
+#include <criterion/criterion.h>
+#include <hiredis/hiredis.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cluster_util.h"
+#include "tallyd_util.h"
+
+static cu c;
+
+static void fini(void) { cu_cleanup(&c); }
+
+static redisContext *node(uint32_t i)
+{
+    redisContext *r = redisConnect("127.0.0.1", c.nodes[i].port);
+    cr_assert(r && !r->err, "node %s", c.nodes[i].id);
+    return r;
+}
+
+static redisReply *cmd(redisContext *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *rep = redisvCommand(r, fmt, ap);
+    va_end(ap);
+    cr_assert_not_null(rep, "the connection failed");
+    return rep;
+}
+
+/* Group of a slot in a 3-group cluster (Redis's ranges). */
+static uint32_t group_of_slot(long long slot)
+{
+    return slot <= 5460 ? 0 : slot <= 10922 ? 1 : 2;
+}
+
+/* A merchant whose slot group g owns. */
+static uint64_t merchant_of(redisContext *r, uint32_t g)
+{
+    for (uint64_t m = 1;; m++) {
+        redisReply *rep = cmd(r, "CLUSTER KEYSLOT %llu", (unsigned long long)m);
+        cr_assert_eq(rep->type, REDIS_REPLY_INTEGER);
+        uint32_t got = group_of_slot(rep->integer);
+        freeReplyObject(rep);
+        if (got == g)
+            return m;
+    }
+}
+
+/* The error is -MOVED to node `to`. */
+static void assert_moved(redisReply *rep, uint32_t to, const char *what)
+{
+    char want[32];
+    snprintf(want, sizeof(want), "127.0.0.1:%u", c.nodes[to].port);
+    cr_assert_eq(rep->type, REDIS_REPLY_ERROR, "%s: not an error", what);
+    cr_assert(strncmp(rep->str, "MOVED ", 6) == 0 && strstr(rep->str, want),
+              "%s: %s (want -MOVED to %s)", what, rep->str, want);
+}
+
+Test(cluster_routing, a_write_is_served_only_by_its_leader_others_redirect_it, .fini = fini,
+     .timeout = 600)
+{
+    cu_start(&c, "route", 3, NULL);
+    redisContext *any = node(0);
+    for (uint32_t g = 0; g < 3; g++) {
+        uint64_t m = merchant_of(any, g);
+        int l = cu_leader(&c, g);
+        cr_assert_geq(l, 0);
+        for (uint32_t i = 0; i < 3; i++) {
+            redisContext *r = node(i);
+            redisReply *rep = cmd(r, "EARN %llu 1 10 w-%u-%u", (unsigned long long)m, g, i);
+            if ((int)i == l) {
+                cr_assert_eq(rep->type, REDIS_REPLY_ARRAY, "node %s: %s", c.nodes[i].id,
+                             rep->type == REDIS_REPLY_ERROR ? rep->str : "?");
+            } else {
+                assert_moved(rep, (uint32_t)l, "a write to a non-leader");
+                /* READONLY lets a replica serve reads: never writes. */
+                freeReplyObject(cmd(r, "READONLY"));
+                freeReplyObject(rep);
+                rep = cmd(r, "EARN %llu 1 10 w2-%u-%u", (unsigned long long)m, g, i);
+                assert_moved(rep, (uint32_t)l, "a write after READONLY");
+            }
+            freeReplyObject(rep);
+            redisFree(r);
+        }
+    }
+    cu_wait_converged(&c, 60000);
+    for (uint32_t g = 0; g < 3; g++) {
+        uint64_t m = merchant_of(any, g);
+        int l = cu_leader(&c, g);
+        for (uint32_t i = 0; i < 3; i++) {
+            cu_group st;
+            cr_assert(cu_group_at(&c, i, g, &st));
+            redisContext *r = node(i);
+            redisReply *rep = cmd(r, "BALANCE %llu 1", (unsigned long long)m);
+            if ((int)i != l)
+                assert_moved(rep, (uint32_t)l, "a read without READONLY");
+            freeReplyObject(rep);
+            freeReplyObject(cmd(r, "READONLY"));
+            rep = cmd(r, "BALANCE %llu 1", (unsigned long long)m);
+            if ((int)i == l || st.present) {
+                /* The leader, or a replica of the group: its own copy. */
+                cr_assert_eq(rep->type, REDIS_REPLY_ARRAY, "node %s", c.nodes[i].id);
+                cr_assert_eq(rep->element[1]->integer, 10, "one write acknowledged");
+            } else {
+                assert_moved(rep, (uint32_t)l, "a read on a node outside the group");
+            }
+            freeReplyObject(rep);
+            freeReplyObject(cmd(r, "READWRITE"));
+            rep = cmd(r, "BALANCE %llu 1", (unsigned long long)m);
+            cr_assert((int)i == l || rep->type == REDIS_REPLY_ERROR, "READWRITE ends it");
+            freeReplyObject(rep);
+            redisFree(r);
+        }
+    }
+    redisFree(any);
+    cu_verify_all(&c);
+}
+
+Test(cluster_routing, merchants_are_canonical_and_the_map_is_described_as_redis_does, .fini = fini,
+     .timeout = 600)
+{
+    cu_start(&c, "map", 3, NULL);
+    redisContext *r = node(1);
+    redisReply *rep = cmd(r, "EARN 0042 1 10 x");
+    cr_assert(rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "INVALID", 7) == 0, "%s",
+              rep->str);
+    freeReplyObject(rep);
+    rep = cmd(r, "ASKING");
+    cr_assert_str_eq(rep->str, "OK");
+    freeReplyObject(rep);
+    rep = cmd(r, "CLUSTER KEYSLOT 42");
+    cr_assert_eq(rep->integer, 8000, "CRC16(\"42\") mod 16384");
+    freeReplyObject(rep);
+    rep = cmd(r, "CLUSTER MYID");
+    cr_assert_str_eq(rep->str, "b");
+    freeReplyObject(rep);
+    rep = cmd(r, "CLUSTER INFO");
+    cr_assert(strstr(rep->str, "cluster_state:ok") && strstr(rep->str, "cluster_slots_ok:16384"),
+              "%s", rep->str);
+    freeReplyObject(rep);
+    rep = cmd(r, "CLUSTER SLOTS");
+    cr_assert_eq(rep->elements, 3);
+    long long covered = 0;
+    for (size_t k = 0; k < rep->elements; k++) {
+        redisReply *e = rep->element[k];
+        covered += e->element[1]->integer - e->element[0]->integer + 1;
+        int l = cu_leader(&c, group_of_slot(e->element[0]->integer));
+        cr_assert_eq(e->element[2]->element[1]->integer, c.nodes[l].port, "its master leads");
+        cr_assert_eq(e->elements, 4, "a master and its replica");
+    }
+    cr_assert_eq(covered, 16384);
+    freeReplyObject(rep);
+    rep = cmd(r, "CLUSTER SHARDS");
+    cr_assert_eq(rep->elements, 3);
+    freeReplyObject(rep);
+    rep = cmd(r, "CLUSTER NODES");
+    cr_assert(strstr(rep->str, "myself") != NULL, "%s", rep->str);
+    freeReplyObject(rep);
+    rep = cmd(r, "INFO");
+    cr_assert(strstr(rep->str, "cluster_enabled:1") && strstr(rep->str, "redis_mode:cluster"),
+              "what Redis Cluster clients check");
+    freeReplyObject(rep);
+    redisFree(r);
+    /* A standalone server says it is not a cluster, as Redis does. */
+    td t;
+    td_init(&t, "standalone");
+    td_start(&t, NULL);
+    redisContext *s = td_connect(&t);
+    rep = td_cmd(s, "CLUSTER SLOTS");
+    cr_assert(rep->type == REDIS_REPLY_ERROR && strstr(rep->str, "cluster support disabled"));
+    freeReplyObject(rep);
+    rep = td_cmd(s, "READONLY");
+    cr_assert_eq(rep->type, REDIS_REPLY_ERROR);
+    freeReplyObject(rep);
+    rep = td_cmd(s, "EARN 0042 1 10 x");
+    cr_assert_eq(rep->type, REDIS_REPLY_ARRAY, "leading zeros are fine standalone");
+    freeReplyObject(rep);
+    redisFree(s);
+    td_cleanup(&t);
+}
+
+Test(cluster_routing, a_group_without_a_replica_to_confirm_or_without_a_leader_answers_tryagain,
+     .fini = fini, .timeout = 600)
+{
+    cu_start(&c, "tryagain", 3, NULL);
+    redisContext *any = node(0);
+    uint64_t m = merchant_of(any, 1); /* group 1: nodes b and c */
+    redisFree(any);
+    int l = cu_leader(&c, 1);
+    cr_assert(l == 1 || l == 2);
+    uint32_t rep_node = l == 1 ? 2 : 1;
+    cu_node_kill(&c, rep_node);
+    /* --ack replicated: no replica, no acknowledgement — and no silent
+     * fallback to acknowledging alone. */
+    redisContext *r = node((uint32_t)l);
+    bool tryagain = false;
+    for (int k = 0; k < 300 && !tryagain; k++) {
+        redisReply *rep = cmd(r, "EARN %llu 1 10 t-%d", (unsigned long long)m, k);
+        cr_assert(rep->type == REDIS_REPLY_ERROR, "acknowledged without its replica");
+        tryagain = strncmp(rep->str, "TRYAGAIN", 8) == 0;
+        freeReplyObject(rep);
+        if (!tryagain)
+            usleep(100000);
+    }
+    cr_assert(tryagain);
+    redisFree(r);
+    /* Both members down: nobody can lead the group, and the third node
+     * says so (once the dead leader's lease ended). */
+    cu_node_kill(&c, (uint32_t)l);
+    r = node(0);
+    tryagain = false;
+    for (int k = 0; k < 300 && !tryagain; k++) {
+        redisReply *rep = cmd(r, "BALANCE %llu 1", (unsigned long long)m);
+        tryagain = rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "TRYAGAIN", 8) == 0;
+        cr_assert(tryagain || (rep->type == REDIS_REPLY_ERROR &&
+                               strncmp(rep->str, "MOVED", 5) == 0));
+        freeReplyObject(rep);
+        if (!tryagain)
+            usleep(100000);
+    }
+    cr_assert(tryagain, "a group without a leader answers -TRYAGAIN");
+    redisFree(r);
+}
+
+/* ---- clients ------------------------------------------------------------------ */
+
+/* "127.0.0.1:P,127.0.0.1:Q,..." of every node. */
+static void addrs(char *out, size_t cap)
+{
+    out[0] = 0;
+    for (uint32_t i = 0; i < c.n; i++) {
+        size_t l = strlen(out);
+        snprintf(out + l, cap - l, "%s127.0.0.1:%u", i ? "," : "", c.nodes[i].port);
+    }
+}
+
+/* Runs a client script and checks that each merchant's account 1 holds
+ * `want` points afterwards (asked of its leader). */
+static void client_run(const char *what, const char *cmdline, const uint64_t *ms, long long want)
+{
+    char out[8192];
+    int rc = td_run(cmdline, out, sizeof(out));
+    cr_assert_eq(rc, 0, "%s: %s", what, out);
+    for (int g = 0; g < 3; g++) {
+        char line[64];
+        snprintf(line, sizeof(line), "%llu ", (unsigned long long)ms[g]);
+        const char *p = strstr(out, line);
+        cr_assert_not_null(p, "%s printed nothing for merchant %llu: %s", what,
+                           (unsigned long long)ms[g], out);
+        long long avail = 0;
+        unsigned long long seq = 0;
+        cr_assert_eq(sscanf(p + strlen(line), "%llu %lld", &seq, &avail), 2, "%s: %s", what, p);
+        cr_assert_eq(avail, want, "%s: merchant %llu", what, (unsigned long long)ms[g]);
+    }
+}
+
+Test(cluster_clients, redis_cli_ioredis_and_node_redis_route_by_merchant_unchanged, .fini = fini,
+     .timeout = 600)
+{
+    char out[8192], line[1024], nodes[160];
+    snprintf(line, sizeof(line), "test -d %s/tests/clients/node_modules/redis", td_source_dir());
+    if (td_run("command -v node", out, sizeof(out)) != 0 || td_run(line, out, sizeof(out)) != 0)
+        td_cannot_run("node and tests/clients/node_modules (ioredis, redis) are needed: make "
+                      "deps-test");
+    cu_start(&c, "clients", 3, NULL);
+    addrs(nodes, sizeof(nodes));
+    redisContext *r = node(0);
+    uint64_t ms[3];
+    for (uint32_t g = 0; g < 3; g++)
+        ms[g] = merchant_of(r, g);
+    redisFree(r);
+    /* redis-cli -c follows -MOVED; asked of one node for every group. */
+    for (uint32_t g = 0; g < 3; g++) {
+        snprintf(line, sizeof(line), "redis-cli -c -p %u EARN %llu 1 10 cli-%llu", c.nodes[0].port,
+                 (unsigned long long)ms[g], (unsigned long long)ms[g]);
+        cr_assert_eq(td_run(line, out, sizeof(out)), 0, "%s", out);
+        cr_assert(strstr(out, "seq") != NULL, "redis-cli -c: %s", out);
+    }
+    snprintf(line, sizeof(line), "cd %s/tests/clients && node cluster_ioredis.js %s %llu %llu %llu",
+             td_source_dir(), nodes, (unsigned long long)ms[0], (unsigned long long)ms[1],
+             (unsigned long long)ms[2]);
+    client_run("ioredis Cluster", line, ms, 20);
+    snprintf(line, sizeof(line),
+             "cd %s/tests/clients && node cluster_node_redis.mjs %s %llu %llu %llu",
+             td_source_dir(), nodes, (unsigned long long)ms[0], (unsigned long long)ms[1],
+             (unsigned long long)ms[2]);
+    client_run("node-redis createCluster", line, ms, 30);
+    cu_wait_converged(&c, 60000);
+    cu_verify_all(&c);
+}
