@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "cluster_util.h"
+#include "tallyd_util.h"
 
 #define CF_KILLS_DEFAULT 3
 #define CF_KILLS_MAX 200
@@ -201,4 +202,41 @@ Test(cluster_failover, zookeeper_restarted_under_load_pauses_writes_and_loses_no
     cf_report("ZooKeeper down 5 s under load: %llu writes acknowledged before, %llu after",
               (unsigned long long)before, (unsigned long long)cu_acked(&c));
     cf_final_checks(true);
+}
+
+Test(cluster_failover, a_replica_the_leaders_retained_log_no_longer_reaches_starts_from_a_snapshot,
+     .fini = cf_fini, .timeout = 900)
+{
+    const char *extra[] = {"--ack", "local", "--snapshot-every", "500", "--retention", "delete",
+                           NULL};
+    cu_start(&c, "boot", 3, extra);
+    cu_load_start(&c);
+    uint32_t g = 2;
+    int l = cu_leader(&c, g);
+    cr_assert(l == 0 || l == 2);
+    uint32_t r = l == 2 ? 0 : 2;
+    cu_node_kill(&c, r);
+    /* Until retention dropped the leader's first segment: what the replica
+     * needs next is gone from the leader's log. */
+    char first[160];
+    snprintf(first, sizeof(first), "%s/group-%u/shard-000/log-0000000001.seg", c.nodes[l].dir, g);
+    uint64_t end = cu_mono_ms() + 300000;
+    while (access(first, F_OK) == 0 && cu_mono_ms() < end)
+        usleep(200000);
+    cr_assert_neq(access(first, F_OK), 0, "retention never dropped %s", first);
+    cu_node_start(&c, r);
+    cf_wait_writes(cu_unix_ms());
+    cu_load_stop(&c);
+    cu_wait_converged(&c, 120000);
+    char cmdline[300], out[4096];
+    snprintf(cmdline, sizeof(cmdline), "grep -c \"group %u: bootstrapped from the leader's "
+                                       "snapshot seq [0-9]*: ok\" %s",
+             g, c.nodes[r].log);
+    cr_assert_eq(td_run(cmdline, out, sizeof(out)), 0, "node %s took no snapshot: %s",
+                 c.nodes[r].id, out);
+    cu_check_balances(&c);
+    cu_verify_all(&c);
+    for (uint32_t i = 0; i < c.n; i++)
+        cu_node_stop(&c, i);
+    cu_verify_offline(&c);
 }
