@@ -1361,13 +1361,36 @@ static void command_info_clients(metrics_text *t, const command_env *env)
                   (unsigned long long)m->requests_inflight);
 }
 
-static void command_info_shards(metrics_text *t, tally *eng)
+/* Every shard's counters: the engine's shards, or in cluster mode one
+ * row per shard group this node serves (labels[i]: the group).  *n rows
+ * into st[LIMIT_SHARDS_MAX]. */
+static void command_engine_rows(const command_env *env, tally_shard_stats *st,
+                                uint32_t *labels, uint32_t *n)
 {
-    uint32_t n = tally_shard_count(eng);
+    *n = 0;
+    if (env->cluster) {
+        for (uint32_t g = 0; g < LIMIT_CLUSTER_GROUPS_MAX; g++)
+            if (repl_group_stats(env->cluster, g, &st[*n]) == 0)
+                labels[(*n)++] = g;
+        return;
+    }
+    uint32_t count = env->t ? tally_shard_count(env->t) : 0;
+    for (uint32_t i = 0; i < count; i++) {
+        tally_shard_stats_get(env->t, i, &st[i]);
+        labels[i] = i;
+    }
+    *n = count;
+}
+
+static_assert(LIMIT_CLUSTER_GROUPS_MAX <= LIMIT_SHARDS_MAX, "a row per group fits");
+
+static void command_info_shards(metrics_text *t, const tally_shard_stats *rows,
+                                const uint32_t *labels, uint32_t n)
+{
     metrics_textf(t, "# Shards\r\n");
-    for (uint32_t i = 0; i < n; i++) {
-        tally_shard_stats st;
-        tally_shard_stats_get(eng, i, &st);
+    for (uint32_t k = 0; k < n; k++) {
+        const tally_shard_stats st = rows[k];
+        uint32_t i = labels[k];
         const char *status = st.status == 0 ? "ok"
                              : st.status == TALLY_ECORRUPT ? "corrupt" : "failed";
         metrics_textf(t,
@@ -1391,10 +1414,17 @@ static void command_info_shards(metrics_text *t, tally *eng)
 static void command_info_engine(metrics_text *t, const command_env *env, bool ledger,
                                 bool shards, bool commit)
 {
-    if (!env->t)
+    if (!env->t && !env->cluster)
         return;
+    tally_shard_stats *rows = calloc(LIMIT_SHARDS_MAX, sizeof(*rows));
+    uint32_t labels[LIMIT_SHARDS_MAX], n = 0;
+    if (!rows) {
+        t->oom = true;
+        return;
+    }
+    command_engine_rows(env, rows, labels, &n);
     metrics_engine e;
-    metrics_engine_read(env->t, &e);
+    metrics_engine_sum(rows, n, &e);
     const tally_shard_stats *sum = &e.sum;
     if (ledger)
         metrics_textf(t,
@@ -1406,7 +1436,8 @@ static void command_info_engine(metrics_text *t, const command_env *env, bool le
                       (unsigned long long)sum->log_bytes, (unsigned long long)sum->checkpoints,
                       e.shards_failed);
     if (shards)
-        command_info_shards(t, env->t);
+        command_info_shards(t, rows, labels, n);
+    free(rows);
     if (commit) {
         double avg_us = sum->batches ? (double)sum->flush_us_total / (double)sum->batches : 0;
         double per_batch = sum->batches ? (double)sum->entries / (double)sum->batches : 0;

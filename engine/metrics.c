@@ -188,6 +188,13 @@ static void metrics_engine_add(metrics_engine *e, const tally_shard_stats *st)
     metrics_hist_add(&sum->checkpoint_us, &st->checkpoint_us);
 }
 
+void metrics_engine_sum(const tally_shard_stats *st, uint32_t n, metrics_engine *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (uint32_t i = 0; i < n; i++)
+        metrics_engine_add(out, &st[i]);
+}
+
 void metrics_engine_read(tally *eng, metrics_engine *out)
 {
     memset(out, 0, sizeof(*out));
@@ -404,9 +411,27 @@ static const metrics_shard_row metrics_shard_rows[] = {
      offsetof(tally_shard_stats, log_bytes)},
 };
 
-/* The per-shard families of n shards' stats st. */
-static void metrics_shards(const metrics *m, const tally_shard_stats *st, uint32_t n,
-                           metrics_text *t)
+/* Row i's shard label and state bytes: shard i of m->dir, or in cluster
+ * mode group groups[i]'s one shard in m->dir/group-G. */
+static uint32_t metrics_label(const uint32_t *groups, uint32_t i)
+{
+    return groups ? groups[i] : i;
+}
+
+static uint64_t metrics_row_state_bytes(const metrics *m, const uint32_t *groups, uint32_t i)
+{
+    if (!m->dir)
+        return 0;
+    if (!groups)
+        return metrics_state_bytes(m->dir, i);
+    char dir[4200];
+    snprintf(dir, sizeof(dir), "%s/group-%u", m->dir, groups[i]);
+    return metrics_state_bytes(dir, 0);
+}
+
+/* The per-shard families of n shards' stats st (labels: metrics_label). */
+static void metrics_shards(const metrics *m, const tally_shard_stats *st, const uint32_t *groups,
+                           uint32_t n, metrics_text *t)
 {
     for (size_t r = 0; r < sizeof(metrics_shard_rows) / sizeof(metrics_shard_rows[0]); r++) {
         const metrics_shard_row *row = &metrics_shard_rows[r];
@@ -414,19 +439,20 @@ static void metrics_shards(const metrics *m, const tally_shard_stats *st, uint32
         for (uint32_t i = 0; i < n; i++) {
             uint64_t v;
             memcpy(&v, (const char *)&st[i] + row->field, sizeof(v));
-            metrics_textf(t, "%s{shard=\"%u\"} %llu\n", row->name, i, (unsigned long long)v);
+            metrics_textf(t, "%s{shard=\"%u\"} %llu\n", row->name, metrics_label(groups, i),
+                          (unsigned long long)v);
         }
     }
     metrics_family(t, "tally_state_bytes", "gauge",
                    "Bytes of the shard's state on disk: its LMDB file and id index runs.");
     for (uint32_t i = 0; i < n; i++)
-        metrics_textf(t, "tally_state_bytes{shard=\"%u\"} %llu\n", i,
-                      (unsigned long long)(m->dir ? metrics_state_bytes(m->dir, i) : 0));
+        metrics_textf(t, "tally_state_bytes{shard=\"%u\"} %llu\n", metrics_label(groups, i),
+                      (unsigned long long)metrics_row_state_bytes(m, groups, i));
     metrics_family(t, "tally_shard_status", "gauge",
                    "0 ok, 1 failed (an I/O error: it takes no writes until a restart), "
                    "2 corrupt (refused).");
     for (uint32_t i = 0; i < n; i++)
-        metrics_textf(t, "tally_shard_status{shard=\"%u\"} %d\n", i,
+        metrics_textf(t, "tally_shard_status{shard=\"%u\"} %d\n", metrics_label(groups, i),
                       st[i].status == 0 ? 0 : st[i].status == TALLY_ECORRUPT ? 2 : 1);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -436,19 +462,19 @@ static void metrics_shards(const metrics *m, const tally_shard_stats *st, uint32
     for (uint32_t i = 0; i < n; i++)
         if (st[i].snapshot_created_ms) {
             double age = now_s - (double)st[i].snapshot_created_ms / 1000.0;
-            metrics_textf(t, "tally_snapshot_age_seconds{shard=\"%u\"} %.3f\n", i,
+            metrics_textf(t, "tally_snapshot_age_seconds{shard=\"%u\"} %.3f\n",
+                          metrics_label(groups, i),
                           age > 0 ? age : 0.0);
         }
     metrics_family(t, "tally_replication_lag_records", "gauge",
-                   "Records the shard's followers lack: always 0 until replication exists.");
+                   "Records the shard's slowest replica lacks (a cluster's leader; 0 otherwise).");
     for (uint32_t i = 0; i < n; i++)
-        metrics_textf(t, "tally_replication_lag_records{shard=\"%u\"} 0\n", i);
+        metrics_textf(t, "tally_replication_lag_records{shard=\"%u\"} %llu\n",
+                      metrics_label(groups, i), (unsigned long long)st[i].repl_lag);
 }
 
 void metrics_prometheus(const metrics *m, tally *eng, metrics_text *out)
 {
-    metrics_requests(m, out);
-    metrics_server(m, out);
     uint32_t n = eng ? tally_shard_count(eng) : 0;
     tally_shard_stats *st = calloc(n ? n : 1, sizeof(*st));
     if (!st) {
@@ -456,12 +482,19 @@ void metrics_prometheus(const metrics *m, tally *eng, metrics_text *out)
         return;
     }
     /* Each shard read once: the sums and the shard's own series agree. */
-    metrics_engine e = {0};
-    for (uint32_t i = 0; i < n; i++) {
+    for (uint32_t i = 0; i < n; i++)
         tally_shard_stats_get(eng, i, &st[i]);
-        metrics_engine_add(&e, &st[i]);
-    }
-    metrics_engine_histograms(&e, out);
-    metrics_shards(m, st, n, out);
+    metrics_prometheus_rows(m, st, NULL, n, out);
     free(st);
+}
+
+void metrics_prometheus_rows(const metrics *m, const tally_shard_stats *st,
+                             const uint32_t *groups, uint32_t n, metrics_text *out)
+{
+    metrics_requests(m, out);
+    metrics_server(m, out);
+    metrics_engine e;
+    metrics_engine_sum(st, n, &e);
+    metrics_engine_histograms(&e, out);
+    metrics_shards(m, st, groups, n, out);
 }

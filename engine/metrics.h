@@ -115,6 +115,9 @@ typedef struct metrics_engine {
 
 /* Reads every shard's counters (t may be NULL: all zero). */
 void metrics_engine_read(tally *t, metrics_engine *out);
+/* Adds up n shards' counters read by the caller (cluster mode: a row per
+ * shard group). */
+void metrics_engine_sum(const tally_shard_stats *st, uint32_t n, metrics_engine *out);
 
 /* ---- text ------------------------------------------------------------------ */
 
@@ -136,6 +139,12 @@ void metrics_text_free(metrics_text *t);
  * few /proc and directory entries per shard: cheap, but made for a scrape
  * every few seconds, not for every request. */
 void metrics_prometheus(const metrics *m, tally *t, metrics_text *out);
+
+/* Cluster mode: the same text from stats the caller read, one row per
+ * shard group this node serves (groups[i]: its number, the series'
+ * shard label; its state under m->dir/group-G). */
+void metrics_prometheus_rows(const metrics *m, const tally_shard_stats *st,
+                             const uint32_t *groups, uint32_t n, metrics_text *out);
 
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 

@@ -1751,9 +1751,15 @@ uint32_t repl_groups(repl *r, repl_group_info *out, uint32_t cap)
     return n;
 }
 
-tally *repl_engine(repl *r, uint32_t g)
+int repl_group_stats(repl *r, uint32_t g, tally_shard_stats *out)
 {
-    return g < r->group_count && r->groups[g] ? r->groups[g]->t : NULL;
+    repl_group *gr = g < r->group_count ? r->groups[g] : NULL;
+    tally *t = gr ? repl_engine_get(gr) : NULL;
+    if (t == NULL)
+        return -ENOENT;
+    int rc = tally_shard_stats_get(t, 0, out);
+    repl_engine_put(gr);
+    return rc;
 }
 
 uint64_t repl_group_replicated(repl *r, uint32_t g)

@@ -136,9 +136,9 @@ const char *repl_role_name(int role);
 
 /* The groups this node serves, in group order, into out[0, cap): how many. */
 uint32_t repl_groups(repl *r, repl_group_info *out, uint32_t cap);
-/* The engine of group g (for stats: valid until the next reopen; NULL
- * while reopening).  Only the server thread's figures use it. */
-tally *repl_engine(repl *r, uint32_t g);
+/* Group g's engine's figures (tally_shard_stats of its one shard): 0, or
+ * -ENOENT (not served here, or its engine is reopening). */
+int repl_group_stats(repl *r, uint32_t g, tally_shard_stats *out);
 /* FOLLOW's hook: group g's replicated seq (what its followers
  * acknowledged, or a replica's commit seq): entries up to it survive any
  * failover. */

@@ -805,6 +805,21 @@ static int server_http_auth(const server *s, const http_request *r)
     return t->admin ? 0 : 403;
 }
 
+/* Cluster mode's exposition: a row per shard group this node serves. */
+static void server_cluster_metrics(server *s, metrics_text *text)
+{
+    tally_shard_stats *st = calloc(LIMIT_CLUSTER_GROUPS_MAX, sizeof(*st));
+    uint32_t groups[LIMIT_CLUSTER_GROUPS_MAX], n = 0;
+    for (uint32_t g = 0; st && g < LIMIT_CLUSTER_GROUPS_MAX; g++)
+        if (repl_group_stats(s->env.cluster, g, &st[n]) == 0)
+            groups[n++] = g;
+    if (st)
+        metrics_prometheus_rows(&s->m, st, groups, n, text);
+    else
+        text->oom = true;
+    free(st);
+}
+
 /* Answers one parsed request. */
 static void server_http_answer(server *s, server_http *h, const http_request *r)
 {
@@ -826,7 +841,10 @@ static void server_http_answer(server *s, server_http *h, const http_request *r)
     }
     s->m.requests_inflight = s->inflight;
     metrics_text text = {0};
-    metrics_prometheus(&s->m, s->opts.t, &text);
+    if (s->env.cluster)
+        server_cluster_metrics(s, &text);
+    else
+        metrics_prometheus(&s->m, s->opts.t, &text);
     if (text.oom) {
         h->close_after = true;
         server_http_error(s, h, 503, "");
