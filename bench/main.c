@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "groups.h"
 #include "net.h"
 #include "proc.h"
 #include "selftest.h"
@@ -61,6 +62,8 @@ static const char main_usage[] =
     "                         written per entry, RssAnon, disk per entry\n"
     "      --server-dir DIR   its data directory (default: CONFIG GET dir)\n"
     "      --durable          fail unless the server says every write is durable\n"
+    "      --cluster          HOST:PORT is a node of a tally cluster: each merchant's\n"
+    "                         commands go to its shard group's leader (CLUSTER SLOTS)\n"
     "      --progress-s S     seconds between progress lines (1)\n"
     "common to run and engine:\n"
     "  -w, --workload W       points-v1 | points-mix | points-transfer | earn-only |\n"
@@ -120,6 +123,7 @@ typedef struct main_args {
     uint64_t errors;
     uint64_t refused;   /* summarize: of the operations, refused (counted by the caller) */
     bool durable;
+    bool cluster;       /* run: a tally cluster, each group's share to its leader */
     double since_s;     /* ready: the server's start, unix s */
     double timeout_s;
     report_setting settings[REPORT_SETTINGS_MAX];
@@ -132,6 +136,7 @@ enum {
     OPT_SYNC, OPT_INFLIGHT, OPT_FILE, OPT_COLUMN, OPT_UNIT, OPT_ELAPSED, OPT_SERVER_PID,
     OPT_SERVER_CPU, OPT_SERVER_DIR, OPT_DURABLE, OPT_PROGRESS, OPT_IDS, OPT_SETTING,
     OPT_PGBENCH_LOG, OPT_OPS_PER_LINE, OPT_ERRORS, OPT_REFUSED, OPT_SINCE, OPT_TIMEOUT,
+    OPT_CLUSTER,
 };
 
 static const struct option main_options[] = {
@@ -158,6 +163,7 @@ static const struct option main_options[] = {
     {"server-cpu", required_argument, NULL, OPT_SERVER_CPU},
     {"server-dir", required_argument, NULL, OPT_SERVER_DIR},
     {"durable", no_argument, NULL, OPT_DURABLE},
+    {"cluster", no_argument, NULL, OPT_CLUSTER},
     {"progress-s", required_argument, NULL, OPT_PROGRESS},
     {"ids", required_argument, NULL, OPT_IDS},
     {"setting", required_argument, NULL, OPT_SETTING},
@@ -230,6 +236,7 @@ static void main_option(main_args *a, int opt, const char *arg)
     case 'H': a->net.host = arg; break;
     case 'p': a->net.port = (uint16_t)main_u64(arg, 65535); break;
     case OPT_TARGET: a->target = arg; break;
+    case OPT_CLUSTER: a->cluster = true; break;
     case 'c': a->net.connections = (uint32_t)main_u64(arg, NET_CONNECTIONS_MAX); break;
     case 'P': a->net.pipeline = (uint32_t)main_u64(arg, NET_PIPELINE_MAX); break;
     case OPT_THREADS: a->net.threads = (uint32_t)main_u64(arg, NET_THREADS_MAX); break;
@@ -432,7 +439,12 @@ static int main_run(main_args *a)
     snprintf(r.label, sizeof(r.label), "%s:%u c=%u P=%u threads=%u%s", a->net.host, a->net.port,
              a->net.connections, a->net.pipeline, a->net.threads,
              a->net.rate > 0 ? " open-loop" : "");
-    int rc = net_run(&a->net, &r);
+    if (a->cluster) {
+        if (a->net.target != WIRE_TALLY || a->net.server_pid > 0)
+            main_die("--cluster drives a tally cluster (no --target redis, --server-pid)", "");
+        report_setting_add(&r, "cluster", "each group's leader");
+    }
+    int rc = a->cluster ? groups_run(&a->net, &r) : net_run(&a->net, &r);
     if (rc < 0) {
         fprintf(stderr, "tally-bench: %s\n", strerror(-rc));
         free(h);

@@ -273,12 +273,19 @@ static uint8_t workload_make_id(workload *w, char *out)
     return (uint8_t)len;
 }
 
+/* Account k of the population: its merchant and account numbers. */
+static void workload_place(const workload *w, uint64_t k, workload_op *op)
+{
+    uint64_t i = k % w->cfg.merchants;
+    op->merchant = w->cfg.merchant_of ? w->cfg.merchant_of[i] : i + 1;
+    op->account = k / w->cfg.merchants + 1;
+}
+
 static void workload_pick_account(workload *w, workload_op *op)
 {
     uint64_t k = w->cfg.zipf_s > 0.0 ? workload_zipf_sample(w) - 1
                                      : workload_range(w, 0, w->cfg.accounts - 1);
-    op->merchant = k % w->cfg.merchants + 1;
-    op->account = k / w->cfg.merchants + 1;
+    workload_place(w, k, op);
 }
 
 static void workload_write(workload *w, workload_op *op, int kind, int64_t lo, int64_t hi)
@@ -372,8 +379,7 @@ uint32_t workload_next(workload *w, workload_op ops[WORKLOAD_BURST_MAX])
         if (w->prefill_next >= w->cfg.accounts)
             return 0;
         uint64_t k = w->prefill_next++;
-        op->merchant = k % w->cfg.merchants + 1;
-        op->account = k / w->cfg.merchants + 1;
+        workload_place(w, k, op);
         op->kind = WORKLOAD_OP_EARN;
         op->points = w->cfg.prefill_points;
         op->id_len = workload_make_id(w, op->id);

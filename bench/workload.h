@@ -95,6 +95,10 @@ typedef struct workload_config {
     uint64_t now_s;       /* unix s the expiries count from; 0 = the clock at init */
     uint64_t seed;
     char nonce[16];       /* run nonce: keeps ids of separate runs apart */
+    /* Merchant i (0..merchants-1) is merchant_of[i]; NULL: i + 1.  A
+     * cluster's run gives each group's leader the merchants its slots
+     * hold (groups.h). */
+    const uint64_t *merchant_of;
 } workload_config;
 
 /* One logical operation.  For CAPTURE, ref is the hold's id; for REVERSE,
