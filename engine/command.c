@@ -98,7 +98,6 @@ static int command_watch(command_call *c);
 static int command_unwatch(command_call *c);
 static int command_cluster(command_call *c);
 static int command_readonly(command_call *c);
-static int command_readwrite(command_call *c);
 static int command_asking(command_call *c);
 
 static const command_def command_table[] = {
@@ -1602,20 +1601,13 @@ static int command_cluster(command_call *c)
     return COMMAND_REPLIED;
 }
 
+/* READONLY and READWRITE: whether a replica may serve this connection's
+ * reads. */
 static int command_readonly(command_call *c)
 {
     if (!c->env->cluster)
         return command_no_cluster(c);
-    c->s->readonly = true;
-    resp_simple(c->out, "OK");
-    return COMMAND_REPLIED;
-}
-
-static int command_readwrite(command_call *c)
-{
-    if (!c->env->cluster)
-        return command_no_cluster(c);
-    c->s->readonly = false;
+    c->s->readonly = strcmp(c->def->name, "readonly") == 0;
     resp_simple(c->out, "OK");
     return COMMAND_REPLIED;
 }

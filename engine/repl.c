@@ -20,13 +20,11 @@
  * pointer, held for reading only around a call into the engine and for
  * writing only to swap it (a reopen).
  */
-#include <arpa/inet.h>
 #include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -48,6 +46,7 @@
 #include "repl.h"
 #include "repl_proto.h"
 #include "snapshot.h"
+#include "sock.h"
 #include "zk.h"
 
 /* ---- constants ------------------------------------------------------------------ */
@@ -750,46 +749,6 @@ typedef struct repl_follow {
     repl_rx rx;
 } repl_follow;
 
-/* Connects to host:port within REPL_CONNECT_MS.  The socket or -errno. */
-static int repl_connect(const char *host, uint16_t port)
-{
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_NUMERICSERV};
-    struct addrinfo *res = NULL;
-    char ps[8];
-    snprintf(ps, sizeof(ps), "%u", port);
-    if (getaddrinfo(host, ps, &hints, &res) != 0)
-        return -EHOSTUNREACH;
-    int rc = -ECONNREFUSED;
-    for (struct addrinfo *a = res; a; a = a->ai_next) {
-        int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            rc = -errno;
-            continue;
-        }
-        if (connect(fd, a->ai_addr, a->ai_addrlen) < 0 && errno != EINPROGRESS) {
-            rc = -errno;
-            close(fd);
-            continue;
-        }
-        struct pollfd p = {.fd = fd, .events = POLLOUT};
-        int err = 0;
-        socklen_t el = sizeof(err);
-        if (poll(&p, 1, REPL_CONNECT_MS) != 1 ||
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0 || err != 0) {
-            rc = err ? -err : -ETIMEDOUT;
-            close(fd);
-            continue;
-        }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        rc = fd;
-        break;
-    }
-    freeaddrinfo(res);
-    return rc;
-}
-
 /* Where this replica's log stands, with the probes that find where it
  * parts from the leader's (repl_proto.h). */
 static void repl_position(repl_group *gr, repl_join *jn)
@@ -1228,8 +1187,7 @@ static int repl_follow_once(repl_group *gr)
     atomic_store(&gr->leader_node, port ? leader : -1);
     if (port == 0)
         return -EAGAIN; /* no leader (an election), or this node: wait */
-    f.fd = repl_connect(host, port);
-    int rc = f.fd < 0 ? f.fd : 0;
+    int rc = sock_connect(host, port, REPL_CONNECT_MS, &f.fd);
     repl_welcome w;
     if (rc == 0)
         rc = repl_handshake(&f, &w);
@@ -1574,34 +1532,6 @@ static void *repl_listen_main(void *arg)
     return NULL;
 }
 
-static int repl_listen(repl *r, uint16_t port)
-{
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-    struct addrinfo *res = NULL;
-    char ps[8];
-    snprintf(ps, sizeof(ps), "%u", port);
-    if (getaddrinfo(r->bind, ps, &hints, &res) != 0)
-        return -EINVAL;
-    int rc = -EADDRNOTAVAIL;
-    for (struct addrinfo *a = res; a && rc < 0; a = a->ai_next) {
-        int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-            continue;
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 64) == 0) {
-            r->listen_fd = fd;
-            rc = 0;
-        } else {
-            rc = -errno;
-            close(fd);
-        }
-    }
-    freeaddrinfo(res);
-    return rc;
-}
-
 /* ---- routing ---------------------------------------------------------------------- */
 
 int repl_route(repl *r, uint16_t slot, bool write, bool readonly, uint32_t *group,
@@ -1876,7 +1806,7 @@ static int repl_open_groups(repl *r)
             repl_say(r, 1, "group %" PRIu32 ": starts closed; it is rebuilt from its leader", g);
     }
     if (rc == 0)
-        rc = repl_listen(r, port);
+        rc = sock_listen(r->bind, port, 64, &r->listen_fd, NULL);
     if (rc < 0)
         repl_say(r, 2, "replication port %u on %s: %s", port, r->bind, tally_strerror(rc));
     return rc;

@@ -71,6 +71,7 @@
 #include "repl.h"
 #include "resp.h"
 #include "server.h"
+#include "sock.h"
 
 /* ---- constants ---------------------------------------------------------- */
 
@@ -1082,35 +1083,11 @@ void server_stop(server *s)
 static int server_listen(server *s, const char *option, const char *addr, uint16_t port_number,
                          int *listen_fd)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-    struct addrinfo *res = NULL;
-    char port[8];
-    snprintf(port, sizeof(port), "%u", port_number);
-    int rc = getaddrinfo(addr, port, &hints, &res);
-    if (rc != 0) {
-        server_say(s, 2, "cannot resolve %s %s: %s", option, addr, gai_strerror(rc));
-        return -EINVAL;
-    }
-    int err = -EADDRNOTAVAIL;
-    for (struct addrinfo *a = res; a; a = a->ai_next) {
-        int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            err = -errno;
-            continue;
-        }
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 1024) == 0) {
-            *listen_fd = fd;
-            err = 0;
-            break;
-        }
-        err = -errno;
-        close(fd);
-    }
-    freeaddrinfo(res);
-    return err;
+    int gai = 0;
+    int rc = sock_listen(addr, port_number, 1024, listen_fd, &gai);
+    if (rc == -EINVAL && gai != 0)
+        server_say(s, 2, "cannot resolve %s %s: %s", option, addr, gai_strerror(gai));
+    return rc;
 }
 
 int server_open(const server_options *o, server **out)

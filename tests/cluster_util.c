@@ -54,6 +54,18 @@ static const char *cu_build(void)
 
 /* ---- nodes ---------------------------------------------------------------------- */
 
+/* A connection to a node with 2 s to connect and to answer, or NULL. */
+static redisContext *cu_connect(const cu_node *n)
+{
+    struct timeval tv = {.tv_sec = 2};
+    redisContext *r = redisConnectWithTimeout("127.0.0.1", n->port, tv);
+    if (r && !r->err && redisSetTimeout(r, tv) == REDIS_OK)
+        return r;
+    if (r)
+        redisFree(r);
+    return NULL;
+}
+
 /* Waits until the node answers PING (or exits: asserted). */
 static void cu_wait_up(cu *c, uint32_t i)
 {
@@ -65,18 +77,14 @@ static void cu_wait_up(cu *c, uint32_t i)
             n->pid = 0;
             cr_assert_fail("node %s exited at start (status %d); see %s", n->id, st, n->log);
         }
-        struct timeval tv = {.tv_sec = 1};
-        redisContext *r = redisConnectWithTimeout("127.0.0.1", n->port, tv);
-        if (r && !r->err) {
-            redisSetTimeout(r, tv);
+        redisContext *r = cu_connect(n);
+        if (r) {
             redisReply *rep = redisCommand(r, "PING");
             bool ok = rep && rep->type == REDIS_REPLY_STATUS;
             freeReplyObject(rep);
             redisFree(r);
             if (ok)
                 return;
-        } else if (r) {
-            redisFree(r);
         }
         usleep(50000);
     }
@@ -238,16 +246,9 @@ bool cu_group_at(cu *c, uint32_t i, uint32_t g, cu_group *out)
 {
     memset(out, 0, sizeof(*out));
     cu_node *n = &c->nodes[i];
-    if (n->pid <= 0 || n->stopped)
+    redisContext *r = n->pid > 0 && !n->stopped ? cu_connect(n) : NULL;
+    if (!r)
         return false;
-    struct timeval tv = {.tv_sec = 2};
-    redisContext *r = redisConnectWithTimeout("127.0.0.1", n->port, tv);
-    if (!r || r->err) {
-        if (r)
-            redisFree(r);
-        return false;
-    }
-    redisSetTimeout(r, tv);
     redisReply *rep = redisCommand(r, "INFO replication");
     bool ok = rep && rep->type == REDIS_REPLY_STRING;
     if (ok) {
