@@ -142,7 +142,10 @@ struct repl_group {
 };
 
 struct repl {
-    repl_options o;
+    repl_options o;            /* its strings point into the copies below */
+    char zk_hosts[LIMIT_ZK_HOSTS_BYTES_MAX + 1];
+    char name[LIMIT_CLUSTER_NAME_BYTES_MAX + 1];
+    char node_id[LIMIT_CLUSTER_NODE_ID_BYTES_MAX + 1];
     char dir[4096];
     char bind[256];
     uint8_t secret[REPL_SECRET_BYTES_MAX];
@@ -1254,11 +1257,11 @@ static void repl_event(void *ctx, const cluster_event *ev)
         gr->ev_deposed = true; /* a lease won is read from cluster_lease() */
     r->dirty = true;
     pthread_cond_signal(&r->cv);
-    pthread_mutex_unlock(&r->mu);
     /* A replica waiting for a leader looks again at once. */
     for (uint32_t g = 0; ev->kind == CLUSTER_EVENT_MAP && g < r->group_count; g++)
         if (r->groups[g] && atomic_load(&r->groups[g]->role) != REPL_LEADER)
             repl_ring(r->groups[g]->fwake_fd);
+    pthread_mutex_unlock(&r->mu);
 }
 
 /* Wakes the peers streaming group gr's log (leadership moved). */
@@ -1818,6 +1821,12 @@ int repl_open(const repl_options *o, repl **out)
     if (!r)
         return -ENOMEM;
     r->o = *o;
+    snprintf(r->zk_hosts, sizeof(r->zk_hosts), "%s", o->zk_hosts ? o->zk_hosts : "");
+    snprintf(r->name, sizeof(r->name), "%s", o->name ? o->name : "");
+    snprintf(r->node_id, sizeof(r->node_id), "%s", o->node_id ? o->node_id : "");
+    r->o.zk_hosts = r->zk_hosts;
+    r->o.name = r->name;
+    r->o.node_id = r->node_id;
     snprintf(r->dir, sizeof(r->dir), "%s", o->dir);
     snprintf(r->bind, sizeof(r->bind), "%s", o->repl_bind ? o->repl_bind : "127.0.0.1");
     r->o.dir = r->dir;
@@ -1829,7 +1838,7 @@ int repl_open(const repl_options *o, repl **out)
     pthread_mutex_init(&r->mu, NULL);
     clock_cond_init(&r->cv);
     r->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    cluster_options co = {.zk_hosts = o->zk_hosts, .name = o->name, .node_id = o->node_id,
+    cluster_options co = {.zk_hosts = r->zk_hosts, .name = r->name, .node_id = r->node_id,
                           .session_timeout_ms = o->session_timeout_ms, .event = repl_event,
                           .event_ctx = r, .log = o->log, .log_ctx = o->log_ctx};
     int rc = r->stop_fd < 0 ? -errno : cluster_open(&co, &r->c);
@@ -1869,9 +1878,15 @@ void repl_close(repl *r)
     for (uint32_t g = 0; g < r->group_count; g++)
         if (r->groups[g])
             repl_follow_stop(r->groups[g]);
-    /* Engines before the cluster: their shards ask it about leases. */
-    for (uint32_t g = 0; g < r->group_count; g++)
-        repl_group_free(r->groups[g]);
+    /* Engines before the cluster (their shards ask it about leases), each
+     * out of the events' sight first: the cluster's thread still runs. */
+    for (uint32_t g = 0; g < r->group_count; g++) {
+        pthread_mutex_lock(&r->mu);
+        repl_group *gr = r->groups[g];
+        r->groups[g] = NULL;
+        pthread_mutex_unlock(&r->mu);
+        repl_group_free(gr);
+    }
     cluster_close(r->c);
     if (r->listen_fd >= 0)
         close(r->listen_fd);

@@ -70,8 +70,10 @@ typedef struct repl_options {
 } repl_options;
 
 /* Joins the cluster (cluster_open), opens the engine of every group this
- * node is a member of (recovering each), reports their positions, listens
- * on this node's replication port and starts following the leaders.
+ * node is a member of (recovering each; o and its strings are copied,
+ * but not those of o->engine, which must outlive the node), reports
+ * their positions, listens on this node's replication port and starts
+ * following the leaders.
  * Errors: cluster_open's, -errno (the port, a directory), an engine's. */
 int repl_open(const repl_options *o, repl **out);
 /* Leaves the cluster, stops replication, closes every engine (each

@@ -45,7 +45,13 @@ Test(cluster_repl, every_message_decodes_back_to_what_was_encoded)
     repl_frame f = frame_of(buf, n);
     repl_join back;
     cr_assert_eq(repl_dec_join(&f, &back), 0);
-    cr_assert_eq(memcmp(&back, &j, offsetof(repl_join, probes) + 3 * sizeof(repl_probe)), 0);
+    cr_assert(back.version == j.version && back.group == j.group &&
+              back.log_epoch == j.log_epoch && back.last_seq == j.last_seq &&
+              back.floor_seq == j.floor_seq && back.probe_count == 3);
+    cr_assert(memcmp(back.nonce, j.nonce, sizeof(j.nonce)) == 0 &&
+              memcmp(back.mac, j.mac, sizeof(j.mac)) == 0 && strcmp(back.id, j.id) == 0);
+    for (uint32_t i = 0; i < 3; i++)
+        cr_assert(back.probes[i].seq == j.probes[i].seq && back.probes[i].sum == j.probes[i].sum);
 
     repl_welcome w = {.epoch = 9, .match_seq = 880, .leader_seq = 950, .snapshot = true};
     memset(w.mac, 0x11, sizeof(w.mac));
@@ -59,7 +65,7 @@ Test(cluster_repl, every_message_decodes_back_to_what_was_encoded)
     n = repl_enc_snapend(&se, buf, sizeof(buf));
     f = frame_of(buf, n);
     cr_assert_eq(repl_dec_snapend(&f, &sb), 0);
-    cr_assert_eq(memcmp(&se, &sb, sizeof(se)), 0);
+    cr_assert(sb.seq == 100 && sb.ids_seq == 90 && sb.first_seq == 91 && sb.first_prev == 77);
 
     uint64_t v[3] = {5, 6, 7}, vb[3];
     n = repl_enc_u64s(REPL_COMMIT, v, 3, buf, sizeof(buf));

@@ -54,6 +54,8 @@ static const char *cu_build(void)
 
 /* ---- nodes ---------------------------------------------------------------------- */
 
+static void cu_dump(const char *path);
+
 /* A connection to a node with 2 s to connect and to answer, or NULL. */
 static redisContext *cu_connect(const cu_node *n)
 {
@@ -134,6 +136,8 @@ void cu_node_stop(cu *c, uint32_t i)
     int st = 0;
     waitpid(n->pid, &st, 0);
     n->pid = 0;
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+        cu_dump(n->log);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "node %s exited with %d; see %s", n->id, st,
               n->log);
 }
