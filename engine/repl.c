@@ -1815,6 +1815,24 @@ static int repl_open_groups(repl *r)
     return rc;
 }
 
+/* The map's entry for this node must be the address clients are sent to
+ * (before anything is opened: another node's directory stays untouched). */
+static int repl_check_advertise(repl *r, const char *advertise)
+{
+    if (!advertise)
+        return 0;
+    const cluster_map *m = cluster_map_acquire(r->c);
+    const cluster_node *n = &m->nodes[r->self];
+    char have[LIMIT_CLUSTER_HOST_BYTES_MAX + 8];
+    snprintf(have, sizeof(have), "%s:%u", n->host, n->port);
+    cluster_map_release(r->c, m);
+    if (strcmp(have, advertise) == 0)
+        return 0;
+    repl_say(r, 2, "--advertise %s, but the cluster's map gives node %s as %s", advertise,
+             r->node_id, have);
+    return -EADDRNOTAVAIL;
+}
+
 int repl_open(const repl_options *o, repl **out)
 {
     repl *r = calloc(1, sizeof(*r));
@@ -1827,6 +1845,7 @@ int repl_open(const repl_options *o, repl **out)
     r->o.zk_hosts = r->zk_hosts;
     r->o.name = r->name;
     r->o.node_id = r->node_id;
+    r->o.advertise = NULL; /* checked at open only */
     snprintf(r->dir, sizeof(r->dir), "%s", o->dir);
     snprintf(r->bind, sizeof(r->bind), "%s", o->repl_bind ? o->repl_bind : "127.0.0.1");
     r->o.dir = r->dir;
@@ -1844,8 +1863,10 @@ int repl_open(const repl_options *o, repl **out)
     int rc = r->stop_fd < 0 ? -errno : cluster_open(&co, &r->c);
     if (rc == 0) {
         r->self = cluster_self(r->c);
-        rc = repl_open_groups(r);
+        rc = repl_check_advertise(r, o->advertise);
     }
+    if (rc == 0)
+        rc = repl_open_groups(r);
     if (rc == 0)
         r->listening = pthread_create(&r->listen_thread, NULL, repl_listen_main, r) == 0;
     if (rc == 0)

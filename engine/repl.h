@@ -63,6 +63,7 @@ typedef struct repl_options {
     const uint8_t *secret;   /* the replication secret (copied) */
     size_t secret_len;
     const char *repl_bind;   /* address the replication port binds */
+    const char *advertise;   /* "HOST:PORT" the map must give this node (NULL: any) */
     tally_options engine;    /* each group's engine: sync, segments, snapshots…
                               * (dir, shards and replica are set here) */
     tally_log_fn log;
@@ -74,7 +75,9 @@ typedef struct repl_options {
  * but not those of o->engine, which must outlive the node), reports
  * their positions, listens on this node's replication port and starts
  * following the leaders.
- * Errors: cluster_open's, -errno (the port, a directory), an engine's. */
+ * Errors: cluster_open's, -EADDRNOTAVAIL (the map gives this node
+ * another address than o->advertise: said in the log), -errno (the
+ * port, a directory), an engine's. */
 int repl_open(const repl_options *o, repl **out);
 /* Leaves the cluster, stops replication, closes every engine (each
  * answers what it has).  NULL is ignored. */

@@ -301,3 +301,92 @@ Test(cluster_clients, redis_cli_ioredis_and_node_redis_route_by_merchant_unchang
     cu_wait_converged(&c, 60000);
     cu_verify_all(&c);
 }
+
+/* ---- refusals ---------------------------------------------------------------------- */
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+Test(cluster_routing, a_node_with_another_replication_secret_is_refused, .fini = fini,
+     .timeout = 600)
+{
+    char good[96], bad[96];
+    snprintf(good, sizeof(good), "/tmp/tally-secret-%d", getpid());
+    snprintf(bad, sizeof(bad), "/tmp/tally-secret-bad-%d", getpid());
+    write_file(good, "the cluster's secret\n");
+    write_file(bad, "not the cluster's secret\n");
+    const char *extra[] = {"--repl-secret", good, NULL};
+    cu_start(&c, "secret", 3, extra);
+    /* Node c comes back knowing another secret: the leader it would follow
+     * (b, group 1) refuses it. */
+    cu_node_stop(&c, 2);
+    c.extra[1] = bad;
+    cu_node_start(&c, 2);
+    c.extra[1] = good;
+    char cmdline[512], out[4096];
+    snprintf(cmdline, sizeof(cmdline),
+             "for i in $(seq 300); do grep -q 'refused c (group 1): authentication failed' %s "
+             "&& exit 0; sleep 0.1; done; exit 1",
+             c.nodes[1].log);
+    cr_assert_eq(td_run(cmdline, out, sizeof(out)), 0, "b never refused c: %s", out);
+    cu_group st;
+    cr_assert(cu_group_at(&c, 2, 1, &st) && st.present);
+    cr_assert_str_neq(st.role, "leader");
+    int l = cu_leader(&c, 1);
+    cr_assert_eq(l, 1, "b still leads group 1");
+    cr_assert(cu_group_at(&c, 1, 1, &st));
+    cr_assert_eq(st.replicas, 0, "c never streams from b");
+    unlink(good);
+    unlink(bad);
+}
+
+Test(cluster_routing, tallyd_refuses_cluster_options_it_cannot_serve_and_says_why, .fini = fini,
+     .timeout = 600)
+{
+    cu_start(&c, "refuse", 2, NULL);
+    char target[128], adv[32], out[2048];
+    snprintf(target, sizeof(target), "%s/refuse", c.zk.hosts);
+    td t;
+    td_init(&t, "refuse");
+    struct {
+        const char *args[12];
+        int status;
+        const char *says;
+    } cases[] = {
+        {{"--cluster", target, NULL}, 2, "--cluster needs --node-id ID and --advertise"},
+        {{"--node-id", "a", NULL}, 2, "need --cluster"},
+        {{"--cluster", "nohosts", "--node-id", "a", "--advertise", "127.0.0.1:1", NULL}, 2,
+         "ZK_HOSTS/NAME"},
+        {{"--cluster", target, "--node-id", "a", "--advertise", "127.0.0.1:1", "--shards", "4",
+          NULL},
+         2, "--shards does not apply"},
+        {{"--cluster", target, "--node-id", "a", "--advertise", "127.0.0.1:1", "--ack", "some",
+          NULL},
+         2, "--ack must be replicated or local"},
+        {{"--cluster", target, "--node-id", "zz", "--advertise", adv, NULL}, 1,
+         "no such node in the cluster's map"},
+        {{"--cluster", target, "--node-id", "a", "--advertise", "127.0.0.1:1", NULL}, 1,
+         "the cluster's map gives node a as"},
+        {{"--cluster", target, "--node-id", "a", "--advertise", adv, NULL}, 1,
+         "but the cluster's map gives node a port"},
+    };
+    snprintf(adv, sizeof(adv), "127.0.0.1:%u", c.nodes[0].port);
+    cu_node_stop(&c, 0); /* its ports free, for a server that says it is node a */
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        unlink(t.log);
+        int rc = td_start_expect_exit(&t, cases[k].args);
+        FILE *f = fopen(t.log, "r");
+        size_t n = f ? fread(out, 1, sizeof(out) - 1, f) : 0;
+        out[n] = 0;
+        if (f)
+            fclose(f);
+        cr_assert_eq(rc, cases[k].status, "case %zu: exit %d: %s", k, rc, out);
+        cr_assert_not_null(strstr(out, cases[k].says), "case %zu: %s", k, out);
+    }
+    td_cleanup(&t);
+}

@@ -265,6 +265,7 @@ bool cu_group_at(cu *c, uint32_t i, uint32_t g, cu_group *out)
             cu_text(line, "leader", out->leader, sizeof(out->leader));
             out->epoch = cu_field(line, "epoch");
             out->durable_seq = cu_field(line, "durable_seq");
+            out->replicas = (uint32_t)cu_field(line, "replicas");
             char chain[24];
             cu_text(line, "chain", chain, sizeof(chain));
             out->chain = strtoull(chain, NULL, 16);

@@ -44,6 +44,7 @@ typedef struct cu_group {
     char role[16];
     char leader[16];
     uint64_t epoch, durable_seq, chain;
+    uint32_t replicas; /* a leader: replicas streaming */
 } cu_group;
 
 /* Starts ZooKeeper, creates cluster `name` of n nodes with 1 replica per

@@ -59,22 +59,6 @@ static int tallyd_fail(const char *what, const char *detail)
     return 1;
 }
 
-/* The map's entry for this node must be the address clients are sent to
- * and this server listens on. */
-static int tallyd_check_advertise(const config *cfg, repl *r)
-{
-    const cluster_map *m = repl_map_acquire(r);
-    const cluster_node *n = &m->nodes[repl_self(r)];
-    char want[LIMIT_CLUSTER_HOST_BYTES_MAX + 8];
-    snprintf(want, sizeof(want), "%s:%u", n->host, n->port);
-    int rc = strcmp(want, cfg->advertise) == 0 && n->port == cfg->port ? 0 : -EINVAL;
-    if (rc < 0)
-        fprintf(stderr, "tallyd: --advertise %s --port %u, but the cluster's map gives node %s "
-                        "as %s\n", cfg->advertise, cfg->port, cfg->node_id, want);
-    repl_map_release(r, m);
-    return rc;
-}
-
 /* Cluster mode: joins, opens every group's engine (repl.h). */
 static int tallyd_cluster(const config *cfg, const tally_options *engine, repl **out)
 {
@@ -96,22 +80,29 @@ static int tallyd_cluster(const config *cfg, const tally_options *engine, repl *
                        .node_id = cfg->node_id, .session_timeout_ms = cfg->zk_session_ms,
                        .ack_local = cfg->ack_local, .secret = secret, .secret_len = secret_len,
                        .repl_bind = cfg->repl_bind[0] ? cfg->repl_bind : cfg->bind,
-                       .engine = *engine, .log = tallyd_log};
+                       .advertise = cfg->advertise, .engine = *engine, .log = tallyd_log};
     rc = repl_open(&ro, out);
     if (rc < 0) {
         fprintf(stderr, "tallyd: --cluster %s as %s: %s\n", cfg->cluster, cfg->node_id,
                 rc == -ESRCH ? "no such node in the cluster's map"
                 : rc == -ENOENT ? "no such cluster (tally cluster create first)"
                 : rc == -ETIMEDOUT ? "ZooKeeper does not answer"
-                                   : tally_strerror(rc));
+                : rc == -EADDRNOTAVAIL ? "not the address the cluster's map gives (above)"
+                                       : tally_strerror(rc));
         return rc;
     }
-    rc = tallyd_check_advertise(cfg, *out);
-    if (rc < 0) {
+    /* Clients are sent to the map's port: it must be this server's. */
+    const cluster_map *m = repl_map_acquire(*out);
+    uint16_t port = m->nodes[repl_self(*out)].port;
+    repl_map_release(*out, m);
+    if (port != cfg->port) {
+        fprintf(stderr, "tallyd: --port %u, but the cluster's map gives node %s port %u\n",
+                cfg->port, cfg->node_id, port);
         repl_close(*out);
         *out = NULL;
+        return -EINVAL;
     }
-    return rc;
+    return 0;
 }
 
 int main(int argc, char **argv)
