@@ -548,6 +548,11 @@ static int command_follow(command_call *c)
     if (command_arg_is(c, 1, "*")) {
         if (!command_allowed(c, 0))
             return COMMAND_REPLIED;
+        /* One cursor per shard of one engine: a cluster node has several,
+         * each a group, whose merchants are followed where they are. */
+        if (c->env->cluster)
+            return command_err(c, "ERR", "FOLLOW * is not served in cluster mode: FOLLOW each "
+                                         "merchant (-MOVED takes it to its group)");
         uint32_t n = c->env->t ? tally_shard_count(c->env->t) : 0;
         r->cursors = n ? calloc(n, sizeof(*r->cursors)) : NULL;
         if (!r->cursors)
@@ -606,6 +611,21 @@ static int command_queue_refuse(command_call *c, tally_request *q, const char *c
     return COMMAND_REPLIED; /* the reply is written already */
 }
 
+static int command_route_merchant(command_call *c, uint64_t merchant, const char *m, size_t n,
+                                  bool write, bool readonly);
+
+/* In a cluster, a command queued in MULTI must be one this node serves
+ * (as Redis Cluster answers -MOVED at queueing, and EXEC then aborts). */
+static int command_queue_route(command_call *c)
+{
+    if (!c->env->cluster)
+        return COMMAND_SUBMIT;
+    size_t n;
+    const char *m = command_arg(c, (uint32_t)c->def->key_first, &n);
+    return command_route_merchant(c, c->req->merchant, m, n, (c->def->flags & CMD_WRITE) != 0,
+                                  c->s->readonly);
+}
+
 static int command_queue(command_call *c)
 {
     command_session *s = c->s;
@@ -632,7 +652,7 @@ static int command_queue(command_call *c)
     memset(q, 0, sizeof(*q));
     command_call qc = *c;
     qc.req = q;
-    if (command_engine(&qc) != COMMAND_SUBMIT)
+    if (command_engine(&qc) != COMMAND_SUBMIT || command_queue_route(&qc) != COMMAND_SUBMIT)
         return command_queue_refuse(c, q, NULL, NULL);
     if (s->multi_merchant && q->merchant != s->multi_merchant) {
         snprintf(why, sizeof(why), "Keys in request don't hash to the same slot (this MULTI "
@@ -1620,29 +1640,21 @@ static int command_asking(command_call *c)
     return COMMAND_REPLIED;
 }
 
-/* Where a command the engine would run goes in a cluster: its merchant
- * written canonically (the client hashed those bytes), then its slot's
- * group — here, or -MOVED to its leader, or -TRYAGAIN. */
-static int command_route(command_call *c)
+/* Where a command for merchant m — written m[0, n) by the client, which
+ * hashed those bytes — goes in a cluster: its slot's group here
+ * (COMMAND_SUBMIT, s->route_group), or -INVALID (not canonical), -MOVED
+ * or -TRYAGAIN written into out (COMMAND_REPLIED). */
+static int command_route_merchant(command_call *c, uint64_t merchant, const char *m, size_t n,
+                                  bool write, bool readonly)
 {
-    const command_def *d = c->def;
     repl *r = c->env->cluster;
-    if (d->key_first == 0 || c->req->merchant == 0) {
-        c->s->route_group = COMMAND_ALL_GROUPS; /* VERIFY, SNAPSHOT: every engine here */
-        return COMMAND_SUBMIT;
-    }
-    size_t n;
-    const char *m = command_arg(c, (uint32_t)d->key_first, &n);
     if (n > 1 && m[0] == '0') {
         resp_errorf(c->out, "INVALID", "merchant must be written in canonical decimal in cluster "
                                        "mode (%llu, not %.*s): clients hash its bytes",
-                    (unsigned long long)c->req->merchant, (int)(n < 24 ? n : 24), m);
+                    (unsigned long long)merchant, (int)(n < 24 ? n : 24), m);
         return COMMAND_REPLIED;
     }
     uint16_t slot = cluster_keyslot(m, n);
-    bool write = (d->flags & CMD_WRITE) != 0;
-    /* An admin VERIFY checks this node's copy when it has one. */
-    bool readonly = c->s->readonly || d->op == TALLY_OP_VERIFY;
     uint32_t group = 0, node = 0;
     const char *why = "";
     int route = repl_route(r, slot, write, readonly, &group, &node, &why);
@@ -1658,6 +1670,33 @@ static int command_route(command_call *c)
     cluster_reply_moved(c->out, map, slot, node);
     repl_map_release(r, map);
     return COMMAND_REPLIED;
+}
+
+/* Where a command the engine would run goes in a cluster (SPEC §8): to
+ * its merchant's group; an EXEC to its transaction's merchant's (a write
+ * if any command of it writes); VERIFY and SNAPSHOT without a merchant
+ * to every group here. */
+static int command_route(command_call *c)
+{
+    const command_def *d = c->def;
+    tally_request *q = c->req;
+    if (q->op == TALLY_OP_EXEC) {
+        char m[24];
+        int n = snprintf(m, sizeof(m), "%llu", (unsigned long long)q->merchant);
+        bool write = false;
+        for (uint32_t i = 0; i < q->cmds_count; i++)
+            write = write || tally_op_is_write(q->cmds[i].op);
+        return command_route_merchant(c, q->merchant, m, (size_t)n, write, c->s->readonly);
+    }
+    if (d->key_first == 0 || q->merchant == 0) {
+        c->s->route_group = COMMAND_ALL_GROUPS; /* VERIFY, SNAPSHOT: every engine here */
+        return COMMAND_SUBMIT;
+    }
+    size_t n;
+    const char *m = command_arg(c, (uint32_t)d->key_first, &n);
+    /* An admin VERIFY checks this node's copy when it has one. */
+    bool readonly = c->s->readonly || d->op == TALLY_OP_VERIFY;
+    return command_route_merchant(c, q->merchant, m, n, (d->flags & CMD_WRITE) != 0, readonly);
 }
 
 /* ---- dispatch ------------------------------------------------------------------ */

@@ -273,6 +273,17 @@ static void feed_answer_waited(feed *f, feed_waiter *w)
 
 /* ---- reading ------------------------------------------------------------------ */
 
+/* An iterator over shard s's log after `after`, up to what FOLLOW may
+ * deliver (shard_feed_seq: in a cluster, only replicated entries). */
+static int feed_iter(feed *f, uint32_t s, uint64_t after, log_iter *it)
+{
+    uint64_t end = shard_feed_seq(f->shards[s]);
+    int rc = log_iter_init(shard_log(f->shards[s]), after, it);
+    if (rc == 0 && it->end_seq > end)
+        it->end_seq = end;
+    return rc;
+}
+
 /* Shard s can be read from `after`: 0, or the error (in q). */
 static int feed_check_cursor(feed *f, tally_request *q, uint32_t s, uint64_t after)
 {
@@ -335,7 +346,7 @@ static int feed_read_one(feed *f, feed_waiter *w, bool *at_end)
     if (rc != 0)
         return rc;
     log_iter it;
-    rc = log_iter_init(shard_log(f->shards[w->shard]), q->after_seq, &it);
+    rc = feed_iter(f, w->shard, q->after_seq, &it);
     uint32_t budget = LIMIT_FOLLOW_SCAN_RECORDS, cap = 0, want = feed_want(q);
     log_loc loc;
     while (rc == 0 && q->res.items_count < want &&
@@ -383,7 +394,7 @@ static int feed_read_all(feed *f, feed_waiter *w, bool *at_end)
     uint32_t budget = LIMIT_FOLLOW_SCAN_RECORDS, cap = 0, want = feed_want(q);
     for (uint32_t s = 0; s < f->n; s++) {
         feed_head *h = &f->heads[s];
-        int rc = log_iter_init(shard_log(f->shards[s]), q->cursors[s], &h->it);
+        int rc = feed_iter(f, s, q->cursors[s], &h->it);
         if (rc == 0)
             rc = feed_head_next(h, &budget);
         if (rc < 0)
@@ -427,7 +438,7 @@ static bool feed_park(feed *f, feed_waiter *w)
     uint32_t first, last;
     feed_range(f, w, &first, &last);
     for (uint32_t s = first; s < last; s++)
-        if (log_durable_seq(shard_log(f->shards[s])) > *feed_cursor(w, s))
+        if (shard_feed_seq(f->shards[s]) > *feed_cursor(w, s))
             atomic_store(&f->pending[s], true);
     return true;
 }
@@ -517,9 +528,8 @@ static void feed_wake_touched(feed *f, uint32_t s, bool every, bool any)
  * followers. */
 static void feed_scan_shard(feed *f, uint32_t s)
 {
-    log_t *log = shard_log(f->shards[s]);
     log_iter it;
-    int rc = log_iter_init(log, f->seen[s], &it);
+    int rc = feed_iter(f, s, f->seen[s], &it);
     uint32_t budget = FEED_SCAN_CHUNK;
     bool any = false;
     log_loc loc;

@@ -1695,10 +1695,6 @@ int repl_group_stats(repl *r, uint32_t g, tally_shard_stats *out)
     return rc;
 }
 
-uint64_t repl_group_replicated(repl *r, uint32_t g)
-{
-    return g < r->group_count && r->groups[g] ? atomic_load(&r->groups[g]->replicated) : 0;
-}
 
 /* ---- the secret -------------------------------------------------------------------- */
 

@@ -38,8 +38,8 @@
  * behind.  The commit seq — what every in-sync member holds, or the
  * durable seq when the leader is the only one — caps every checkpoint,
  * on the leader and (sent along) on the replicas, so nothing a replica
- * may have to cut was ever checkpointed.  FOLLOW's hook: a group's
- * replicated seq is repl_group_replicated().
+ * may have to cut was ever checkpointed, and FOLLOW delivers no entry
+ * past it (shard_feed_seq).
  */
 #ifndef TALLY_REPL_H
 #define TALLY_REPL_H
@@ -144,9 +144,5 @@ uint32_t repl_groups(repl *r, repl_group_info *out, uint32_t cap);
 /* Group g's engine's figures (tally_shard_stats of its one shard): 0, or
  * -ENOENT (not served here, or its engine is reopening). */
 int repl_group_stats(repl *r, uint32_t g, tally_shard_stats *out);
-/* FOLLOW's hook: group g's replicated seq (what its followers
- * acknowledged, or a replica's commit seq): entries up to it survive any
- * failover. */
-uint64_t repl_group_replicated(repl *r, uint32_t g);
 
 #endif

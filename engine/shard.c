@@ -1833,8 +1833,21 @@ void shard_replica_commit(shard *s, uint64_t seq)
 {
     uint64_t before = atomic_load(&s->commit_seq);
     shard_max(&s->commit_seq, seq);
-    if (seq > before)
-        shard_wake(s);
+    if (seq <= before)
+        return;
+    shard_wake(s);
+    /* FOLLOW delivers up to it: its waiting followers look again. */
+    if (s->opts.durable_fn)
+        s->opts.durable_fn(s->opts.durable_ctx, s->opts.index);
+}
+
+uint64_t shard_feed_seq(shard *s)
+{
+    uint64_t durable = log_durable_seq(s->log);
+    if (!s->opts.replica)
+        return durable;
+    uint64_t c = atomic_load(&s->commit_seq);
+    return c < durable ? c : durable;
 }
 
 void shard_replica_kick(shard *s) { shard_wake(s); }

@@ -75,6 +75,11 @@ void shard_stats(shard *s, tally_shard_stats *out);
 /* 0, TALLY_EFAILED or TALLY_ECORRUPT; any thread. */
 int shard_status(shard *s);
 
+/* The last seq FOLLOW may deliver (any thread): the durable seq, or in
+ * cluster mode what the shard group replicated — its commit seq, which
+ * every in-sync member holds and no failover takes back. */
+uint64_t shard_feed_seq(shard *s);
+
 /* Cluster mode: tally.h's tally_replica_* for this shard. */
 void shard_replica_lead(shard *s, bool lead, uint32_t epoch);
 void shard_replica_ack(shard *s, uint64_t seq);

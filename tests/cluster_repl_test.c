@@ -469,3 +469,41 @@ Test(cluster_repl, a_replica_opened_with_a_cut_drops_the_suffix_its_leader_lacks
     cr_assert_eq(st.durable_seq, 30);
     cr_assert_eq(chain_at(rep, 30), chain_at(lead, 30));
 }
+
+/* FOLLOW m AFTER after on the leader, at once: how many entries. */
+static uint32_t follow_count(tally *t, uint64_t m, uint64_t after)
+{
+    tally_request q;
+    memset(&q, 0, sizeof(q));
+    tally_request_init(&q);
+    q.op = TALLY_OP_FOLLOW;
+    q.merchant = m;
+    q.after_seq = after;
+    q.limit = 100;
+    cr_assert_eq(tally_call(t, &q), 0, "%s", q.res.message);
+    uint32_t n = q.res.items_count;
+    tally_request_release(&q);
+    return n;
+}
+
+Test(cluster_repl, follow_delivers_only_what_the_group_replicated, .init = up, .fini = down)
+{
+    /* Acknowledged on the local flush (--ack local), replicated nowhere. */
+    tally_replica_lead(lead, true, 3);
+    tally_replica_ack(lead, UINT64_MAX);
+    char id[32];
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof(id), "e-%d", i);
+        cr_assert_eq(eu_earn(lead, 5, 1, 10, id, NULL), 0);
+    }
+    cr_assert_eq(follow_count(lead, 5, 0), 0, "nothing replicated: nothing to follow");
+    tally_replica_commit(lead, 4);
+    cr_assert_eq(follow_count(lead, 5, 0), 4);
+    tally_replica_commit(lead, 10);
+    cr_assert_eq(follow_count(lead, 5, 0), 10);
+    /* The replica too: what it holds, up to the commit seq it was told. */
+    cr_assert_eq(ship(0, 3), 0);
+    cr_assert_eq(follow_count(rep, 5, 0), 0);
+    tally_replica_commit(rep, 7);
+    cr_assert_eq(follow_count(rep, 5, 0), 7);
+}

@@ -390,3 +390,58 @@ Test(cluster_routing, tallyd_refuses_cluster_options_it_cannot_serve_and_says_wh
     }
     td_cleanup(&t);
 }
+
+Test(cluster_routing, multi_and_follow_stay_with_their_merchants_group, .fini = fini,
+     .timeout = 600)
+{
+    cu_start(&c, "multi", 3, NULL);
+    redisContext *any = node(0);
+    uint64_t m = merchant_of(any, 1);
+    redisFree(any);
+    int l = cu_leader(&c, 1);
+    cr_assert_geq(l, 0);
+    uint32_t other = (uint32_t)(l + 1) % 3, outside = 0; /* group 1: nodes b, c */
+    redisContext *r = node((uint32_t)l);
+    freeReplyObject(cmd(r, "MULTI"));
+    freeReplyObject(cmd(r, "EARN %llu 1 10 tx-1", (unsigned long long)m));
+    freeReplyObject(cmd(r, "BALANCE %llu 1", (unsigned long long)m));
+    redisReply *rep = cmd(r, "EXEC");
+    cr_assert(rep->type == REDIS_REPLY_ARRAY && rep->elements == 2, "EXEC on the leader");
+    cr_assert_eq(rep->element[1]->element[1]->integer, 10);
+    freeReplyObject(rep);
+    /* FOLLOW reads the leader's replicated entries; FOLLOW * is no
+     * cluster's. */
+    rep = cmd(r, "FOLLOW %llu AFTER 0", (unsigned long long)m);
+    cr_assert(rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+              rep->element[1]->elements == 1, "FOLLOW on the leader");
+    freeReplyObject(rep);
+    rep = cmd(r, "FOLLOW *");
+    cr_assert(rep->type == REDIS_REPLY_ERROR && strstr(rep->str, "cluster"), "%s", rep->str);
+    freeReplyObject(rep);
+    redisFree(r);
+    /* Elsewhere the transaction never queues its command, and EXEC aborts. */
+    if (other == outside)
+        other = (other + 1) % 3;
+    r = node(other);
+    freeReplyObject(cmd(r, "MULTI"));
+    rep = cmd(r, "EARN %llu 1 10 tx-2", (unsigned long long)m);
+    assert_moved(rep, (uint32_t)l, "a write queued on a replica");
+    freeReplyObject(rep);
+    rep = cmd(r, "EXEC");
+    cr_assert(rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "EXECABORT", 9) == 0, "%s",
+              rep->str);
+    freeReplyObject(rep);
+    /* A replica follows as far as its leader says the group holds. */
+    freeReplyObject(cmd(r, "READONLY"));
+    bool seen = false;
+    for (int k = 0; k < 300 && !seen; k++) {
+        rep = cmd(r, "FOLLOW %llu AFTER 0", (unsigned long long)m);
+        cr_assert_eq(rep->type, REDIS_REPLY_ARRAY);
+        seen = rep->element[1]->elements == 1;
+        freeReplyObject(rep);
+        if (!seen)
+            usleep(100000);
+    }
+    cr_assert(seen, "the replica's FOLLOW shows the replicated entry");
+    redisFree(r);
+}
