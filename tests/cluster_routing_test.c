@@ -406,7 +406,8 @@ Test(cluster_routing, multi_and_follow_stay_with_their_merchants_group, .fini = 
     freeReplyObject(cmd(r, "EARN %llu 1 10 tx-1", (unsigned long long)m));
     freeReplyObject(cmd(r, "BALANCE %llu 1", (unsigned long long)m));
     redisReply *rep = cmd(r, "EXEC");
-    cr_assert(rep->type == REDIS_REPLY_ARRAY && rep->elements == 2, "EXEC on the leader");
+    cr_assert(rep->type == REDIS_REPLY_ARRAY && rep->elements == 2, "EXEC on the leader: %s",
+              rep->type == REDIS_REPLY_ERROR ? rep->str : "not 2 replies");
     cr_assert_eq(rep->element[1]->element[1]->integer, 10);
     freeReplyObject(rep);
     /* FOLLOW reads the leader's replicated entries; FOLLOW * is no

@@ -302,10 +302,12 @@ static bool cu_group_converged(cu *c, uint32_t g, char *why, size_t cap)
     cu_group lead;
     if (!cu_group_at(c, (uint32_t)l, g, &lead))
         return false;
+    uint32_t members = 0;
     for (uint32_t i = 0; i < c->n; i++) {
         cu_group st;
         if ((int)i == l || !cu_group_at(c, i, g, &st) || !st.present)
             continue;
+        members++;
         if (strcmp(st.role, "replica") != 0 || strcmp(st.leader, lead.leader) != 0 ||
             st.durable_seq != lead.durable_seq || st.chain != lead.chain) {
             snprintf(why, cap, "group %u: node %s is %s of %s at seq %llu chain %016llx, its "
@@ -315,6 +317,11 @@ static bool cu_group_converged(cu *c, uint32_t g, char *why, size_t cap)
                      (unsigned long long)lead.durable_seq, (unsigned long long)lead.chain);
             return false;
         }
+    }
+    if (lead.replicas < members) {
+        snprintf(why, cap, "group %u: its leader %s streams to %u of its %u running replicas", g,
+                 lead.leader, lead.replicas, members);
+        return false;
     }
     return true;
 }
