@@ -129,6 +129,7 @@ struct repl_group {
     pthread_mutex_t mu;
     repl_member m[LIMIT_CLUSTER_MEMBERS_MAX];
     uint32_t ackset, joining;
+    uint64_t unconfirmed_ms; /* since when no ack set member streams (0: one does) */
     bool lease_ok;           /* the manager's last look at may_ack */
     /* the follower thread */
     pthread_t fthread;
@@ -1293,6 +1294,7 @@ static void repl_promote(repl_group *gr, uint64_t epoch)
     pthread_mutex_lock(&gr->mu);
     gr->ackset = insync & ~(1u << gr->member);
     gr->joining = 0;
+    gr->unconfirmed_ms = 0;
     for (uint32_t j = 0; j < LIMIT_CLUSTER_MEMBERS_MAX; j++) {
         repl_member *mb = &gr->m[j];
         *mb = (repl_member){.gen = mb->gen + 1, .seen_ms = now};
@@ -1395,6 +1397,34 @@ static void repl_insync_turn(repl_group *gr)
              add ? "into" : "out of", rc < 0 ? ": " : "", rc < 0 ? strerror(-rc) : "");
 }
 
+/* --ack replicated: when no member of the ack set has streamed for
+ * REPL_DROP_MS, the requests waiting for one are answered -TRYAGAIN
+ * instead of waiting for its return (new writes are refused at once:
+ * repl_route). */
+static void repl_expire_turn(repl_group *gr)
+{
+    if (gr->r->o.ack_local)
+        return;
+    uint64_t now = clock_mono_ms();
+    pthread_mutex_lock(&gr->mu);
+    bool any = false;
+    for (uint32_t j = 0; j < LIMIT_CLUSTER_MEMBERS_MAX; j++)
+        any = any || ((gr->ackset & (1u << j)) && gr->m[j].streaming);
+    bool expire = false;
+    if (any)
+        gr->unconfirmed_ms = 0;
+    else if (gr->unconfirmed_ms == 0)
+        gr->unconfirmed_ms = now;
+    else
+        expire = now - gr->unconfirmed_ms > REPL_DROP_MS;
+    pthread_mutex_unlock(&gr->mu);
+    tally *t = expire ? repl_engine_get(gr) : NULL;
+    if (t) {
+        tally_replica_expire(t);
+        repl_engine_put(gr);
+    }
+}
+
 static void repl_group_turn(repl_group *gr, bool deposed)
 {
     int role = atomic_load(&gr->role);
@@ -1425,6 +1455,7 @@ static void repl_group_turn(repl_group *gr, bool deposed)
         return;
     }
     repl_insync_turn(gr);
+    repl_expire_turn(gr);
     bool ok = repl_may_ack(gr);
     if (ok && !gr->lease_ok) {
         tally *t = repl_engine_get(gr);

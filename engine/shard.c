@@ -161,7 +161,7 @@ struct shard {
     _Atomic uint32_t lead_epoch;
     _Atomic uint64_t ack_seq;    /* a leader answers up to here */
     _Atomic uint64_t commit_seq; /* checkpoints reach at most here */
-    _Atomic bool drop_wanted;    /* answer the waiting ones TALLY_ETRYAGAIN */
+    _Atomic bool expire_wanted;  /* answer the waiting ones TALLY_ETRYAGAIN */
     _Atomic uint64_t st_repl_lag, st_durable_epoch;
     tally_replica_chunk *chunk_inbox; /* under inbox_lock, newest first */
     tally_replica_chunk *chunk_queue; /* the shard thread's, oldest first */
@@ -522,6 +522,11 @@ static void shard_release(shard *s)
     if (!atomic_load(&s->leads)) {
         shard_drop_waiting(s, "this node lost the shard group's leadership before a replica "
                               "confirmed the write: retry with the same id");
+        return;
+    }
+    if (atomic_exchange(&s->expire_wanted, false)) {
+        shard_drop_waiting(s, "no replica of the shard group confirmed the write in time: retry "
+                              "with the same id");
         return;
     }
     if (!s->opts.replica->may_ack(s->opts.replica->ctx))
@@ -1853,6 +1858,12 @@ uint64_t shard_feed_seq(shard *s)
 void shard_replica_kick(shard *s) { shard_wake(s); }
 
 void shard_replica_lag(shard *s, uint64_t records) { atomic_store(&s->st_repl_lag, records); }
+
+void shard_replica_expire(shard *s)
+{
+    atomic_store(&s->expire_wanted, true);
+    shard_wake(s);
+}
 
 void shard_replica_append(shard *s, tally_replica_chunk *c)
 {

@@ -86,6 +86,7 @@ void shard_replica_ack(shard *s, uint64_t seq);
 void shard_replica_commit(shard *s, uint64_t seq);
 void shard_replica_kick(shard *s);
 void shard_replica_lag(shard *s, uint64_t records);
+void shard_replica_expire(shard *s);
 void shard_replica_append(shard *s, tally_replica_chunk *c);
 
 /* Offline: checks the log chain, the state's consistency, and replays the

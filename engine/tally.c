@@ -446,6 +446,7 @@ void tally_replica_ack(tally *t, uint64_t seq) { shard_replica_ack(t->shards[0],
 void tally_replica_commit(tally *t, uint64_t seq) { shard_replica_commit(t->shards[0], seq); }
 void tally_replica_kick(tally *t) { shard_replica_kick(t->shards[0]); }
 void tally_replica_lag(tally *t, uint64_t records) { shard_replica_lag(t->shards[0], records); }
+void tally_replica_expire(tally *t) { shard_replica_expire(t->shards[0]); }
 
 void tally_replica_append(tally *t, tally_replica_chunk *c)
 {

@@ -497,6 +497,10 @@ void tally_replica_commit(tally *t, uint64_t seq);
 void tally_replica_kick(tally *t);
 /* The records its followers lack, for INFO and /metrics. */
 void tally_replica_lag(tally *t, uint64_t records);
+/* No replica can confirm for now: the requests waiting for one are
+ * answered TALLY_ETRYAGAIN (they are durable here; a retry with the same
+ * id is answered from them once a replica confirms again). */
+void tally_replica_expire(tally *t);
 
 /* Records of its leader for a following shard: buf[0, len) holds whole
  * encoded records (at most LIMIT_REPL_CHUNK_BYTES, plus one record) that

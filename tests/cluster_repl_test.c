@@ -507,3 +507,28 @@ Test(cluster_repl, follow_delivers_only_what_the_group_replicated, .init = up, .
     tally_replica_commit(rep, 7);
     cr_assert_eq(follow_count(rep, 5, 0), 7);
 }
+
+Test(cluster_repl, waiting_writes_are_answered_tryagain_when_no_replica_can_confirm, .init = up,
+     .fini = down)
+{
+    tally_replica_lead(lead, true, 3);
+    async_req *w = calloc(1, sizeof(*w));
+    tally_request_init(&w->req);
+    eu_write(&w->req, TALLY_OP_EARN, 1, 1, 10, "stranded");
+    w->req.done = async_done;
+    tally_submit(lead, &w->req);
+    wait_durable(lead, 1);
+    cr_assert_not(atomic_load(&w->done));
+    tally_replica_expire(lead);
+    while (!atomic_load(&w->done))
+        usleep(1000);
+    cr_assert_eq(w->req.res.status, TALLY_ETRYAGAIN);
+    tally_result_free(&w->req.res);
+    free(w);
+    /* Still the leader: once a replica confirms, the retry is answered
+     * from the record it wrote. */
+    tally_replica_ack(lead, UINT64_MAX);
+    tally_entry e;
+    cr_assert_eq(eu_earn(lead, 1, 1, 10, "stranded", &e), 0);
+    cr_assert_eq(e.seq, 1, "the same entry, not a second one");
+}
