@@ -1,7 +1,8 @@
 # tally — one non-recursive Makefile (STYLE.md rule 15).
 #   make            build everything into build/
 #   make run        build and start tallyd on ./data, 127.0.0.1:7379
-#   make test       build and run every test (Criterion; SAN=1: ASan+UBSan)
+#   make test       build and run every test (Criterion; SAN=1: ASan+UBSan,
+#                   SAN=thread: ThreadSanitizer)
 #   make bench      run the benchmark suite (bench/)
 #   make fuzz       run the RESP parser and record decoder fuzzers
 #   make clean
@@ -17,6 +18,13 @@ ifeq ($(SAN),1)
 BUILD := build-san
 override CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 override LDFLAGS += -fsanitize=address,undefined
+else ifeq ($(SAN),thread)
+# ThreadSanitizer: its own build directory, so objects never mix.  Every
+# process of a test run (the test binary, each tallyd and tool it starts)
+# writes its reports into $(BUILD)/tsan/, and make test fails on any.
+BUILD := build-tsan
+override CFLAGS += -fsanitize=thread -fno-omit-frame-pointer
+override LDFLAGS += -fsanitize=thread
 else
 BUILD := build
 endif
@@ -163,14 +171,28 @@ run: deps-build
 # CI=true a test that cannot run fails by itself (td_cannot_run).
 # The counting script reads TEST_ARGS from the environment: its text, quotes
 # and patterns included, cannot be pasted into a shell line safely.
+#
+# SAN=thread: TSAN_OPTIONS sends every process's reports to $(BUILD)/tsan/
+# (a tallyd's stderr goes to a log file no one reads when its test passes),
+# and any report fails the run.  die_after_fork=0: the crash, power-loss
+# and snapshot tests fork a child that opens an engine (starting threads)
+# while the test process has threads of its own (Criterion's timeout
+# watchdog); the child only runs the engine and exits.  The suppressions
+# file names only third-party code (tests/tsan.supp says why).
+TSAN_DIR := $(abspath $(BUILD))/tsan
+TEST_ENV := $(if $(filter thread,$(SAN)),TSAN_OPTIONS='log_path=$(TSAN_DIR)/report \
+	die_after_fork=0 second_deadlock_stack=1 suppressions=$(abspath tests/tsan.supp)')
 test: export TEST_ARGS := $(TEST_ARGS)
 test: deps-test deps-examples
 	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN) $(EXAMPLE_BIN)
-	$(Q){ TALLY_BUILD=$(abspath $(BUILD)) $(TEST_BIN) --jobs 2 $(TEST_ARGS); \
+	$(Q)rm -rf $(TSAN_DIR) && mkdir -p $(TSAN_DIR)
+	$(Q){ $(TEST_ENV) TALLY_BUILD=$(abspath $(BUILD)) $(TEST_BIN) --jobs 2 $(TEST_ARGS); \
 	  echo $$? > $(BUILD)/test.rc; } 2>&1 | tee $(BUILD)/test.out; \
 	rc=$$(cat $(BUILD)/test.rc); \
 	if grep -q 'ERROR: LeakSanitizer' $(BUILD)/test.out; then \
 	  echo "make test: LeakSanitizer reported leaks (above): failing"; rc=1; fi; \
+	if [ -n "$$(ls -A $(TSAN_DIR))" ]; then cat $(TSAN_DIR)/*; \
+	  echo "make test: ThreadSanitizer reports (above, from $(TSAN_DIR)): failing"; rc=1; fi; \
 	want=$$(tests/expected_tests.sh $(TEST_BIN)); \
 	ran=$$(sed -n 's/.*Synthesis: Tested: \([0-9]*\) .*/\1/p' $(BUILD)/test.out | tail -n 1); \
 	if [ "$$ran" != "$$want" ]; then \
@@ -232,6 +254,6 @@ fuzz: deps-fuzz
 		build-fuzz/corpus/record tests/fuzz/corpus/record
 
 clean:
-	rm -rf build build-san build-fuzz
+	rm -rf build build-san build-tsan build-fuzz
 
--include $(shell find build build-san -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
