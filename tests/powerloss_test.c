@@ -381,8 +381,10 @@ static bool pl_run(uint32_t crash_at, unsigned seed, int *acked_out)
     }
     for (int i = 0; opened && i < PL_THREADS; i++)
         pthread_join(th[i], NULL);
-    bool finished = !pl.dead;
+    /* Under the lock: the id index's merge thread may still be writing
+     * through the seam. */
     pthread_mutex_lock(&pl.lock);
+    bool finished = !pl.dead;
     pl.dead = true; /* nothing after this point reaches the disk */
     pthread_mutex_unlock(&pl.lock);
     if (opened)
