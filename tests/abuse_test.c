@@ -32,6 +32,19 @@
 
 static td ab_td;
 
+/* Under ThreadSanitizer (make test SAN=thread) tallyd runs 5-15 times
+ * slower and the runtime's shadow and metadata swamp RssAnon (a clean
+ * server grows ~230 MB in the churn test): the waits a well-behaved
+ * client may see scale by AB_SLOW, and memory is bounded in the plain and
+ * ASan builds only (both run in CI), where the bounds mean something. */
+#if defined(__SANITIZE_THREAD__)
+#define AB_SLOW 10
+#define AB_RSS_BOUNDED false
+#else
+#define AB_SLOW 1
+#define AB_RSS_BOUNDED true
+#endif
+
 /* ---- helpers ------------------------------------------------------------------- */
 
 static uint64_t ab_us(void)
@@ -220,8 +233,9 @@ Test(abuse, thousands_of_connections_opened_and_dropped_leave_nothing_behind, .t
     long rss1 = fu_rss_anon_kib(t);
     /* 10000 connections: a leak of 13 KiB each would cross this (ASan's
      * own overhead on a clean server is ~60 MB). */
-    cr_assert_lt(rss1 - rss0, 128 * 1024, "RssAnon grew %ld KiB", rss1 - rss0);
-    cr_assert_lt(worst, 3000, "a well-behaved client waited %ld ms", worst);
+    if (AB_RSS_BOUNDED)
+        cr_assert_lt(rss1 - rss0, 128 * 1024, "RssAnon grew %ld KiB", rss1 - rss0);
+    cr_assert_lt(worst, 3000 * AB_SLOW, "a well-behaved client waited %ld ms", worst);
     /* Writes of reset connections are whole or absent; the ledger checks. */
     long present = 0;
     for (int th_i = 0; th_i < THREADS; th_i++)
@@ -370,7 +384,8 @@ Test(abuse, a_million_pipelined_commands_are_answered_in_order_in_bounded_memory
      * in the server. */
     /* What stays is bounded by the limits (4096 requests in flight) and the
      * state's delta between checkpoints, not by the million. */
-    cr_assert_lt(rss_max - rss0, 192 * 1024, "RssAnon grew %ld KiB", rss_max - rss0);
+    if (AB_RSS_BOUNDED)
+        cr_assert_lt(rss_max - rss0, 192 * 1024, "RssAnon grew %ld KiB", rss_max - rss0);
     fu_verify_ok(t, "after the pipeline");
     td_stop(t);
     fprintf(stderr, "abuse (pipeline): %ld commands (%ld durable writes) answered in order in %ld "
@@ -469,8 +484,9 @@ Test(abuse, bad_and_oversized_arguments_by_the_thousand_are_refused_and_record_n
     cr_assert(strncmp(reply, "-ERR Protocol error", 19) == 0, "a 64 KiB inline line: %s", reply);
     cr_assert(td_closed(fd, 5000));
     close(fd);
-    cr_assert_lt(rss1 - rss0, 256 * 1024, "RssAnon grew %ld KiB", rss1 - rss0);
-    cr_assert_lt(worst, 3000, "a well-behaved client waited %ld ms", worst);
+    if (AB_RSS_BOUNDED)
+        cr_assert_lt(rss1 - rss0, 256 * 1024, "RssAnon grew %ld KiB", rss1 - rss0);
+    cr_assert_lt(worst, 3000 * AB_SLOW, "a well-behaved client waited %ld ms", worst);
     redisFree(c);
     td_stop(t);
     fprintf(stderr, "abuse (bad arguments): %d refused, nothing recorded; %d connections sending "
@@ -615,9 +631,10 @@ Test(abuse, many_clients_that_never_read_keep_memory_bounded_and_others_served, 
             secs_ms, probes, worst);
     /* Bounded by the limits: per connection 4096 requests and 4 MiB of
      * replies unsent, 65536 requests in the whole server. */
-    cr_assert(!tripped, "RssAnon grew over %ld MiB within %ld ms with %d clients not reading",
-              limit_kib >> 10, secs_ms, SLOW);
-    cr_assert_lt(worst, 3000, "a well-behaved client waited %ld ms", worst);
+    if (AB_RSS_BOUNDED)
+        cr_assert(!tripped, "RssAnon grew over %ld MiB within %ld ms with %d clients not reading",
+                  limit_kib >> 10, secs_ms, SLOW);
+    cr_assert_lt(worst, 3000 * AB_SLOW, "a well-behaved client waited %ld ms", worst);
     fu_verify_ok(t, "after the slow clients");
     redisFree(c);
     td_stop(t);
@@ -676,7 +693,7 @@ Test(abuse, many_clients_trickling_a_byte_at_a_time_are_cut_off_and_others_serve
         close(socks[i]);
     cr_assert_eq(cut, SLOW, "every trickling client was cut off (%d of %d in %ld s)", cut, SLOW,
                  secs);
-    cr_assert_lt(worst, 3000, "a well-behaved client waited %ld ms", worst);
+    cr_assert_lt(worst, 3000 * AB_SLOW, "a well-behaved client waited %ld ms", worst);
     int fds = 0;
     for (int i = 0; i < 100 && (fds = ab_fds(t)) > fds0 + 2; i++)
         usleep(50000);
