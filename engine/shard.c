@@ -140,7 +140,11 @@ struct shard {
     shard_list snap_next;    /* arrived while one ran: answered by the next */
     uint64_t snap_last_seq, snap_last_ms;
 
-    /* status: 0, TALLY_EFAILED or TALLY_ECORRUPT; set once, read anywhere */
+    /* status: 0, TALLY_EFAILED or TALLY_ECORRUPT, set by the thread that
+     * owns the shard — once, or from failed to corrupt — and read anywhere.
+     * Its message changes with it under status_lock, so that a reader on
+     * another thread copies a whole one (shard_status_get). */
+    pthread_mutex_t status_lock;
     _Atomic int status;
     char status_message[160];
 
@@ -304,18 +308,36 @@ static void shard_publish(shard *s)
 
 static void shard_answer(shard *s, shard_list *l, uint64_t seq, bool gated);
 
-/* Marks the shard failed or corrupt, once; the message is written before
- * the status so readers that see the status see the message. */
+/* Marks the shard failed or corrupt.  A status is set once, except that
+ * a failed shard can still be found corrupt (refused, reads too); never
+ * the other way. */
 static void shard_set_status(shard *s, int status, const char *fmt, ...)
 {
-    if (atomic_load(&s->status) != 0)
+    int now = atomic_load(&s->status);
+    if (now != 0 && !(status == TALLY_ECORRUPT && now != TALLY_ECORRUPT))
         return;
+    char msg[sizeof(s->status_message)];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(s->status_message, sizeof(s->status_message), fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    pthread_mutex_lock(&s->status_lock);
+    memcpy(s->status_message, msg, sizeof(msg));
     atomic_store(&s->status, status);
-    shard_say(s, 2, "%s", s->status_message);
+    pthread_mutex_unlock(&s->status_lock);
+    shard_say(s, 2, "%s", msg);
+}
+
+/* The status (any thread), and when it is not 0 its message in msg. */
+static int shard_status_get(shard *s, char *msg, size_t cap)
+{
+    if (atomic_load(&s->status) == 0)
+        return 0;
+    pthread_mutex_lock(&s->status_lock);
+    int st = atomic_load(&s->status);
+    snprintf(msg, cap, "%s", s->status_message);
+    pthread_mutex_unlock(&s->status_lock);
+    return st;
 }
 
 /* The records after a write's first one (its allocation parts, the other
@@ -397,23 +419,22 @@ static void shard_refuse_corrupt(shard *s, const char *what)
 {
     const char *where = ledger_state_error(s->ledger);
     bool in_state = where[0] != 0;
-    atomic_store(&s->status, 0);
     shard_set_status(s, TALLY_ECORRUPT, "shard %u refused: %s found damage%s%s%s", s->opts.index,
                      what, in_state ? " (" : "", where,
                      in_state ? "); restart to rebuild its state" : "");
+    char msg[200];
+    shard_status_get(s, msg, sizeof(msg));
     if (in_state && !s->opts.read_only) {
         char path[4200];
         shard_marker_path(s, path, sizeof(path));
         FILE *f = fopen(path, "w");
         if (f) {
-            fprintf(f, "%s\n", s->status_message);
+            fprintf(f, "%s\n", msg);
             fflush(f);
             fsync(fileno(f));
             fclose(f);
         }
     }
-    char msg[200];
-    snprintf(msg, sizeof(msg), "%s", s->status_message);
     log_discard(s->log);
     shard_fail_list(&s->inflight, TALLY_ECORRUPT, msg);
     shard_fail_list(&s->filling, TALLY_ECORRUPT, msg);
@@ -437,7 +458,6 @@ static void shard_rebuild(shard *s, bool commit, const char *after)
     s->checkpoint_wanted = false;
     int rc = shard_replay(s, commit);
     if (rc < 0) {
-        atomic_store(&s->status, 0);
         shard_set_status(s, TALLY_ECORRUPT, "rebuilding state after %s: %s", after,
                          tally_strerror(rc));
     }
@@ -480,7 +500,7 @@ static void shard_fail(shard *s, int err, const char *what)
                      "%s failed (%s): shard %u stopped taking writes; restart to resume",
                      what, tally_strerror(err), s->opts.index);
     char msg[200];
-    snprintf(msg, sizeof(msg), "%s", s->status_message);
+    shard_status_get(s, msg, sizeof(msg));
     log_discard(s->log);
     shard_fail_list(&s->inflight, TALLY_EFAILED, msg);
     shard_fail_list(&s->filling, TALLY_EFAILED, msg);
@@ -637,7 +657,8 @@ static int shard_chunk_next(void *ctx, record *r, log_loc *loc)
  * batch.  False if it must wait for the next batch. */
 static bool shard_apply_chunk(shard *s, tally_replica_chunk *c)
 {
-    int st = atomic_load(&s->status);
+    char why[sizeof(s->status_message)];
+    int st = shard_status_get(s, why, sizeof(why));
     uint32_t n = 0, epoch = 0;
     int rc = st ? st : atomic_load(&s->leads) ? TALLY_ETRYAGAIN : shard_chunk_check(s, c, &n,
                                                                                   &epoch);
@@ -645,7 +666,7 @@ static bool shard_apply_chunk(shard *s, tally_replica_chunk *c)
         shard_fail_request(&c->req, rc, rc == TALLY_ECORRUPT
                                             ? "the records do not continue this replica's log"
                                         : rc == TALLY_ETRYAGAIN ? "this shard leads its group"
-                                                                : s->status_message);
+                                                                : why);
         c->req.done(&c->req);
         return true;
     }
@@ -962,9 +983,11 @@ static void shard_snap_pump(shard *s)
         s->snap_wanted = true;
     if (!s->snap_wanted || s->snap_running)
         return;
-    if (atomic_load(&s->status) != 0) {
+    char msg[160];
+    int st = shard_status_get(s, msg, sizeof(msg));
+    if (st != 0) {
         s->snap_wanted = false;
-        shard_fail_list(&s->snap_waiting, atomic_load(&s->status), s->status_message);
+        shard_fail_list(&s->snap_waiting, st, msg);
         return;
     }
     /* What the snapshot must contain: every record applied before it was
@@ -1014,9 +1037,10 @@ static void shard_undo_exec(shard *s, tally_request *r)
         log_discard(s->log);
         shard_rebuild(s, true, "an EXEC");
     }
-    int st = atomic_load(&s->status);
+    char msg[160];
+    int st = shard_status_get(s, msg, sizeof(msg));
     if (st != 0)
-        shard_fail_request(r, st, s->status_message);
+        shard_fail_request(r, st, msg);
     else
         shard_fail_request(r, TALLY_ETOOBIG, "EXEC writes more than one batch takes (64 MiB "
                                              "of log records): nothing of it was applied");
@@ -1052,9 +1076,10 @@ static bool shard_apply_exec(shard *s, tally_request *r)
  * for room (the batch is full). */
 static bool shard_apply(shard *s, tally_request *r)
 {
-    int st = atomic_load(&s->status);
-    if (st != 0 && shard_is_write(r)) {
-        shard_fail_request(r, st, s->status_message);
+    if (atomic_load(&s->status) != 0 && shard_is_write(r)) {
+        char msg[160];
+        int st = shard_status_get(s, msg, sizeof(msg));
+        shard_fail_request(r, st, msg);
         r->done(r);
         return true;
     }
@@ -1662,6 +1687,7 @@ int shard_open(const shard_options *opts, shard **out)
     s->opts.dir = s->dir;
     s->wake_fd = -1;
     pthread_mutex_init(&s->inbox_lock, NULL);
+    pthread_mutex_init(&s->status_lock, NULL);
     int rc = 0;
     if (opts->replica) {
         s->replica = *opts->replica;
@@ -1718,6 +1744,7 @@ void shard_close(shard *s)
     ledger_close(s->ledger);
     log_close(s->log);
     pthread_mutex_destroy(&s->inbox_lock);
+    pthread_mutex_destroy(&s->status_lock);
     free(s->chunk_locs);
     free(s->chunk_rec);
     free(s);
@@ -1727,8 +1754,9 @@ void shard_submit(shard *s, tally_request *req)
 {
     int st = atomic_load(&s->status);
     if (st == TALLY_ECORRUPT || s->opts.read_only || s->opts.offline) {
-        shard_fail_request(req, st ? st : TALLY_EFAILED,
-                           st ? s->status_message : "opened offline");
+        char msg[160] = "opened offline";
+        st = shard_status_get(s, msg, sizeof(msg));
+        shard_fail_request(req, st ? st : TALLY_EFAILED, msg);
         req->done(req);
         return;
     }
@@ -1790,9 +1818,7 @@ void shard_stats(shard *s, tally_shard_stats *out)
     out->commit_seq = atomic_load(&s->commit_seq);
     out->repl_lag = atomic_load(&s->st_repl_lag);
     out->leads = atomic_load(&s->leads);
-    out->status = atomic_load(&s->status);
-    if (out->status)
-        snprintf(out->status_message, sizeof(out->status_message), "%s", s->status_message);
+    out->status = shard_status_get(s, out->status_message, sizeof(out->status_message));
 }
 
 int shard_status(shard *s) { return atomic_load(&s->status); }
@@ -1868,7 +1894,8 @@ void shard_replica_expire(shard *s)
 void shard_replica_append(shard *s, tally_replica_chunk *c)
 {
     assert(s->opts.replica != NULL);
-    int st = atomic_load(&s->status);
+    char why[sizeof(s->status_message)];
+    int st = shard_status_get(s, why, sizeof(why));
     pthread_mutex_lock(&s->inbox_lock);
     bool closing = s->closing;
     if (!closing && st == 0) {
@@ -1878,7 +1905,7 @@ void shard_replica_append(shard *s, tally_replica_chunk *c)
     pthread_mutex_unlock(&s->inbox_lock);
     if (closing || st != 0) {
         shard_fail_request(&c->req, st ? st : TALLY_ECLOSED,
-                           st ? s->status_message : "engine is shutting down");
+                           st ? why : "engine is shutting down");
         c->req.done(&c->req);
         return;
     }
