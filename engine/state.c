@@ -139,7 +139,8 @@ struct state {
     /* state_commit_add's values: (table, key_len, val_len, key, val)... */
     uint8_t extra[STATE_EXTRA_BYTES];
     size_t extra_len;
-    char error[160];
+    char error[160];        /* the writer's: state_error() */
+    char commit_error[160]; /* the committer's, into error once joined */
 };
 
 /* ---- errors ---------------------------------------------------------------- */
@@ -166,13 +167,20 @@ static int state_err(int rc)
 
 const char *state_error(const state *s) { return s->error; }
 
-/* state_err, remembering LMDB's own words when it reports damage. */
-static int state_errs(state *s, int rc)
+/* state_err, remembering LMDB's own words in `error` when it reports
+ * damage. */
+static int state_errs_in(char *error, size_t cap, int rc)
 {
     int err = state_err(rc);
     if (err == TALLY_ECORRUPT)
-        snprintf(s->error, sizeof(s->error), "LMDB: %s", mdb_strerror(rc));
+        snprintf(error, cap, "LMDB: %s", mdb_strerror(rc));
     return err;
+}
+
+/* The writer's (state_error): never from another thread. */
+static int state_errs(state *s, int rc)
+{
+    return state_errs_in(s->error, sizeof(s->error), rc);
 }
 
 static void state_hex(const void *p, size_t n, char *out, size_t cap)
@@ -466,6 +474,8 @@ static void state_join(state *s)
         return;
     pthread_join(s->thread, NULL);
     s->committing = false;
+    if (s->commit_error[0])
+        memcpy(s->error, s->commit_error, sizeof(s->error));
 }
 
 void state_close(state *s)
@@ -593,31 +603,35 @@ static int state_write_extra(state *s, MDB_txn *txn)
     return rc;
 }
 
-/* Writes a layer into a new write transaction and commits it (synced). */
-static int state_write_layer(state *s, const state_layer *l)
+/* Writes a layer into a new write transaction and commits it (synced).
+ * LMDB's words about damage go into `error` (the committer has its own:
+ * the writer may be reading s->error meanwhile). */
+static int state_write_layer(state *s, const state_layer *l, char *error, size_t cap)
 {
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
     if (rc != 0)
-        return state_errs(s, rc);
+        return state_errs_in(error, cap, rc);
     for (int t = 0; rc == 0 && t < STATE_TABLES; t++)
         rc = state_write_table(s, txn, l, t);
     if (rc == 0)
         rc = state_write_extra(s, txn);
     if (rc != 0) {
         mdb_txn_abort(txn);
-        return state_errs(s, rc);
+        return state_errs_in(error, cap, rc);
     }
-    return state_errs(s, mdb_txn_commit(txn));
+    return state_errs_in(error, cap, mdb_txn_commit(txn));
 }
 
 static void *state_committer(void *arg)
 {
     state *s = arg;
     s->extra_len = 0;
+    s->commit_error[0] = 0;
     s->commit_rc = s->before ? s->before(s->before_ctx) : 0;
     if (s->commit_rc == 0)
-        s->commit_rc = state_write_layer(s, s->frozen);
+        s->commit_rc =
+            state_write_layer(s, s->frozen, s->commit_error, sizeof(s->commit_error));
     atomic_store(&s->commit_done, 1);
     if (s->done)
         s->done(s->done_ctx);
@@ -712,7 +726,7 @@ int state_commit(state *s)
         s->frozen = NULL;
     }
     if (s->frozen) {
-        int rc = state_write_layer(s, s->frozen);
+        int rc = state_write_layer(s, s->frozen, s->error, sizeof(s->error));
         if (rc == 0)
             rc = state_renew(s);
         if (rc < 0)
@@ -720,7 +734,7 @@ int state_commit(state *s)
         state_keep_clean(s, s->frozen);
         s->frozen = NULL;
     }
-    int rc = state_write_layer(s, s->active);
+    int rc = state_write_layer(s, s->active, s->error, sizeof(s->error));
     if (rc == 0)
         rc = state_renew(s);
     if (rc < 0)
@@ -1023,7 +1037,8 @@ int state_compare(state *a, state *b, char *msg, size_t cap)
 
 int state_copy_fd(state *s, int fd)
 {
-    return state_errs(s, mdb_env_copyfd2(s->env, fd, MDB_CP_COMPACT));
+    /* Another thread (snapshots): the writer owns s->error. */
+    return state_err(mdb_env_copyfd2(s->env, fd, MDB_CP_COMPACT));
 }
 
 int state_file_meta(const char *path, const char *name, void *out, size_t cap, size_t *len)
