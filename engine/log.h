@@ -38,9 +38,11 @@
  * or an entry whose allocation parts did not all land is cut whole: the
  * valid log ends before its first record.
  *
- * Threads: one writer thread appends, seals, completes and retains; any
- * thread may read durable records through log_read / log_find / the
- * iterator concurrently (a lock guards the segment table).
+ * Threads: one writer thread appends, seals, completes, retains and reads
+ * through log_read / log_find / log_read_seq / log_read_next (which also
+ * look into its unwritten batches, and its appended end); any other thread
+ * reads durable records through the iterator only, concurrently with all
+ * of that (a lock guards the segment table; the durable end is atomic).
  */
 #ifndef TALLY_LOG_H
 #define TALLY_LOG_H
@@ -207,8 +209,8 @@ int log_flush_sync(log_t *l);
  * (dropped by retention). */
 int log_read(log_t *l, log_loc loc, record *out);
 
-/* Where the record (seq, part 0) is: appended records on the writer
- * thread, durable ones on any thread.  A sparse index (every
+/* Where the record (seq, part 0) is, appended or durable (writer thread
+ * only, like log_read).  A sparse index (every
  * LOG_SPARSE_EVERY-th seq's offset per segment) and a short forward
  * scan.  Errors: TALLY_ENOTFOUND (past the end), TALLY_EARCHIVED,
  * TALLY_ECORRUPT. */
