@@ -49,9 +49,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1149,19 +1147,6 @@ static int ids_merge_runs(ids *x, ids_run *const *in, uint32_t n, uint64_t numbe
     return ids_writer_end(&w, out);
 }
 
-/* Lowers the calling thread's CPU and I/O priority (Linux applies both per
- * thread).  Failures leave it as it was: merging still works. */
-static void ids_merge_lower_priority(int nice)
-{
-    if (nice < 0)
-        return;
-    pid_t tid = (pid_t)syscall(SYS_gettid);
-    (void)setpriority(PRIO_PROCESS, (id_t)tid, nice);
-    /* IOPRIO_WHO_PROCESS = 1, class best-effort (2) << 13, level 7: after
-     * every other best-effort request, but never starved as idle is. */
-    (void)syscall(SYS_ioprio_set, 1, tid, (2 << 13) | 7);
-}
-
 /* Under lock, after a merge ended: hands its output to ids_poll or drops
  * it, and frees its inputs for the next merge when it is dropped. */
 static void ids_merge_ended(ids *x, ids_run **in, ids_run *out, int rc, const char *msg)
@@ -1193,7 +1178,7 @@ static void ids_merge_ended(ids *x, ids_run **in, ids_run *out, int rc, const ch
 static void *ids_merge_main(void *arg)
 {
     ids *x = arg;
-    ids_merge_lower_priority(x->merge_nice);
+    os_thread_lower_priority(x->merge_nice);
     pthread_mutex_lock(&x->lock);
     while (!x->merge_stop) {
         ids_run *in[IDS_MERGE_FANIN];

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "os.h"
@@ -200,6 +202,19 @@ int os_remove_tree(const char *path)
     if (rc == -1)
         return errno == ENOENT ? 0 : -errno;
     return rc;
+}
+
+/* ---- background threads ------------------------------------------------------ */
+
+void os_thread_lower_priority(int nice)
+{
+    if (nice < 0)
+        return;
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    (void)setpriority(PRIO_PROCESS, (id_t)tid, nice);
+    /* IOPRIO_WHO_PROCESS = 1, class best-effort (2) << 13, level 7: after
+     * every other best-effort request, but never starved as idle is. */
+    (void)syscall(SYS_ioprio_set, 1, tid, (2 << 13) | 7);
 }
 
 /* ---- accounting ------------------------------------------------------------ */

@@ -67,6 +67,13 @@ int os_write_file_atomic(const os_ops *os, const char *dir, const char *name, co
  * 0 and *out, or -errno (-ENOENT on a kernel without task I/O accounting). */
 int os_thread_written_bytes(uint64_t *out);
 
+/* Lowers the calling thread's CPU priority to `nice` and its I/O priority
+ * to the lowest best-effort level (Linux applies both per thread), for
+ * background work beside a shard's writer: the id index's merges,
+ * VERIFY's scans.  nice < 0 leaves it as it is; failures too (the work
+ * still runs, at the writer's priority). */
+void os_thread_lower_priority(int nice);
+
 /* Removes a file or a directory and everything in it (temporary
  * directories, unpublished snapshots): 0 or the first -errno.  A missing
  * path is 0. */
