@@ -229,6 +229,26 @@ int ledger_open(const ledger_options *opts, log_t *log, ledger **out)
     return 0;
 }
 
+int ledger_view_open(ledger *l, ledger **out)
+{
+    ledger *v = calloc(1, sizeof(*v));
+    if (!v)
+        return -ENOMEM;
+    v->opts = l->opts;
+    v->opts.read_only = true;
+    snprintf(v->dir, sizeof(v->dir), "%s", l->dir);
+    v->opts.dir = v->dir;
+    int rc = state_view_open(l->st, &v->st);
+    if (rc == 0)
+        rc = ledger_meta_u64(v, "seq", &v->checkpoint_seq, NULL);
+    if (rc < 0) {
+        ledger_close(v);
+        return rc;
+    }
+    *out = v;
+    return 0;
+}
+
 void ledger_attach_log(ledger *l, log_t *log) { l->log = log; }
 
 void ledger_close(ledger *l)

@@ -50,6 +50,12 @@ typedef struct ledger_options {
  * ledger_checkpoint_seq(), whole records after it).  log may be NULL and
  * attached later.  Errors: -errno, TALLY_EFORMAT, TALLY_ECORRUPT. */
 int ledger_open(const ledger_options *opts, log_t *log, ledger **out);
+/* A read-only ledger over l's last checkpoint (state_view_open), for a
+ * thread other than l's (VERIFY's helper): ledger_verify runs on it while
+ * l goes on; it has no log and no id index, so nothing else is meant to.
+ * Its ledger_checkpoint_seq() is the checkpoint it sees.  Close it with
+ * ledger_close, on the thread that used it, before l. */
+int ledger_view_open(ledger *l, ledger **out);
 /* Gives the ledger the log it appends to and reads from. */
 void ledger_attach_log(ledger *l, log_t *log);
 /* Drops what is not checkpointed (call ledger_checkpoint first to keep

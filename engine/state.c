@@ -119,6 +119,7 @@ typedef struct state_memo {
 
 struct state {
     MDB_env *env;
+    bool borrowed; /* state_view_open's: the env is borrowed, there are no layers */
     MDB_dbi dbi[STATE_TABLES];
     MDB_txn *rtxn; /* read view of the last commit; NULL until first use */
     uint64_t view; /* which read view rtxn is (memo) */
@@ -488,9 +489,22 @@ void state_close(state *s)
     state_layer_free(s->active);
     state_layer_free(s->frozen);
     state_layer_free(s->clean);
-    if (s->env)
+    if (s->env && !s->borrowed)
         mdb_env_close(s->env);
     free(s);
+}
+
+int state_view_open(state *s, state **out)
+{
+    state *v = calloc(1, sizeof(*v));
+    if (!v)
+        return -ENOMEM;
+    /* The environment and its table handles never change once open. */
+    v->env = s->env;
+    memcpy(v->dbi, s->dbi, sizeof(v->dbi));
+    v->borrowed = true;
+    *out = v;
+    return 0;
 }
 
 size_t state_active_bytes(const state *s) { return s->active ? s->active->bytes : 0; }
@@ -833,12 +847,14 @@ int state_put(state *s, int table, const void *key, size_t key_len, const void *
               size_t val_len)
 {
     assert(table >= 0 && table < STATE_TABLES);
+    assert(!s->borrowed);
     return state_layer_set(s->active, table, key, key_len, state_hash(table, key, key_len), val,
                            val_len, false);
 }
 
 int state_del(state *s, int table, const void *key, size_t key_len)
 {
+    assert(!s->borrowed);
     const void *v;
     size_t vl;
     int rc = state_get(s, table, key, key_len, &v, &vl);

@@ -66,6 +66,14 @@ int state_open(const char *dir, uint64_t map_bytes, state **out);
  * is ok. */
 void state_close(state *s);
 
+/* A read view of what s last committed, for another thread than its
+ * writer (VERIFY's helper): a state of its own over s's environment, with
+ * no layers, whose reads (state_get, state_scan) go through its own read
+ * transaction, begun at its first read and seeing the commit current then
+ * however many follow.  Never written (asserted); state_close it (on the
+ * thread that read through it) before s closes. */
+int state_view_open(state *s, state **out);
+
 /* Writes everything not yet committed into LMDB in one synced commit, on
  * the calling thread (waiting first for a running commit). */
 int state_commit(state *s);
