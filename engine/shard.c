@@ -140,6 +140,14 @@ struct shard {
     shard_list snap_next;    /* arrived while one ran: answered by the next */
     uint64_t snap_last_seq, snap_last_ms;
 
+    /* VERIFY: one helper thread at a time (see "VERIFY's helper") */
+    pthread_t verify_thread;
+    bool verify_running;
+    _Atomic int verify_done;
+    tally_request *verify_req;  /* the helper's while it runs */
+    shard_list verify_waiting;  /* arrived, in order */
+    uint64_t verify_min_seq;    /* the checkpoint they wait for reaches this */
+
     /* status: 0, TALLY_EFAILED or TALLY_ECORRUPT, set by the thread that
      * owns the shard — once, or from failed to corrupt — and read anywhere.
      * Its message changes with it under status_lock, so that a reader on
@@ -750,36 +758,61 @@ static void shard_fail_chunks(shard *s)
 
 /* ---- verify ------------------------------------------------------------- */
 
-/* VERIFY: every durable record's checksum and chain link, then the state's
- * own consistency (SPEC §2).  Runs on the shard thread, so it pauses this
- * shard's writes for the length of a log scan. */
-static int shard_verify(shard *s, uint64_t merchant, char *msg, size_t cap)
+/* VERIFY's log check: every durable record's checksum and chain link, from
+ * the first retained record to the durable end as of the start.  Any
+ * thread: the iterator reads beside the writer.  Retention may drop
+ * segments the scan has not reached yet (the shard thread archives after
+ * a snapshot): the scan goes on from the log's new start. */
+static int shard_verify_log(shard *s, char *msg, size_t cap)
 {
-    int st = atomic_load(&s->status);
-    if (st == TALLY_ECORRUPT) {
-        snprintf(msg, cap, "%s", s->status_message);
-        return st;
-    }
-    /* From the first retained record: retention may have dropped older. */
-    uint64_t first = log_first_seq(s->log);
+    record *r = malloc(sizeof(*r));
+    if (!r)
+        return -ENOMEM;
     log_iter it;
-    int rc = log_iter_init(s->log, first - 1, &it);
-    record r;
     log_loc loc;
-    uint64_t n = 0;
-    while (rc >= 0 && (rc = log_iter_next(&it, &r, &loc)) == 1)
-        n++;
+    uint64_t n = 0, last = log_first_seq(s->log) - 1;
+    int rc = log_iter_init(s->log, last, &it);
+    for (;;) {
+        if (rc == TALLY_EARCHIVED) {
+            uint64_t from = log_first_seq(s->log) - 1;
+            rc = log_iter_init(s->log, from > last ? from : last, &it);
+            continue;
+        }
+        if (rc < 0)
+            break;
+        rc = log_iter_next(&it, r, &loc);
+        if (rc == 0)
+            break; /* the durable end */
+        if (rc == 1) {
+            n++;
+            last = it.last_seq;
+            rc = 0;
+        }
+    }
+    free(r);
     if (rc < 0) {
-        snprintf(msg, cap, "shard %u: log check failed after %llu records (seq %llu): %s",
-                 s->opts.index, (unsigned long long)n, (unsigned long long)(first + n),
+        snprintf(msg, cap, "shard %u: log check failed after seq %llu (%llu records checked): %s",
+                 s->opts.index, (unsigned long long)last, (unsigned long long)n,
                  tally_strerror(rc));
         return TALLY_ECORRUPT;
     }
-    rc = ledger_verify(s->ledger, merchant, msg, cap);
-    if (rc < 0)
-        return rc;
-    snprintf(msg, cap, "ok");
     return 0;
+}
+
+/* VERIFY (SPEC §2) with the state of ledger l — the shard's own offline, a
+ * view of its last checkpoint on the helper (see "VERIFY's helper"): the
+ * shard not refused, the log, the state's own consistency for merchant
+ * (0: all).  0 with "ok" in msg, or the first fault. */
+static int shard_verify_with(shard *s, ledger *l, uint64_t merchant, char *msg, size_t cap)
+{
+    if (shard_status_get(s, msg, cap) == TALLY_ECORRUPT)
+        return TALLY_ECORRUPT;
+    int rc = shard_verify_log(s, msg, cap);
+    if (rc == 0)
+        rc = ledger_verify(l, merchant, msg, cap);
+    if (rc == 0)
+        snprintf(msg, cap, "ok");
+    return rc;
 }
 
 /* ---- batches ------------------------------------------------------------ */
@@ -1002,6 +1035,79 @@ static void shard_snap_pump(shard *s)
     }
 }
 
+/* ---- VERIFY's helper ------------------------------------------------------ */
+
+/* VERIFY runs beside the writer: on the writer it stopped the shard for a
+ * whole log scan, and a merchant's own token may ask for it (issue 13).  A
+ * helper thread at a lower priority scans the durable log through the
+ * iterator and checks the state of the last checkpoint through a read
+ * view (ledger_view_open); that checkpoint is one taken after the VERIFY
+ * arrived, so every write answered before it is checked.  A failed or
+ * refused shard takes no checkpoints: its last one is checked as it is.
+ * One helper at a time, the others wait in arrival order; each is
+ * answered on the shard thread. */
+#define SHARD_VERIFY_NICE 10
+
+static void *shard_verify_main(void *arg)
+{
+    shard *s = arg;
+    tally_request *r = s->verify_req;
+    os_thread_lower_priority(SHARD_VERIFY_NICE);
+    ledger *view = NULL;
+    int rc = ledger_view_open(s->ledger, &view);
+    if (rc == 0)
+        rc = shard_verify_with(s, view, r->merchant, r->res.message, sizeof(r->res.message));
+    else
+        snprintf(r->res.message, sizeof(r->res.message), "verify: reading the state: %s",
+                 tally_strerror(rc));
+    ledger_close(view);
+    r->res.status = rc;
+    atomic_store(&s->verify_done, 1);
+    uint64_t one = 1;
+    ssize_t w = write(s->wake_fd, &one, sizeof(one)); /* wake the shard thread */
+    (void)w;
+    return NULL;
+}
+
+static void shard_verify_start(shard *s)
+{
+    s->verify_req = shard_list_pop(&s->verify_waiting);
+    atomic_store(&s->verify_done, 0);
+    int rc = pthread_create(&s->verify_thread, NULL, shard_verify_main, s);
+    if (rc != 0) {
+        shard_say(s, 2, "verify: cannot start its thread: %s", strerror(rc));
+        shard_fail_request(s->verify_req, -rc, "verify: cannot start its thread");
+        s->verify_req->done(s->verify_req);
+        s->verify_req = NULL;
+        return;
+    }
+    s->verify_running = true;
+}
+
+/* On the shard thread, once the helper is done (or to wait for it). */
+static void shard_verify_finish(shard *s)
+{
+    pthread_join(s->verify_thread, NULL);
+    s->verify_running = false;
+    tally_request *r = s->verify_req;
+    s->verify_req = NULL;
+    r->done(r);
+}
+
+/* Starts the next VERIFY once a checkpoint covers what was applied before
+ * it, asking for one if none is under way. */
+static void shard_verify_pump(shard *s)
+{
+    if (s->verify_running || !s->verify_waiting.head)
+        return;
+    if (atomic_load(&s->status) == 0 && ledger_checkpoint_seq(s->ledger) < s->verify_min_seq) {
+        if (!s->ckpt_seq)
+            s->checkpoint_wanted = true;
+        return;
+    }
+    shard_verify_start(s);
+}
+
 /* ---- applying requests -------------------------------------------------- */
 
 static bool shard_is_write(const tally_request *r)
@@ -1095,6 +1201,12 @@ static bool shard_apply(shard *s, tally_request *r)
         r->done(r);
         return true;
     }
+    if (r->op == TALLY_OP_VERIFY) {
+        /* Answered by the helper, once what came before is checkpointed. */
+        shard_list_push(&s->verify_waiting, r);
+        s->verify_min_seq = log_last_seq(s->log);
+        return true;
+    }
     if (s->opts.replica && atomic_load(&s->leads))
         s->filling_gated = true; /* it may see (or be) a record not yet replicated */
     uint64_t last = log_last_seq(s->log);
@@ -1106,13 +1218,7 @@ static bool shard_apply(shard *s, tally_request *r)
     }
     if (shard_is_write(r) && !log_batch_room(s->log, SHARD_WRITE_ROOM_BYTES))
         return false;
-    int rc;
-    if (r->op == TALLY_OP_VERIFY) {
-        r->res.status = shard_verify(s, r->merchant, r->res.message, sizeof(r->res.message));
-        rc = 0;
-    } else {
-        rc = ledger_execute(s->ledger, r, shard_now(s));
-    }
+    int rc = ledger_execute(s->ledger, r, shard_now(s));
     if (log_last_seq(s->log) != last)
         s->log_epoch = s->ledger_epoch; /* records of this shard's own epoch */
     if (rc == TALLY_ETOOBIG) {
@@ -1347,6 +1453,7 @@ static void shard_pump(shard *s)
         shard_ckpt_start(s);
     }
     shard_snap_pump(s);
+    shard_verify_pump(s);
 }
 
 /* ---- the thread --------------------------------------------------------- */
@@ -1419,6 +1526,8 @@ static void *shard_main(void *arg)
         }
         if (s->snap_running && atomic_load(&s->snap_done))
             shard_snap_finish(s);
+        if (s->verify_running && atomic_load(&s->verify_done))
+            shard_verify_finish(s);
         shard_ckpt_finish(s);
         shard_ckpt_start(s); /* a replica's commit seq may have moved */
         if (s->wake_rearm) {
@@ -1440,8 +1549,11 @@ static void *shard_main(void *arg)
         shard_checkpoint(s); /* waits for a running commit first */
     if (s->snap_running)
         shard_snap_finish(s); /* waits for the helper */
+    if (s->verify_running)
+        shard_verify_finish(s);
     shard_fail_list(&s->snap_waiting, TALLY_ECLOSED, "engine is shutting down");
     shard_fail_list(&s->snap_next, TALLY_ECLOSED, "engine is shutting down");
+    shard_fail_list(&s->verify_waiting, TALLY_ECLOSED, "engine is shutting down");
     return NULL;
 }
 
@@ -1782,7 +1894,8 @@ int shard_call_offline(shard *s, tally_request *req)
     if (!tally_op_is_write(req->op) && req->op != TALLY_OP_VERIFY)
         return ledger_execute(s->ledger, req, shard_wall_ms(NULL));
     if (req->op == TALLY_OP_VERIFY)
-        return shard_verify(s, req->merchant, req->res.message, sizeof(req->res.message));
+        return shard_verify_with(s, s->ledger, req->merchant, req->res.message,
+                                 sizeof(req->res.message));
     return TALLY_EFAILED;
 }
 
@@ -1963,7 +2076,7 @@ static int shard_verify_replay(shard *s, const snapshot_info *base, char *msg, s
 
 int shard_verify_full(shard *s, char *msg, size_t cap)
 {
-    int rc = shard_verify(s, 0, msg, cap);
+    int rc = shard_verify_with(s, s->ledger, 0, msg, cap);
     if (rc == 0) {
         msg[0] = 0;
         rc = ledger_verify_history(s->log, msg, cap);
