@@ -1398,9 +1398,10 @@ int log_retain(log_t *l, uint64_t seq, const char *archive_dir, uint32_t *droppe
 static const uint8_t *log_bytes_at(const log_t *l, uint32_t seg_index, uint64_t off,
                                    size_t *avail, bool writer)
 {
-    const log_buf *cands[2] = {l->filling, l->sealed};
+    /* Only the writer may look at its buffers (their pointers change
+     * under other threads' feet). */
     for (int i = 0; writer && i < 2; i++) {
-        const log_buf *b = cands[i];
+        const log_buf *b = i == 0 ? l->filling : l->sealed;
         if (!b || b->len == 0)
             continue;
         for (uint32_t p = 0; p < b->pieces; p++) {
