@@ -128,6 +128,8 @@ static int ledger_verify_one(void *ctx, const void *k, size_t kl, const void *v,
 int ledger_verify(ledger *l, uint64_t merchant, char *msg, size_t cap)
 {
     ledger_vsum s = {.l = l, .msg = msg, .cap = cap};
+    if (cap > 0)
+        msg[0] = 0;
     uint8_t from[16], to[16];
     size_t from_len = merchant ? ledger_key2(from, merchant, 0) : 0;
     size_t to_len = merchant && merchant < UINT64_MAX ? ledger_key2(to, merchant + 1, 0) : 0;
@@ -139,6 +141,9 @@ int ledger_verify(ledger *l, uint64_t merchant, char *msg, size_t cap)
         ledger_merchant zero = {0};
         rc = ledger_verify_merchant(l, merchant, &zero, msg, cap);
     }
+    /* A read that failed its checksum says where in state_error. */
+    if (rc < 0 && cap > 0 && msg[0] == 0)
+        snprintf(msg, cap, "%s", state_error(l->st)[0] ? state_error(l->st) : tally_strerror(rc));
     return rc;
 }
 

@@ -808,8 +808,14 @@ static int shard_verify_with(shard *s, ledger *l, uint64_t merchant, char *msg, 
     if (shard_status_get(s, msg, cap) == TALLY_ECORRUPT)
         return TALLY_ECORRUPT;
     int rc = shard_verify_log(s, msg, cap);
-    if (rc == 0)
-        rc = ledger_verify(l, merchant, msg, cap);
+    if (rc == 0) {
+        char why[200];
+        rc = ledger_verify(l, merchant, why, sizeof(why));
+        if (rc < 0)
+            snprintf(msg, cap, "shard %u: %s", s->opts.index, why);
+        else
+            rc = 0;
+    }
     if (rc == 0)
         snprintf(msg, cap, "ok");
     return rc;
