@@ -66,17 +66,6 @@ static void poke(const char *path, off_t off, const void *bytes, size_t len)
     close(fd);
 }
 
-static void flip_bit(const char *path, off_t off)
-{
-    int fd = open(path, O_RDWR);
-    cr_assert(fd >= 0);
-    unsigned char c;
-    cr_assert(pread(fd, &c, 1, off) == 1);
-    c ^= 0x10;
-    cr_assert(pwrite(fd, &c, 1, off) == 1);
-    close(fd);
-}
-
 /* ---- the data directory ------------------------------------------------- */
 
 Test(engine, reopening_with_another_shard_count_is_refused)
@@ -291,7 +280,7 @@ Test(engine, a_flipped_bit_in_acknowledged_data_refuses_the_shard)
     eu_tmpdir(dir, "eng");
     write_entries(dir, 20);
     last_segment(dir, seg, sizeof(seg));
-    flip_bit(seg, 64 + 50); /* inside the first record, far from the tail */
+    eu_flip_bit(seg, 64 + 50); /* inside the first record, far from the tail */
     tally *t;
     cr_assert_eq(eu_open(dir, 1, &t), 0, "a corrupt shard still opens, refused");
     tally_balance b;
@@ -482,7 +471,7 @@ Test(engine, a_failed_or_refused_shard_sleeps_instead_of_spinning)
     /* Refused at open (a flipped bit in acknowledged data). */
     char seg[256];
     last_segment(dir, seg, sizeof(seg));
-    flip_bit(seg, 64 + 50);
+    eu_flip_bit(seg, 64 + 50);
     cr_assert_eq(eu_open(dir, 1, &t), 0);
     tally_shard_stats_get(t, 0, &st);
     cr_assert_eq(st.status, TALLY_ECORRUPT);

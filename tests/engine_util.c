@@ -1,9 +1,13 @@
 /*
  * engine_util.c — helpers for engine-level tests (see engine_util.h).
  */
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "engine_util.h"
 
@@ -120,6 +124,110 @@ int eu_find(tally *t, uint64_t m, const char *id, tally_entry *out)
     int found = r.res.found;
     tally_result_free(&r.res);
     return rc < 0 ? rc : found;
+}
+
+/* ---- pipelined requests ---------------------------------------------------- */
+
+typedef struct eu_pipe {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    tally_request **free; /* requests not in flight */
+    uint32_t free_count;
+    uint64_t errors;
+    int first_err;
+    char msg[160];
+} eu_pipe;
+
+static void eu_pipe_done(tally_request *r)
+{
+    eu_pipe *p = r->user;
+    pthread_mutex_lock(&p->lock);
+    if (r->res.status != 0 && p->errors++ == 0) {
+        p->first_err = r->res.status;
+        snprintf(p->msg, sizeof(p->msg), "%s", r->res.message);
+    }
+    p->free[p->free_count++] = r;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+uint64_t eu_pipeline(tally *t, uint64_t n, uint32_t window,
+                     void (*fill)(void *ctx, uint64_t i, tally_request *req), void *ctx,
+                     int *first_err, char *msg, size_t cap)
+{
+    eu_pipe p = {.free_count = window};
+    pthread_mutex_init(&p.lock, NULL);
+    pthread_cond_init(&p.cond, NULL);
+    tally_request *reqs = calloc(window, sizeof(*reqs));
+    p.free = calloc(window, sizeof(*p.free));
+    if (!reqs || !p.free)
+        abort();
+    for (uint32_t k = 0; k < window; k++)
+        p.free[k] = &reqs[k];
+    for (uint64_t i = 0; i < n; i++) {
+        pthread_mutex_lock(&p.lock);
+        while (p.free_count == 0)
+            pthread_cond_wait(&p.cond, &p.lock);
+        tally_request *r = p.free[--p.free_count];
+        pthread_mutex_unlock(&p.lock);
+        tally_request_init(r);
+        fill(ctx, i, r);
+        r->done = eu_pipe_done;
+        r->user = &p;
+        tally_submit(t, r);
+    }
+    pthread_mutex_lock(&p.lock);
+    while (p.free_count < window)
+        pthread_cond_wait(&p.cond, &p.lock);
+    pthread_mutex_unlock(&p.lock);
+    for (uint32_t k = 0; k < window; k++)
+        tally_result_free(&reqs[k].res);
+    free(reqs);
+    free(p.free);
+    pthread_mutex_destroy(&p.lock);
+    pthread_cond_destroy(&p.cond);
+    if (first_err)
+        *first_err = p.first_err;
+    if (msg)
+        snprintf(msg, cap, "%s", p.msg);
+    return p.errors;
+}
+
+/* ---- damage ------------------------------------------------------------------ */
+
+void eu_flip_bit(const char *path, long off)
+{
+    int fd = open(path, O_RDWR);
+    unsigned char c;
+    if (fd < 0 || pread(fd, &c, 1, off) != 1)
+        abort();
+    c ^= 0x10;
+    if (pwrite(fd, &c, 1, off) != 1)
+        abort();
+    close(fd);
+}
+
+int eu_flip_value(const char *path, int64_t value)
+{
+    int fd = open(path, O_RDWR);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0)
+        abort();
+    uint8_t *buf = malloc((size_t)st.st_size);
+    if (!buf || pread(fd, buf, (size_t)st.st_size, 0) != st.st_size)
+        abort();
+    int hits = 0;
+    for (off_t o = 0; o + 8 <= st.st_size; o++)
+        if (memcmp(buf + o, &value, 8) == 0) {
+            buf[o] ^= 0x01;
+            if (pwrite(fd, buf + o, 1, o) != 1)
+                abort();
+            hits++;
+        }
+    fsync(fd);
+    close(fd);
+    free(buf);
+    return hits;
 }
 
 void eu_log(void *ctx, int level, const char *msg)

@@ -31,6 +31,22 @@ int eu_balance(tally *t, uint64_t m, uint64_t a, tally_balance *out);
 /* ENTRY: 1 found (written to *out), 0 not found, < 0 error. */
 int eu_find(tally *t, uint64_t m, const char *id, tally_entry *out);
 
+/* Submits n requests with up to `window` in flight (tally_submit), each
+ * filled by fill(ctx, i, req) on a request made ready with
+ * tally_request_init, and waits for all.  Returns how many were answered
+ * with an error; the first one's status and message go to *first_err and
+ * msg (if not NULL).  For building large ledgers fast. */
+uint64_t eu_pipeline(tally *t, uint64_t n, uint32_t window,
+                     void (*fill)(void *ctx, uint64_t i, tally_request *req), void *ctx,
+                     int *first_err, char *msg, size_t cap);
+
+/* Damage, for tests that check it is found.  eu_flip_bit: one bit of the
+ * byte at off (0x10).  eu_flip_value: the low bit of every copy of an
+ * 8-byte value in the file; returns how many copies.  Both abort() when
+ * the file cannot be read or written. */
+void eu_flip_bit(const char *path, long off);
+int eu_flip_value(const char *path, int64_t value);
+
 /* Opens with test defaults: small segments, a quiet log. */
 int eu_open(const char *dir, uint32_t shards, tally **out);
 /* The quiet log callback (counts warnings and errors). */

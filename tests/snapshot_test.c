@@ -213,28 +213,6 @@ Test(snapshot, a_lost_state_is_rebuilt_from_the_snapshot_and_the_retained_log)
     eu_rmrf(dir);
 }
 
-/* Flips one bit of every copy of an 8-byte value in a file. */
-static int flip_value(const char *path, int64_t value)
-{
-    int fd = open(path, O_RDWR);
-    cr_assert(fd >= 0);
-    struct stat st;
-    fstat(fd, &st);
-    uint8_t *buf = malloc((size_t)st.st_size);
-    cr_assert(pread(fd, buf, (size_t)st.st_size, 0) == st.st_size);
-    int hits = 0;
-    for (off_t o = 0; o + 8 <= st.st_size; o++)
-        if (memcmp(buf + o, &value, 8) == 0) {
-            buf[o] ^= 0x01;
-            cr_assert(pwrite(fd, buf + o, 1, o) == 1);
-            hits++;
-        }
-    fsync(fd);
-    close(fd);
-    free(buf);
-    return hits;
-}
-
 Test(snapshot, a_damaged_state_value_is_refused_then_rebuilt_at_the_next_open)
 {
     char dir[64], path[160];
@@ -246,7 +224,7 @@ Test(snapshot, a_damaged_state_value_is_refused_then_rebuilt_at_the_next_open)
     /* Account 1000's value holds 123456789012 (its earned and its pool):
      * flip a bit in each copy of it. */
     snprintf(path, sizeof(path), SHARD_DIR "/state/data.mdb", dir);
-    cr_assert_gt(flip_value(path, 123456789012LL), 0, "the value is in data.mdb");
+    cr_assert_gt(eu_flip_value(path, 123456789012LL), 0, "the value is in data.mdb");
     t = open_dir(dir, TALLY_RETAIN_KEEP, NULL, 0);
     tally_request r;
     /* A debit reads the damaged lot: the shard is refused, never a wrong
