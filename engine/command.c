@@ -1415,7 +1415,8 @@ static void command_info_shards(metrics_text *t, const tally_shard_stats *rows,
         metrics_textf(t,
                       "shard%u:status=%s,seq=%llu,durable_seq=%llu,checkpoint_seq=%llu,"
                       "log_first_seq=%llu,log_bytes=%llu,snapshot_seq=%llu,"
-                      "snapshot_bytes=%llu,snapshots_taken=%llu,snapshot_ms_last=%llu%s%s\r\n",
+                      "snapshot_bytes=%llu,snapshots_taken=%llu,snapshot_ms_last=%llu,"
+                      "sweep_entries=%llu,sweep_chunks=%llu,sweep_chunk_entries_max=%llu%s%s\r\n",
                       i, status, (unsigned long long)st.seq,
                       (unsigned long long)st.durable_seq,
                       (unsigned long long)st.checkpoint_seq,
@@ -1423,7 +1424,9 @@ static void command_info_shards(metrics_text *t, const tally_shard_stats *rows,
                       (unsigned long long)st.log_bytes, (unsigned long long)st.snapshot_seq,
                       (unsigned long long)st.snapshot_bytes,
                       (unsigned long long)st.snapshots,
-                      (unsigned long long)st.snapshot_ms_last, st.status ? ",reason=" : "",
+                      (unsigned long long)st.snapshot_ms_last,
+                      (unsigned long long)st.sweep_entries, (unsigned long long)st.sweep_chunks,
+                      (unsigned long long)st.sweep_chunk_entries_max, st.status ? ",reason=" : "",
                       st.status ? st.status_message : "");
     }
     metrics_textf(t, "\r\n");

@@ -182,6 +182,9 @@ static void metrics_engine_add(metrics_engine *e, const tally_shard_stats *st)
     sum->checkpoint_bytes += st->checkpoint_bytes;
     sum->log_bytes += st->log_bytes;
     sum->sweep_entries += st->sweep_entries;
+    sum->sweep_chunks += st->sweep_chunks;
+    sum->sweep_chunk_entries_max =
+        metrics_max(sum->sweep_chunk_entries_max, st->sweep_chunk_entries_max);
     sum->snapshots += st->snapshots;
     metrics_hist_add(&sum->flush_us, &st->flush_us);
     metrics_hist_add(&sum->batch_records, &st->batch_records);
@@ -405,6 +408,12 @@ static const metrics_shard_row metrics_shard_rows[] = {
     {"tally_checkpoint_bytes_total", "counter",
      "Bytes state checkpoints wrote (LMDB pages, id index runs) since start.",
      offsetof(tally_shard_stats, checkpoint_bytes)},
+    {"tally_sweep_chunks_total", "counter",
+     "Sweep turns that wrote engine entries since start, each at most one chunk.",
+     offsetof(tally_shard_stats, sweep_chunks)},
+    {"tally_sweep_chunk_entries_max", "gauge",
+     "The most engine entries one sweep turn wrote since start (the chunk bounds it).",
+     offsetof(tally_shard_stats, sweep_chunk_entries_max)},
     {"tally_snapshots_total", "counter", "Snapshots taken since start.",
      offsetof(tally_shard_stats, snapshots)},
     {"tally_log_bytes", "gauge", "Bytes of log records the shard holds (INFO's log_bytes).",

@@ -34,6 +34,7 @@
  * prunes old snapshots, applies the retention policy to the log and
  * answers the SNAPSHOT requests that waited for it.
  */
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -161,7 +162,8 @@ struct shard {
     _Atomic uint64_t st_checkpoint_bytes, st_snapshot_created_ms;
     _Atomic uint64_t ckpt_written_bytes; /* the committer's writes, set by its done() */
     _Atomic uint64_t st_entries, st_batches, st_batch_entries_max, st_flush_us_total,
-        st_flush_us_max, st_checkpoints, st_sweep_entries, st_seq, st_durable_seq,
+        st_flush_us_max, st_checkpoints, st_sweep_entries, st_sweep_chunks,
+        st_sweep_chunk_entries_max, st_seq, st_durable_seq,
         st_checkpoint_seq, st_log_bytes, st_checkpoint_us_total, st_checkpoint_us_max,
         st_checkpoint_stall_us_max, st_log_first_seq, st_snapshot_seq, st_snapshot_bytes,
         st_snapshots, st_snapshot_ms_last;
@@ -1264,7 +1266,13 @@ static void shard_sweep(shard *s)
         s->log_epoch = s->ledger_epoch;
     s->last_sweep_ms = now;
     s->sweep_more = more;
-    atomic_fetch_add(&s->st_sweep_entries, count);
+    assert(count <= LIMIT_SWEEP_CHUNK);
+    if (count > 0) {
+        atomic_fetch_add(&s->st_sweep_entries, count);
+        atomic_fetch_add(&s->st_sweep_chunks, 1);
+        if (count > atomic_load(&s->st_sweep_chunk_entries_max))
+            atomic_store(&s->st_sweep_chunk_entries_max, count);
+    }
 }
 
 /* A synchronous checkpoint of everything durable (closing). */
@@ -1922,6 +1930,8 @@ void shard_stats(shard *s, tally_shard_stats *out)
     out->checkpoint_stall_us_max = atomic_load(&s->st_checkpoint_stall_us_max);
     out->log_bytes = atomic_load(&s->st_log_bytes);
     out->sweep_entries = atomic_load(&s->st_sweep_entries);
+    out->sweep_chunks = atomic_load(&s->st_sweep_chunks);
+    out->sweep_chunk_entries_max = atomic_load(&s->st_sweep_chunk_entries_max);
     out->log_first_seq = atomic_load(&s->st_log_first_seq);
     out->snapshot_seq = atomic_load(&s->st_snapshot_seq);
     out->snapshot_bytes = atomic_load(&s->st_snapshot_bytes);

@@ -455,6 +455,8 @@ typedef struct tally_shard_stats {
     uint64_t checkpoint_stall_us_max; /* requests held back for a checkpoint */
     uint64_t log_bytes;
     uint64_t sweep_entries;  /* engine-written expire/void entries */
+    uint64_t sweep_chunks;   /* sweep turns that wrote entries (each one chunk) */
+    uint64_t sweep_chunk_entries_max; /* most entries one turn wrote (<= LIMIT_SWEEP_CHUNK) */
     uint64_t log_first_seq;  /* first seq still in the log (retention) */
     uint64_t snapshot_seq;   /* seq of the newest snapshot, 0: none */
     uint64_t snapshot_bytes;
