@@ -349,11 +349,17 @@ Test(engine, lots_expire_on_the_engine_clock_and_debits_take_the_soonest_first)
 
 /* ---- injected I/O failures through the seam -------------------------------- */
 
+/* The seam fails completions of one kind after `countdown` of them:
+ * every later one (sticky: a disk that is gone), or only the first, as
+ * Linux reports a failed writeback once and then lets the next fsync
+ * succeed although the data never reached the disk (fsyncgate). */
 typedef struct fail_os {
     os_ops ops;
     enum os_io kind;
     int err;
+    bool once;
     _Atomic int countdown; /* completions of `kind` to pass before failing */
+    _Atomic int after;     /* completions of `kind` seen after the first failure */
 } fail_os;
 
 static fail_os fo;
@@ -364,12 +370,17 @@ static int fail_io_result(void *ctx, enum os_io kind, int fd, uint64_t off, size
     (void)fd;
     (void)off;
     (void)len;
-    if (kind == fo.kind && atomic_fetch_sub(&fo.countdown, 1) <= 0)
-        return fo.err; /* sticky: every later one fails too */
+    if (kind != fo.kind)
+        return res;
+    int left = atomic_fetch_sub(&fo.countdown, 1);
+    if (left < 0)
+        atomic_fetch_add(&fo.after, 1);
+    if (left == 0 || (left < 0 && !fo.once))
+        return fo.err;
     return res;
 }
 
-static void io_failure_case(enum os_io kind, int err)
+static void io_failure_case(enum os_io kind, int err, bool once)
 {
     char dir[64];
     eu_tmpdir(dir, "fail");
@@ -377,7 +388,9 @@ static void io_failure_case(enum os_io kind, int err)
     fo.ops.io_result = fail_io_result;
     fo.kind = kind;
     fo.err = err;
+    fo.once = once;
     atomic_store(&fo.countdown, 5);
+    atomic_store(&fo.after, 0);
     tally_options o = {.dir = dir, .shards = 1, .os = &fo.ops, .log = eu_log,
                        .state_map_bytes = 1ull << 30, .segment_bytes = 1u << 20};
     tally *t;
@@ -398,6 +411,10 @@ static void io_failure_case(enum os_io kind, int err)
     }
     cr_assert_eq(ok, 5, "the first five flushed before the fault");
     cr_assert_eq(failed, 15);
+    /* Failing writes never reach the log again: no later flush could be
+     * taken for one that made the failed batch durable. */
+    cr_assert_eq(atomic_load(&fo.after), 0, "%d completions after the failed one",
+                 atomic_load(&fo.after));
     tally_balance b;
     cr_assert_eq(eu_balance(t, 3, 1, &b), 0, "reads go on from the durable state");
     cr_assert_eq(b.available, 50);
@@ -417,12 +434,23 @@ static void io_failure_case(enum os_io kind, int err)
 
 Test(engine, eio_on_flush_fails_the_batch_stops_writes_and_loses_nothing_acknowledged)
 {
-    io_failure_case(OS_IO_FSYNC, -EIO);
+    io_failure_case(OS_IO_FSYNC, -EIO, false);
 }
 
 Test(engine, enospc_on_write_fails_the_batch_stops_writes_and_loses_nothing_acknowledged)
 {
-    io_failure_case(OS_IO_WRITE, -ENOSPC);
+    io_failure_case(OS_IO_WRITE, -ENOSPC, false);
+}
+
+/* fsyncgate (TESTING.md): only the first flush fails, every later one
+ * would succeed.  An engine that retried the flush, or went on with new
+ * batches, would acknowledge writes after the failure — whose batch's
+ * data the kernel may have dropped.  The shard stays failed: nothing is
+ * acknowledged after the failed flush, reads show the durable state, and
+ * only a restart (which re-verifies the log) takes writes again. */
+Test(engine, fsyncgate_a_flush_that_fails_once_and_then_would_succeed_still_stops_the_shard)
+{
+    io_failure_case(OS_IO_FSYNC, -EIO, true);
 }
 
 /* ---- a stopped shard sleeps ------------------------------------------------ */
@@ -451,6 +479,7 @@ Test(engine, a_failed_or_refused_shard_sleeps_instead_of_spinning)
     fo.ops.io_result = fail_io_result;
     fo.kind = OS_IO_FSYNC;
     fo.err = -EIO;
+    fo.once = false;
     atomic_store(&fo.countdown, 2);
     tally_options o = {.dir = dir, .shards = 1, .os = &fo.ops, .log = eu_log,
                        .state_map_bytes = 1ull << 30, .segment_bytes = 1u << 20};
