@@ -51,21 +51,29 @@ static void fuzz_put64(uint8_t *p, uint64_t v)
 
 /* ---- the pair property -------------------------------------------------- */
 
+static uint16_t fuzz_get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+
+/* Every field of the format (record.h's byte table, version 2). */
 static void fuzz_same_record(const record *a, const record *b)
 {
     assert(a->type == b->type && a->kind == b->kind);
     assert(a->error == b->error && a->reason == b->reason);
     assert(a->seq == b->seq && a->ts_ms == b->ts_ms && a->prev == b->prev);
-    assert(a->batch_seq == b->batch_seq);
+    assert(a->batch_back == b->batch_back && a->group_back == b->group_back);
+    assert(a->epoch == b->epoch && a->part == b->part && a->rflags == b->rflags);
     assert(a->merchant == b->merchant && a->account == b->account);
-    assert(a->amount == b->amount && a->points == b->points);
-    assert(a->balance == b->balance && a->held == b->held);
+    assert(a->account2 == b->account2 && a->req_points == b->req_points);
     assert(a->expires == b->expires && a->available_at == b->available_at);
-    assert(a->timeout_s == b->timeout_s && a->flags == b->flags);
+    assert(a->timeout_s == b->timeout_s && a->req_flags == b->req_flags);
+    assert(a->amount == b->amount && a->points == b->points);
+    assert(a->balance == b->balance && a->held == b->held && a->pending == b->pending);
+    assert(a->acct_prev == b->acct_prev);
+    assert(a->alloc_count == b->alloc_count && a->alloc_len == b->alloc_len);
     assert(a->id_len == b->id_len && a->ref_len == b->ref_len && a->memo_len == b->memo_len);
     assert(memcmp(a->id, b->id, a->id_len) == 0);
     assert(memcmp(a->ref, b->ref, a->ref_len) == 0);
     assert(memcmp(a->memo, b->memo, a->memo_len) == 0);
+    assert(memcmp(a->alloc, b->alloc, a->alloc_len) == 0);
 }
 
 /* What record_encode() asserts, checked here so a decoded record that
@@ -113,8 +121,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    /* An exact-size copy: a read past avail is a heap overflow. */
-    uint8_t *buf = malloc(size ? size : 1);
+    /* An exact-size copy: a read past avail is a heap overflow.  (calloc:
+     * an empty input is still an initialized byte to the compiler.) */
+    uint8_t *buf = calloc(size ? size : 1, 1);
     assert(buf != NULL);
     if (size > 0)
         memcpy(buf, data, size);
@@ -129,7 +138,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fuzz_decode(buf, size);
     }
     if (size >= RECORD_FIXED_BYTES) {
-        size_t body = (size_t)RECORD_FIXED_BYTES + buf[116] + buf[117] + buf[118];
+        /* id_len, ref_len, memo_len and alloc_len say how long it is. */
+        size_t body = (size_t)RECORD_FIXED_BYTES + buf[156] + buf[157] + buf[158] +
+                      fuzz_get16(buf + 154);
         size_t want = ((body + 7) & ~(size_t)7) + 8;
         if (want <= size) {
             fuzz_put32(buf, (uint32_t)want);
@@ -172,35 +183,53 @@ int main(int argc, char **argv)
     r.type = RECORD_ENTRY;
     r.kind = TALLY_KIND_EARN;
     r.seq = 1;
-    r.batch_seq = 1;
     r.ts_ms = 1700000000123ULL;
     r.merchant = 42;
     r.account = 1001;
+    r.req_points = 250;
     r.amount = 250;
     r.points = 250;
     r.balance = 250;
     r.expires = 1735689600;
+    r.req_flags = TALLY_REQ_EXPIRES;
     r.id_len = 6;
     memcpy(r.id, "ord-17", 6);
     size_t n1 = seed_encode(&r, b);
     seed_write(dir, "ok_earn", b, n1);
 
-    /* A redeem chained to it, with a memo, in the same batch. */
+    /* A redeem chained to it, in the same batch, with a memo and the lot
+     * it took. */
     record r2 = r;
     r2.kind = TALLY_KIND_REDEEM;
     r2.seq = 2;
+    r2.batch_back = 1;
     r2.prev = checksum64(b, n1 - 8, 0);
+    r2.req_points = 100;
+    r2.req_flags = 0;
     r2.amount = 100;
     r2.points = -100;
     r2.balance = 150;
     r2.expires = 0;
+    r2.acct_prev = 1;
     r2.id_len = 5;
     memcpy(r2.id, "red-1", 5);
     r2.memo_len = 12;
     memcpy(r2.memo, "till 3, shop", 12);
+    record_alloc lot = {.seq = 1, .expkey = 1735689600, .points = 100};
+    assert(record_alloc_add(&r2, &lot));
     size_t n2 = seed_encode(&r2, b + n1);
     seed_write(dir, "ok_earn_then_redeem", b, n1 + n2);
     seed_write(dir, "ok_redeem_memo", b + n1, n2);
+
+    /* Its allocations continued in a part: pool and pending lots. */
+    record r2p = {.type = RECORD_ALLOC, .kind = TALLY_KIND_REDEEM, .seq = 2, .part = 1,
+                  .ts_ms = r2.ts_ms, .merchant = 42, .account = 1001};
+    record_alloc pool = {.flags = RECORD_A_POOL, .points = 7};
+    record_alloc pending = {.flags = RECORD_A_PENDING, .seq = 1, .expkey = UINT64_MAX,
+                            .available_at = 1700086400, .points = 3};
+    assert(record_alloc_add(&r2p, &pool) && record_alloc_add(&r2p, &pending));
+    size_t n2p = seed_encode(&r2p, b);
+    seed_write(dir, "ok_alloc_part", b, n2p);
 
     /* A refusal (INSUFFICIENT) with a ref and the largest fields. */
     record r3 = r2;
@@ -210,7 +239,9 @@ int main(int argc, char **argv)
     r3.reason = 3;
     r3.seq = 3;
     r3.points = 0;
-    r3.flags = 0x5;
+    r3.req_flags = 0x5;
+    r3.alloc_count = 0;
+    r3.alloc_len = 0;
     r3.id_len = LIMIT_ENGINE_ID_BYTES_MAX;
     memset(r3.id, '~', LIMIT_ENGINE_ID_BYTES_MAX);
     r3.ref_len = LIMIT_ENGINE_ID_BYTES_MAX;
@@ -220,12 +251,13 @@ int main(int argc, char **argv)
     size_t n3 = seed_encode(&r3, b);
     seed_write(dir, "ok_refusal_largest", b, n3);
 
-    /* A hold with a timeout, a negative adjust. */
+    /* A hold with a timeout, a negative adjust, a pending earn. */
     record r4 = r;
     r4.kind = TALLY_KIND_HOLD;
     r4.seq = 9;
-    r4.batch_seq = 7;
+    r4.batch_back = 2;
     r4.timeout_s = 900;
+    r4.req_flags = TALLY_REQ_TIMEOUT;
     r4.held = 50;
     r4.id_len = 1;
     r4.id[0] = 'h';
@@ -233,11 +265,51 @@ int main(int argc, char **argv)
     seed_write(dir, "ok_hold", b, n4);
     record r5 = r;
     r5.kind = TALLY_KIND_ADJUST;
-    r5.amount = -1000000000000000LL;
+    r5.req_points = -1000000000000000LL;
+    r5.amount = 1000000000000000LL;
     r5.points = -1000000000000000LL;
     r5.balance = -(1LL << 62);
+    r5.req_flags = 0;
     size_t n5 = seed_encode(&r5, b);
     seed_write(dir, "ok_adjust_negative", b, n5);
+    record r6 = r;
+    r6.available_at = 1700086400;
+    r6.req_flags |= TALLY_REQ_AVAILABLE_AT;
+    r6.points = 0;
+    r6.pending = 250;
+    r6.balance = 0;
+    r6.rflags = RECORD_F_IMPORTED;
+    size_t n6 = seed_encode(&r6, b);
+    seed_write(dir, "ok_earn_pending_imported", b, n6);
+
+    /* A transfer: two entries of one group (the receiver's lot is its
+     * own, seq 0 in its allocation). */
+    record t1 = r;
+    t1.kind = TALLY_KIND_TRANSFER;
+    t1.seq = 10;
+    t1.account2 = 1002;
+    t1.rflags = RECORD_F_GROUP;
+    t1.points = -250;
+    t1.balance = 0;
+    t1.req_flags = 0;
+    assert(record_alloc_add(&t1, &lot));
+    size_t nt1 = seed_encode(&t1, b);
+    record t2 = t1;
+    t2.seq = 11;
+    t2.group_back = 1;
+    t2.batch_back = 1;
+    t2.rflags = RECORD_F_GROUP | RECORD_F_GROUP_END;
+    t2.account = 1002;
+    t2.account2 = 1001;
+    t2.points = 250;
+    t2.balance = 250;
+    t2.prev = checksum64(b, nt1 - 8, 0);
+    t2.alloc_count = 0;
+    t2.alloc_len = 0;
+    record_alloc own = {.seq = 0, .expkey = 1735689600, .points = 250};
+    assert(record_alloc_add(&t2, &own));
+    size_t nt2 = seed_encode(&t2, b + nt1);
+    seed_write(dir, "ok_transfer_group", b, nt1 + nt2);
 
     /* Damaged ones: torn, bit-flipped, zero tail, bad fields (checksum
      * fixed so the field check is what fails). */
@@ -252,9 +324,10 @@ int main(int argc, char **argv)
         size_t off;
         uint8_t val;
     } bad[] = {
-        {"bad_type", 4, 9},      {"bad_kind", 5, 0},         {"bad_kind_high", 5, TALLY_KIND_COUNT},
-        {"bad_entry_error", 6, 1}, {"bad_reserved", 119, 1}, {"bad_id_len0", 116, 0},
-        {"bad_padding", 126, 'x'}, {"bad_seq0", 8, 0},        {"bad_len_odd", 0, 137},
+        {"bad_type", 4, 9},         {"bad_kind", 5, 0},        {"bad_kind_high", 5, TALLY_KIND_COUNT},
+        {"bad_entry_error", 6, 1},  {"bad_part", 44, 1},       {"bad_rflags", 46, 0x80},
+        {"bad_reserved", 159, 1},   {"bad_id_len0", 156, 0},   {"bad_padding", 166, 'x'},
+        {"bad_seq0", 8, 0},         {"bad_len_odd", 0, 137},   {"bad_alloc_count", 152, 1},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         n1 = seed_encode(&r, b);
@@ -262,6 +335,10 @@ int main(int argc, char **argv)
         fuzz_put64(b + n1 - 8, checksum64(b, n1 - 8, 0));
         seed_write(dir, bad[i].name, b, n1);
     }
+    n2 = seed_encode(&r2, b);
+    b[RECORD_FIXED_BYTES + r2.id_len + r2.memo_len] = 0x80; /* allocation flags */
+    fuzz_put64(b + n2 - 8, checksum64(b, n2 - 8, 0));
+    seed_write(dir, "bad_alloc_flags", b, n2);
     n1 = seed_encode(&r, b);
     fuzz_put32(b, LIMIT_RECORD_BYTES_MAX + 8);
     seed_write(dir, "bad_len_too_big", b, n1);
