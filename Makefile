@@ -151,6 +151,15 @@ $(TEST_BIN): $(TEST_OBJ) $(LIB)
 	@$(if $(Q),echo "  LD $@")
 	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lcriterion -lhiredis
 
+# The fuzz targets without libFuzzer: tests/fuzz/replay.c feeds them files,
+# and make test replays the committed corpora through them
+# (tests/fuzz_test.c), built like everything else here (SAN=1: under ASan
+# and UBSan, as libFuzzer runs them).  make fuzz still does the fuzzing.
+FUZZ_REPLAY := $(patsubst tests/fuzz/fuzz_%.c,$(BUILD)/fuzz-replay-%,$(wildcard tests/fuzz/fuzz_*.c))
+$(BUILD)/fuzz-replay-%: $(BUILD)/tests/fuzz/replay.o $(BUILD)/tests/fuzz/fuzz_%.o $(LIB)
+	@$(if $(Q),echo "  LD $@")
+	$(Q)$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
 $(EXAMPLE_BIN): $(BUILD)/examples/c/loyalty.o
 	@$(if $(Q),echo "  LD $@")
 	$(Q)$(CC) $(LDFLAGS) $^ -o $@ -lhiredis
@@ -184,7 +193,7 @@ TEST_ENV := $(if $(filter thread,$(SAN)),TSAN_OPTIONS='log_path=$(TSAN_DIR)/repo
 	die_after_fork=0 second_deadlock_stack=1 suppressions=$(abspath tests/tsan.supp)')
 test: export TEST_ARGS := $(TEST_ARGS)
 test: deps-test deps-examples
-	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN) $(EXAMPLE_BIN)
+	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN) $(EXAMPLE_BIN) $(FUZZ_REPLAY)
 	$(Q)rm -rf $(TSAN_DIR) && mkdir -p $(TSAN_DIR)
 	$(Q){ $(TEST_ENV) TALLY_BUILD=$(abspath $(BUILD)) $(TEST_BIN) --jobs 2 $(TEST_ARGS); \
 	  echo $$? > $(BUILD)/test.rc; } 2>&1 | tee $(BUILD)/test.out; \
