@@ -17,7 +17,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "checksum.h"
 #include "engine_util.h"
+#include "record.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -183,6 +185,171 @@ Test(snapshot, archive_moves_segments_and_the_shard_still_verifies)
     int archived = count_files(shard_arch, "log-", ".seg");
     cr_assert_gt(archived, 0, "segments moved to the archive");
     cr_assert_eq(count_files(shard_dir, "snapshots", ""), 1);
+    verify_offline(dir);
+    eu_rmrf(dir);
+    eu_rmrf(arch);
+}
+
+/* ---- several shards archiving at once (issue 13) ------------------------------ */
+
+#define AM_SHARDS 4
+
+/* The log's segment header (log.h): magic, version, shard, index,
+ * first_seq, prev, reserved, XXH3 of bytes [0, 56). */
+static uint64_t am_get64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* The segment indexes of dir's log-*.seg files, sorted, into idx. */
+static int am_segments(const char *dir, uint32_t *idx, int cap)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    struct dirent *de;
+    while (d && (de = readdir(d)) != NULL) {
+        unsigned v;
+        char tail[8];
+        if (sscanf(de->d_name, "log-%10u.%7s", &v, tail) == 2 && strcmp(tail, "seg") == 0) {
+            cr_assert_lt(n, cap);
+            idx[n++] = v;
+        }
+    }
+    if (d)
+        closedir(d);
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && idx[j - 1] > idx[j]; j--) {
+            uint32_t x = idx[j];
+            idx[j] = idx[j - 1];
+            idx[j - 1] = x;
+        }
+    return n;
+}
+
+/* Checks one segment file against the chain so far: its header (this
+ * shard, this index, continuing *seq and *prev) and every record in it
+ * (checksum, chain link, seqs in order); advances *seq and *prev. */
+static void am_check_segment(const char *path, unsigned shard, uint32_t index, uint64_t *seq,
+                             uint64_t *prev)
+{
+    size_t len = 0;
+    int fd = open(path, O_RDONLY);
+    cr_assert_geq(fd, 0, "%s", path);
+    struct stat st;
+    cr_assert_eq(fstat(fd, &st), 0);
+    len = (size_t)st.st_size;
+    uint8_t *b = malloc(len);
+    cr_assert(pread(fd, b, len, 0) == (ssize_t)len, "%s", path);
+    close(fd);
+    cr_assert(len >= 64 && memcmp(b, "TALLYSEG", 8) == 0, "%s: a segment header", path);
+    cr_assert_eq(am_get64(b + 56), checksum64(b, 56, 0), "%s: header checksum", path);
+    cr_assert_eq((uint32_t)(am_get64(b + 8) >> 32), shard, "%s: written by shard %u", path,
+                 shard);
+    cr_assert_eq(am_get64(b + 16), index, "%s: segment index", path);
+    cr_assert_eq(am_get64(b + 24), *seq + 1, "%s: starts where the previous one ended", path);
+    cr_assert_eq(am_get64(b + 32), *prev, "%s: chained to the previous segment", path);
+    record *r = malloc(sizeof(*r));
+    for (size_t off = 64; off + 8 <= len;) {
+        size_t n;
+        uint64_t sum;
+        int rc = record_decode(b + off, len - off, r, &n, &sum);
+        if (rc == RECORD_END)
+            break;
+        cr_assert_eq(rc, RECORD_OK, "%s: record at %zu decodes (%d)", path, off, rc);
+        cr_assert_eq(r->prev, *prev, "%s: record at %zu is chained", path, off);
+        cr_assert(r->seq == *seq + 1 || (r->seq == *seq && r->part > 0),
+                  "%s: seq %llu after %llu", path, (unsigned long long)r->seq,
+                  (unsigned long long)*seq);
+        *seq = r->seq;
+        *prev = sum;
+        off += n;
+    }
+    free(r);
+    free(b);
+}
+
+typedef struct am_load {
+    uint64_t merchants[AM_SHARDS]; /* one of each shard */
+    uint64_t base;                 /* ids of this round start here */
+} am_load;
+
+static void am_fill(void *ctx, uint64_t i, tally_request *r)
+{
+    const am_load *l = ctx;
+    char id[32];
+    i += l->base;
+    snprintf(id, sizeof(id), "am-%llu", (unsigned long long)i);
+    eu_write(r, TALLY_OP_EARN, l->merchants[i % AM_SHARDS], 1 + i / AM_SHARDS % 50, 1 + i % 9,
+             id);
+    memset(r->memo, 'm', 80);
+    r->memo_len = 80;
+    r->flags |= TALLY_REQ_MEMO;
+}
+
+/* Four shards under load, each taking snapshots by count and all of them
+ * at once by SNAPSHOT, archive their covered segments into a directory on
+ * another filesystem (copied, not renamed: the path that shared one
+ * buffer across shard threads, d1b28bc).  Then, per shard, its archived
+ * and live segments are one unbroken chain — every index once, none
+ * lost, each header and record continuing the one before, written by
+ * that shard — and with the archive put back the whole log replays into
+ * the stored state (tally_verify_full from seq 1). */
+Test(snapshot, shards_archiving_at_once_leave_each_an_unbroken_chain_of_segments,
+     .timeout = 600)
+{
+    char dir[64], arch[64];
+    eu_tmpdir(dir, "snap-mix");
+    eu_tmpdir_mem(arch, "snap-mix-archive");
+    tally_options o = {.dir = dir, .shards = AM_SHARDS, .log = eu_log, .sync = TALLY_SYNC_NONE,
+                       .segment_bytes = 64u << 10, .state_map_bytes = 1ull << 30,
+                       .retention = TALLY_RETAIN_ARCHIVE, .archive_dir = arch,
+                       .snapshot_every_records = 3000};
+    tally *t;
+    cr_assert_eq(tally_open(&o, &t), 0);
+    enum { ROUNDS = 8, PER_ROUND = 12000 };
+    am_load l = {0};
+    for (unsigned s = 0; s < AM_SHARDS; s++) {
+        uint64_t m = 1;
+        while (checksum_shard(m, AM_SHARDS) != s)
+            m++;
+        l.merchants[s] = m;
+    }
+    for (int round = 0; round < ROUNDS; round++) {
+        int err = 0;
+        char msg[160];
+        l.base = (uint64_t)round * PER_ROUND;
+        uint64_t bad = eu_pipeline(t, PER_ROUND, 1024, am_fill, &l, &err, msg, sizeof(msg));
+        cr_assert_eq(bad, 0, "%s %s", tally_strerror(err), msg);
+        snapshot(t); /* every shard at once */
+    }
+    tally_close(t);
+    for (unsigned s = 0; s < AM_SHARDS; s++) {
+        char live_dir[128], arch_dir[128], path[256];
+        snprintf(live_dir, sizeof(live_dir), "%s/shard-%03u", dir, s);
+        snprintf(arch_dir, sizeof(arch_dir), "%s/shard-%03u", arch, s);
+        uint32_t live[512], old[512];
+        int nl = am_segments(live_dir, live, 512), na = am_segments(arch_dir, old, 512);
+        cr_assert_gt(na, 4, "shard %u archived segments (%d)", s, na);
+        cr_assert_gt(nl, 0);
+        cr_assert_lt(old[na - 1], live[0], "shard %u: archived %u is also live", s,
+                     old[na - 1]);
+        uint64_t seq = 0, prev = 0;
+        for (int i = 0; i < na + nl; i++) {
+            uint32_t index = i < na ? old[i] : live[i - na];
+            cr_assert_eq(index, (uint32_t)i + 1, "shard %u: segment %d is missing", s, i + 1);
+            snprintf(path, sizeof(path), "%s/log-%010u.seg", i < na ? arch_dir : live_dir,
+                     index);
+            am_check_segment(path, s, index, &seq, &prev);
+        }
+        cr_assert_eq(seq, ROUNDS * PER_ROUND / AM_SHARDS, "shard %u: every record is in the chain",
+                     s);
+        char cmd[400];
+        snprintf(cmd, sizeof(cmd), "cp '%s'/log-*.seg '%s'/", arch_dir, live_dir);
+        cr_assert_eq(system(cmd), 0);
+    }
     verify_offline(dir);
     eu_rmrf(dir);
     eu_rmrf(arch);
