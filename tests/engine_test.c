@@ -380,6 +380,33 @@ static int fail_io_result(void *ctx, enum os_io kind, int fd, uint64_t off, size
     return res;
 }
 
+/* Reads the shard's status the way INFO does, from another thread, until
+ * told to stop: a status is 0 or failed, and a failed one comes with its
+ * whole message (the writer sets both under the status lock). */
+typedef struct status_reader {
+    tally *t;
+    _Atomic bool stop;
+    long reads, failed_seen;
+} status_reader;
+
+static void *status_reader_main(void *arg)
+{
+    status_reader *sr = arg;
+    while (!atomic_load(&sr->stop)) {
+        tally_shard_stats st;
+        tally_shard_stats_get(sr->t, 0, &st);
+        cr_assert(st.status == 0 || st.status == TALLY_EFAILED, "status %d", st.status);
+        if (st.status != 0) {
+            cr_assert_not_null(strstr(st.status_message, "stopped taking writes"), "%s",
+                               st.status_message);
+            sr->failed_seen++;
+        }
+        sr->reads++;
+        nanosleep(&(struct timespec){.tv_nsec = 200000}, NULL);
+    }
+    return NULL;
+}
+
 static void io_failure_case(enum os_io kind, int err, bool once)
 {
     char dir[64];
@@ -395,6 +422,9 @@ static void io_failure_case(enum os_io kind, int err, bool once)
                        .state_map_bytes = 1ull << 30, .segment_bytes = 1u << 20};
     tally *t;
     cr_assert_eq(tally_open(&o, &t), 0);
+    status_reader sr = {.t = t};
+    pthread_t reader;
+    cr_assert_eq(pthread_create(&reader, NULL, status_reader_main, &sr), 0);
     int ok = 0, failed = 0;
     char acked[64][16];
     for (int i = 0; i < 20; i++) {
@@ -409,6 +439,9 @@ static void io_failure_case(enum os_io kind, int err, bool once)
             failed++;
         }
     }
+    atomic_store(&sr.stop, true);
+    pthread_join(reader, NULL);
+    cr_assert_gt(sr.reads, 0);
     cr_assert_eq(ok, 5, "the first five flushed before the fault");
     cr_assert_eq(failed, 15);
     /* Failing writes never reach the log again: no later flush could be
