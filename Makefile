@@ -183,14 +183,13 @@ run: deps-build
 #
 # SAN=thread: TSAN_OPTIONS sends every process's reports to $(BUILD)/tsan/
 # (a tallyd's stderr goes to a log file no one reads when its test passes),
-# and any report fails the run.  die_after_fork=0: the crash, power-loss
-# and snapshot tests fork a child that opens an engine (starting threads)
-# while the test process has threads of its own (Criterion's timeout
-# watchdog); the child only runs the engine and exits.  The suppressions
-# file names only third-party code (tests/tsan.supp says why).
+# and any report fails the run.  The suppressions file names only
+# third-party code (tests/tsan.supp says why).  Tests whose child process
+# runs an engine start it with fork + exec (tests/child_util.h): TSan does
+# not support threads in a child forked from a multithreaded process.
 TSAN_DIR := $(abspath $(BUILD))/tsan
 TEST_ENV := $(if $(filter thread,$(SAN)),TSAN_OPTIONS='log_path=$(TSAN_DIR)/report \
-	die_after_fork=0 second_deadlock_stack=1 suppressions=$(abspath tests/tsan.supp)')
+	second_deadlock_stack=1 suppressions=$(abspath tests/tsan.supp)')
 test: export TEST_ARGS := $(TEST_ARGS)
 test: deps-test deps-examples
 	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN) $(EXAMPLE_BIN) $(FUZZ_REPLAY)

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "child_util.h"
 #include "engine_util.h"
 
 #define CRASH_THREADS 8
@@ -68,8 +69,13 @@ static void *crash_writer_main(void *arg)
     return NULL;
 }
 
-static void crash_child(const char *dir, int fd, int cycle)
+/* The writer process (child_util.h): DIR FD CYCLE; killed by the test. */
+int crash_child_main(int argc, char **argv)
 {
+    if (argc != 3)
+        return 2;
+    const char *dir = argv[0];
+    int fd = atoi(argv[1]), cycle = atoi(argv[2]);
     tally *t;
     if (eu_open(dir, CRASH_SHARDS, &t) != 0)
         _exit(2);
@@ -141,13 +147,12 @@ Test(crash, kill_9_at_random_moments_loses_no_acknowledged_entry, .timeout = 600
     char *buf = malloc(65536);
     for (int c = 0; c < cycles; c++) {
         int p[2];
-        cr_assert_eq(pipe(p), 0);
-        pid_t pid = fork();
-        cr_assert(pid >= 0);
-        if (pid == 0) {
-            close(p[0]);
-            crash_child(dir, p[1], c);
-        }
+        cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+        cr_assert_eq(fcntl(p[1], F_SETFD, 0), 0); /* the writer's end goes to the child */
+        char fd_s[16], cycle_s[16];
+        snprintf(fd_s, sizeof(fd_s), "%d", p[1]);
+        snprintf(cycle_s, sizeof(cycle_s), "%d", c);
+        pid_t pid = cu_spawn("crash", (const char *const[]){dir, fd_s, cycle_s, NULL});
         close(p[1]);
         size_t buf_len = 0, before = n;
         crash_collect(p[0], 20 + rand() % 400, &acks, &n, &cap, buf, &buf_len);

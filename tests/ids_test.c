@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "checksum.h"
+#include "child_util.h"
 #include "engine_util.h"
 #include "ids.h"
 #include "tally.h"
@@ -615,6 +616,22 @@ static uint64_t ft_check_restart(const char *dir, const char *saved)
     return covered;
 }
 
+/* The power-loss run (child_util.h: DIR SAVED AT): the workload until the
+ * power goes at seam call AT (exit FT_CRASHED) or to its end (FT_DONE). */
+int ids_power_loss_child_main(int argc, char **argv)
+{
+    if (argc != 3)
+        return 2;
+    it_caller c = {.o = it_options(argv[0], FT_KEYS), .saved = argv[1]};
+    c.o.os = &ft.ops;
+    ft_init(strtoull(argv[2], NULL, 10), 0);
+    it_open(&c);
+    ft_workload(&c);
+    ids_close(c.x);
+    ft_settle();
+    return FT_DONE;
+}
+
 /* One run of the workload with a fault at seam call `at`: a power loss
  * (fault 0, in a child process, which it ends) or an error returned once.
  * true if the workload made that call (a later `at` still faults). */
@@ -623,17 +640,9 @@ static bool ft_run_once(const char *dir, const char *saved, uint64_t at, int fau
     it_caller c = {.o = it_options(dir, FT_KEYS), .saved = saved};
     c.o.os = &ft.ops;
     if (fault == 0) {
-        fflush(NULL);
-        pid_t pid = fork();
-        cr_assert_geq(pid, 0);
-        if (pid == 0) {
-            ft_init(at, 0);
-            it_open(&c);
-            ft_workload(&c);
-            ids_close(c.x);
-            ft_settle();
-            _exit(FT_DONE);
-        }
+        char at_s[24];
+        snprintf(at_s, sizeof(at_s), "%llu", (unsigned long long)at);
+        pid_t pid = cu_spawn("ids-power-loss", (const char *const[]){dir, saved, at_s, NULL});
         int status;
         cr_assert_eq(waitpid(pid, &status, 0), pid);
         cr_assert(WIFEXITED(status) && (WEXITSTATUS(status) == FT_CRASHED ||

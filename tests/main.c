@@ -14,8 +14,16 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include "child_util.h"
+
 int main(int argc, char *argv[])
 {
+    /* A test's child process (child_util.h), not a test run. */
+    int child = cu_child_main(argc, argv);
+    if (child >= 0) {
+        fflush(NULL);
+        _exit(child);
+    }
     struct criterion_test_set *tests = criterion_initialize();
     int result = 0;
     if (criterion_handle_args(argc, argv, true))

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "checksum.h"
+#include "child_util.h"
 #include "engine_util.h"
 #include "record.h"
 
@@ -476,9 +477,14 @@ Test(snapshot, the_periodic_policy_takes_snapshots_by_record_count)
     eu_rmrf(dir);
 }
 
-/* A writer that loops: writes, snapshots (retention on), forever. */
-static void snapshot_child(const char *dir, int cycle)
+/* A writer that loops: writes, snapshots (retention on), forever (the
+ * child process of the next test, child_util.h: DIR CYCLE). */
+int snapshot_child_main(int argc, char **argv)
 {
+    if (argc != 2)
+        return 2;
+    const char *dir = argv[0];
+    int cycle = atoi(argv[1]);
     tally_options o = {.dir = dir, .shards = 1, .log = eu_log, .segment_bytes = 64u << 10,
                        .state_map_bytes = 1ull << 30, .retention = TALLY_RETAIN_DELETE};
     tally *t;
@@ -510,10 +516,9 @@ Test(snapshot, kill_9_during_snapshots_leaves_the_old_or_the_new_never_a_half_on
     srand((unsigned)getpid());
     int published_max = 0;
     for (int cycle = 0; cycle < 12; cycle++) {
-        pid_t pid = fork();
-        cr_assert(pid >= 0);
-        if (pid == 0)
-            snapshot_child(dir, cycle);
+        char cycle_s[16];
+        snprintf(cycle_s, sizeof(cycle_s), "%d", cycle);
+        pid_t pid = cu_spawn("snapshot", (const char *const[]){dir, cycle_s, NULL});
         usleep((useconds_t)(150000 + rand() % 600000));
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
