@@ -28,5 +28,6 @@ int cu_child_main(int argc, char **argv);
 int crash_child_main(int argc, char **argv);
 int snapshot_child_main(int argc, char **argv);
 int ids_power_loss_child_main(int argc, char **argv);
+int engine_life_child_main(int argc, char **argv);
 
 #endif

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "child_util.h"
 #include "engine_util.h"
 #include "os.h"
 
@@ -624,30 +625,39 @@ Test(engine, requests_queued_during_a_checkpoint_are_taken_right_after_it)
  * checkpoint with "Resource temporarily unavailable" — a shard lost to
  * crashes.  A start must wait for the merges instead.  Each life here is
  * a child killed right after its writes are durable. */
+/* One life (child_util.h: DIR LIFE): start, three durable earns, killed. */
+int engine_life_child_main(int argc, char **argv)
+{
+    if (argc != 2)
+        return 2;
+    const char *dir = argv[0];
+    int life = atoi(argv[1]);
+    tally_options o = {.dir = dir, .shards = 1, .log = eu_log, .state_map_bytes = 1ull << 30,
+                       .segment_bytes = 1u << 20};
+    tally *t;
+    int rc = tally_open(&o, &t);
+    if (rc < 0) {
+        fprintf(stderr, "start %d: %s\n", life, tally_strerror(rc));
+        return 3;
+    }
+    for (int i = 0; i < 3; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "l%d-%d", life, i);
+        if (eu_earn(t, 5, 1 + (uint64_t)i, 1, id, NULL) != 0)
+            return 4;
+    }
+    raise(SIGKILL);
+    return 5;
+}
+
 Test(engine, a_start_after_many_killed_lives_waits_for_merges_instead_of_failing, .timeout = 300)
 {
     char dir[64];
     eu_tmpdir(dir, "lives");
     for (int life = 0; life < 70; life++) {
-        pid_t pid = fork();
-        cr_assert_geq(pid, 0);
-        if (pid == 0) {
-            tally_options o = {.dir = dir, .shards = 1, .log = eu_log,
-                               .state_map_bytes = 1ull << 30, .segment_bytes = 1u << 20};
-            tally *t;
-            int rc = tally_open(&o, &t);
-            if (rc < 0) {
-                fprintf(stderr, "start %d: %s\n", life, tally_strerror(rc));
-                _exit(3);
-            }
-            for (int i = 0; i < 3; i++) {
-                char id[32];
-                snprintf(id, sizeof(id), "l%d-%d", life, i);
-                if (eu_earn(t, 5, 1 + (uint64_t)i, 1, id, NULL) != 0)
-                    _exit(4);
-            }
-            raise(SIGKILL);
-        }
+        char life_s[16];
+        snprintf(life_s, sizeof(life_s), "%d", life);
+        pid_t pid = cu_spawn("engine-life", (const char *const[]){dir, life_s, NULL});
         int st;
         cr_assert_eq(waitpid(pid, &st, 0), pid);
         cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "life %d ended with %d", life,
