@@ -212,6 +212,15 @@ static uint64_t shard_mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Wakes the shard thread (its inbox eventfd): a request came, a helper
+ * finished.  Any thread. */
+static void shard_wake(shard *s)
+{
+    uint64_t one = 1;
+    ssize_t w = write(s->wake_fd, &one, sizeof(one));
+    (void)w;
+}
+
 /* One observation: the shard thread is the only writer, readers take
  * each field as it is. */
 static void shard_hist_add(shard_hist *h, uint64_t v)
@@ -922,9 +931,7 @@ static void *shard_snap_main(void *arg)
     s->snap_rc = snapshot_write(ledger_state(s->ledger), ledger_ids(s->ledger), os, dir,
                                 s->opts.index, &s->snap_info);
     atomic_store(&s->snap_done, 1);
-    uint64_t one = 1;
-    ssize_t w = write(s->wake_fd, &one, sizeof(one)); /* wake the shard thread */
-    (void)w;
+    shard_wake(s);
     return NULL;
 }
 
@@ -1071,9 +1078,7 @@ static void *shard_verify_main(void *arg)
     ledger_close(view);
     r->res.status = rc;
     atomic_store(&s->verify_done, 1);
-    uint64_t one = 1;
-    ssize_t w = write(s->wake_fd, &one, sizeof(one)); /* wake the shard thread */
-    (void)w;
+    shard_wake(s);
     return NULL;
 }
 
@@ -1322,9 +1327,7 @@ static void shard_ckpt_done(void *ctx)
         atomic_store(&s->ckpt_written_bytes, written - seen);
         seen = written;
     }
-    uint64_t one = 1;
-    ssize_t w = write(s->wake_fd, &one, sizeof(one));
-    (void)w;
+    shard_wake(s);
 }
 
 /* Sets aside the changes of every record up to seq as a checkpoint. */
@@ -1858,9 +1861,7 @@ void shard_close(shard *s)
     s->closing = true;
     pthread_mutex_unlock(&s->inbox_lock);
     if (s->thread_started) {
-        uint64_t one = 1;
-        ssize_t w = write(s->wake_fd, &one, sizeof(one));
-        (void)w;
+        shard_wake(s);
         pthread_join(s->thread, NULL);
     }
     if (s->ring)
@@ -1896,11 +1897,8 @@ void shard_submit(shard *s, tally_request *req)
     bool was_empty = s->inbox.head == NULL;
     shard_list_push(&s->inbox, req);
     pthread_mutex_unlock(&s->inbox_lock);
-    if (was_empty) {
-        uint64_t one = 1;
-        ssize_t w = write(s->wake_fd, &one, sizeof(one));
-        (void)w;
-    }
+    if (was_empty)
+        shard_wake(s);
 }
 
 int shard_call_offline(shard *s, tally_request *req)
@@ -1953,13 +1951,6 @@ void shard_stats(shard *s, tally_shard_stats *out)
 int shard_status(shard *s) { return atomic_load(&s->status); }
 
 /* ---- cluster mode: the replication module's handles ----------------------- */
-
-static void shard_wake(shard *s)
-{
-    uint64_t one = 1;
-    ssize_t w = write(s->wake_fd, &one, sizeof(one));
-    (void)w; /* a full eventfd counter still wakes the thread */
-}
 
 static void shard_max(_Atomic uint64_t *v, uint64_t seq)
 {

@@ -241,6 +241,21 @@ static void vt_tool_fault(const char *dir, const char *const *names)
         cr_assert_not_null(strstr(out, names[i]), "tally verify names %s: %s", names[i], out);
 }
 
+/* Shard 0 is damaged, shard 1 is not: VERIFY and VERIFY m0 name the
+ * fault, VERIFY m1 answers +OK; then (tallyd stopped) the tool names it. */
+static void vt_faults_named(redisContext *c, uint64_t m0, uint64_t m1, const char *const *names)
+{
+    char cmd[64];
+    vt_reply_fault(c, "VERIFY", names);
+    snprintf(cmd, sizeof(cmd), "VERIFY %llu", (unsigned long long)m0);
+    vt_reply_fault(c, cmd, names);
+    snprintf(cmd, sizeof(cmd), "VERIFY %llu", (unsigned long long)m1);
+    vt_reply_ok(c, cmd);
+    redisFree(c);
+    td_stop(&vt_td);
+    vt_tool_fault(vt_td.dir, names);
+}
+
 /* Two shards, each with a merchant and its entries; tallyd is stopped
  * cleanly (a final checkpoint: the next start scans no old segment). */
 static void vt_two_shards(uint64_t *m0, uint64_t *m1)
@@ -288,15 +303,7 @@ Test(verify, a_damaged_record_is_named_by_verify_verify_m_and_the_tool, .timeout
     cr_assert_eq(r->type, REDIS_REPLY_ARRAY, "shard 0 opened and serves: %s", r->str);
     freeReplyObject(r);
     const char *const names[] = {"shard 0", "log check failed", NULL};
-    char cmd[64];
-    vt_reply_fault(c, "VERIFY", names);
-    snprintf(cmd, sizeof(cmd), "VERIFY %llu", (unsigned long long)m0);
-    vt_reply_fault(c, cmd, names);
-    snprintf(cmd, sizeof(cmd), "VERIFY %llu", (unsigned long long)m1);
-    vt_reply_ok(c, cmd); /* the other shard is sound */
-    redisFree(c);
-    td_stop(&vt_td);
-    vt_tool_fault(vt_td.dir, names);
+    vt_faults_named(c, m0, m1, names);
 }
 
 /* A flipped bit in every copy of one account's value in shard 0's LMDB
@@ -313,13 +320,5 @@ Test(verify, a_damaged_state_value_is_named_by_verify_verify_m_and_the_tool, .ti
     td_start(&vt_td, NULL);
     redisContext *c = td_connect(&vt_td);
     const char *const names[] = {"checksum mismatch", "accounts", NULL};
-    char cmd[64];
-    vt_reply_fault(c, "VERIFY", names);
-    snprintf(cmd, sizeof(cmd), "VERIFY %llu", (unsigned long long)m0);
-    vt_reply_fault(c, cmd, names);
-    snprintf(cmd, sizeof(cmd), "VERIFY %llu", (unsigned long long)m1);
-    vt_reply_ok(c, cmd);
-    redisFree(c);
-    td_stop(&vt_td);
-    vt_tool_fault(vt_td.dir, names);
+    vt_faults_named(c, m0, m1, names);
 }
