@@ -196,6 +196,106 @@ Test(command, hold_capture_void_follow_the_hold_lifecycle, .init = up, .fini = d
     freeReplyObject(b2);
 }
 
+/* The month rows of LIABILITY m as "YYYY-MM=points;..." for comparison. */
+static void liability_text(int merchant, char *out, size_t cap)
+{
+    redisReply *l = td_cmd(rc, "LIABILITY %d", merchant);
+    cr_assert_eq(l->type, REDIS_REPLY_ARRAY);
+    size_t n = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < l->elements; i++)
+        n += (size_t)snprintf(out + n, n < cap ? cap - n : 0, "%s=%lld;",
+                              l->element[i]->element[0]->str,
+                              l->element[i]->element[1]->integer);
+    freeReplyObject(l);
+}
+
+Test(command, transfer_moves_lots_with_their_expiries_and_changes_no_total, .init = up,
+     .fini = down)
+{
+    /* 2030-01-15 and 2030-03-01, UTC; a pending lot; a never-expiring one. */
+    long long soon = 1894665600, later = 1898553600, avail = now_s() + 3600;
+    freeReplyObject(entry_cmd("EARN 8 1 100 t1 EXPIRES %lld", soon));
+    freeReplyObject(entry_cmd("EARN 8 1 40 t2 EXPIRES %lld", later));
+    freeReplyObject(entry_cmd("EARN 8 1 25 t3"));
+    freeReplyObject(entry_cmd("EARN 8 1 60 t4 AVAILABLE_AT %lld EXPIRES %lld", avail, later));
+    redisReply *m0 = td_cmd(rc, "MERCHANT 8");
+    char liab0[256], liab[256];
+    liability_text(8, liab0, sizeof(liab0));
+
+    /* 120 points: all of the soonest lot, then 20 of the next. */
+    redisReply *x = entry_cmd("TRANSFER 8 1 2 120 gift-1 MEMO %s", "for mum");
+    cr_assert_str_eq(str_field(x, "kind"), "transfer");
+    cr_assert_eq(td_int_field(x, "points"), -120);
+    cr_assert_eq(td_int_field(x, "amount"), 120);
+    cr_assert_eq(td_int_field(x, "balance"), 45);
+    cr_assert_eq(td_int_field(x, "pending"), 60);
+    cr_assert_str_eq(str_field(x, "ref"), "~to:gift-1");
+    redisReply *to = entry_cmd("ENTRY 8 ~to:gift-1");
+    cr_assert_str_eq(str_field(to, "kind"), "transfer");
+    cr_assert_eq(td_int_field(to, "account"), 2);
+    cr_assert_eq(td_int_field(to, "points"), 120);
+    cr_assert_eq(td_int_field(to, "balance"), 120);
+    cr_assert_str_eq(str_field(to, "ref"), "gift-1");
+    cr_assert_str_eq(str_field(to, "memo"), "for mum");
+    cr_assert_eq(td_int_field(to, "seq"), td_int_field(x, "seq") + 1, "one batch, adjacent");
+    redisReply *b2 = td_cmd(rc, "BALANCE 8 2");
+    cr_assert_eq(td_int_field(b2, "available"), 120);
+    cr_assert_eq(td_int_field(b2, "next_expiry"), soon, "the lots keep their expiries");
+    cr_assert_eq(td_int_field(b2, "expiring"), 100);
+    cr_assert_eq(td_int_field(b2, "earned"), 0, "a transfer is not an earn");
+    freeReplyObject(b2);
+
+    /* Totals do not move: outstanding, earned, redeemed, liability by month. */
+    redisReply *m1 = td_cmd(rc, "MERCHANT 8");
+    cr_assert_eq(td_int_field(m1, "outstanding"), td_int_field(m0, "outstanding"));
+    cr_assert_eq(td_int_field(m1, "earned"), td_int_field(m0, "earned"));
+    cr_assert_eq(td_int_field(m1, "redeemed"), td_int_field(m0, "redeemed"));
+    cr_assert_eq(td_int_field(m1, "entries"), td_int_field(m0, "entries") + 2);
+    cr_assert_eq(td_int_field(m1, "accounts"), td_int_field(m0, "accounts") + 1);
+    liability_text(8, liab, sizeof(liab));
+    cr_assert_str_eq(liab, liab0);
+
+    /* A retry answers the same entry; another request under the id conflicts. */
+    redisReply *again = entry_cmd("TRANSFER 8 1 2 120 gift-1 MEMO %s", "for mum");
+    cr_assert_eq(td_int_field(again, "seq"), td_int_field(x, "seq"));
+    cr_assert_eq(td_int_field(again, "ts"), td_int_field(x, "ts"));
+    expect_error("CONFLICT", "TRANSFER 8 1 2 121 gift-1 MEMO %s", "for mum");
+    /* A refusal is remembered, even once the sender could pay. */
+    expect_error("INSUFFICIENT", "TRANSFER 8 1 2 500 gift-2");
+    freeReplyObject(entry_cmd("EARN 8 1 1000 t5"));
+    expect_error("INSUFFICIENT", "TRANSFER 8 1 2 500 gift-2");
+    freeReplyObject(entry_cmd("REDEEM 8 1 1000 t6"));
+    expect_error("INVALID", "TRANSFER 8 1 1 5 self");
+    expect_error("INVALID", "REVERSE 8 gift-1 undo-gift-1");
+
+    /* ALL is refused while the sender has an open hold, then moves every
+     * available and pending lot. */
+    freeReplyObject(entry_cmd("HOLD 8 1 10 h1"));
+    expect_error("INVALID", "TRANSFER 8 1 3 ALL swap-1");
+    freeReplyObject(entry_cmd("VOID 8 h1 h1-void"));
+    liability_text(8, liab0, sizeof(liab0));
+    redisReply *all = entry_cmd("TRANSFER 8 1 3 ALL swap-2");
+    cr_assert_eq(td_int_field(all, "points"), -45);
+    cr_assert_eq(td_int_field(all, "amount"), 105, "available and pending");
+    cr_assert_eq(td_int_field(all, "balance"), 0);
+    cr_assert_eq(td_int_field(all, "pending"), 0);
+    redisReply *b1 = td_cmd(rc, "BALANCE 8 1"), *b3 = td_cmd(rc, "BALANCE 8 3");
+    cr_assert_eq(td_int_field(b1, "available") + td_int_field(b1, "pending"), 0);
+    cr_assert_eq(td_int_field(b3, "available"), 45);
+    cr_assert_eq(td_int_field(b3, "pending"), 60, "pending lots keep AVAILABLE_AT");
+    liability_text(8, liab, sizeof(liab));
+    cr_assert_str_eq(liab, liab0);
+    freeReplyObject(b1);
+    freeReplyObject(b3);
+    freeReplyObject(all);
+    freeReplyObject(x);
+    freeReplyObject(to);
+    freeReplyObject(again);
+    freeReplyObject(m0);
+    freeReplyObject(m1);
+}
+
 Test(command, reverse_claws_back_earns_and_refunds_redeems_up_to_the_original, .init = up,
      .fini = down)
 {

@@ -440,13 +440,40 @@ static int audit_write(tally_request *r)
     return rc;
 }
 
+/* What a transfer must leave as it was: merchant 1's totals and its
+ * liability by month, as one comparable text. */
+static void audit_totals(char *out, size_t cap)
+{
+    tally_request r;
+    eu_read(&r, TALLY_OP_MERCHANT, 1, 0);
+    cr_assert_eq(tally_call(t, &r), 0);
+    const tally_merchant *m = &r.res.merchant;
+    size_t n = (size_t)snprintf(out, cap, "outstanding %lld earned %lld redeemed %lld expired %lld|",
+                                (long long)m->outstanding, (long long)m->earned,
+                                (long long)m->redeemed, (long long)m->expired);
+    tally_result_free(&r.res);
+    eu_read(&r, TALLY_OP_LIABILITY, 1, 0);
+    cr_assert_eq(tally_call(t, &r), 0);
+    for (uint32_t i = 0; i < r.res.rows_count && n < cap; i++)
+        n += (size_t)snprintf(out + n, cap - n, "%d-%d=%lld;", r.res.rows[i].year,
+                              r.res.rows[i].month, (long long)r.res.rows[i].points);
+    tally_result_free(&r.res);
+}
+
+static uint64_t audit_last_seq(void)
+{
+    tally_shard_stats st;
+    cr_assert_eq(tally_shard_stats_get(t, 0, &st), 0);
+    return st.seq;
+}
+
 Test(ledger, every_change_of_available_held_and_pending_is_an_entry_that_says_it,
      .init = up, .fini = down, .timeout = 300)
 {
     enum { ACCOUNTS = 5, STEPS = 4000 };
     unsigned seed = 424242;
     char id[32], ref[32];
-    int ids = 0;
+    int ids = 0, transfers_checked = 0;
     for (int step = 0; step < STEPS; step++) {
         uint64_t a = 1 + (uint64_t)(rand_r(&seed) % ACCOUNTS);
         int what = rand_r(&seed) % 100;
@@ -500,11 +527,36 @@ Test(ledger, every_change_of_available_held_and_pending_is_an_entry_that_says_it
             advance_s(1 + (uint64_t)(rand_r(&seed) % 120));
             continue;
         }
+        /* Σ balances and liability by month are unchanged by a transfer:
+         * compared where nothing else (the sweep, an expiry due first) was
+         * written between the two readings. */
+        bool transfer = r.op == TALLY_OP_TRANSFER;
+        char before[512], after[512];
+        uint64_t seq0 = 0;
+        tally_request retry = r;
+        if (transfer) {
+            seq0 = audit_last_seq();
+            audit_totals(before, sizeof(before));
+        }
         int rc = audit_write(&r);
         cr_assert(rc == 0 || rc == TALLY_EINSUFFICIENT || rc == TALLY_EINVALID ||
                       rc == TALLY_ENOTFOUND,
                   "step %d: %s", step, tally_strerror(rc));
+        if (transfer) {
+            audit_totals(after, sizeof(after));
+            if (rc == 0 && audit_last_seq() == seq0 + 2) {
+                cr_assert_str_eq(after, before, "step %d: a transfer changed the totals: %s -> %s",
+                                 step, before, after);
+                transfers_checked++;
+            }
+            /* Idempotency and remembered refusals, as for every write. */
+            int again = audit_write(&retry);
+            cr_assert_eq(again, rc, "step %d: a retried transfer answered %s, first %s", step,
+                         tally_strerror(again), tally_strerror(rc));
+        }
     }
+    cr_log_info("audit: %d transfers left the totals and liability as they were", transfers_checked);
+    cr_assert_gt(transfers_checked, 50, "transfers whose totals were compared");
     /* Everything due is written before a write to the account: one each. */
     advance_s(4000);
     for (uint64_t a = 1; a <= ACCOUNTS; a++) {

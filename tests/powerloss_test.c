@@ -325,6 +325,8 @@ typedef struct pl_ack {
  * segment boundary: rollovers happen under the crash points too. */
 #define PL_OPS_PER_THREAD 150
 
+static int pl_transfer_pairs; /* transfers found whole, over every crash point */
+
 typedef struct pl_worker {
     tally *t;
     int thread;
@@ -341,8 +343,13 @@ static void *pl_worker_main(void *arg)
         char id[32];
         snprintf(id, sizeof(id), "w%d-%d", w->thread, i);
         uint64_t m = 1 + (uint64_t)(i + w->thread) % 3;
-        eu_write(&r, i % 4 == 3 ? TALLY_OP_REDEEM : TALLY_OP_EARN, m, 1 + (uint64_t)i % 5,
-                 1 + i % 20, id);
+        if (i % 6 == 5) { /* two entries that must land both or neither */
+            eu_write(&r, TALLY_OP_TRANSFER, m, 1 + (uint64_t)i % 5, 1 + i % 3, id);
+            r.account2 = 1 + (uint64_t)(i + 1) % 5;
+        } else {
+            eu_write(&r, i % 4 == 3 ? TALLY_OP_REDEEM : TALLY_OP_EARN, m, 1 + (uint64_t)i % 5,
+                     1 + i % 20, id);
+        }
         r.flags |= TALLY_REQ_MEMO;
         r.memo_len = 120;
         memset(r.memo, 'a' + i % 26, r.memo_len);
@@ -401,6 +408,24 @@ static bool pl_run(uint32_t crash_at, unsigned seed, int *acked_out)
             cr_assert_eq(e.seq, ws[i].acks[k].seq);
             acked++;
         }
+    /* Every transfer tried, acknowledged or not: its two entries are both
+     * there or neither is. */
+    int pairs = 0;
+    for (int i = 0; i < PL_THREADS; i++)
+        for (int k = 5; k < PL_OPS_PER_THREAD; k += 6) {
+            char id[32], to[40];
+            snprintf(id, sizeof(id), "w%d-%d", i, k);
+            snprintf(to, sizeof(to), "~to:%s", id);
+            uint64_t m = 1 + (uint64_t)(k + i) % 3;
+            tally_entry e;
+            bool sender = eu_find(t, m, id, &e) == 1;
+            bool receiver = eu_find(t, m, to, NULL) == 1;
+            cr_assert_eq(sender, receiver, "crash point %u: transfer %s: sender's entry %s, "
+                         "receiver's %s", crash_at, id, sender ? "kept" : "gone",
+                         receiver ? "kept" : "gone");
+            pairs += sender;
+        }
+    pl_transfer_pairs += pairs;
     tally_close(t);
     if (finished) {
         /* The whole workload ran: it must have crossed segment boundaries,
@@ -423,7 +448,7 @@ static bool pl_run(uint32_t crash_at, unsigned seed, int *acked_out)
 }
 
 Test(powerloss, every_crash_point_of_a_scripted_workload_recovers_every_acknowledged_entry,
-     .timeout = 300)
+     .timeout = 900)
 {
     int acked = 0, points = 0;
     uint32_t step = getenv("TALLY_POWERLOSS_STEP") ? (uint32_t)atoi(getenv("TALLY_POWERLOSS_STEP"))
@@ -436,5 +461,7 @@ Test(powerloss, every_crash_point_of_a_scripted_workload_recovers_every_acknowle
     cr_assert_gt(points, 3, "the workload needed several I/O completions");
     cr_assert_gt(acked, PL_THREADS * PL_OPS_PER_THREAD / 2,
                  "the last run (no crash) acknowledged its writes");
-    cr_log_info("powerloss: %d crash points checked", points);
+    cr_assert_gt(pl_transfer_pairs, 0, "transfers were kept whole somewhere");
+    cr_log_info("powerloss: %d crash points checked, %d transfers found whole", points,
+                pl_transfer_pairs);
 }
