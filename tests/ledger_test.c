@@ -64,12 +64,15 @@ static int earn_exp(uint64_t a, int64_t pts, const char *id, uint64_t expires)
     return rc;
 }
 
+/* timeout_s 0: no TIMEOUT given (the default applies). */
 static int hold(uint64_t a, int64_t pts, const char *id, uint64_t timeout_s)
 {
     tally_request r;
     eu_write(&r, TALLY_OP_HOLD, 1, a, pts, id);
-    r.timeout_s = timeout_s;
-    r.flags |= TALLY_REQ_TIMEOUT;
+    if (timeout_s) {
+        r.timeout_s = timeout_s;
+        r.flags |= TALLY_REQ_TIMEOUT;
+    }
     int rc = tally_call(t, &r);
     tally_result_free(&r.res);
     return rc;
@@ -149,6 +152,24 @@ Test(ledger, an_unresolved_hold_is_voided_at_its_timeout_into_its_original_lots,
     cr_assert_eq(by_ref(TALLY_OP_CAPTURE, "h1", "c1", NULL), TALLY_EINVALID, "closed hold");
     b = balance(2);
     cr_assert_eq(b.expiring, 100, "back in the lot with its original expiry");
+}
+
+Test(ledger, a_hold_without_timeout_is_voided_after_the_default_900_seconds, .init = up,
+     .fini = down)
+{
+    cr_assert_eq(earn_exp(4, 100, "e1", 0), 0);
+    cr_assert_eq(hold(4, 70, "h1", 0), 0);
+    advance_s(899);
+    tally_balance b = balance(4);
+    cr_assert_eq(b.held, 70, "still held at 899 s");
+    cr_assert_eq(eu_find(t, 1, "~void:h1", NULL), 0);
+    advance_s(2);
+    b = balance(4);
+    cr_assert_eq(b.held, 0, "released at 901 s");
+    cr_assert_eq(b.available, 100);
+    tally_entry v = wait_entry("~void:h1");
+    cr_assert_eq(v.points, 70);
+    cr_assert_eq(by_ref(TALLY_OP_CAPTURE, "h1", "c1", NULL), TALLY_EINVALID, "closed hold");
 }
 
 Test(ledger, a_write_settles_the_accounts_due_entries_before_itself, .init = up, .fini = down)

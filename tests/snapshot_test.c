@@ -507,6 +507,48 @@ int snapshot_child_main(int argc, char **argv)
     }
 }
 
+static uint64_t snap_clock_ms;
+static uint64_t snap_clock(void *ctx)
+{
+    (void)ctx;
+    return __atomic_load_n(&snap_clock_ms, __ATOMIC_SEQ_CST);
+}
+
+static uint64_t snapshots_of(tally *t)
+{
+    tally_shard_stats st;
+    cr_assert_eq(tally_shard_stats_get(t, 0, &st), 0);
+    return st.snapshots;
+}
+
+/* --snapshot-every 1m: on the engine's clock, which the test moves. */
+Test(snapshot, the_periodic_policy_takes_snapshots_by_time)
+{
+    char dir[64];
+    eu_tmpdir(dir, "snap");
+    snap_clock_ms = 1700000000000ull;
+    tally_options o = {.dir = dir, .shards = 1, .log = eu_log, .segment_bytes = 64u << 10,
+                       .state_map_bytes = 1ull << 30, .snapshot_every_ms = 60000,
+                       .clock = snap_clock};
+    tally *t;
+    cr_assert_eq(tally_open(&o, &t), 0);
+    write_batch(t, 0, 50);
+    __atomic_add_fetch(&snap_clock_ms, 30000, __ATOMIC_SEQ_CST);
+    write_batch(t, 50, 100);
+    usleep(1500000); /* a sweep turn or more: the policy is looked at */
+    cr_assert_eq(snapshots_of(t), 0, "none before a minute has passed");
+    for (int round = 1; round <= 2; round++) {
+        __atomic_add_fetch(&snap_clock_ms, 31000 + 30000 * (round - 1), __ATOMIC_SEQ_CST);
+        write_batch(t, 100 * round, 100 * round + 10);
+        for (int i = 0; i < 1000 && snapshots_of(t) < (uint64_t)round; i++)
+            usleep(10000);
+        cr_assert_eq(snapshots_of(t), (uint64_t)round, "one snapshot after minute %d", round);
+    }
+    tally_close(t);
+    verify_offline(dir);
+    eu_rmrf(dir);
+}
+
 Test(snapshot, kill_9_during_snapshots_leaves_the_old_or_the_new_never_a_half_one,
      .timeout = 240)
 {
