@@ -1217,7 +1217,10 @@ static bool shard_apply(shard *s, tally_request *r)
     if (r->op == TALLY_OP_VERIFY) {
         /* Answered by the helper, once what came before is checkpointed. */
         shard_list_push(&s->verify_waiting, r);
-        s->verify_min_seq = log_last_seq(s->log);
+        /* In a cluster no checkpoint passes the commit seq: wait for no
+         * more than that, or a group without a replica never verifies. */
+        uint64_t last = log_last_seq(s->log), cap = shard_cap(s);
+        s->verify_min_seq = last < cap ? last : cap;
         return true;
     }
     if (s->opts.replica && atomic_load(&s->leads))
