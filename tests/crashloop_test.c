@@ -100,9 +100,15 @@ Test(crashloop, kill_9_of_a_loaded_tallyd_at_random_moments_loses_no_acknowledge
         td_start(t, args);
         if (c > 0) {
             fu_book_check(t, &crash_book, streams_from, &chk);
-            char when[32];
-            snprintf(when, sizeof(when), "after kill %d", c);
-            fu_verify_ok(t, when);
+            /* VERIFY scans every shard's whole log: after every kill it
+             * made the loop quadratic (~20 s a cycle past 20M records).
+             * Damage it would find stays, so every 25th kill and the last
+             * see it; tally verify checks state == replay at the end. */
+            if (c % 25 == 0 || c == cycles) {
+                char when[32];
+                snprintf(when, sizeof(when), "after kill %d", c);
+                fu_verify_ok(t, when);
+            }
         }
         if (c == cycles)
             break;
