@@ -94,9 +94,15 @@ static void pl_note_flush(int fd)
     pl.unflushed_count = k;
 }
 
-/* A file's unflushed bytes follow it to its new name. */
-static void pl_ranges_move(const char *from, const char *to)
+/* A renamed (or unlinked, so moved aside) file: its open descriptors and
+ * its unflushed bytes follow it to its new name. */
+static void pl_file_moved(const char *from, const char *to)
 {
+    for (int i = 0; i < PL_FDS; i++)
+        if (pl.paths[i] && strcmp(pl.paths[i], from) == 0) {
+            free(pl.paths[i]);
+            pl.paths[i] = strdup(to);
+        }
     for (uint32_t i = 0; i < pl.unflushed_count; i++)
         if (strcmp(pl.unflushed[i].path, from) == 0)
             snprintf(pl.unflushed[i].path, sizeof(pl.unflushed[i].path), "%s", to);
@@ -164,13 +170,8 @@ static int pl_rename(void *ctx, const char *from, const char *to)
     }
     cr_assert_neq(access(to, F_OK), 0, "the seam models renames onto new names only: %s", to);
     int rc = o->rename(o->ctx, from, to);
-    for (int i = 0; rc == 0 && i < PL_FDS; i++)
-        if (pl.paths[i] && strcmp(pl.paths[i], from) == 0) {
-            free(pl.paths[i]);
-            pl.paths[i] = strdup(to);
-        }
     if (rc == 0) {
-        pl_ranges_move(from, to);
+        pl_file_moved(from, to);
         pl_note_dirop(PL_RENAME, from, to);
     }
     pthread_mutex_unlock(&pl.lock);
@@ -191,12 +192,7 @@ static int pl_unlink(void *ctx, const char *path)
     snprintf(held, sizeof(held), "%s/%u", pl.hold, pl.held++);
     int rc = rename(path, held) == 0 ? 0 : -errno;
     if (rc == 0) {
-        pl_ranges_move(path, held);
-        for (int i = 0; i < PL_FDS; i++)
-            if (pl.paths[i] && strcmp(pl.paths[i], path) == 0) {
-                free(pl.paths[i]);
-                pl.paths[i] = strdup(held);
-            }
+        pl_file_moved(path, held);
         pl_note_dirop(PL_UNLINK, path, held);
     }
     pthread_mutex_unlock(&pl.lock);
