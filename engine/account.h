@@ -108,6 +108,9 @@ typedef struct account_pos {
 /* Frees the buffers of an account (never loaded is fine). */
 void account_free(account *ac);
 
+/* Asks the CPU for what account_load(st, m, a) reads first. */
+void account_prefetch(const state *st, uint64_t m, uint64_t a);
+
 /* Loads (m, a) into ac (an absent account loads empty, exists false).
  * Errors: TALLY_ECORRUPT (a malformed value), state errors. */
 int account_load(state *st, uint64_t m, uint64_t a, account *ac);

@@ -1492,6 +1492,23 @@ int ids_get(ids *x, ids_key key, uint64_t *value)
     return IDS_ABSENT;
 }
 
+void ids_prefetch(const ids *x, ids_key key)
+{
+    /* The lines ids_get reads first for a key absent from every layer
+     * (the common case, a new id): the memtables' home slots and each
+     * run's filter line.  Each is a likely cache miss once the index
+     * outgrows the caches; asked for a few requests ahead, they overlap. */
+    const ids_table *t = &x->active;
+    __builtin_prefetch(&t->slots[ids_home(x->seed, key) & t->mask]);
+    if (x->has_frozen)
+        __builtin_prefetch(&x->frozen.slots[ids_home(x->seed, key) & x->frozen.mask]);
+    for (uint32_t i = 0; i < x->set_count; i++) {
+        const ids_run *r = x->set[i];
+        uint64_t j = ids_filter_line(key.hi, r->g.filter_lines);
+        __builtin_prefetch(r->map + r->g.filter_off + j * IDS_FILTER_LINE_BYTES);
+    }
+}
+
 int ids_freeze(ids *x, uint64_t seq, bool force)
 {
     assert(!x->read_only);

@@ -230,6 +230,9 @@ int ids_put(ids *x, ids_key key, uint64_t value);
  * TALLY_ECORRUPT if a block or filter line it read fails its check or
  * contradicts the fences (ids_error() names the run file and block). */
 int ids_get(ids *x, ids_key key, uint64_t *value);
+/* Owner thread: asks the CPU for the memory ids_get(key) will read first
+ * (no effect on the index; for callers that know their next keys). */
+void ids_prefetch(const ids *x, ids_key key);
 
 /* Owner thread, at a checkpoint.  When the memtable holds >= flush_keys
  * keys (or force and it is not empty), it becomes the frozen memtable —

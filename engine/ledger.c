@@ -492,6 +492,16 @@ int ledger_retain_floor(ledger *l, uint64_t *seq)
 
 /* ---- execute, replay, convert ------------------------------------------------ */
 
+void ledger_prefetch(const ledger *l, const tally_request *q)
+{
+    if (!tally_op_is_write(q->op))
+        return;
+    if (q->id_len > 0)
+        ids_prefetch(l->ids, ids_key_of(q->merchant, q->id, q->id_len));
+    if (q->account != 0)
+        account_prefetch(l->st, q->merchant, q->account);
+}
+
 int ledger_execute(ledger *l, tally_request *q, uint64_t now_ms)
 {
     uint64_t ts = now_ms > l->last_ts_ms ? now_ms : l->last_ts_ms;

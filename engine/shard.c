@@ -57,6 +57,9 @@
 /* ---- constants ---------------------------------------------------------- */
 
 enum { SHARD_TAG_INBOX = 1, SHARD_TAG_BATCH = 2 };
+/* How many queued requests ahead of the one applied the pump asks the CPU
+ * for their id-index and account lines (ledger_prefetch). */
+#define SHARD_PREFETCH_AHEAD 8u
 /* Room kept free in the filling batch before executing a write: a write
  * may append engine entries (due expiries of its account) before its own. */
 #define SHARD_WRITE_ROOM_BYTES (256u << 10)
@@ -1407,10 +1410,16 @@ static void shard_take_inbox(shard *s)
 /* Applies queued requests to the filling batch while it takes them. */
 static void shard_apply_queued(shard *s)
 {
-    tally_request *r;
+    tally_request *r, *ahead = s->queued.head;
+    for (uint32_t i = 0; ahead && i < SHARD_PREFETCH_AHEAD; i++, ahead = ahead->next_)
+        ledger_prefetch(s->ledger, ahead);
     while ((r = s->queued.head) != NULL) {
         if (s->filling.count >= LIMIT_BATCH_ENTRIES_MAX / 2)
             break;
+        if (ahead) {
+            ledger_prefetch(s->ledger, ahead);
+            ahead = ahead->next_;
+        }
         shard_list_pop(&s->queued);
         if (!shard_apply(s, r)) {
             /* Batch full: put it back at the head and wait. */

@@ -828,6 +828,15 @@ static int state_lmdb_get(state *s, int table, const void *key, size_t key_len,
     return 0;
 }
 
+void state_prefetch(const state *s, int table, const void *key, size_t key_len)
+{
+    uint64_t h = state_hash(table, key, key_len);
+    const state_layer *ls[] = {s->active, s->frozen, s->clean};
+    for (size_t i = 0; i < sizeof(ls) / sizeof(ls[0]); i++)
+        if (ls[i])
+            __builtin_prefetch(&ls[i]->slots[(uint32_t)h & (ls[i]->cap - 1)]);
+}
+
 int state_get(state *s, int table, const void *key, size_t key_len, const void **val,
               size_t *val_len)
 {

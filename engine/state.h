@@ -107,6 +107,9 @@ int state_commit_wait(state *s);
 /* Bytes the active layer holds (for backpressure). */
 size_t state_active_bytes(const state *s);
 
+/* Asks the CPU for the layers' hash slots state_get(table, key) reads
+ * first (no effect on the state). */
+void state_prefetch(const state *s, int table, const void *key, size_t key_len);
 /* 0 and *val, *val_len; STATE_ABSENT. */
 int state_get(state *s, int table, const void *key, size_t key_len, const void **val,
               size_t *val_len);
