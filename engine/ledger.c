@@ -416,6 +416,12 @@ int ledger_checkpoint_freeze(ledger *l, uint64_t seq)
     return 0;
 }
 
+bool ledger_checkpoint_due(const ledger *l)
+{
+    return l->delta_records >= LIMIT_CHECKPOINT_ENTRIES_DEFAULT || ledger_ids_full(l, 1) ||
+           ledger_pending_bytes(l) >= LIMIT_STATE_PENDING_BYTES_MAX;
+}
+
 int ledger_checkpoint_paced(ledger *l, uint64_t seq)
 {
     if (ledger_checkpoint_frozen(l)) {
@@ -425,9 +431,7 @@ int ledger_checkpoint_paced(ledger *l, uint64_t seq)
         else if (rc < 0)
             return rc;
     }
-    bool due = l->delta_records >= LIMIT_CHECKPOINT_ENTRIES_DEFAULT || ledger_ids_full(l, 1) ||
-               ledger_pending_bytes(l) >= LIMIT_STATE_PENDING_BYTES_MAX;
-    if (!due || seq <= l->checkpoint_seq)
+    if (!ledger_checkpoint_due(l) || seq <= l->checkpoint_seq)
         return 0;
     if (ledger_checkpoint_frozen(l)) {
         if (!ledger_ids_full(l, 4) && ledger_pending_bytes(l) < 2 * LIMIT_STATE_PENDING_BYTES_MAX)
@@ -492,14 +496,13 @@ int ledger_retain_floor(ledger *l, uint64_t *seq)
 
 /* ---- execute, replay, convert ------------------------------------------------ */
 
-void ledger_prefetch(const ledger *l, const tally_request *q)
+void ledger_prefetch(const ledger *l, uint64_t merchant, uint64_t acct, const char *id,
+                     size_t id_len)
 {
-    if (!tally_op_is_write(q->op))
-        return;
-    if (q->id_len > 0)
-        ids_prefetch(l->ids, ids_key_of(q->merchant, q->id, q->id_len));
-    if (q->account != 0)
-        account_prefetch(l->st, q->merchant, q->account);
+    if (id_len > 0)
+        ids_prefetch(l->ids, ids_key_of(merchant, id, id_len));
+    if (acct != 0)
+        account_prefetch(l->st, merchant, acct);
 }
 
 int ledger_execute(ledger *l, tally_request *q, uint64_t now_ms)

@@ -78,10 +78,12 @@ uint64_t ledger_ids_seq(const ledger *l);
  * append failed, state error), or TALLY_ETOOBIG: the batch is full (the
  * request was not applied; retry it in the next batch). */
 int ledger_execute(ledger *l, tally_request *req, uint64_t now_ms);
-/* Asks the CPU for the memory ledger_execute(req) will read first (its id
- * in the id index, its account in the state): called a few requests ahead
- * of ledger_execute, the cache misses of consecutive requests overlap. */
-void ledger_prefetch(const ledger *l, const tally_request *req);
+/* Asks the CPU for the memory a write of (merchant, account, id) reads
+ * first (the id in the id index, the account in the state): called a few
+ * writes ahead of ledger_execute or ledger_import, the cache misses of
+ * consecutive writes overlap.  No effect on the ledger. */
+void ledger_prefetch(const ledger *l, uint64_t merchant, uint64_t account, const char *id,
+                     size_t id_len);
 
 /* Where a replay gets the records after the one it was handed (the
  * allocation parts and group members that one write produced). */
@@ -124,6 +126,8 @@ int ledger_checkpoint(ledger *l, uint64_t seq);
  * and memory is past twice the limits, does it wait.  Installs finished
  * commits and merges.  0 or a failure. */
 int ledger_checkpoint_paced(ledger *l, uint64_t seq);
+/* Whether ledger_checkpoint_paced would start a checkpoint now. */
+bool ledger_checkpoint_due(const ledger *l);
 
 /* Asynchronous checkpoints (the shard thread).  ledger_checkpoint_freeze
  * sets aside everything executed so far as reflecting `seq` (-EBUSY while

@@ -1407,17 +1407,23 @@ static void shard_take_inbox(shard *s)
     pthread_mutex_unlock(&s->inbox_lock);
 }
 
+static void shard_prefetch(shard *s, const tally_request *r)
+{
+    if (tally_op_is_write(r->op))
+        ledger_prefetch(s->ledger, r->merchant, r->account, r->id, r->id_len);
+}
+
 /* Applies queued requests to the filling batch while it takes them. */
 static void shard_apply_queued(shard *s)
 {
     tally_request *r, *ahead = s->queued.head;
     for (uint32_t i = 0; ahead && i < SHARD_PREFETCH_AHEAD; i++, ahead = ahead->next_)
-        ledger_prefetch(s->ledger, ahead);
+        shard_prefetch(s, ahead);
     while ((r = s->queued.head) != NULL) {
         if (s->filling.count >= LIMIT_BATCH_ENTRIES_MAX / 2)
             break;
         if (ahead) {
-            ledger_prefetch(s->ledger, ahead);
+            shard_prefetch(s, ahead);
             ahead = ahead->next_;
         }
         shard_list_pop(&s->queued);

@@ -518,22 +518,51 @@ static int state_entry_cmp(const void *a, const void *b)
     return state_keycmp(x->key, x->key_len, y->key, y->key_len);
 }
 
+/* An object to sort with its key's first 16 bytes beside it (big-endian,
+ * zero-padded), so the sort compares in its own array and reads an
+ * object's key only when those are equal — not a cache miss per compare. */
+typedef struct state_sortkey {
+    uint64_t k0, k1;
+    const state_entry *e;
+} state_sortkey;
+
+static uint64_t state_key_word(const state_entry *e, size_t at)
+{
+    uint8_t b[8] = {0};
+    if (e->key_len > at)
+        memcpy(b, e->key + at, e->key_len - at < 8 ? e->key_len - at : 8);
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | b[i];
+    return v;
+}
+
+static int state_sortkey_cmp(const void *a, const void *b)
+{
+    const state_sortkey *x = a, *y = b;
+    if (x->k0 != y->k0)
+        return x->k0 < y->k0 ? -1 : 1;
+    if (x->k1 != y->k1)
+        return x->k1 < y->k1 ? -1 : 1;
+    return state_keycmp(x->e->key, x->e->key_len, y->e->key, y->e->key_len);
+}
+
 /* One table's objects of a layer, sorted by key (malloc'd; *n). */
-static int state_sorted(const state_layer *l, int t, state_entry ***out, size_t *n)
+static int state_sorted(const state_layer *l, int t, state_sortkey **out, size_t *n)
 {
     size_t count = l->table_count[t];
     *out = NULL;
     *n = 0;
     if (count == 0)
         return 0;
-    state_entry **v = malloc(count * sizeof(*v));
+    state_sortkey *v = malloc(count * sizeof(*v));
     if (!v)
         return -ENOMEM;
     size_t k = 0;
-    for (state_entry *e = l->lists[t]; e; e = e->next)
-        v[k++] = e;
+    for (const state_entry *e = l->lists[t]; e; e = e->next)
+        v[k++] = (state_sortkey){state_key_word(e, 0), state_key_word(e, 8), e};
     assert(k == count);
-    qsort(v, k, sizeof(*v), state_entry_cmp);
+    qsort(v, k, sizeof(*v), state_sortkey_cmp);
     *out = v;
     *n = k;
     return 0;
@@ -542,7 +571,7 @@ static int state_sorted(const state_layer *l, int t, state_entry ***out, size_t 
 /* Writes one table of a layer into txn, in key order. */
 static int state_write_table(state *s, MDB_txn *txn, const state_layer *l, int t)
 {
-    state_entry **v;
+    state_sortkey *v;
     size_t n;
     int rc = state_sorted(l, t, &v, &n);
     if (rc < 0)
@@ -565,7 +594,7 @@ static int state_write_table(state *s, MDB_txn *txn, const state_layer *l, int t
     }
     bool appending = state_append_only[t] && !have_last;
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        const state_entry *e = v[i];
+        const state_entry *e = v[i].e;
         if (e->tomb) {
             MDB_val k = {.mv_size = e->key_len, .mv_data = (void *)e->key};
             rc = mdb_del(txn, s->dbi[t], &k, NULL);
