@@ -362,11 +362,56 @@ static int shard_status_get(shard *s, char *msg, size_t cap)
     return st;
 }
 
-/* The records after a write's first one (its allocation parts, the other
- * entries of its group): the replay pulls them from the same iterator. */
-static int shard_src_next(void *ctx, record *r, log_loc *loc)
+/* A replay reads the log through a short queue of decoded records, so that
+ * the id-index and account lines of the records a few ahead are asked for
+ * (ledger_prefetch) before their turn: replay is cache misses in those
+ * hash tables, and this overlaps them. */
+#define SHARD_REPLAY_AHEAD 8u
+
+typedef struct shard_ahead {
+    log_iter *it;
+    const ledger *l;
+    uint64_t ids_only_to; /* records up to here replay their id alone */
+    record *ring;         /* SHARD_REPLAY_AHEAD records */
+    log_loc loc[SHARD_REPLAY_AHEAD];
+    uint32_t head, count;
+    int end;           /* 1 while the iterator has more; then its 0 or error */
+    uint64_t last_seq; /* of the last record handed out */
+} shard_ahead;
+
+static void shard_ahead_fill(shard_ahead *a)
 {
-    return log_iter_next(ctx, r, loc);
+    while (a->end == 1 && a->count < SHARD_REPLAY_AHEAD) {
+        uint32_t i = (a->head + a->count) % SHARD_REPLAY_AHEAD;
+        a->end = log_iter_next(a->it, &a->ring[i], &a->loc[i]);
+        if (a->end != 1)
+            break;
+        const record *r = &a->ring[i];
+        if (r->type != RECORD_ALLOC)
+            ledger_prefetch(a->l, r->merchant, r->seq <= a->ids_only_to ? 0 : r->account, r->id,
+                            r->id_len);
+        a->count++;
+    }
+}
+
+/* The next record: 1 and *r, *loc; 0 at the end; < 0 the iterator's error. */
+static int shard_ahead_next(void *ctx, record *r, log_loc *loc)
+{
+    shard_ahead *a = ctx;
+    shard_ahead_fill(a);
+    if (a->count == 0)
+        return a->end;
+    const record *q = &a->ring[a->head];
+    memcpy(r, q, offsetof(record, id));
+    memcpy(r->id, q->id, q->id_len);
+    memcpy(r->ref, q->ref, q->ref_len);
+    memcpy(r->memo, q->memo, q->memo_len);
+    memcpy(r->alloc, q->alloc, q->alloc_len);
+    *loc = a->loc[a->head];
+    a->last_seq = r->seq;
+    a->head = (a->head + 1) % SHARD_REPLAY_AHEAD;
+    a->count--;
+    return 1;
 }
 
 /* Replays the durable log into ledger l: ids only up to its checkpoint
@@ -385,19 +430,24 @@ static int shard_replay_into(shard *s, ledger *l, bool commit, const char *what,
     int rc = log_iter_init(s->log, from, &it);
     if (rc < 0)
         return rc;
-    ledger_src src = {shard_src_next, &it};
+    shard_ahead a = {.it = &it, .l = l, .ids_only_to = ckpt, .end = 1};
     record *r = malloc(sizeof(*r));
-    if (!r)
+    a.ring = malloc(SHARD_REPLAY_AHEAD * sizeof(*a.ring));
+    if (!r || !a.ring) {
+        free(r);
+        free(a.ring);
         return -ENOMEM;
+    }
+    ledger_src src = {shard_ahead_next, &a};
     log_loc loc;
     uint64_t n = 0, t0 = shard_mono_ns(), last_report = t0;
-    while ((rc = log_iter_next(&it, r, &loc)) == 1) {
+    while ((rc = shard_ahead_next(&a, r, &loc)) == 1) {
         rc = r->seq <= ckpt ? ledger_replay_ids(l, r) : ledger_replay(l, r, loc, &src);
         n++;
         /* Checkpoints on the committer thread while the replay goes on;
-         * only at a whole write (the iterator's last record). */
+         * only at a whole write (the last record handed out). */
         if (rc == 0 && commit && r->seq > ckpt && (n & 1023) == 0)
-            rc = ledger_checkpoint_paced(l, it.last_seq);
+            rc = ledger_checkpoint_paced(l, a.last_seq);
         if (rc < 0)
             break;
         if ((n & 0xffff) == 0 && shard_mono_ns() - last_report > 1000000000u) {
@@ -408,6 +458,7 @@ static int shard_replay_into(shard *s, ledger *l, bool commit, const char *what,
         }
     }
     free(r);
+    free(a.ring);
     if (rc < 0)
         return rc;
     if (n > 0)
