@@ -371,6 +371,15 @@ static int record_fields(const uint8_t *buf, uint32_t len, record *r)
     return RECORD_OK;
 }
 
+void record_copy(record *dst, const record *src)
+{
+    memcpy(dst, src, offsetof(record, id));
+    memcpy(dst->id, src->id, src->id_len);
+    memcpy(dst->ref, src->ref, src->ref_len);
+    memcpy(dst->memo, src->memo, src->memo_len);
+    memcpy(dst->alloc, src->alloc, src->alloc_len);
+}
+
 int record_decode(const uint8_t *buf, size_t avail, record *out, size_t *len_out,
                   uint64_t *checksum_out)
 {
@@ -385,11 +394,7 @@ int record_decode(const uint8_t *buf, size_t avail, record *out, size_t *len_out
     memset(&r, 0, offsetof(record, id));
     if (record_fields(buf, len, &r) != RECORD_OK || !record_encodable(&r))
         return RECORD_BAD;
-    memcpy(out, &r, offsetof(record, id));
-    memcpy(out->id, r.id, r.id_len);
-    memcpy(out->ref, r.ref, r.ref_len);
-    memcpy(out->memo, r.memo, r.memo_len);
-    memcpy(out->alloc, r.alloc, r.alloc_len);
+    record_copy(out, &r);
     *len_out = len;
     *checksum_out = sum;
     return RECORD_OK;

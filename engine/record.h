@@ -173,6 +173,10 @@ uint64_t record_encode(const record *r, uint8_t *out);
  * record_decode() would accept back. */
 bool record_encodable(const record *r);
 
+/* Copies a record's fields and the bytes its lengths use (a struct copy
+ * would move the whole id, ref, memo and allocation room). */
+void record_copy(record *dst, const record *src);
+
 /* Decodes the record at buf (avail bytes readable).  Checks len bounds and
  * alignment, field ranges, the allocation list and the checksum; does not
  * check the chain (compare out->prev yourself).  On RECORD_OK writes

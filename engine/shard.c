@@ -401,12 +401,7 @@ static int shard_ahead_next(void *ctx, record *r, log_loc *loc)
     shard_ahead_fill(a);
     if (a->count == 0)
         return a->end;
-    const record *q = &a->ring[a->head];
-    memcpy(r, q, offsetof(record, id));
-    memcpy(r->id, q->id, q->id_len);
-    memcpy(r->ref, q->ref, q->ref_len);
-    memcpy(r->memo, q->memo, q->memo_len);
-    memcpy(r->alloc, q->alloc, q->alloc_len);
+    record_copy(r, &a->ring[a->head]);
     *loc = a->loc[a->head];
     a->last_seq = r->seq;
     a->head = (a->head + 1) % SHARD_REPLAY_AHEAD;
