@@ -25,10 +25,18 @@
 
 static td src, dst;
 
+/* The files imp_path named, removed by imp_fini whatever the test did. */
+#define IMP_FILES_MAX 16
+static char imp_files_made[IMP_FILES_MAX][256];
+static int imp_files_count;
+
 static void imp_fini(void)
 {
     td_cleanup(&src);
     td_cleanup(&dst);
+    for (int i = 0; i < imp_files_count; i++)
+        unlink(imp_files_made[i]);
+    imp_files_count = 0;
 }
 
 #define imp_tool fu_tally_toolf
@@ -38,6 +46,11 @@ static void imp_fini(void)
 static void imp_path(const td *t, const char *name, char *out, size_t cap)
 {
     snprintf(out, cap, "%s.%s", t->dir, name);
+    for (int i = 0; i < imp_files_count; i++)
+        if (strcmp(imp_files_made[i], out) == 0)
+            return;
+    cr_assert_lt(imp_files_count, IMP_FILES_MAX);
+    snprintf(imp_files_made[imp_files_count++], sizeof(imp_files_made[0]), "%s", out);
 }
 
 static void imp_write(const char *path, const char *text)
