@@ -248,19 +248,24 @@ static int import_pace(shard *s)
     return rc == 0 ? ledger_checkpoint_paced(l, log_last_seq(log)) : rc;
 }
 
-/* Asks the CPU for what applying an item a few items later reads first. */
-static void import_prefetch(import_worker *w, const tally_import_item *it)
+/* The shard an item's merchant lives on. */
+static shard *import_shard(const import_worker *w, const tally_import_item *it)
 {
-    tally *t = w->im->t;
-    shard *s = t->shards[tally_shard_of(t, it->e.merchant)];
-    ledger_prefetch(shard_ledger(s), it->e.merchant, it->e.account, it->e.id, it->e.id_len);
+    const tally *t = w->im->t;
+    return t->shards[tally_shard_of(t, it->e.merchant)];
+}
+
+/* Asks the CPU for what applying an item a few items later reads first. */
+static void import_prefetch(const import_worker *w, const tally_import_item *it)
+{
+    ledger_prefetch(shard_ledger(import_shard(w, it)), it->e.merchant, it->e.account, it->e.id,
+                    it->e.id_len);
 }
 
 /* One item on its shard (worker thread): 0 applied, 1 there already. */
 static int import_apply(import_worker *w, const tally_import_item *it, char *msg, size_t cap)
 {
-    tally *t = w->im->t;
-    shard *s = t->shards[tally_shard_of(t, it->e.merchant)];
+    shard *s = import_shard(w, it);
     log_t *log = shard_log(s);
     ledger *l = shard_ledger(s);
     int rc = 0;
