@@ -104,6 +104,10 @@
  * reply units: each holds a reply slot (~1.2 KiB) and its result; beyond
  * it the server stops reading sockets. */
 #define LIMIT_SERVER_INFLIGHT_MAX 65536
+/* Past LIMIT_SERVER_INFLIGHT_MAX, a connection with nothing unanswered may
+ * still send one request, within this many units more: clients that read
+ * their replies are served while others hold the whole limit. */
+#define LIMIT_SERVER_INFLIGHT_RESERVE 16384
 /* A client whose unsent replies sit at LIMIT_CLIENT_OUTPUT_BYTES_MAX with
  * no progress is disconnected after this long — after one second when the
  * server is short of reply units, since its results hold them. */

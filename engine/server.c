@@ -20,8 +20,9 @@
  * Backpressure: a connection stops being read while it has
  * LIMIT_CLIENT_PIPELINE_MAX reply units unanswered (a unit is an entry's
  * worth of reply: HISTORY LIMIT n weighs n) or LIMIT_CLIENT_OUTPUT_BYTES_MAX
- * bytes unsent; every connection stops being read while
- * LIMIT_SERVER_INFLIGHT_MAX units are unanswered.  Completed replies are
+ * bytes unsent; while LIMIT_SERVER_INFLIGHT_MAX units are unanswered only
+ * connections with nothing unanswered are read, one request each, within
+ * LIMIT_SERVER_INFLIGHT_RESERVE units more.  Completed replies are
  * encoded only while the client's unsent bytes are under its limit; the
  * rest wait in their slots.  Memory is bounded by these, whatever clients
  * send or fail to read.
@@ -505,11 +506,19 @@ static bool server_conn_write(server *s, server_conn *c)
 
 /* ---- connections: input --------------------------------------------------- */
 
+/* Past the server-wide limit only a connection with nothing unanswered
+ * goes on, one request at a time, within the reserve: 16 clients that never
+ * read can hold the whole limit (4,096 units each), and the others must
+ * not wait for the stuck ones to be disconnected. */
 static bool server_conn_blocked(const server *s, const server_conn *c)
 {
-    return c->pending_units >= LIMIT_CLIENT_PIPELINE_MAX ||
-           c->out.len - c->out_sent >= LIMIT_CLIENT_OUTPUT_BYTES_MAX ||
-           s->inflight_units >= LIMIT_SERVER_INFLIGHT_MAX;
+    if (c->pending_units >= LIMIT_CLIENT_PIPELINE_MAX ||
+        c->out.len - c->out_sent >= LIMIT_CLIENT_OUTPUT_BYTES_MAX)
+        return true;
+    if (s->inflight_units < LIMIT_SERVER_INFLIGHT_MAX)
+        return false;
+    return c->pending > 0 ||
+           s->inflight_units >= LIMIT_SERVER_INFLIGHT_MAX + LIMIT_SERVER_INFLIGHT_RESERVE;
 }
 
 /* Hands a request to the engine: the one engine, or in cluster mode the
