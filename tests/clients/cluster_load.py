@@ -166,10 +166,17 @@ def check(addr, out):
     bad = 0
     for i in range(0, len(items), 500):
         part = items[i:i + 500]
-        pipe = rc.pipeline(transaction=False)
-        for m, wid, _ in part:
-            pipe.execute_command("ENTRY", m, wid)
-        for (m, wid, seq), e in zip(part, pipe.execute(raise_on_error=False)):
+        deadline = time.monotonic() + 30
+        while True:  # sent again while a leader answers -TRYAGAIN (balances_of)
+            pipe = rc.pipeline(transaction=False)
+            for m, wid, _ in part:
+                pipe.execute_command("ENTRY", m, wid)
+            got = pipe.execute(raise_on_error=False)
+            if time.monotonic() > deadline or not any(
+                    isinstance(e, Exception) and "TRYAGAIN" in str(e) for e in got):
+                break
+            time.sleep(0.1)
+        for (m, wid, seq), e in zip(part, got):
             if seq == "refused":
                 continue  # a remembered refusal is not an entry
             if isinstance(e, Exception) and f"(seq {seq}) lies before the retained log" in str(e):
@@ -183,6 +190,23 @@ def check(addr, out):
         return 1
     print(f"ok {len(items)}")
     return 0
+
+
+def balances_of(r, m, accounts):
+    """Every account's BALANCE of merchant m on one node, the pipeline sent
+    again while the node answers -TRYAGAIN (its lease in doubt while
+    ZooKeeper is slow to answer: retryable, as for any client), for 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        pipe = r.pipeline(transaction=False)
+        for a in range(1, accounts + 1):
+            pipe.execute_command("BALANCE", m, a)
+        try:
+            return pipe.execute()
+        except redis.exceptions.ResponseError as e:
+            if "TRYAGAIN" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def balances(addr, out):
@@ -199,17 +223,11 @@ def balances(addr, out):
         leader = nodes[0]
         want = []
         lr = redis.Redis(host=leader.host, port=leader.port, decode_responses=True)
-        pipe = lr.pipeline(transaction=False)
-        for a in range(1, accounts + 1):
-            pipe.execute_command("BALANCE", m, a)
-        want = pipe.execute()
+        want = balances_of(lr, m, accounts)
         for rep in nodes[1:]:
             r = redis.Redis(host=rep.host, port=rep.port, decode_responses=True)
             r.execute_command("READONLY")
-            pipe = r.pipeline(transaction=False)
-            for a in range(1, accounts + 1):
-                pipe.execute_command("BALANCE", m, a)
-            got = pipe.execute()
+            got = balances_of(r, m, accounts)
             for a, (x, y) in enumerate(zip(want, got), 1):
                 if x != y:
                     print(f"merchant {m} account {a}: leader {x} replica {rep.port} {y}")
