@@ -102,7 +102,8 @@
 #define LIMIT_CONNECTIONS_MAX 10000
 /* Requests parsed and not yet answered, over all connections, in the same
  * reply units: each holds a reply slot (~1.2 KiB) and its result; beyond
- * it the server stops reading sockets. */
+ * it the server reads only connections with nothing unanswered
+ * (LIMIT_SERVER_INFLIGHT_RESERVE). */
 #define LIMIT_SERVER_INFLIGHT_MAX 65536
 /* Past LIMIT_SERVER_INFLIGHT_MAX, a connection with nothing unanswered may
  * still send one request, within this many units more: clients that read
