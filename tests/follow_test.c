@@ -649,7 +649,9 @@ typedef struct mirror {
     size_t unique, lines, dups;
 } mirror;
 
-/* Applies every line of the follower's output (the loader). */
+/* Applies every line of the follower's output (the loader).  The file
+ * grows while it is read: a last line without its newline is not written
+ * yet, and is read at the next pass. */
 static void mirror_load(mirror *m, const char *path)
 {
     memset(m, 0, sizeof(*m));
@@ -664,7 +666,10 @@ static void mirror_load(mirror *m, const char *path)
         int account = 0;
         long long balance = 0;
         const char *p = strstr(line, "\"balance\":"), *a = strstr(line, "\"account\":\"");
-        cr_assert(line[strlen(line) - 1] == '\n', "a torn line: %s", line);
+        if (line[strlen(line) - 1] != '\n') {
+            cr_assert(feof(f), "a torn line: %s", line);
+            break;
+        }
         cr_assert(sscanf(line, "{\"seq\":%llu,\"id\":\"%39[^\"]\"", &seq, id) == 2 && p && a,
                   "not a dump line: %s", line);
         balance = atoll(p + 10);
