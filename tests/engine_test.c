@@ -387,7 +387,8 @@ static int fail_io_result(void *ctx, enum os_io kind, int fd, uint64_t off, size
 typedef struct status_reader {
     tally *t;
     _Atomic bool stop;
-    long reads, failed_seen;
+    _Atomic long reads;
+    long failed_seen;
 } status_reader;
 
 static void *status_reader_main(void *arg)
@@ -402,7 +403,7 @@ static void *status_reader_main(void *arg)
                                st.status_message);
             sr->failed_seen++;
         }
-        sr->reads++;
+        atomic_fetch_add(&sr->reads, 1);
         nanosleep(&(struct timespec){.tv_nsec = 200000}, NULL);
     }
     return NULL;
@@ -426,6 +427,10 @@ static void io_failure_case(enum os_io kind, int err, bool once)
     status_reader sr = {.t = t};
     pthread_t reader;
     cr_assert_eq(pthread_create(&reader, NULL, status_reader_main, &sr), 0);
+    /* The reader runs before the writes begin (on a busy machine the 20
+     * writes could all be done before its thread is first scheduled). */
+    while (atomic_load(&sr.reads) == 0)
+        usleep(100);
     int ok = 0, failed = 0;
     char acked[64][16];
     for (int i = 0; i < 20; i++) {
@@ -442,7 +447,7 @@ static void io_failure_case(enum os_io kind, int err, bool once)
     }
     atomic_store(&sr.stop, true);
     pthread_join(reader, NULL);
-    cr_assert_gt(sr.reads, 0);
+    cr_assert_gt(atomic_load(&sr.reads), 0);
     cr_assert_eq(ok, 5, "the first five flushed before the fault");
     cr_assert_eq(failed, 15);
     /* Failing writes never reach the log again: no later flush could be
