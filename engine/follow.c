@@ -456,11 +456,13 @@ int follow_main(int argc, char **argv, FILE *out, FILE *err)
     if (rc != 0)
         return rc;
     follow_run r = {.a = &a, .out = out, .err = err};
-    /* A batch (COUNT lines of at most EXPORT_LINE_BYTES_MAX) leaves in one
-     * write at its fflush: stdio's default buffer would write a line in two
-     * pieces whenever it crossed 4 KiB, and a reader of a growing file, or
-     * a kill -9 between the pieces, would see half a line. */
-    static char outbuf[LIMIT_FOLLOW_MAX * 512];
+    /* A batch (at most LIMIT_FOLLOW_MAX lines of at most
+     * EXPORT_LINE_BYTES_MAX) leaves in one write at its fflush: stdio's
+     * default buffer would write a line in two pieces whenever it crossed
+     * 4 KiB, and a reader of a growing file, or a kill -9 between the
+     * pieces, would see half a line.  (Pages of the buffer a batch never
+     * reaches are never touched.) */
+    static char outbuf[LIMIT_FOLLOW_MAX * EXPORT_LINE_BYTES_MAX];
     setvbuf(out, outbuf, _IOFBF, sizeof(outbuf));
     rc = follow_load(&r);
     if (rc == 0)

@@ -166,16 +166,7 @@ def check(addr, out):
     bad = 0
     for i in range(0, len(items), 500):
         part = items[i:i + 500]
-        deadline = time.monotonic() + 30
-        while True:  # sent again while a leader answers -TRYAGAIN (balances_of)
-            pipe = rc.pipeline(transaction=False)
-            for m, wid, _ in part:
-                pipe.execute_command("ENTRY", m, wid)
-            got = pipe.execute(raise_on_error=False)
-            if time.monotonic() > deadline or not any(
-                    isinstance(e, Exception) and "TRYAGAIN" in str(e) for e in got):
-                break
-            time.sleep(0.1)
+        got = answered(rc, [("ENTRY", m, wid) for m, wid, _ in part])
         for (m, wid, seq), e in zip(part, got):
             if seq == "refused":
                 continue  # a remembered refusal is not an entry
@@ -192,21 +183,31 @@ def check(addr, out):
     return 0
 
 
-def balances_of(r, m, accounts):
-    """Every account's BALANCE of merchant m on one node, the pipeline sent
-    again while the node answers -TRYAGAIN (its lease in doubt while
-    ZooKeeper is slow to answer: retryable, as for any client), for 30 s."""
+def answered(r, cmds):
+    """The answers to cmds sent in one pipeline to r (a node or the
+    cluster; errors as exception objects), sent again while any answer is
+    -TRYAGAIN (a leader's lease in doubt while ZooKeeper is slow to answer:
+    retryable, as for any client), for 30 s."""
     deadline = time.monotonic() + 30
     while True:
         pipe = r.pipeline(transaction=False)
-        for a in range(1, accounts + 1):
-            pipe.execute_command("BALANCE", m, a)
-        try:
-            return pipe.execute()
-        except redis.exceptions.ResponseError as e:
-            if "TRYAGAIN" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+        for c in cmds:
+            pipe.execute_command(*c)
+        got = pipe.execute(raise_on_error=False)
+        if time.monotonic() > deadline or not any(
+                isinstance(e, Exception) and "TRYAGAIN" in str(e) for e in got):
+            return got
+        time.sleep(0.1)
+
+
+def balances_of(r, m, accounts):
+    """Every account's BALANCE of merchant m on one node (answered); an
+    error other than -TRYAGAIN is raised."""
+    got = answered(r, [("BALANCE", m, a) for a in range(1, accounts + 1)])
+    for e in got:
+        if isinstance(e, Exception):
+            raise e
+    return got
 
 
 def balances(addr, out):
