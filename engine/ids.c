@@ -265,14 +265,9 @@ static void ids_path(char *out, const char *dir, const char *name)
     assert(n > 0 && (size_t)n < IDS_PATH_BYTES); /* ids_open bounds the dir */
 }
 
-/* Anonymous memory for tables and buffers, mapped directly so that it goes
- * back to the kernel when dropped (malloc would keep large freed chunks in
- * its heap, and the index's memory would then grow with its history). */
-static void *ids_map_anon(size_t bytes)
-{
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
-}
+/* Anonymous memory for tables and buffers (os_map_anon: given back when
+ * dropped, so the index's memory does not grow with its history). */
+static void *ids_map_anon(size_t bytes) { return os_map_anon(bytes, false); }
 
 static void ids_unmap(const void *p, size_t bytes)
 {
@@ -316,9 +311,7 @@ static int ids_table_init(ids_table *t, uint64_t keys)
      * insert (a write: copy on write) would take two faults per page
      * (measured: 6% of tallyd's CPU in page faults). */
     size_t bytes = (size_t)slots * sizeof(ids_entry);
-    void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
-                   -1, 0);
-    ids_entry *p = m == MAP_FAILED ? NULL : m;
+    ids_entry *p = os_map_anon(bytes, true);
     if (!p)
         return -ENOMEM;
     *t = (ids_table){.slots = p, .mask = slots - 1, .count = 0};

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -194,6 +195,42 @@ static int os_remove_one(const char *path, const struct stat *st, int flag, stru
     (void)ftw;
     int rc = flag == FTW_DP ? rmdir(path) : unlink(path);
     return rc < 0 && errno != ENOENT ? -errno : 0;
+}
+
+#define OS_PAGE_BYTES 4096u
+
+void *os_map_anon(size_t bytes, bool populate)
+{
+    if (bytes == 0)
+        return NULL;
+    bool huge = bytes >= OS_HUGE_BYTES;
+    /* Room to align the start to a huge page; the rest is given back. */
+    size_t len = bytes + (huge ? OS_HUGE_BYTES : 0);
+    uint8_t *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return NULL;
+    uint8_t *p = m;
+    if (huge) {
+        p = (uint8_t *)(((uintptr_t)m + OS_HUGE_BYTES - 1) & ~(uintptr_t)(OS_HUGE_BYTES - 1));
+        uint8_t *end = p + ((bytes + OS_PAGE_BYTES - 1) & ~(size_t)(OS_PAGE_BYTES - 1));
+        if (p > m)
+            munmap(m, (size_t)(p - m));
+        if (m + len > end)
+            munmap(end, (size_t)(m + len - end));
+        (void)madvise(p, bytes, MADV_HUGEPAGE); /* a hint: without it, small pages */
+    }
+    if (populate) {
+#ifdef MADV_POPULATE_WRITE
+        (void)madvise(p, bytes, MADV_POPULATE_WRITE); /* Linux ≥ 5.14; else faulted on use */
+#endif
+    }
+    return p;
+}
+
+void os_unmap_anon(const void *p, size_t bytes)
+{
+    if (p && bytes)
+        munmap((void *)p, bytes);
 }
 
 int os_remove_tree(const char *path)

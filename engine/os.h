@@ -11,6 +11,7 @@
 #ifndef TALLY_OS_H
 #define TALLY_OS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -73,6 +74,20 @@ int os_thread_written_bytes(uint64_t *out);
  * VERIFY's scans.  nice < 0 leaves it as it is; failures too (the work
  * still runs, at the writer's priority). */
 void os_thread_lower_priority(int nice);
+
+/* Anonymous memory for big tables and arenas (hash slots, id tables,
+ * buffers), zeroed, mapped directly so that it goes back to the kernel
+ * when unmapped (malloc would keep large freed chunks in its heap).  From
+ * OS_HUGE_BYTES up it is aligned to that size and asks for transparent
+ * huge pages (MADV_HUGEPAGE): these tables are probed at random, and with
+ * 4 KiB pages nearly every probe of a big one also misses the TLB — a page
+ * walk, dearer still in a virtual machine.  populate: every page faulted
+ * in now (one fault each instead of a read fault on the zero page and then
+ * a copy on write), best effort.  NULL if no memory. */
+#define OS_HUGE_BYTES (2u << 20)
+void *os_map_anon(size_t bytes, bool populate);
+/* Unmaps what os_map_anon(bytes) gave (p NULL: nothing). */
+void os_unmap_anon(const void *p, size_t bytes);
 
 /* Removes a file or a directory and everything in it (temporary
  * directories, unpublished snapshots): 0 or the first -errno.  A missing

@@ -48,12 +48,13 @@
 #include <lmdb.h>
 
 #include "checksum.h"
+#include "os.h"
 #include "state.h"
 #include "tally.h"
 
 /* ---- constants and types ------------------------------------------------ */
 
-#define STATE_ARENA_CHUNK (4u << 20)
+#define STATE_ARENA_CHUNK (4u << 20) /* whole huge pages (os_map_anon) */
 #define STATE_SLOTS_MIN 4096
 
 static const char *const state_names[STATE_TABLES] = {
@@ -254,15 +255,16 @@ static void *state_alloc(state_layer *l, size_t n)
     n = (n + 15) & ~(size_t)15;
     state_chunk *c = l->chunks;
     if (!c || c->cap - c->used < n) {
-        size_t cap = n > STATE_ARENA_CHUNK ? n : STATE_ARENA_CHUNK;
-        c = malloc(sizeof(*c) + cap);
+        /* A chunk of exactly STATE_ARENA_CHUNK bytes: whole huge pages. */
+        size_t size = sizeof(*c) + n > STATE_ARENA_CHUNK ? sizeof(*c) + n : STATE_ARENA_CHUNK;
+        c = os_map_anon(size, false);
         if (!c)
             return NULL;
-        c->cap = cap;
+        c->cap = size - sizeof(*c);
         c->used = 0;
         c->next = l->chunks;
         l->chunks = c;
-        l->bytes += sizeof(*c) + cap;
+        l->bytes += size;
     }
     void *p = c->data + c->used;
     c->used += n;
@@ -279,7 +281,7 @@ static state_layer *state_layer_new(uint32_t cap)
     if (!l)
         return NULL;
     l->cap = cap > STATE_SLOTS_MIN ? cap : STATE_SLOTS_MIN;
-    l->slots = calloc(l->cap, sizeof(*l->slots));
+    l->slots = os_map_anon(l->cap * sizeof(*l->slots), false);
     if (!l->slots) {
         free(l);
         return NULL;
@@ -294,9 +296,9 @@ static void state_layer_free(state_layer *l)
         return;
     for (state_chunk *c = l->chunks, *n; c; c = n) {
         n = c->next;
-        free(c);
+        os_unmap_anon(c, sizeof(*c) + c->cap);
     }
-    free(l->slots);
+    os_unmap_anon(l->slots, l->cap * sizeof(*l->slots));
     free(l);
 }
 
@@ -331,7 +333,7 @@ static state_hslot *state_slot(const state_layer *l, int table, const void *key,
 static int state_layer_grow(state_layer *l)
 {
     uint32_t cap = l->cap * 2;
-    state_hslot *n = calloc(cap, sizeof(*n));
+    state_hslot *n = os_map_anon(cap * sizeof(*n), false);
     if (!n)
         return -ENOMEM;
     for (uint32_t i = 0; i < l->cap; i++) {
@@ -342,7 +344,7 @@ static int state_layer_grow(state_layer *l)
             k = (k + 1) & (cap - 1);
         n[k] = l->slots[i];
     }
-    free(l->slots);
+    os_unmap_anon(l->slots, l->cap * sizeof(*l->slots));
     l->bytes += (cap - l->cap) * sizeof(*n);
     l->slots = n;
     l->cap = cap;
