@@ -219,11 +219,13 @@ void *os_map_anon(size_t bytes, bool populate)
             munmap(end, (size_t)(m + len - end));
         (void)madvise(p, bytes, MADV_HUGEPAGE); /* a hint: without it, small pages */
     }
-    if (populate) {
+    int rc = populate ? -1 : 0;
 #ifdef MADV_POPULATE_WRITE
-        (void)madvise(p, bytes, MADV_POPULATE_WRITE); /* Linux ≥ 5.14; else faulted on use */
+    if (populate)
+        rc = madvise(p, bytes, MADV_POPULATE_WRITE); /* Linux >= 5.14 */
 #endif
-    }
+    for (size_t at = 0; rc != 0 && at < bytes; at += OS_PAGE_BYTES)
+        ((volatile uint8_t *)p)[at] = 0; /* as MAP_POPULATE would */
     return p;
 }
 

@@ -83,7 +83,7 @@ void os_thread_lower_priority(int nice);
  * 4 KiB pages nearly every probe of a big one also misses the TLB — a page
  * walk, dearer still in a virtual machine.  populate: every page faulted
  * in now (one fault each instead of a read fault on the zero page and then
- * a copy on write), best effort.  NULL if no memory. */
+ * a copy on write).  NULL if no memory. */
 #define OS_HUGE_BYTES (2u << 20)
 void *os_map_anon(size_t bytes, bool populate);
 /* Unmaps what os_map_anon(bytes) gave (p NULL: nothing). */
