@@ -265,10 +265,9 @@ static void ids_path(char *out, const char *dir, const char *name)
     assert(n > 0 && (size_t)n < IDS_PATH_BYTES); /* ids_open bounds the dir */
 }
 
-/* Anonymous memory for tables and buffers (os_map_anon: given back when
- * dropped, so the index's memory does not grow with its history). */
-static void *ids_map_anon(size_t bytes) { return os_map_anon(bytes, false); }
-
+/* Tables and buffers are anonymous memory from os_map_anon (given back
+ * when dropped, so the index's memory does not grow with its history);
+ * runs are mapped from their files. */
 static void ids_unmap(const void *p, size_t bytes)
 {
     if (p)
@@ -320,7 +319,7 @@ static int ids_table_init(ids_table *t, uint64_t keys)
 
 static void ids_table_free(ids_table *t)
 {
-    ids_unmap(t->slots, ids_table_bytes(t));
+    os_unmap_anon(t->slots, ids_table_bytes(t));
     *t = (ids_table){0};
 }
 
@@ -431,7 +430,7 @@ static int ids_table_sorted(const ids_table *t, ids_entry **out, size_t *bytes)
         bits++;
     size_t buckets = (size_t)1 << bits;
     size_t len = (size_t)t->count * sizeof(ids_entry) + (buckets + 1) * sizeof(uint64_t);
-    ids_entry *a = ids_map_anon(len);
+    ids_entry *a = os_map_anon(len, false);
     if (!a)
         return -ENOMEM;
     uint64_t *start = (uint64_t *)(a + t->count);
@@ -822,7 +821,7 @@ static void ids_writer_drop(ids_writer *w)
         os->close(os->ctx, w->fd);
         os->unlink(os->ctx, w->path); /* a .tmp: nothing names it */
     }
-    ids_unmap(w->buf, w->buf_bytes);
+    os_unmap_anon(w->buf, w->buf_bytes);
     checksum_stream_free(w->fences_cs);
     checksum_stream_free(w->filter_cs);
     w->fd = -1;
@@ -842,7 +841,7 @@ static int ids_writer_begin(ids_writer *w, ids *x, uint64_t number, uint64_t cou
     w->buf_bytes = (size_t)IDS_WRITE_BLOCKS * IDS_BLOCK_BYTES +
                    (size_t)IDS_WRITE_FENCES * IDS_FENCE_BYTES +
                    (size_t)IDS_WRITE_LINES * IDS_FILTER_LINE_BYTES;
-    w->buf = ids_map_anon(w->buf_bytes);
+    w->buf = os_map_anon(w->buf_bytes, false);
     w->fences_cs = checksum_stream_new();
     w->filter_cs = checksum_stream_new();
     if (!w->buf || !w->fences_cs || !w->filter_cs) {
@@ -1565,7 +1564,7 @@ int ids_flush_frozen(ids *x)
         ids_say(x->flush_err, sizeof(x->flush_err), rc, "ids: no memory to sort a flush");
     else
         rc = ids_write_sorted(x, number, sorted, x->frozen.count, &r, &written);
-    ids_unmap(sorted, sorted_bytes);
+    os_unmap_anon(sorted, sorted_bytes);
     pthread_mutex_lock(&x->lock);
     x->bytes_written += written;
     if (rc == 0 && (rc = ids_mapped_add(x, r)) < 0) {

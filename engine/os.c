@@ -197,12 +197,12 @@ static int os_remove_one(const char *path, const struct stat *st, int flag, stru
     return rc < 0 && errno != ENOENT ? -errno : 0;
 }
 
-#define OS_PAGE_BYTES 4096u
-
 void *os_map_anon(size_t bytes, bool populate)
 {
     if (bytes == 0)
         return NULL;
+    long sys_page = sysconf(_SC_PAGESIZE);
+    size_t page = sys_page > 0 ? (size_t)sys_page : 4096;
     bool huge = bytes >= OS_HUGE_BYTES;
     /* Room to align the start to a huge page; the rest is given back. */
     size_t len = bytes + (huge ? OS_HUGE_BYTES : 0);
@@ -212,7 +212,7 @@ void *os_map_anon(size_t bytes, bool populate)
     uint8_t *p = m;
     if (huge) {
         p = (uint8_t *)(((uintptr_t)m + OS_HUGE_BYTES - 1) & ~(uintptr_t)(OS_HUGE_BYTES - 1));
-        uint8_t *end = p + ((bytes + OS_PAGE_BYTES - 1) & ~(size_t)(OS_PAGE_BYTES - 1));
+        uint8_t *end = p + ((bytes + page - 1) & ~(page - 1));
         if (p > m)
             munmap(m, (size_t)(p - m));
         if (m + len > end)
@@ -224,7 +224,7 @@ void *os_map_anon(size_t bytes, bool populate)
     if (populate)
         rc = madvise(p, bytes, MADV_POPULATE_WRITE); /* Linux >= 5.14 */
 #endif
-    for (size_t at = 0; rc != 0 && at < bytes; at += OS_PAGE_BYTES)
+    for (size_t at = 0; rc != 0 && at < bytes; at += page)
         ((volatile uint8_t *)p)[at] = 0; /* as MAP_POPULATE would */
     return p;
 }

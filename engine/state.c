@@ -554,6 +554,12 @@ static int state_sortkey_cmp(const void *a, const void *b)
  * ~20 compares per object through a function pointer were 5% of an
  * import's CPU.  Falls back to qsort for few objects or without memory. */
 #define STATE_RADIX_MIN 512u
+/* Digit d of a sort key: byte d of k1 (d < 8), else byte d - 8 of k0. */
+static inline uint8_t state_digit(const state_sortkey *x, unsigned d)
+{
+    return (uint8_t)((d < 8 ? x->k1 : x->k0) >> (8 * (d & 7)));
+}
+
 static void state_sort(state_sortkey *v, size_t n)
 {
     state_sortkey *tmp = n >= STATE_RADIX_MIN ? malloc(n * sizeof(*tmp)) : NULL;
@@ -564,10 +570,9 @@ static void state_sort(state_sortkey *v, size_t n)
             qsort(v, n, sizeof(*v), state_sortkey_cmp);
         return;
     }
-    /* Digit d: byte d of k1 (d < 8), else byte d - 8 of k0. */
     for (size_t i = 0; i < n; i++)
         for (unsigned d = 0; d < 16; d++)
-            count[d][(uint8_t)((d < 8 ? v[i].k1 : v[i].k0) >> (8 * (d & 7)))]++;
+            count[d][state_digit(&v[i], d)]++;
     state_sortkey *src = v, *dst = tmp;
     for (unsigned d = 0; d < 16; d++) {
         size_t *c = count[d], at = 0;
@@ -582,7 +587,7 @@ static void state_sort(state_sortkey *v, size_t n)
             at += k;
         }
         for (size_t i = 0; i < n; i++)
-            dst[c[(uint8_t)((d < 8 ? src[i].k1 : src[i].k0) >> (8 * (d & 7)))]++] = src[i];
+            dst[c[state_digit(&src[i], d)]++] = src[i];
         state_sortkey *t = src;
         src = dst;
         dst = t;
