@@ -178,6 +178,9 @@ run: deps-build
 # the run fails unless N is every test the suite defines (narrowed by a
 # --filter in TEST_ARGS; tests/expected_tests.sh counts them).  Under
 # CI=true a test that cannot run fails by itself (td_cannot_run).
+# Failed tests' assertion lines are printed again after the summary, and
+# the summary after them: CI keeps only the tail of the output, where the
+# interleaved jobs' messages would otherwise hide which test failed.
 # The counting script reads TEST_ARGS from the environment: its text, quotes
 # and patterns included, cannot be pasted into a shell line safely.
 #
@@ -197,6 +200,13 @@ test: deps-test deps-examples
 	$(Q){ $(TEST_ENV) TALLY_BUILD=$(abspath $(BUILD)) $(TEST_BIN) --jobs 2 $(TEST_ARGS); \
 	  echo $$? > $(BUILD)/test.rc; } 2>&1 | tee $(BUILD)/test.out; \
 	rc=$$(cat $(BUILD)/test.rc); \
+	if grep -q '^\[FAIL\]' $(BUILD)/test.out; then \
+	  echo "make test: the failures again (CI shows only the tail):"; \
+	  grep '^\[FAIL\]' $(BUILD)/test.out | head -n 8; \
+	  awk '/Assertion Failed/ { n = 3; print; next } \
+	       n && /^\[----\] +[^ ]/ { print; n = 0; next } n { n-- }' \
+	    $(BUILD)/test.out | head -n 16; \
+	  grep 'Synthesis:' $(BUILD)/test.out | tail -n 1; fi; \
 	if grep -q 'ERROR: LeakSanitizer' $(BUILD)/test.out; then \
 	  echo "make test: LeakSanitizer reported leaks (above): failing"; rc=1; fi; \
 	if [ -n "$$(ls -A $(TSAN_DIR))" ]; then cat $(TSAN_DIR)/*; \
