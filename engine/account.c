@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "account.h"
+#include "bytes.h"
 #include "tally.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "account values are little-endian");
@@ -20,16 +21,10 @@ static_assert(ACCOUNT_INLINE_MAX < ACCOUNT_CHUNK_MAX, "inline lots fit one chunk
 
 /* ---- keys and growth -------------------------------------------------------- */
 
-static void account_be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (56 - 8 * i));
-}
-
 static size_t account_key(uint8_t *k, uint64_t m, uint64_t a)
 {
-    account_be64(k, m);
-    account_be64(k + 8, a);
+    bytes_put_be64(k, m);
+    bytes_put_be64(k + 8, a);
     return 16;
 }
 

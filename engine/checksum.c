@@ -7,6 +7,7 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "bytes.h"
 #include "checksum.h"
 
 uint64_t checksum64(const void *data, size_t len, uint64_t seed)
@@ -17,17 +18,14 @@ uint64_t checksum64(const void *data, size_t len, uint64_t seed)
 void checksum128(const void *data, size_t len, uint8_t out[16])
 {
     XXH128_hash_t h = XXH3_128bits(data, len);
-    for (int i = 0; i < 8; i++) {
-        out[i] = (uint8_t)(h.high64 >> (56 - 8 * i));
-        out[8 + i] = (uint8_t)(h.low64 >> (56 - 8 * i));
-    }
+    bytes_put_be64(out, h.high64);
+    bytes_put_be64(out + 8, h.low64);
 }
 
 uint32_t checksum_shard(uint64_t merchant, uint32_t shards)
 {
     uint8_t le[8];
-    for (int i = 0; i < 8; i++)
-        le[i] = (uint8_t)(merchant >> (8 * i));
+    bytes_put_le64(le, merchant);
     return (uint32_t)(XXH3_64bits(le, sizeof(le)) % shards);
 }
 

@@ -53,6 +53,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bytes.h"
 #include "checksum.h"
 #include "ids.h"
 #include "limits.h"
@@ -1383,12 +1384,8 @@ ids_key ids_key_of(uint64_t merchant, const char *id, size_t len)
     ids_put64(buf, merchant);
     memcpy(buf + 8, id, len);
     checksum128(buf, 8 + len, h);
-    uint64_t hi = 0, lo = 0;
-    for (int i = 0; i < 8; i++) {
-        hi = hi << 8 | h[i]; /* checksum128 writes big-endian, high half first */
-        lo = lo << 8 | h[8 + i];
-    }
-    return (ids_key){hi, lo};
+    /* checksum128 writes big-endian, high half first */
+    return (ids_key){bytes_get_be64(h), bytes_get_be64(h + 8)};
 }
 
 int ids_open(const ids_options *o, const void *manifest, size_t len, ids **out)

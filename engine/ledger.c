@@ -55,20 +55,6 @@ void ledger_say(ledger *l, int level, const char *fmt, ...)
         l->opts.log(l->opts.log_ctx, level, msg);
 }
 
-void ledger_be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (56 - 8 * i));
-}
-
-uint64_t ledger_get_be64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
 size_t ledger_key2(uint8_t *k, uint64_t a, uint64_t b)
 {
     ledger_be64(k, a);

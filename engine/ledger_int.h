@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "account.h"
+#include "bytes.h"
 #include "ids.h"
 #include "ledger.h"
 #include "state.h"
@@ -102,8 +103,8 @@ struct ledger {
 void ledger_say(ledger *l, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Big-endian keys so they sort numerically. */
-void ledger_be64(uint8_t *p, uint64_t v);
-uint64_t ledger_get_be64(const uint8_t *p);
+static inline void ledger_be64(uint8_t *p, uint64_t v) { bytes_put_be64(p, v); }
+static inline uint64_t ledger_get_be64(const uint8_t *p) { return bytes_get_be64(p); }
 size_t ledger_key2(uint8_t *k, uint64_t a, uint64_t b);
 size_t ledger_key3(uint8_t *k, uint64_t a, uint64_t b, uint64_t c);
 uint64_t ledger_expkey(uint64_t expires); /* 0 (never) → UINT64_MAX */

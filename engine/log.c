@@ -48,6 +48,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bytes.h"
 #include "checksum.h"
 #include "log.h"
 
@@ -148,25 +149,6 @@ static void log_say(log_t *l, int level, const char *fmt, ...)
     l->opts.log(l->opts.log_ctx, level, msg);
 }
 
-static void log_put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t log_get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t log_get64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
 static void log_path(const log_t *l, uint32_t index, const char *suffix, char *out, size_t cap)
 {
     snprintf(out, cap, "%s/log-%010u.seg%s", l->dir, index, suffix);
@@ -223,10 +205,10 @@ static void log_header_encode(const log_t *l, uint32_t index, uint64_t first_seq
     out[8] = LOG_VERSION;
     out[12] = (uint8_t)l->opts.shard;
     out[13] = (uint8_t)(l->opts.shard >> 8);
-    log_put64(out + 16, index);
-    log_put64(out + 24, first_seq);
-    log_put64(out + 32, prev);
-    log_put64(out + 56, checksum64(out, 56, 0));
+    bytes_put_le64(out + 16, index);
+    bytes_put_le64(out + 24, first_seq);
+    bytes_put_le64(out + 32, prev);
+    bytes_put_le64(out + 56, checksum64(out, 56, 0));
 }
 
 /* 0, or TALLY_EFORMAT (not ours / other version) / TALLY_ECORRUPT. */
@@ -237,7 +219,7 @@ static int log_header_check(const log_t *l, const uint8_t *h, uint32_t index, ch
         snprintf(why, cap, "shard %u: segment %u: bad magic", l->opts.shard, index);
         return TALLY_ECORRUPT;
     }
-    if (log_get64(h + 56) != checksum64(h, 56, 0)) {
+    if (bytes_get_le64(h + 56) != checksum64(h, 56, 0)) {
         snprintf(why, cap, "shard %u: segment %u: header checksum mismatch", l->opts.shard,
                  index);
         return TALLY_ECORRUPT;
@@ -248,9 +230,9 @@ static int log_header_check(const log_t *l, const uint8_t *h, uint32_t index, ch
         return TALLY_EFORMAT;
     }
     uint32_t shard = (uint32_t)h[12] | (uint32_t)h[13] << 8;
-    if (shard != l->opts.shard || log_get64(h + 16) != index) {
+    if (shard != l->opts.shard || bytes_get_le64(h + 16) != index) {
         snprintf(why, cap, "shard %u: segment %u: belongs to shard %u segment %llu",
-                 l->opts.shard, index, shard, (unsigned long long)log_get64(h + 16));
+                 l->opts.shard, index, shard, (unsigned long long)bytes_get_le64(h + 16));
         return TALLY_ECORRUPT;
     }
     return 0;
@@ -527,8 +509,8 @@ static int log_segment_open(log_t *l, uint32_t index, char *why, size_t cap)
     }
     int rc = log_header_check(l, s->map, index, why, cap);
     if (rc == 0) {
-        s->first_seq = log_get64(s->map + 24);
-        s->prev = log_get64(s->map + 32);
+        s->first_seq = bytes_get_le64(s->map + 24);
+        s->prev = bytes_get_le64(s->map + 32);
         rc = log_segs_push(l, s);
     }
     if (rc < 0) {
@@ -1199,7 +1181,7 @@ int log_append_raw(log_t *l, const uint8_t *buf, size_t len, const record *r, lo
     if (rc < 0)
         return rc;
     memcpy(b->buf + b->len, buf, len);
-    uint64_t sum = log_get64(buf + len - 8); /* the caller checked it */
+    uint64_t sum = bytes_get_le64(buf + len - 8); /* the caller checked it */
     log_took(l, b, r, len, sum, loc);
     return 0;
 }
@@ -1614,7 +1596,7 @@ static int log_iter_locate(log_t *l, log_iter *it, const uint8_t **p, size_t *av
         const log_segment *s = log_seg(l, it->seg_index);
         if (!s)
             return TALLY_EARCHIVED;
-        if (it->offset + 4 > l->segment_bytes || log_get32(s->map + it->offset) == 0) {
+        if (it->offset + 4 > l->segment_bytes || bytes_get_le32(s->map + it->offset) == 0) {
             it->seg_index++;
             it->offset = LOG_HEADER_BYTES;
             const log_segment *nx = log_seg(l, it->seg_index);

@@ -7,6 +7,7 @@
 #include <assert.h>
 #include <string.h>
 
+#include "bytes.h"
 #include "checksum.h"
 #include "record.h"
 #include "tally.h"
@@ -21,41 +22,6 @@ static_assert(RECORD_FIXED_BYTES + 3 * LIMIT_ENGINE_ID_BYTES_MAX + 8 + 64 <=
               "the largest entry still has room for a few allocations");
 static_assert(LIMIT_MEMO_BYTES_MAX <= LIMIT_ENGINE_ID_BYTES_MAX, "memo room counted as an id's");
 static_assert(RECORD_ALLOC_ROOM_MAX <= UINT16_MAX, "alloc_len is two bytes");
-
-/* ---- little-endian access ----------------------------------------------- */
-
-static void record_put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t record_get64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static void record_put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t record_get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void record_put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static uint16_t record_get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 
 /* ---- size --------------------------------------------------------------- */
 
@@ -225,35 +191,35 @@ uint64_t record_encode(const record *r, uint8_t *out)
     assert(record_encodable(r));
     size_t len = record_size(r);
     memset(out, 0, len);
-    record_put32(out + 0, (uint32_t)len);
+    bytes_put_le32(out + 0, (uint32_t)len);
     out[4] = r->type;
     out[5] = r->kind;
     out[6] = r->error;
     out[7] = r->reason;
-    record_put64(out + 8, r->seq);
-    record_put64(out + 16, r->ts_ms);
-    record_put64(out + 24, r->prev);
-    record_put32(out + 32, r->batch_back);
-    record_put32(out + 36, r->group_back);
-    record_put32(out + 40, r->epoch);
-    record_put16(out + 44, r->part);
-    record_put16(out + 46, r->rflags);
-    record_put64(out + 48, r->merchant);
-    record_put64(out + 56, r->account);
-    record_put64(out + 64, r->account2);
-    record_put64(out + 72, (uint64_t)r->req_points);
-    record_put64(out + 80, r->expires);
-    record_put64(out + 88, r->available_at);
-    record_put32(out + 96, r->timeout_s);
-    record_put32(out + 100, r->req_flags);
-    record_put64(out + 104, (uint64_t)r->points);
-    record_put64(out + 112, (uint64_t)r->amount);
-    record_put64(out + 120, (uint64_t)r->balance);
-    record_put64(out + 128, (uint64_t)r->held);
-    record_put64(out + 136, (uint64_t)r->pending);
-    record_put64(out + 144, r->acct_prev);
-    record_put16(out + 152, r->alloc_count);
-    record_put16(out + 154, r->alloc_len);
+    bytes_put_le64(out + 8, r->seq);
+    bytes_put_le64(out + 16, r->ts_ms);
+    bytes_put_le64(out + 24, r->prev);
+    bytes_put_le32(out + 32, r->batch_back);
+    bytes_put_le32(out + 36, r->group_back);
+    bytes_put_le32(out + 40, r->epoch);
+    bytes_put_le16(out + 44, r->part);
+    bytes_put_le16(out + 46, r->rflags);
+    bytes_put_le64(out + 48, r->merchant);
+    bytes_put_le64(out + 56, r->account);
+    bytes_put_le64(out + 64, r->account2);
+    bytes_put_le64(out + 72, (uint64_t)r->req_points);
+    bytes_put_le64(out + 80, r->expires);
+    bytes_put_le64(out + 88, r->available_at);
+    bytes_put_le32(out + 96, r->timeout_s);
+    bytes_put_le32(out + 100, r->req_flags);
+    bytes_put_le64(out + 104, (uint64_t)r->points);
+    bytes_put_le64(out + 112, (uint64_t)r->amount);
+    bytes_put_le64(out + 120, (uint64_t)r->balance);
+    bytes_put_le64(out + 128, (uint64_t)r->held);
+    bytes_put_le64(out + 136, (uint64_t)r->pending);
+    bytes_put_le64(out + 144, r->acct_prev);
+    bytes_put_le16(out + 152, r->alloc_count);
+    bytes_put_le16(out + 154, r->alloc_len);
     out[156] = r->id_len;
     out[157] = r->ref_len;
     out[158] = r->memo_len;
@@ -266,7 +232,7 @@ uint64_t record_encode(const record *r, uint8_t *out)
     p += r->memo_len;
     memcpy(p, r->alloc, r->alloc_len);
     uint64_t sum = checksum64(out, len - 8, 0);
-    record_put64(out + len - 8, sum);
+    bytes_put_le64(out + len - 8, sum);
     return sum;
 }
 
@@ -278,7 +244,7 @@ static int record_frame(const uint8_t *buf, size_t avail, size_t fixed, size_t m
 {
     if (avail < 4)
         return avail == 0 ? RECORD_END : RECORD_TRUNCATED;
-    uint32_t len = record_get32(buf);
+    uint32_t len = bytes_get_le32(buf);
     if (len == 0)
         return RECORD_END;
     if (len % 8 != 0 || len < fixed + 8 || len > max)
@@ -296,11 +262,11 @@ int record_peek_head(const uint8_t *buf, size_t avail, record_head *out)
     if (rc != RECORD_OK)
         return rc;
     uint64_t sum = checksum64(buf, len - 8, 0);
-    if (sum != record_get64(buf + len - 8))
+    if (sum != bytes_get_le64(buf + len - 8))
         return RECORD_CHECKSUM;
-    *out = (record_head){.len = len, .type = buf[4], .seq = record_get64(buf + 8),
-                         .prev = record_get64(buf + 24), .part = record_get16(buf + 44),
-                         .merchant = record_get64(buf + 48), .checksum = sum};
+    *out = (record_head){.len = len, .type = buf[4], .seq = bytes_get_le64(buf + 8),
+                         .prev = bytes_get_le64(buf + 24), .part = bytes_get_le16(buf + 44),
+                         .merchant = bytes_get_le64(buf + 48), .checksum = sum};
     return RECORD_OK;
 }
 
@@ -324,30 +290,30 @@ static int record_fields(const uint8_t *buf, uint32_t len, record *r)
     r->kind = buf[5];
     r->error = buf[6];
     r->reason = buf[7];
-    r->seq = record_get64(buf + 8);
-    r->ts_ms = record_get64(buf + 16);
-    r->prev = record_get64(buf + 24);
-    r->batch_back = record_get32(buf + 32);
-    r->group_back = record_get32(buf + 36);
-    r->epoch = record_get32(buf + 40);
-    r->part = record_get16(buf + 44);
-    r->rflags = record_get16(buf + 46);
-    r->merchant = record_get64(buf + 48);
-    r->account = record_get64(buf + 56);
-    r->account2 = record_get64(buf + 64);
-    r->req_points = (int64_t)record_get64(buf + 72);
-    r->expires = record_get64(buf + 80);
-    r->available_at = record_get64(buf + 88);
-    r->timeout_s = record_get32(buf + 96);
-    r->req_flags = record_get32(buf + 100);
-    r->points = (int64_t)record_get64(buf + 104);
-    r->amount = (int64_t)record_get64(buf + 112);
-    r->balance = (int64_t)record_get64(buf + 120);
-    r->held = (int64_t)record_get64(buf + 128);
-    r->pending = (int64_t)record_get64(buf + 136);
-    r->acct_prev = record_get64(buf + 144);
-    r->alloc_count = record_get16(buf + 152);
-    r->alloc_len = record_get16(buf + 154);
+    r->seq = bytes_get_le64(buf + 8);
+    r->ts_ms = bytes_get_le64(buf + 16);
+    r->prev = bytes_get_le64(buf + 24);
+    r->batch_back = bytes_get_le32(buf + 32);
+    r->group_back = bytes_get_le32(buf + 36);
+    r->epoch = bytes_get_le32(buf + 40);
+    r->part = bytes_get_le16(buf + 44);
+    r->rflags = bytes_get_le16(buf + 46);
+    r->merchant = bytes_get_le64(buf + 48);
+    r->account = bytes_get_le64(buf + 56);
+    r->account2 = bytes_get_le64(buf + 64);
+    r->req_points = (int64_t)bytes_get_le64(buf + 72);
+    r->expires = bytes_get_le64(buf + 80);
+    r->available_at = bytes_get_le64(buf + 88);
+    r->timeout_s = bytes_get_le32(buf + 96);
+    r->req_flags = bytes_get_le32(buf + 100);
+    r->points = (int64_t)bytes_get_le64(buf + 104);
+    r->amount = (int64_t)bytes_get_le64(buf + 112);
+    r->balance = (int64_t)bytes_get_le64(buf + 120);
+    r->held = (int64_t)bytes_get_le64(buf + 128);
+    r->pending = (int64_t)bytes_get_le64(buf + 136);
+    r->acct_prev = bytes_get_le64(buf + 144);
+    r->alloc_count = bytes_get_le16(buf + 152);
+    r->alloc_len = bytes_get_le16(buf + 154);
     r->id_len = buf[156];
     r->ref_len = buf[157];
     r->memo_len = buf[158];
@@ -388,7 +354,7 @@ int record_decode(const uint8_t *buf, size_t avail, record *out, size_t *len_out
     if (rc != RECORD_OK)
         return rc;
     uint64_t sum = checksum64(buf, len - 8, 0);
-    if (sum != record_get64(buf + len - 8))
+    if (sum != bytes_get_le64(buf + len - 8))
         return RECORD_CHECKSUM;
     record r;
     memset(&r, 0, offsetof(record, id));
@@ -410,7 +376,7 @@ int record_decode_v1(const uint8_t *buf, size_t avail, record *out, size_t *len_
     if (rc != RECORD_OK)
         return rc;
     uint64_t sum = checksum64(buf, len - 8, 0);
-    if (sum != record_get64(buf + len - 8))
+    if (sum != bytes_get_le64(buf + len - 8))
         return RECORD_CHECKSUM;
     record r;
     memset(&r, 0, offsetof(record, id));
@@ -432,20 +398,20 @@ int record_decode_v1(const uint8_t *buf, size_t avail, record *out, size_t *len_
     for (size_t i = used; i < len - 8; i++)
         if (buf[i] != 0)
             return RECORD_BAD;
-    r.seq = record_get64(buf + 8);
-    r.ts_ms = record_get64(buf + 16);
-    r.prev = record_get64(buf + 24);
-    uint64_t batch_seq = record_get64(buf + 32);
-    r.merchant = record_get64(buf + 40);
-    r.account = record_get64(buf + 48);
-    r.req_points = (int64_t)record_get64(buf + 56);
-    r.points = (int64_t)record_get64(buf + 64);
-    r.balance = (int64_t)record_get64(buf + 72);
-    r.held = (int64_t)record_get64(buf + 80);
-    r.expires = record_get64(buf + 88);
-    r.available_at = record_get64(buf + 96);
-    uint64_t timeout = record_get64(buf + 104);
-    r.req_flags = record_get32(buf + 112);
+    r.seq = bytes_get_le64(buf + 8);
+    r.ts_ms = bytes_get_le64(buf + 16);
+    r.prev = bytes_get_le64(buf + 24);
+    uint64_t batch_seq = bytes_get_le64(buf + 32);
+    r.merchant = bytes_get_le64(buf + 40);
+    r.account = bytes_get_le64(buf + 48);
+    r.req_points = (int64_t)bytes_get_le64(buf + 56);
+    r.points = (int64_t)bytes_get_le64(buf + 64);
+    r.balance = (int64_t)bytes_get_le64(buf + 72);
+    r.held = (int64_t)bytes_get_le64(buf + 80);
+    r.expires = bytes_get_le64(buf + 88);
+    r.available_at = bytes_get_le64(buf + 96);
+    uint64_t timeout = bytes_get_le64(buf + 104);
+    r.req_flags = bytes_get_le32(buf + 112);
     if (r.seq == 0 || batch_seq == 0 || batch_seq > r.seq || r.seq - batch_seq > UINT32_MAX ||
         timeout > UINT32_MAX)
         return RECORD_BAD;

@@ -47,6 +47,7 @@
 
 #include <lmdb.h>
 
+#include "bytes.h"
 #include "checksum.h"
 #include "os.h"
 #include "state.h"
@@ -189,20 +190,6 @@ static void state_hex(const void *p, size_t n, char *out, size_t cap)
 
 /* ---- value checksums ---------------------------------------------------- */
 
-static void state_put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t state_get64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
 /* XXH3 of the value, seeded with XXH3 of (table, key): a value moved to
  * another key or table fails too. */
 static uint64_t state_sum(int table, const void *key, size_t key_len, const void *val,
@@ -218,7 +205,7 @@ static int state_check(state *s, int table, const MDB_val *k, MDB_val *v)
     if (v->mv_size >= STATE_CHECKSUM_BYTES) {
         size_t n = v->mv_size - STATE_CHECKSUM_BYTES;
         const uint8_t *p = v->mv_data;
-        if (state_get64(p + n) == state_sum(table, k->mv_data, k->mv_size, p, n)) {
+        if (bytes_get_le64(p + n) == state_sum(table, k->mv_data, k->mv_size, p, n)) {
             v->mv_size = n;
             return 0;
         }
@@ -244,7 +231,7 @@ static int state_lmdb_put(MDB_txn *txn, MDB_dbi dbi, int table, const void *key,
     uint8_t *p = v.mv_data;
     if (val_len)
         memcpy(p, val, val_len);
-    state_put64(p + val_len, state_sum(table, key, key_len, val, val_len));
+    bytes_put_le64(p + val_len, state_sum(table, key, key_len, val, val_len));
     return 0;
 }
 
@@ -530,10 +517,7 @@ static uint64_t state_key_word(const state_entry *e, size_t at)
     uint8_t b[8] = {0};
     if (e->key_len > at)
         memcpy(b, e->key + at, e->key_len - at < 8 ? e->key_len - at : 8);
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | b[i];
-    return v;
+    return bytes_get_be64(b);
 }
 
 static int state_sortkey_cmp(const void *a, const void *b)
@@ -1198,7 +1182,7 @@ int state_file_meta(const char *path, const char *name, void *out, size_t cap, s
     } else if (rc == 0) {
         size_t n = v.mv_size - STATE_CHECKSUM_BYTES;
         if (v.mv_size < STATE_CHECKSUM_BYTES || n > cap ||
-            state_get64((const uint8_t *)v.mv_data + n) !=
+            bytes_get_le64((const uint8_t *)v.mv_data + n) !=
                 state_sum(STATE_META, name, strlen(name), v.mv_data, n))
             rc = MDB_CORRUPTED;
         else {

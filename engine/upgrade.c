@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bytes.h"
 #include "checksum.h"
 #include "ledger.h"
 #include "log.h"
@@ -54,14 +55,6 @@ static void upgrade_say(const upgrade *u, int level, const char *fmt, ...)
     va_end(ap);
     if (u->log)
         u->log(u->log_ctx, level, text);
-}
-
-static uint64_t upgrade_le64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
 }
 
 static uint64_t upgrade_mono_ms(void)
@@ -108,10 +101,10 @@ static int upgrade_map_one(upgrade *u, uint32_t index, upgrade_seg *out)
     }
     const uint8_t *h = m;
     *out = (upgrade_seg){.index = index, .map = m, .bytes = (size_t)st.st_size,
-                         .first_seq = upgrade_le64(h + 24), .prev = upgrade_le64(h + 32)};
+                         .first_seq = bytes_get_le64(h + 24), .prev = bytes_get_le64(h + 32)};
     uint32_t shard = (uint32_t)h[12] | (uint32_t)h[13] << 8;
-    if (memcmp(h, "TALLYSEG", 8) != 0 || upgrade_le64(h + 56) != checksum64(h, 56, 0) ||
-        h[8] != 1 || shard != u->shard || upgrade_le64(h + 16) != index) {
+    if (memcmp(h, "TALLYSEG", 8) != 0 || bytes_get_le64(h + 56) != checksum64(h, 56, 0) ||
+        h[8] != 1 || shard != u->shard || bytes_get_le64(h + 16) != index) {
         snprintf(u->msg, u->cap, "shard %u: segment %u: not a release-1 segment of this shard",
                  u->shard, index);
         munmap(m, (size_t)st.st_size);
