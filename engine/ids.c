@@ -1481,7 +1481,7 @@ int ids_get(ids *x, ids_key key, uint64_t *value)
     return IDS_ABSENT;
 }
 
-void ids_prefetch(const ids *x, ids_key key)
+void ids_prefetch(const ids *x, ids_key key, bool lookup)
 {
     /* The lines ids_get reads first for a key absent from every layer
      * (the common case, a new id): the memtables' home slots and each
@@ -1491,7 +1491,7 @@ void ids_prefetch(const ids *x, ids_key key)
     __builtin_prefetch(&t->slots[ids_home(x->seed, key) & t->mask]);
     if (x->has_frozen)
         __builtin_prefetch(&x->frozen.slots[ids_home(x->seed, key) & x->frozen.mask]);
-    for (uint32_t i = 0; i < x->set_count; i++) {
+    for (uint32_t i = 0; lookup && i < x->set_count; i++) {
         const ids_run *r = x->set[i];
         uint64_t j = ids_filter_line(key.hi, r->g.filter_lines);
         __builtin_prefetch(r->map + r->g.filter_off + j * IDS_FILTER_LINE_BYTES);

@@ -259,7 +259,7 @@ static shard *import_shard(const import_worker *w, const tally_import_item *it)
 static void import_prefetch(const import_worker *w, const tally_import_item *it)
 {
     ledger_prefetch(shard_ledger(import_shard(w, it)), it->e.merchant, it->e.account, it->e.id,
-                    it->e.id_len);
+                    it->e.id_len, true);
 }
 
 /* One item on its shard (worker thread): 0 applied, 1 there already. */

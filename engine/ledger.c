@@ -483,10 +483,10 @@ int ledger_retain_floor(ledger *l, uint64_t *seq)
 /* ---- execute, replay, convert ------------------------------------------------ */
 
 void ledger_prefetch(const ledger *l, uint64_t merchant, uint64_t acct, const char *id,
-                     size_t id_len)
+                     size_t id_len, bool lookup)
 {
     if (id_len > 0)
-        ids_prefetch(l->ids, ids_key_of(merchant, id, id_len));
+        ids_prefetch(l->ids, ids_key_of(merchant, id, id_len), lookup);
     if (acct != 0)
         account_prefetch(l->st, merchant, acct);
 }

@@ -81,9 +81,11 @@ int ledger_execute(ledger *l, tally_request *req, uint64_t now_ms);
 /* Asks the CPU for the memory a write of (merchant, account, id) reads
  * first (the id in the id index, the account in the state): called a few
  * writes ahead of ledger_execute or ledger_import, the cache misses of
- * consecutive writes overlap.  No effect on the ledger. */
+ * consecutive writes overlap.  `lookup`: the write looks its id up (a new
+ * request, an import line), not only inserts it (a replay).  No effect on
+ * the ledger. */
 void ledger_prefetch(const ledger *l, uint64_t merchant, uint64_t account, const char *id,
-                     size_t id_len);
+                     size_t id_len, bool lookup);
 
 /* Where a replay gets the records after the one it was handed (the
  * allocation parts and group members that one write produced). */

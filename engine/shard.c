@@ -389,7 +389,7 @@ static void shard_ahead_fill(shard_ahead *a)
         const record *r = &a->ring[i];
         if (r->type != RECORD_ALLOC)
             ledger_prefetch(a->l, r->merchant, r->seq <= a->ids_only_to ? 0 : r->account, r->id,
-                            r->id_len);
+                            r->id_len, false);
         a->count++;
     }
 }
@@ -1456,7 +1456,7 @@ static void shard_take_inbox(shard *s)
 static void shard_prefetch(shard *s, const tally_request *r)
 {
     if (tally_op_is_write(r->op))
-        ledger_prefetch(s->ledger, r->merchant, r->account, r->id, r->id_len);
+        ledger_prefetch(s->ledger, r->merchant, r->account, r->id, r->id_len, true);
 }
 
 /* Applies queued requests to the filling batch while it takes them. */
