@@ -184,6 +184,9 @@ run: deps-build
 # The counting script reads TEST_ARGS from the environment: its text, quotes
 # and patterns included, cannot be pasted into a shell line safely.
 #
+# SAN=1: LSAN_OPTIONS names tests/lsan.supp (third-party leaks only; the
+# file says why each is not tally's), inherited by every process a test
+# starts.
 # SAN=thread: TSAN_OPTIONS sends every process's reports to $(BUILD)/tsan/
 # (a tallyd's stderr goes to a log file no one reads when its test passes),
 # and any report fails the run.  The suppressions file names only
@@ -192,7 +195,9 @@ run: deps-build
 # not support threads in a child forked from a multithreaded process.
 TSAN_DIR := $(abspath $(BUILD))/tsan
 TEST_ENV := $(if $(filter thread,$(SAN)),TSAN_OPTIONS='log_path=$(TSAN_DIR)/report \
-	second_deadlock_stack=1 suppressions=$(abspath tests/tsan.supp)')
+	second_deadlock_stack=1 suppressions=$(abspath tests/tsan.supp)') \
+	$(if $(filter 1,$(SAN)),LSAN_OPTIONS='suppressions=$(abspath tests/lsan.supp) \
+	print_suppressions=0')
 test: export TEST_ARGS := $(TEST_ARGS)
 test: deps-test deps-examples
 	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN) $(EXAMPLE_BIN) $(FUZZ_REPLAY)
