@@ -206,32 +206,15 @@ struct ids {
 
 /* ---- small helpers ---------------------------------------------------------- */
 
-static inline uint64_t ids_le64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, sizeof(v));
-    return v;
-}
-
-static inline uint32_t ids_le32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, sizeof(v));
-    return v;
-}
-
-static inline void ids_put64(uint8_t *p, uint64_t v) { memcpy(p, &v, sizeof(v)); }
-static inline void ids_put32(uint8_t *p, uint32_t v) { memcpy(p, &v, sizeof(v)); }
-
 static inline ids_key ids_key_at(const uint8_t *p)
 {
-    return (ids_key){ids_le64(p), ids_le64(p + 8)};
+    return (ids_key){bytes_get_le64(p), bytes_get_le64(p + 8)};
 }
 
 static inline void ids_key_put(uint8_t *p, ids_key k)
 {
-    ids_put64(p, k.hi);
-    ids_put64(p + 8, k.lo);
+    bytes_put_le64(p, k.hi);
+    bytes_put_le64(p + 8, k.lo);
 }
 
 static inline bool ids_key_lt(ids_key a, ids_key b)
@@ -533,18 +516,18 @@ static int ids_block_check(const char *dir, const ids_run *r, uint32_t i, uint32
                            char *msg, size_t cap)
 {
     const uint8_t *b = ids_block_at(r, i);
-    if (checksum64(b, IDS_BLOCK_SUM_OFF, 0) != ids_le64(b + IDS_BLOCK_SUM_OFF))
+    if (checksum64(b, IDS_BLOCK_SUM_OFF, 0) != bytes_get_le64(b + IDS_BLOCK_SUM_OFF))
         return ids_say(msg, cap, TALLY_ECORRUPT, "ids run %s/%s: block %" PRIu32
                        " fails its checksum", dir, r->name, i);
     const uint8_t *t = b + IDS_BLOCK_TRAILER_OFF;
-    uint32_t n = ids_le32(t + 16);
+    uint32_t n = bytes_get_le32(t + 16);
     uint64_t want = i + 1 < r->g.block_count
                         ? IDS_BLOCK_ENTRIES
                         : r->g.count - (uint64_t)i * IDS_BLOCK_ENTRIES;
-    if (n != want || ids_le32(t + 20) != i || ids_le64(t + 24) != r->number)
+    if (n != want || bytes_get_le32(t + 20) != i || bytes_get_le64(t + 24) != r->number)
         return ids_say(msg, cap, TALLY_ECORRUPT, "ids run %s/%s: block %" PRIu32
                        " is not where it belongs (count %" PRIu32 ", index %" PRIu32 ")",
-                       dir, r->name, i, n, ids_le32(t + 20));
+                       dir, r->name, i, n, bytes_get_le32(t + 20));
     *count = n;
     return 0;
 }
@@ -574,7 +557,7 @@ static int ids_run_get(ids *x, const ids_run *r, ids_key key, uint64_t *value)
     uint64_t j = ids_filter_line(key.hi, r->g.filter_lines);
     const uint8_t *line = r->map + r->g.filter_off + j * IDS_FILTER_LINE_BYTES;
     if (!ids_filter_has(line, key.lo, r->g.filter_probes)) {
-        if (ids_line_sum(line, j) != ids_le32(line + IDS_LINE_SUM_OFF))
+        if (ids_line_sum(line, j) != bytes_get_le32(line + IDS_LINE_SUM_OFF))
             return ids_say(x->err, sizeof(x->err), TALLY_ECORRUPT, "ids run %s/%s: filter "
                            "line %" PRIu64 " fails its checksum", x->dir, r->name, j);
         return IDS_ABSENT;
@@ -593,7 +576,7 @@ static int ids_run_get(ids *x, const ids_run *r, ids_key key, uint64_t *value)
         uint32_t mid = lo + (hi - lo) / 2;
         ids_key k = ids_key_at(b + (size_t)mid * IDS_ENTRY_BYTES);
         if (ids_key_eq(k, key)) {
-            *value = ids_le64(b + (size_t)mid * IDS_ENTRY_BYTES + 16);
+            *value = bytes_get_le64(b + (size_t)mid * IDS_ENTRY_BYTES + 16);
             assert(*value != 0);
             return 0;
         }
@@ -614,22 +597,22 @@ static int ids_header_check(ids_run *r, uint64_t size, uint64_t count, uint64_t 
     const uint8_t *h = r->map;
     if (memcmp(h, IDS_MAGIC, 8) != 0)
         return ids_say(msg, cap, TALLY_ECORRUPT, "ids run %s: not a run file", path);
-    if (ids_le32(h + 8) != IDS_VERSION)
+    if (bytes_get_le32(h + 8) != IDS_VERSION)
         return ids_say(msg, cap, TALLY_EFORMAT, "ids run %s: version %" PRIu32 " unknown",
-                       path, ids_le32(h + 8));
-    r->header_sum = ids_le64(h + IDS_HEADER_SUM_OFF);
+                       path, bytes_get_le32(h + 8));
+    r->header_sum = bytes_get_le64(h + IDS_HEADER_SUM_OFF);
     if (checksum64(h, IDS_HEADER_SUM_OFF, 0) != r->header_sum)
         return ids_say(msg, cap, TALLY_ECORRUPT, "ids run %s: header fails its checksum", path);
-    uint64_t n = ids_le64(h + 24);
-    uint32_t lines = ids_le32(h + 40), probes = ids_le32(h + 44);
+    uint64_t n = bytes_get_le64(h + 24);
+    uint32_t lines = bytes_get_le32(h + 40), probes = bytes_get_le32(h + 44);
     r->g = ids_geometry_of(n, lines, probes);
     r->min = ids_key_at(h + 72);
     r->max = ids_key_at(h + 88);
-    bool ok = ids_le32(h + 12) == IDS_BLOCK_BYTES && ids_le64(h + 16) == r->number &&
-              n >= 1 && n <= IDS_RUN_KEYS_MAX && ids_le32(h + 32) == r->g.block_count &&
-              ids_le32(h + 36) == IDS_BLOCK_ENTRIES && lines >= 1 && probes >= 1 &&
-              probes <= IDS_FILTER_PROBES_MAX && ids_le64(h + 48) == r->g.fences_off &&
-              ids_le64(h + 56) == r->g.filter_off && ids_le64(h + 64) == r->g.file_bytes &&
+    bool ok = bytes_get_le32(h + 12) == IDS_BLOCK_BYTES && bytes_get_le64(h + 16) == r->number &&
+              n >= 1 && n <= IDS_RUN_KEYS_MAX && bytes_get_le32(h + 32) == r->g.block_count &&
+              bytes_get_le32(h + 36) == IDS_BLOCK_ENTRIES && lines >= 1 && probes >= 1 &&
+              probes <= IDS_FILTER_PROBES_MAX && bytes_get_le64(h + 48) == r->g.fences_off &&
+              bytes_get_le64(h + 56) == r->g.filter_off && bytes_get_le64(h + 64) == r->g.file_bytes &&
               !ids_key_lt(r->max, r->min);
     if (!ok)
         return ids_say(msg, cap, TALLY_ECORRUPT, "ids run %s: header fields disagree", path);
@@ -637,7 +620,7 @@ static int ids_header_check(ids_run *r, uint64_t size, uint64_t count, uint64_t 
         return ids_say(msg, cap, TALLY_ECORRUPT, "ids run %s: %" PRIu64 " bytes, header says %"
                        PRIu64, path, size, r->g.file_bytes);
     const uint8_t *f = h + size - IDS_FOOTER_BYTES;
-    if (memcmp(f, IDS_FOOTER_MAGIC, 8) != 0 || ids_le64(f + 8) != r->header_sum)
+    if (memcmp(f, IDS_FOOTER_MAGIC, 8) != 0 || bytes_get_le64(f + 8) != r->header_sum)
         return ids_say(msg, cap, TALLY_ECORRUPT, "ids run %s: footer does not match", path);
     if (count != 0 && (count != n || header_sum != r->header_sum))
         return ids_say(msg, cap, TALLY_ECORRUPT, "ids run %s: not the run the manifest names",
@@ -651,11 +634,11 @@ static int ids_sums_check(const ids_run *r, const char *path, char *msg, size_t 
     const uint8_t *h = r->map;
     uint64_t fences = checksum64(r->map + r->g.fences_off,
                                  (size_t)IDS_FENCE_BYTES * r->g.block_count, 0);
-    if (fences != ids_le64(h + 104))
+    if (fences != bytes_get_le64(h + 104))
         return ids_say(msg, cap, TALLY_ECORRUPT, "ids run %s: fences fail their checksum", path);
     uint64_t filter = checksum64(r->map + r->g.filter_off,
                                  (size_t)IDS_FILTER_LINE_BYTES * r->g.filter_lines, 0);
-    if (filter != ids_le64(h + 112))
+    if (filter != bytes_get_le64(h + 112))
         return ids_say(msg, cap, TALLY_ECORRUPT, "ids run %s: filter fails its checksum", path);
     return 0;
 }
@@ -789,7 +772,7 @@ static int ids_write_lines(ids_writer *w)
     n = n < IDS_WRITE_LINES ? n : IDS_WRITE_LINES;
     for (uint64_t j = 0; j < n; j++) {
         uint8_t *line = w->line_buf + j * IDS_FILTER_LINE_BYTES;
-        ids_put32(line + IDS_LINE_SUM_OFF, ids_line_sum(line, w->line_base + j));
+        bytes_put_le32(line + IDS_LINE_SUM_OFF, ids_line_sum(line, w->line_base + j));
     }
     size_t len = (size_t)n * IDS_FILTER_LINE_BYTES;
     checksum_stream_update(w->filter_cs, w->line_buf, len);
@@ -807,10 +790,10 @@ static void ids_seal_block(ids_writer *w, ids_key next)
     uint8_t *t = b + IDS_BLOCK_TRAILER_OFF;
     assert(w->block_fill >= 1 && w->block_fill <= IDS_BLOCK_ENTRIES);
     ids_key_put(t, next);
-    ids_put32(t + 16, w->block_fill);
-    ids_put32(t + 20, (uint32_t)(w->blocks_written + w->blocks_buffered));
-    ids_put64(t + 24, w->number);
-    ids_put64(b + IDS_BLOCK_SUM_OFF, checksum64(b, IDS_BLOCK_SUM_OFF, 0));
+    bytes_put_le32(t + 16, w->block_fill);
+    bytes_put_le32(t + 20, (uint32_t)(w->blocks_written + w->blocks_buffered));
+    bytes_put_le64(t + 24, w->number);
+    bytes_put_le64(b + IDS_BLOCK_SUM_OFF, checksum64(b, IDS_BLOCK_SUM_OFF, 0));
     w->blocks_buffered++;
     w->block_fill = 0;
 }
@@ -883,7 +866,7 @@ static int ids_writer_add(ids_writer *w, ids_key key, uint64_t value)
     uint8_t *e = w->buf + (size_t)w->blocks_buffered * IDS_BLOCK_BYTES +
                  (size_t)w->block_fill++ * IDS_ENTRY_BYTES;
     ids_key_put(e, key);
-    ids_put64(e + 16, value);
+    bytes_put_le64(e + 16, value);
     uint64_t j = ids_filter_line(key.hi, w->g.filter_lines);
     while (j >= w->line_base + IDS_WRITE_LINES)
         if ((rc = ids_write_lines(w)) < 0)
@@ -900,22 +883,22 @@ static void ids_header_encode(const ids_writer *w, uint8_t *h, uint64_t fences_s
                               uint64_t filter_sum)
 {
     memcpy(h, IDS_MAGIC, 8);
-    ids_put32(h + 8, IDS_VERSION);
-    ids_put32(h + 12, IDS_BLOCK_BYTES);
-    ids_put64(h + 16, w->number);
-    ids_put64(h + 24, w->g.count);
-    ids_put32(h + 32, w->g.block_count);
-    ids_put32(h + 36, IDS_BLOCK_ENTRIES);
-    ids_put32(h + 40, w->g.filter_lines);
-    ids_put32(h + 44, w->g.filter_probes);
-    ids_put64(h + 48, w->g.fences_off);
-    ids_put64(h + 56, w->g.filter_off);
-    ids_put64(h + 64, w->g.file_bytes);
+    bytes_put_le32(h + 8, IDS_VERSION);
+    bytes_put_le32(h + 12, IDS_BLOCK_BYTES);
+    bytes_put_le64(h + 16, w->number);
+    bytes_put_le64(h + 24, w->g.count);
+    bytes_put_le32(h + 32, w->g.block_count);
+    bytes_put_le32(h + 36, IDS_BLOCK_ENTRIES);
+    bytes_put_le32(h + 40, w->g.filter_lines);
+    bytes_put_le32(h + 44, w->g.filter_probes);
+    bytes_put_le64(h + 48, w->g.fences_off);
+    bytes_put_le64(h + 56, w->g.filter_off);
+    bytes_put_le64(h + 64, w->g.file_bytes);
     ids_key_put(h + 72, w->min);
     ids_key_put(h + 88, w->last);
-    ids_put64(h + 104, fences_sum);
-    ids_put64(h + 112, filter_sum);
-    ids_put64(h + IDS_HEADER_SUM_OFF, checksum64(h, IDS_HEADER_SUM_OFF, 0));
+    bytes_put_le64(h + 104, fences_sum);
+    bytes_put_le64(h + 112, filter_sum);
+    bytes_put_le64(h + IDS_HEADER_SUM_OFF, checksum64(h, IDS_HEADER_SUM_OFF, 0));
 }
 
 /* Writes the rest, the header and the footer; flushes the file, renames it
@@ -936,7 +919,7 @@ static int ids_writer_end(ids_writer *w, ids_run **out)
     ids_header_encode(w, head, checksum_stream_digest(w->fences_cs),
                       checksum_stream_digest(w->filter_cs));
     memcpy(foot, IDS_FOOTER_MAGIC, 8);
-    ids_put64(foot + 8, ids_le64(head + IDS_HEADER_SUM_OFF));
+    bytes_put_le64(foot + 8, bytes_get_le64(head + IDS_HEADER_SUM_OFF));
     if (rc == 0)
         rc = ids_write_at(w, head, sizeof(head), 0);
     if (rc == 0)
@@ -960,7 +943,7 @@ static int ids_writer_end(ids_writer *w, ids_run **out)
     if (rc < 0)
         ids_say(w->msg, w->cap, rc, "%s: fsync: %s", w->x->dir, strerror(-rc));
     if (rc == 0)
-        rc = ids_run_open(w->x, w->number, w->g.count, ids_le64(head + IDS_HEADER_SUM_OFF),
+        rc = ids_run_open(w->x, w->number, w->g.count, bytes_get_le64(head + IDS_HEADER_SUM_OFF),
                           out, w->msg, w->cap);
     if (rc < 0)
         os->unlink(os->ctx, path); /* not named by any manifest yet */
@@ -1123,7 +1106,7 @@ static int ids_merge_runs(ids *x, ids_run *const *in, uint32_t n, uint64_t numbe
                          PRIx64 "%016" PRIx64 " twice", x->dir, cur[m].r->name, k.hi, k.lo);
             break;
         }
-        rc = ids_writer_add(&w, k, ids_le64(cur[m].b + (size_t)cur[m].pos * IDS_ENTRY_BYTES +
+        rc = ids_writer_add(&w, k, bytes_get_le64(cur[m].b + (size_t)cur[m].pos * IDS_ENTRY_BYTES +
                                            16));
         if (rc == 0 && ++cur[m].pos == cur[m].fill) {
             if (++cur[m].block < cur[m].r->g.block_count)
@@ -1230,18 +1213,18 @@ static void ids_manifest_encode(const ids_manifest_blob *m, uint8_t *p)
 {
     assert(m->run_count <= IDS_RUNS_MAX);
     memcpy(p, IDS_MANIFEST_MAGIC, 8);
-    ids_put32(p + 8, IDS_MANIFEST_VERSION);
-    ids_put32(p + 12, m->run_count);
-    ids_put64(p + 16, m->covered_seq);
-    ids_put64(p + 24, m->next_number);
+    bytes_put_le32(p + 8, IDS_MANIFEST_VERSION);
+    bytes_put_le32(p + 12, m->run_count);
+    bytes_put_le64(p + 16, m->covered_seq);
+    bytes_put_le64(p + 24, m->next_number);
     uint8_t *q = p + IDS_MANIFEST_FIXED_BYTES;
     for (uint32_t i = 0; i < m->run_count; i++, q += IDS_MANIFEST_RUN_BYTES) {
         assert(m->runs[i].number < m->next_number);
-        ids_put64(q, m->runs[i].number);
-        ids_put64(q + 8, m->runs[i].count);
-        ids_put64(q + 16, m->runs[i].header_sum);
+        bytes_put_le64(q, m->runs[i].number);
+        bytes_put_le64(q + 8, m->runs[i].count);
+        bytes_put_le64(q + 16, m->runs[i].header_sum);
     }
-    ids_put64(q, checksum64(p, (size_t)(q - p), 0));
+    bytes_put_le64(q, checksum64(p, (size_t)(q - p), 0));
 }
 
 static int ids_manifest_decode(const void *buf, size_t len, ids_manifest_blob *m, char *msg,
@@ -1253,18 +1236,18 @@ static int ids_manifest_decode(const void *buf, size_t len, ids_manifest_blob *m
         return 0; /* an empty index */
     if (len < ids_manifest_bytes(0) || memcmp(p, IDS_MANIFEST_MAGIC, 8) != 0)
         return ids_say(msg, cap, TALLY_ECORRUPT, "ids manifest: not a manifest");
-    if (ids_le32(p + 8) != IDS_MANIFEST_VERSION)
+    if (bytes_get_le32(p + 8) != IDS_MANIFEST_VERSION)
         return ids_say(msg, cap, TALLY_EFORMAT, "ids manifest: version %" PRIu32 " unknown",
-                       ids_le32(p + 8));
-    m->run_count = ids_le32(p + 12);
+                       bytes_get_le32(p + 8));
+    m->run_count = bytes_get_le32(p + 12);
     if (m->run_count > IDS_RUNS_MAX || len != ids_manifest_bytes(m->run_count) ||
-        checksum64(p, len - 8, 0) != ids_le64(p + len - 8))
+        checksum64(p, len - 8, 0) != bytes_get_le64(p + len - 8))
         return ids_say(msg, cap, TALLY_ECORRUPT, "ids manifest: fails its checksum");
-    m->covered_seq = ids_le64(p + 16);
-    m->next_number = ids_le64(p + 24);
+    m->covered_seq = bytes_get_le64(p + 16);
+    m->next_number = bytes_get_le64(p + 24);
     const uint8_t *q = p + IDS_MANIFEST_FIXED_BYTES;
     for (uint32_t i = 0; i < m->run_count; i++, q += IDS_MANIFEST_RUN_BYTES) {
-        m->runs[i] = (ids_manifest_run){ids_le64(q), ids_le64(q + 8), ids_le64(q + 16)};
+        m->runs[i] = (ids_manifest_run){bytes_get_le64(q), bytes_get_le64(q + 8), bytes_get_le64(q + 16)};
         bool dup = false;
         for (uint32_t j = 0; j < i; j++)
             dup |= m->runs[j].number == m->runs[i].number;
@@ -1381,7 +1364,7 @@ ids_key ids_key_of(uint64_t merchant, const char *id, size_t len)
 {
     assert(len >= 1 && len <= LIMIT_ENGINE_ID_BYTES_MAX);
     uint8_t buf[8 + LIMIT_ENGINE_ID_BYTES_MAX], h[16];
-    ids_put64(buf, merchant);
+    bytes_put_le64(buf, merchant);
     memcpy(buf + 8, id, len);
     checksum128(buf, 8 + len, h);
     /* checksum128 writes big-endian, high half first */
@@ -1820,7 +1803,7 @@ static int ids_verify_run(const ids *x, const ids_run *r, char *msg, size_t cap)
             uint64_t j = ids_filter_line(k.hi, r->g.filter_lines);
             const uint8_t *line = r->map + r->g.filter_off + j * IDS_FILTER_LINE_BYTES;
             ok = (seen == 0 ? ids_key_eq(k, r->min) : ids_key_lt(last, k)) &&
-                 ids_le64(b + (size_t)e * IDS_ENTRY_BYTES + 16) != 0 &&
+                 bytes_get_le64(b + (size_t)e * IDS_ENTRY_BYTES + 16) != 0 &&
                  ids_filter_has(line, k.lo, r->g.filter_probes);
             last = k;
         }
