@@ -420,6 +420,8 @@ static void import_push_filling(import_worker *w)
 /* Ends the workers (their queues drained, or skipped after a failure). */
 static void import_stop(tally_import *im)
 {
+    /* Every worker told first, then joined: each checks its shards as soon
+     * as its queue is drained, in parallel with the others. */
     for (uint32_t k = 0; k < im->nworkers; k++) {
         import_worker *w = &im->workers[k];
         if (!w->started)
@@ -430,7 +432,11 @@ static void import_stop(tally_import *im)
         w->ending = true;
         pthread_cond_broadcast(&w->cond);
         pthread_mutex_unlock(&w->lock);
-        pthread_join(w->thread, NULL);
+    }
+    for (uint32_t k = 0; k < im->nworkers; k++) {
+        import_worker *w = &im->workers[k];
+        if (w->started)
+            pthread_join(w->thread, NULL);
         w->started = false;
     }
 }
