@@ -166,8 +166,26 @@ typedef struct import_worker {
     char msg[600];
 } import_worker;
 
+/* A shard's log flusher: writes and syncs the batch its worker sealed
+ * while the worker fills the next one (the log keeps two buffers), so a
+ * worker waits for a flush only when the next batch is full too, or
+ * before a checkpoint. */
+typedef struct import_flusher {
+    log_t *log;
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t lock;
+    pthread_cond_t cond; /* a batch handed over / written / ending */
+    log_batch batch;
+    bool busy;   /* a sealed batch is the flusher's, or its outcome not yet taken */
+    bool done;   /* written: rc is its outcome */
+    bool ending;
+    int rc;
+} import_flusher;
+
 struct tally_import {
     tally *t;
+    import_flusher *flush; /* per shard */
     uint64_t *base; /* per shard: its last seq when the import began */
     bool *made;     /* per shard: the import made the snapshot at base */
     import_worker *workers;
@@ -226,26 +244,88 @@ static int import_merchant_add(import_worker *w, uint64_t m)
     return 0;
 }
 
-/* Makes what a shard has applied durable and commits its state. */
-static int import_checkpoint(shard *s)
+static void *import_flusher_main(void *arg)
 {
-    log_t *log = shard_log(s);
+    import_flusher *f = arg;
+    pthread_mutex_lock(&f->lock);
+    for (;;) {
+        while (!(f->busy && !f->done) && !f->ending)
+            pthread_cond_wait(&f->cond, &f->lock);
+        if (!(f->busy && !f->done))
+            break; /* ending, nothing handed over */
+        pthread_mutex_unlock(&f->lock);
+        int rc = log_write_sealed(f->log, &f->batch);
+        pthread_mutex_lock(&f->lock);
+        f->rc = rc;
+        f->done = true;
+        pthread_cond_broadcast(&f->cond);
+    }
+    pthread_mutex_unlock(&f->lock);
+    return NULL;
+}
+
+/* Waits for the batch handed to the flusher, if any, and completes it in
+ * the log (the worker's thread: the log is the worker's). */
+static int import_flush_wait(import_flusher *f)
+{
+    pthread_mutex_lock(&f->lock);
+    while (f->busy && !f->done)
+        pthread_cond_wait(&f->cond, &f->lock);
+    bool had = f->busy;
+    int rc = f->rc;
+    f->busy = f->done = false;
+    pthread_mutex_unlock(&f->lock);
+    if (had)
+        log_complete(f->log, rc);
+    return had ? rc : 0;
+}
+
+/* The filling batch sealed and handed to the flusher (without one: written
+ * here). */
+static int import_flush_start(import_flusher *f)
+{
+    int rc = import_flush_wait(f);
+    if (rc < 0 || !f->started)
+        return rc < 0 ? rc : log_flush_sync(f->log);
+    log_seal(f->log, &f->batch);
+    if (f->batch.count == 0)
+        return log_status(f->log);
+    pthread_mutex_lock(&f->lock);
+    f->busy = true;
+    f->done = false;
+    pthread_cond_broadcast(&f->cond);
+    pthread_mutex_unlock(&f->lock);
+    return 0;
+}
+
+/* Everything appended to shard i's log made durable, here and now. */
+static int import_flush_sync(tally_import *im, uint32_t i)
+{
+    log_t *log = shard_log(im->t->shards[i]);
+    int rc = import_flush_wait(&im->flush[i]);
+    return rc == 0 && log_batch_bytes(log) > 0 ? log_flush_sync(log) : rc;
+}
+
+/* Makes what shard i has applied durable and commits its state. */
+static int import_checkpoint(tally_import *im, uint32_t i)
+{
+    shard *s = im->t->shards[i];
     ledger *l = shard_ledger(s);
-    int rc = log_batch_bytes(log) > 0 ? log_flush_sync(log) : 0;
+    int rc = import_flush_sync(im, i);
     if (rc == 0)
-        rc = ledger_checkpoint(l, log_last_seq(log));
+        rc = ledger_checkpoint(l, log_last_seq(shard_log(s)));
     ledger_poll(l);
     return rc;
 }
 
 /* Checkpoints paced as the ledger does for work that owns it
  * (ledger_checkpoint_paced), the log flushed first when one is due. */
-static int import_pace(shard *s)
+static int import_pace(tally_import *im, uint32_t i)
 {
-    log_t *log = shard_log(s);
+    shard *s = im->t->shards[i];
     ledger *l = shard_ledger(s);
-    int rc = ledger_checkpoint_due(l) && log_batch_bytes(log) > 0 ? log_flush_sync(log) : 0;
-    return rc == 0 ? ledger_checkpoint_paced(l, log_last_seq(log)) : rc;
+    int rc = ledger_checkpoint_due(l) ? import_flush_sync(im, i) : 0;
+    return rc == 0 ? ledger_checkpoint_paced(l, log_last_seq(shard_log(s))) : rc;
 }
 
 /* The shard an item's merchant lives on. */
@@ -265,23 +345,25 @@ static void import_prefetch(const import_worker *w, const tally_import_item *it)
 /* One item on its shard (worker thread): 0 applied, 1 there already. */
 static int import_apply(import_worker *w, const tally_import_item *it, char *msg, size_t cap)
 {
-    shard *s = import_shard(w, it);
+    tally_import *im = w->im;
+    uint32_t i = tally_shard_of(im->t, it->e.merchant);
+    shard *s = im->t->shards[i];
     log_t *log = shard_log(s);
     ledger *l = shard_ledger(s);
     int rc = 0;
     if (!log_batch_room(log, IMPORT_BATCH_ROOM))
-        rc = log_flush_sync(log);
+        rc = import_flush_start(&im->flush[i]);
     uint64_t before = log_last_seq(log);
     if (rc == 0)
         rc = ledger_import(l, it, msg, cap);
     if (rc == TALLY_ETOOBIG && log_batch_bytes(log) > 0) {
         /* A write that needs a batch of its own (many allocations). */
-        rc = log_flush_sync(log);
+        rc = import_flush_sync(im, i);
         if (rc == 0)
             rc = ledger_import(l, it, msg, cap);
     }
     if (rc >= 0) {
-        int crc = import_pace(s);
+        int crc = import_pace(im, i);
         rc = crc < 0 ? crc : rc;
     }
     if (rc == 0) {
@@ -297,7 +379,7 @@ static int import_check_shard(import_worker *w, uint32_t i, char *msg, size_t ca
     tally_import *im = w->im;
     shard *s = im->t->shards[i];
     log_t *log = shard_log(s);
-    int rc = import_checkpoint(s);
+    int rc = import_checkpoint(im, i);
     if (rc < 0) {
         snprintf(msg, cap, "shard %u: flush and checkpoint: %s", i, tally_strerror(rc));
         return rc;
@@ -384,6 +466,12 @@ static void *import_worker_main(void *arg)
         pthread_cond_broadcast(&w->cond);
         pthread_mutex_unlock(&w->lock);
     }
+    /* No batch of this worker's left in flight, failed or not. */
+    for (uint32_t i = w->index; i < im->t->shard_count; i += im->nworkers) {
+        int rc = import_flush_wait(&im->flush[i]);
+        if (rc < 0)
+            import_fail(w, rc);
+    }
     /* Step 4 for this worker's shards, in parallel with the others. */
     for (uint32_t i = w->index; i < im->t->shard_count && atomic_load(&im->failed) == 0;
          i += im->nworkers) {
@@ -439,6 +527,17 @@ static void import_stop(tally_import *im)
             pthread_join(w->thread, NULL);
         w->started = false;
     }
+    for (uint32_t i = 0; im->flush && i < im->t->shard_count; i++) {
+        import_flusher *f = &im->flush[i];
+        if (!f->started)
+            continue;
+        pthread_mutex_lock(&f->lock);
+        f->ending = true;
+        pthread_cond_broadcast(&f->cond);
+        pthread_mutex_unlock(&f->lock);
+        pthread_join(f->thread, NULL);
+        f->started = false;
+    }
 }
 
 static void import_free(tally_import *im)
@@ -453,6 +552,11 @@ static void import_free(tally_import *im)
         pthread_mutex_destroy(&w->lock);
         pthread_cond_destroy(&w->cond);
     }
+    for (uint32_t i = 0; im->flush && i < im->t->shard_count; i++) {
+        pthread_mutex_destroy(&im->flush[i].lock);
+        pthread_cond_destroy(&im->flush[i].cond);
+    }
+    free(im->flush);
     free(im->workers);
     free(im->base);
     free(im->made);
@@ -475,12 +579,14 @@ int tally_import_begin(tally *t, tally_import **out, char *msg, size_t cap)
         im->base = calloc(t->shard_count, sizeof(uint64_t));
         im->made = calloc(t->shard_count, sizeof(bool));
         im->workers = calloc(nw, sizeof(import_worker));
+        im->flush = calloc(t->shard_count, sizeof(import_flusher));
     }
-    if (!im || !im->base || !im->made || !im->workers) {
+    if (!im || !im->base || !im->made || !im->workers || !im->flush) {
         if (im) {
             free(im->base);
             free(im->made);
             free(im->workers);
+            free(im->flush);
         }
         free(im);
         return -ENOMEM;
@@ -494,6 +600,12 @@ int tally_import_begin(tally *t, tally_import **out, char *msg, size_t cap)
         pthread_mutex_init(&w->lock, NULL);
         pthread_cond_init(&w->cond, NULL);
     }
+    for (uint32_t i = 0; i < t->shard_count; i++) {
+        import_flusher *f = &im->flush[i];
+        f->log = shard_log(t->shards[i]);
+        pthread_mutex_init(&f->lock, NULL);
+        pthread_cond_init(&f->cond, NULL);
+    }
     const os_ops *os = t->opts.os;
     int rc = 0;
     for (uint32_t i = 0; i < t->shard_count && rc == 0; i++) {
@@ -506,7 +618,7 @@ int tally_import_begin(tally *t, tally_import **out, char *msg, size_t cap)
             break;
         }
         /* The undo: the state as it is, snapshotted at the log's end. */
-        rc = import_checkpoint(s);
+        rc = import_checkpoint(im, i);
         im->base[i] = log_last_seq(shard_log(s));
         char dir[4200];
         import_snap_dir(t, i, dir, sizeof(dir));
@@ -526,6 +638,11 @@ int tally_import_begin(tally *t, tally_import **out, char *msg, size_t cap)
     }
     if (rc == 0)
         rc = import_marker_write(os, t->dir, t->shard_count, im->base, im->made);
+    for (uint32_t i = 0; i < t->shard_count && rc == 0; i++) {
+        import_flusher *f = &im->flush[i];
+        rc = -pthread_create(&f->thread, NULL, import_flusher_main, f);
+        f->started = rc == 0;
+    }
     for (uint32_t k = 0; k < nw && rc == 0; k++) {
         import_worker *w = &im->workers[k];
         rc = -pthread_create(&w->thread, NULL, import_worker_main, w);

@@ -1288,15 +1288,23 @@ void log_discard(log_t *l)
     }
 }
 
+int log_write_sealed(const log_t *l, const log_batch *b)
+{
+    int rc = 0;
+    for (uint32_t i = 0; rc == 0 && i < b->count; i++)
+        rc = os_pwrite_all(l->os, b->io[i].fd, b->io[i].buf, b->io[i].len, b->io[i].off);
+    for (uint32_t i = 0; rc == 0 && i < b->count; i++)
+        rc = l->os->fdatasync(l->os->ctx, b->io[i].fd);
+    return rc;
+}
+
 int log_flush_sync(log_t *l)
 {
     log_batch b;
     log_seal(l, &b);
     int rc = l->status;
-    for (uint32_t i = 0; rc == 0 && i < b.count; i++)
-        rc = os_pwrite_all(l->os, b.io[i].fd, b.io[i].buf, b.io[i].len, b.io[i].off);
-    for (uint32_t i = 0; rc == 0 && i < b.count; i++)
-        rc = l->os->fdatasync(l->os->ctx, b.io[i].fd);
+    if (rc == 0)
+        rc = log_write_sealed(l, &b);
     if (b.count > 0)
         log_complete(l, rc);
     return rc;

@@ -200,6 +200,11 @@ void log_discard(log_t *l);
  * flushes through the seam (offline tools: upgrade, import; no ring).
  * 0 or the first error (the log is then failed). */
 int log_flush_sync(log_t *l);
+/* The writes and flushes of a sealed batch, through the seam: 0 or the
+ * first error, for log_complete.  Touches nothing of the log's but its
+ * seam, so another thread may run it while the owner fills the next batch
+ * (import's flushers). */
+int log_write_sealed(const log_t *l, const log_batch *b);
 
 /* ---- reading ----------------------------------------------------------- */
 
