@@ -8,6 +8,7 @@
  */
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,10 +63,20 @@ static int export_fail(char *err, size_t cap, const char *fmt, ...)
 
 static int export_field(const char *name, size_t len)
 {
-    for (int f = 0; f < F_COUNT; f++)
-        if (export_names[f][0] == name[0] && strlen(export_names[f]) == len &&
-            memcmp(export_names[f], name, len) == 0)
+    /* The names' lengths, counted once (a field name is parsed per field
+     * of every line an import reads). */
+    static _Atomic uint8_t lens[F_COUNT];
+    for (int f = 0; f < F_COUNT; f++) {
+        if (export_names[f][0] != name[0])
+            continue;
+        size_t n = atomic_load_explicit(&lens[f], memory_order_relaxed);
+        if (n == 0) {
+            n = strlen(export_names[f]);
+            atomic_store_explicit(&lens[f], (uint8_t)n, memory_order_relaxed);
+        }
+        if (n == len && memcmp(export_names[f], name, len) == 0)
             return f;
+    }
     return -1;
 }
 
@@ -241,9 +252,12 @@ static int export_u64(const char *s, size_t n, uint64_t *out)
         if (s[i] < '0' || s[i] > '9')
             return -1;
         unsigned d = (unsigned)(s[i] - '0');
-        if (v > (UINT64_MAX - d) / 10)
+        /* 19 digits always fit; only a 20th can overflow (no division per
+         * digit: this runs for every number of every line imported). */
+        if (i < 19)
+            v = v * 10 + d;
+        else if (__builtin_mul_overflow(v, 10u, &v) || __builtin_add_overflow(v, d, &v))
             return -1;
-        v = v * 10 + d;
     }
     *out = v;
     return 0;
@@ -509,6 +523,20 @@ static int export_hex4(const char *s, uint32_t *out)
     return 0;
 }
 
+/* 1 for a byte that stands for itself inside a JSON string: not a quote,
+ * a backslash or a control character. */
+#define EXPORT_ONES16 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1
+static const uint8_t export_plain[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x00: control */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x10: control */
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x22: '"' */
+    EXPORT_ONES16, EXPORT_ONES16,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, /* 0x5c: '\\' */
+    EXPORT_ONES16, EXPORT_ONES16, EXPORT_ONES16, EXPORT_ONES16, EXPORT_ONES16,
+    EXPORT_ONES16, EXPORT_ONES16, EXPORT_ONES16, EXPORT_ONES16, EXPORT_ONES16,
+};
+#undef EXPORT_ONES16
+
 /* A JSON string at in->i (after its quote) decoded into out; *raw and
  * *raw_len: its text as written. */
 static int export_json_string(export_json_in *in, char *out, size_t cap, size_t *len,
@@ -517,10 +545,10 @@ static int export_json_string(export_json_in *in, char *out, size_t cap, size_t 
     size_t k = 0;
     *raw = in->s + in->i;
     while (in->i < in->n) {
-        /* A run of plain bytes at once. */
-        size_t run = 0;
-        while (in->i + run < in->n && k + run < cap && in->s[in->i + run] != '"' &&
-               in->s[in->i + run] != '\\' && (unsigned char)in->s[in->i + run] >= 0x20)
+        /* A run of plain bytes at once: up to the input's end or out's. */
+        size_t run = 0, most = in->n - in->i < cap - k ? in->n - in->i : cap - k;
+        const unsigned char *b = (const unsigned char *)in->s + in->i;
+        while (run < most && export_plain[b[run]])
             run++;
         memcpy(out + k, in->s + in->i, run);
         k += run;
