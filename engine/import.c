@@ -137,7 +137,7 @@ int import_undo(tally *t, const uint64_t *bases, const bool *made)
 /* Items handed to a worker at once, and chunks queued per worker before
  * the reader waits (back pressure, bounded memory). */
 #define IMPORT_CHUNK_ITEMS 256
-#define IMPORT_QUEUE_CHUNKS 16
+#define IMPORT_QUEUE_CHUNKS 64
 /* How many items ahead of the one applied a worker prefetches (ledger_prefetch). */
 #define IMPORT_PREFETCH_AHEAD 8u
 
