@@ -328,13 +328,19 @@ int ledger_checkpoint_frozen_commit(ledger *l)
         return -EROFS;
     if (!state_has_frozen(l->st))
         return 0;
-    int rc = 0;
     int st = state_commit_finish(l->st);
-    if (st == STATE_COMMIT_NONE)
-        rc = state_commit_frozen(l->st, ledger_before_commit, l, NULL, NULL);
-    if (rc == 0)
-        rc = ledger_commit_outcome(l, state_commit_wait(l->st));
-    return rc;
+    if (st == STATE_COMMIT_NONE) {
+        int rc = state_commit_frozen(l->st, ledger_before_commit, l, NULL, NULL);
+        if (rc < 0)
+            return rc;
+        st = STATE_COMMIT_RUNNING;
+    }
+    /* A commit that already ended has its outcome in st: it must reach
+     * the id index (ids_commit_done) like any other, or the index keeps
+     * its frozen memtable and the next freeze is refused (-EBUSY). */
+    if (st == STATE_COMMIT_RUNNING)
+        st = state_commit_wait(l->st);
+    return ledger_commit_outcome(l, st);
 }
 
 int ledger_checkpoint(ledger *l, uint64_t seq)
