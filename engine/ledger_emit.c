@@ -183,7 +183,7 @@ int ledger_emit(ledger *l, ledger_x *x, record *r, log_loc *loc)
     l->emit_ts = r->ts_ms;
     l->emit_imported = (r->rflags & RECORD_F_IMPORTED) != 0;
     if (r->type != RECORD_ALLOC && r->id_len > 0 && r->seq > ids_covered_seq(l->ids)) {
-        ids_key k = ids_key_of(r->merchant, r->id, r->id_len);
+        ids_key k = ledger_ids_key(l, r->merchant, r->id, r->id_len);
         rc = ids_put(l->ids, k, r->seq << 1 | (r->type == RECORD_REFUSAL));
         if (rc < 0)
             return rc;
@@ -333,11 +333,23 @@ int ledger_read_allocs(ledger *l, uint64_t seq, record *entry, uint32_t *n)
 
 /* ---- ids ------------------------------------------------------------------------ */
 
+ids_key ledger_ids_key(ledger *l, uint64_t m, const char *id, size_t id_len)
+{
+    ledger_idkey *c = &l->idkey;
+    if (c->len != id_len || c->merchant != m || memcmp(c->id, id, id_len) != 0) {
+        c->key = ids_key_of(m, id, id_len);
+        c->merchant = m;
+        c->len = (uint8_t)id_len;
+        memcpy(c->id, id, id_len);
+    }
+    return c->key;
+}
+
 int ledger_id_seq(ledger *l, uint64_t m, const char *id, size_t id_len, uint64_t *seq,
                   bool *refusal)
 {
     uint64_t v;
-    int rc = ids_get(l->ids, ids_key_of(m, id, id_len), &v);
+    int rc = ids_get(l->ids, ledger_ids_key(l, m, id, id_len), &v);
     if (rc == IDS_ABSENT)
         return 1;
     if (rc < 0)

@@ -72,11 +72,21 @@ typedef struct ledger_x {
     bool imported;
 } ledger_x;
 
+/* The id-index key of the id hashed last: a write looks its id up, then
+ * puts it (one XXH3-128 instead of two). */
+typedef struct ledger_idkey {
+    uint64_t merchant;
+    uint8_t len; /* 0: none */
+    char id[LIMIT_ENGINE_ID_BYTES_MAX];
+    ids_key key;
+} ledger_idkey;
+
 struct ledger {
     ledger_options opts;
     char dir[4096];
     state *st;
     ids *ids;
+    ledger_idkey idkey;
     log_t *log;
     uint64_t checkpoint_seq;
     uint64_t frozen_seq; /* a checkpoint set aside, being committed; 0: none */
@@ -120,6 +130,9 @@ int64_t ledger_available(const account *ac);
 bool ledger_balance_ok(const account *ac);
 
 /* ---- ledger_emit.c ---------------------------------------------------------- */
+
+/* ids_key_of, remembered for the id hashed last (ledger_idkey). */
+ids_key ledger_ids_key(ledger *l, uint64_t m, const char *id, size_t id_len);
 
 /* The write op that makes entries of a kind (TALLY_OP_NONE for the
  * engine's kinds: expire, available). */
