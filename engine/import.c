@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -678,6 +679,20 @@ static int import_failure(tally_import *im, char *msg, size_t cap)
     return atomic_load(&im->failed);
 }
 
+/* An item into a chunk: its fixed fields and the bytes its strings use
+ * (not the whole ~530-byte struct: the reader copies one per line). */
+static void import_item_copy(tally_import_item *to, const tally_import_item *from)
+{
+    const tally_entry *e = &from->e;
+    memcpy(to, from, offsetof(tally_import_item, e.id));
+    memcpy(to->e.id, e->id, e->id_len);
+    memcpy(to->e.ref, e->ref, e->ref_len);
+    memcpy(to->e.memo, e->memo, e->memo_len);
+    to->refused = from->refused;
+    to->have = from->have;
+    to->line = from->line;
+}
+
 int tally_import_add(tally_import *im, const tally_import_item *it, char *msg, size_t cap)
 {
     msg[0] = 0;
@@ -696,7 +711,7 @@ int tally_import_add(tally_import *im, const tally_import_item *it, char *msg, s
             return -ENOMEM;
         w->filling->n = 0;
     }
-    w->filling->items[w->filling->n++] = *it;
+    import_item_copy(&w->filling->items[w->filling->n++], it);
     im->lines++;
     if (w->filling->n < IMPORT_CHUNK_ITEMS)
         return 0;
