@@ -385,12 +385,14 @@ static int import_check_shard(import_worker *w, uint32_t i, char *msg, size_t ca
         snprintf(msg, cap, "shard %u: flush and checkpoint: %s", i, tally_strerror(rc));
         return rc;
     }
+    /* Each record's length, checksum and chain link, its seq and its
+     * mark: the bytes written are the bytes read (their fields were
+     * checked when they were encoded). */
     log_iter it;
     rc = log_iter_init(log, im->base[i], &it);
-    record r;
-    log_loc loc;
+    record_head r;
     uint64_t expect = im->base[i] + 1;
-    while (rc >= 0 && (rc = log_iter_next(&it, &r, &loc)) == 1) {
+    while (rc >= 0 && (rc = log_iter_next_head(&it, &r)) == 1) {
         if (r.part == 0 && r.seq != expect++) {
             snprintf(msg, cap, "shard %u: seq %" PRIu64 " read back where %" PRIu64 " was written",
                      i, r.seq, expect - 1);

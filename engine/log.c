@@ -1635,6 +1635,26 @@ int log_iter_next(log_iter *it, record *r, log_loc *loc)
     return log_iter_step(it, r, loc, NULL, NULL);
 }
 
+int log_iter_next_head(log_iter *it, record_head *h)
+{
+    log_t *l = it->log;
+    if (it->seg_index == UINT32_MAX)
+        return 0;
+    pthread_rwlock_rdlock(&l->segs_lock);
+    const uint8_t *p = NULL;
+    size_t avail = 0;
+    uint32_t seg = 0;
+    int rc = log_iter_locate(l, it, &p, &avail, &seg);
+    if (rc == 1 && (record_peek_head(p, avail, h) != RECORD_OK || h->prev != it->prev))
+        rc = TALLY_ECORRUPT;
+    if (rc == 1 && h->seq > it->end_seq)
+        rc = 0;
+    if (rc == 1)
+        log_iter_advance(it, h->len, h->checksum, h->seq, h->part);
+    pthread_rwlock_unlock(&l->segs_lock);
+    return rc;
+}
+
 int log_iter_next_raw(log_iter *it, record *r, uint8_t *raw, size_t *raw_len)
 {
     log_loc loc;

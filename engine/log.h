@@ -256,6 +256,10 @@ int log_iter_next(log_iter *it, record *r, log_loc *loc);
  * every record up to it has been seen.  Errors as log_iter_next. */
 int log_iter_next_entry(log_iter *it, uint64_t merchant, uint32_t *budget, record *r,
                         log_loc *loc);
+/* The next record's head only (record_peek_head: length, checksum and
+ * chain checked, the body not decoded): 1 and *h, 0 at the end, errors
+ * as log_iter_next.  For reading back what was written (tally import). */
+int log_iter_next_head(log_iter *it, record_head *h);
 /* log_iter_next that also copies the record's bytes as they are on disk
  * into raw[0, *raw_len) (raw holds LIMIT_RECORD_BYTES_MAX): what a
  * leader ships to its replicas. */

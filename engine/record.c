@@ -266,6 +266,7 @@ int record_peek_head(const uint8_t *buf, size_t avail, record_head *out)
         return RECORD_CHECKSUM;
     *out = (record_head){.len = len, .type = buf[4], .seq = bytes_get_le64(buf + 8),
                          .prev = bytes_get_le64(buf + 24), .part = bytes_get_le16(buf + 44),
+                         .rflags = bytes_get_le16(buf + 46),
                          .merchant = bytes_get_le64(buf + 48), .checksum = sum};
     return RECORD_OK;
 }

@@ -189,13 +189,14 @@ int record_decode(const uint8_t *buf, size_t avail, record *out, size_t *len_out
 int record_peek(const uint8_t *buf, size_t avail, size_t *len_out, uint64_t *seq_out,
                 uint16_t *part_out);
 /* What a scan that skips most records needs of one (a feed looking for
- * one merchant's entries): its length, type, seq, part, merchant, its
- * chain link and its own checksum, after checking the length and the
+ * one merchant's entries): its length, type, seq, part, flags, merchant,
+ * its chain link and its own checksum, after checking the length and the
  * checksum (same results as record_peek). */
 typedef struct record_head {
     size_t len;
     uint8_t type;
     uint16_t part;
+    uint16_t rflags;
     uint64_t seq;
     uint64_t prev;
     uint64_t merchant;
