@@ -62,24 +62,41 @@ static int export_fail(char *err, size_t cap, const char *fmt, ...)
     return TALLY_ESYNTAX;
 }
 
+/* A field name's length, counted once (a name is matched per field of
+ * every line an import reads). */
+static size_t export_name_len(int f)
+{
+    static _Atomic uint8_t lens[F_COUNT];
+    size_t n = atomic_load_explicit(&lens[f], memory_order_relaxed);
+    if (n == 0) {
+        n = strlen(export_names[f]);
+        atomic_store_explicit(&lens[f], (uint8_t)n, memory_order_relaxed);
+    }
+    return n;
+}
+
 static int export_field(const char *name, size_t len)
 {
-    /* The names' lengths, counted once (a field name is parsed per field
-     * of every line an import reads). */
-    static _Atomic uint8_t lens[F_COUNT];
-    for (int f = 0; f < F_COUNT; f++) {
-        if (export_names[f][0] != name[0])
-            continue;
-        size_t n = atomic_load_explicit(&lens[f], memory_order_relaxed);
-        if (n == 0) {
-            n = strlen(export_names[f]);
-            atomic_store_explicit(&lens[f], (uint8_t)n, memory_order_relaxed);
-        }
-        if (n == len && memcmp(export_names[f], name, len) == 0)
+    for (int f = 0; f < F_COUNT; f++)
+        if (export_names[f][0] == name[0] && export_name_len(f) == len &&
+            memcmp(export_names[f], name, len) == 0)
             return f;
-    }
     return -1;
 }
+
+/* The field export_write puts after each (-1: none likely): a line in the
+ * dump's own order names each field where the parser guesses it, so its
+ * name is compared in place instead of decoded and looked up. */
+static const int8_t export_next[F_COUNT] = {
+    [F_SEQ] = F_ID,           [F_ID] = F_KIND,           [F_KIND] = F_MERCHANT,
+    [F_MERCHANT] = F_ACCOUNT, [F_ACCOUNT] = F_POINTS,    [F_ACCOUNT2] = F_POINTS,
+    [F_REFUSED] = F_TS,       [F_POINTS] = F_AMOUNT,     [F_AMOUNT] = F_BALANCE,
+    [F_BALANCE] = F_HELD,     [F_HELD] = F_PENDING,      [F_PENDING] = F_TS,
+    [F_TS] = F_REF,           [F_REF] = F_EXPIRES,       [F_EXPIRES] = F_MEMO,
+    [F_MEMO] = F_ARG_POINTS,  [F_MEMO_B64] = F_ARG_POINTS, [F_ARG_POINTS] = F_GIVEN,
+    [F_AVAILABLE_AT] = F_GIVEN, [F_TIMEOUT] = F_GIVEN,   [F_GIVEN] = F_IMPORTED,
+    [F_IMPORTED] = -1,
+};
 
 /* ---- writing ---------------------------------------------------------------- */
 
@@ -623,18 +640,29 @@ int export_parse_json(const char *line, size_t len, tally_import_item *it, char 
     if (in.i < in.n && line[in.i] == '}') {
         in.i++;
     } else {
+        int guess = F_SEQ;
         for (;;) {
             size_t klen, vlen = 0, raw_len;
             const char *raw;
             export_ws(&in);
             if (in.i >= in.n || line[in.i++] != '"')
                 return export_fail(err, cap, "a field name must be a string");
-            int rc = export_json_string(&in, key, sizeof(key), &klen, &raw, &raw_len, err, cap);
-            if (rc < 0)
-                return rc;
-            int f = export_field(key, klen);
-            if (f < 0)
-                return export_fail(err, cap, "unknown field \"%.*s\"", (int)klen, key);
+            int rc, f = -1;
+            size_t gl = guess >= 0 ? export_name_len(guess) : 0;
+            if (guess >= 0 && in.n - in.i > gl && line[in.i + gl] == '"' &&
+                memcmp(line + in.i, export_names[guess], gl) == 0) {
+                /* The name, as written, with nothing escaped. */
+                f = guess;
+                in.i += gl + 1;
+            } else {
+                rc = export_json_string(&in, key, sizeof(key), &klen, &raw, &raw_len, err, cap);
+                if (rc < 0)
+                    return rc;
+                f = export_field(key, klen);
+                if (f < 0)
+                    return export_fail(err, cap, "unknown field \"%.*s\"", (int)klen, key);
+            }
+            guess = export_next[f];
             export_ws(&in);
             if (in.i >= in.n || line[in.i++] != ':')
                 return export_fail(err, cap, "a ':' must follow \"%s\"", export_names[f]);

@@ -4,6 +4,7 @@
  * string escapes, and what it refuses, each with its message.
  */
 #include <criterion/criterion.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -123,4 +124,48 @@ Test(export, broken_strings_and_unknown_fields_are_refused_with_what_is_wrong)
                  "\",\"kind\":\"earn\",\"merchant\":\"1\",\"account\":\"1\",\"ts\":1}");
         expect_refused(line, longs[k].words);
     }
+}
+
+/* The parser guesses each field from the one before in the dump's own
+ * order; any other order, or a name written with escapes, reads the same. */
+Test(export, fields_in_any_order_or_with_escaped_names_read_the_same)
+{
+    const char *lines[] = {
+        "{\"seq\":3,\"id\":\"x\",\"kind\":\"hold\",\"merchant\":\"2\",\"account\":\"5\","
+        "\"points\":-4,\"amount\":4,\"balance\":6,\"held\":4,\"pending\":0,\"ts\":99,"
+        "\"ref\":\"\",\"expires\":0,\"memo\":\"m\",\"arg_points\":0,\"timeout\":60,"
+        "\"given\":[\"TIMEOUT\"]}",
+        "{\"timeout\":60,\"memo\":\"m\",\"ts\":99,\"pending\":0,\"held\":4,\"balance\":6,"
+        "\"amount\":4,\"points\":-4,\"account\":\"5\",\"merchant\":\"2\",\"kind\":\"hold\","
+        "\"id\":\"x\",\"seq\":3,\"given\":[\"TIMEOUT\"],\"expires\":0,\"ref\":\"\","
+        "\"arg_points\":0}",
+        "{\"s\\u0065q\":3,\"\\u0069d\":\"x\",\"kind\":\"hold\",\"merchant\":\"2\",\"account\":"
+        "\"5\",\"points\":-4,\"amount\":4,\"balance\":6,\"held\":4,\"pending\":0,\"ts\":99,"
+        "\"ref\":\"\",\"expires\":0,\"memo\":\"m\",\"arg_points\":0,\"timeout\":60,"
+        "\"given\":[\"TIMEOUT\"]}",
+    };
+    tally_import_item first;
+    for (size_t k = 0; k < sizeof(lines) / sizeof(lines[0]); k++) {
+        tally_import_item it;
+        char err[256];
+        cr_assert_eq(parse(lines[k], &it, err, sizeof(err)), 0, "line %zu: %s", k, err);
+        cr_assert_eq(it.e.seq, 3);
+        cr_assert_eq(it.e.kind, TALLY_KIND_HOLD);
+        cr_assert_eq(it.e.points, -4);
+        cr_assert_eq(it.e.held, 4);
+        cr_assert_eq(it.e.timeout_s, 60);
+        cr_assert_eq(it.e.req_flags, TALLY_REQ_TIMEOUT);
+        cr_assert_eq(it.e.id_len, 1);
+        cr_assert_eq(it.e.id[0], 'x');
+        if (k == 0) {
+            first = it;
+            continue;
+        }
+        cr_assert_eq(memcmp(&it, &first, offsetof(tally_import_item, e.id)), 0, "line %zu", k);
+        cr_assert_eq(it.have, first.have, "line %zu", k);
+    }
+    /* A name given twice is still refused wherever it is. */
+    expect_refused("{\"seq\":1,\"seq\":2,\"id\":\"a\",\"kind\":\"earn\",\"merchant\":\"1\","
+                   "\"account\":\"1\",\"ts\":1}",
+                   "seq is given twice");
 }
