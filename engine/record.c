@@ -271,6 +271,19 @@ int record_peek_head(const uint8_t *buf, size_t avail, record_head *out)
     return RECORD_OK;
 }
 
+int record_peek_unchecked(const uint8_t *buf, size_t avail, size_t *len_out, uint64_t *seq_out,
+                          uint16_t *part_out)
+{
+    uint32_t len;
+    int rc = record_frame(buf, avail, RECORD_FIXED_BYTES, LIMIT_RECORD_BYTES_MAX, &len);
+    if (rc != RECORD_OK)
+        return rc;
+    *len_out = len;
+    *seq_out = bytes_get_le64(buf + 8);
+    *part_out = bytes_get_le16(buf + 44);
+    return RECORD_OK;
+}
+
 int record_peek(const uint8_t *buf, size_t avail, size_t *len_out, uint64_t *seq_out,
                 uint16_t *part_out)
 {

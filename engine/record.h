@@ -188,6 +188,12 @@ int record_decode(const uint8_t *buf, size_t avail, record *out, size_t *len_out
  * skip records. */
 int record_peek(const uint8_t *buf, size_t avail, size_t *len_out, uint64_t *seq_out,
                 uint16_t *part_out);
+/* record_peek without the checksum (the frame is checked): for walking
+ * past records to one that is then decoded, which checks its own.  What it
+ * reads of a damaged record may be wrong: a caller that did not find what
+ * it walked to walks again with record_peek before saying so. */
+int record_peek_unchecked(const uint8_t *buf, size_t avail, size_t *len_out, uint64_t *seq_out,
+                          uint16_t *part_out);
 /* What a scan that skips most records needs of one (a feed looking for
  * one merchant's entries): its length, type, seq, part, flags, merchant,
  * its chain link and its own checksum, after checking the length and the

@@ -615,3 +615,50 @@ Test(log, reading_back_heads_gives_every_record_in_order_and_stops_at_damage)
     log_close(l);
     eu_rmrf(dir);
 }
+
+/* A lookup by seq walks from the sparse index past records by their frames
+ * only; the record it finds is decoded, checksum and all, and a walk that
+ * does not find its seq is redone checking every record, so damage on the
+ * way is reported as damage, never as a missing seq. */
+Test(log, a_lookup_by_seq_reports_damage_on_its_way_and_in_what_it_finds)
+{
+    char dir[64];
+    eu_tmpdir(dir, "find");
+    log_t *l = lt_open(dir, NULL, NULL);
+    log_loc locs[101];
+    for (uint64_t seq = 1; seq <= 100; seq++) {
+        record r;
+        lt_record(&r, seq, 40);
+        cr_assert_eq(log_append(l, &r, 1000 + seq, &locs[seq]), 0);
+    }
+    cr_assert_eq(log_flush_sync(l), 0);
+    char p[200];
+    snprintf(p, sizeof(p), "%s/log-%010u.seg", dir, (uint32_t)(locs[1] >> 32));
+    int fd = open(p, O_RDWR);
+    cr_assert(fd >= 0, "%s", p);
+    /* A flipped bit in record 40's body (its memo), and record 70's length
+     * field made nonsense. */
+    off_t body = (off_t)((locs[40] & 0xffffffffu) * 8 + 150);
+    uint8_t b;
+    cr_assert_eq(pread(fd, &b, 1, body), 1);
+    b ^= 0x10;
+    cr_assert_eq(pwrite(fd, &b, 1, body), 1);
+    uint8_t len[4] = {0x08, 0, 0, 0}; /* 8: shorter than any record */
+    cr_assert_eq(pwrite(fd, len, 4, (off_t)((locs[70] & 0xffffffffu) * 8)), 4);
+    close(fd);
+    record r;
+    log_loc at;
+    /* Past the damaged body to an intact record: found and whole. */
+    cr_assert_eq(log_read_seq(l, 45, &r, &at), 0);
+    cr_assert_eq(r.seq, 45);
+    cr_assert_eq(r.points, 45);
+    /* The damaged record itself. */
+    cr_assert_eq(log_read_seq(l, 40, &r, &at), TALLY_ECORRUPT);
+    /* Beyond a broken frame: damage, not "no such seq". */
+    cr_assert_eq(log_read_seq(l, 75, &r, &at), TALLY_ECORRUPT);
+    /* Before it, in the same sparse stretch: whole. */
+    cr_assert_eq(log_read_seq(l, 66, &r, &at), 0);
+    cr_assert_eq(r.seq, 66);
+    log_close(l);
+    eu_rmrf(dir);
+}
