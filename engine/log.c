@@ -1487,22 +1487,20 @@ static int log_walk_to(log_t *l, const log_segment *sg, uint64_t off, uint64_t s
         const uint8_t *p = log_bytes_at(l, sg->index, off, &avail, writer);
         if (!p)
             return TALLY_ENOTFOUND;
-        size_t len;
-        uint64_t s;
-        uint16_t part;
-        int prc = checked ? record_peek(p, avail, &len, &s, &part)
-                          : record_peek_unchecked(p, avail, &len, &s, &part);
+        record_head h;
+        int prc = checked ? record_peek_head(p, avail, &h)
+                          : record_peek_head_unchecked(p, avail, &h);
         if (prc == RECORD_END)
             return TALLY_ENOTFOUND;
         if (prc != RECORD_OK)
             return TALLY_ECORRUPT;
-        if (s == seq && part == 0) {
+        if (h.seq == seq && h.part == 0) {
             *loc = log_make_loc(sg->index, off);
             return 0;
         }
-        if (s > seq)
+        if (h.seq > seq)
             return TALLY_ENOTFOUND;
-        off += len;
+        off += h.len;
     }
     return TALLY_ECORRUPT; /* more parts than any entry has: the index is wrong */
 }

@@ -255,32 +255,29 @@ static int record_frame(const uint8_t *buf, size_t avail, size_t fixed, size_t m
     return RECORD_OK;
 }
 
-int record_peek_head(const uint8_t *buf, size_t avail, record_head *out)
+int record_peek_head_unchecked(const uint8_t *buf, size_t avail, record_head *out)
 {
     uint32_t len;
     int rc = record_frame(buf, avail, RECORD_FIXED_BYTES, LIMIT_RECORD_BYTES_MAX, &len);
     if (rc != RECORD_OK)
         return rc;
-    uint64_t sum = checksum64(buf, len - 8, 0);
-    if (sum != bytes_get_le64(buf + len - 8))
-        return RECORD_CHECKSUM;
     *out = (record_head){.len = len, .type = buf[4], .seq = bytes_get_le64(buf + 8),
                          .prev = bytes_get_le64(buf + 24), .part = bytes_get_le16(buf + 44),
                          .rflags = bytes_get_le16(buf + 46),
-                         .merchant = bytes_get_le64(buf + 48), .checksum = sum};
+                         .merchant = bytes_get_le64(buf + 48),
+                         .checksum = bytes_get_le64(buf + len - 8)};
     return RECORD_OK;
 }
 
-int record_peek_unchecked(const uint8_t *buf, size_t avail, size_t *len_out, uint64_t *seq_out,
-                          uint16_t *part_out)
+int record_peek_head(const uint8_t *buf, size_t avail, record_head *out)
 {
-    uint32_t len;
-    int rc = record_frame(buf, avail, RECORD_FIXED_BYTES, LIMIT_RECORD_BYTES_MAX, &len);
+    record_head h;
+    int rc = record_peek_head_unchecked(buf, avail, &h);
     if (rc != RECORD_OK)
         return rc;
-    *len_out = len;
-    *seq_out = bytes_get_le64(buf + 8);
-    *part_out = bytes_get_le16(buf + 44);
+    if (checksum64(buf, h.len - 8, 0) != h.checksum)
+        return RECORD_CHECKSUM;
+    *out = h;
     return RECORD_OK;
 }
 

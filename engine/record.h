@@ -188,12 +188,7 @@ int record_decode(const uint8_t *buf, size_t avail, record *out, size_t *len_out
  * skip records. */
 int record_peek(const uint8_t *buf, size_t avail, size_t *len_out, uint64_t *seq_out,
                 uint16_t *part_out);
-/* record_peek without the checksum (the frame is checked): for walking
- * past records to one that is then decoded, which checks its own.  What it
- * reads of a damaged record may be wrong: a caller that did not find what
- * it walked to walks again with record_peek before saying so. */
-int record_peek_unchecked(const uint8_t *buf, size_t avail, size_t *len_out, uint64_t *seq_out,
-                          uint16_t *part_out);
+
 /* What a scan that skips most records needs of one (a feed looking for
  * one merchant's entries): its length, type, seq, part, flags, merchant,
  * its chain link and its own checksum, after checking the length and the
@@ -209,6 +204,12 @@ typedef struct record_head {
     uint64_t checksum; /* the next record's prev */
 } record_head;
 int record_peek_head(const uint8_t *buf, size_t avail, record_head *out);
+/* record_peek_head without the checksum (the frame is checked; checksum is
+ * the one the record carries): for walking past records to one that is
+ * then decoded, which checks its own.  What it reads of a damaged record
+ * may be wrong: a caller that did not find what it walked to walks again
+ * with record_peek_head before saying so. */
+int record_peek_head_unchecked(const uint8_t *buf, size_t avail, record_head *out);
 
 /* Appends one allocation to r's list if it fits (r->alloc_len +
  * encoded size <= record_alloc_room(r)): true, else false and r unchanged.

@@ -388,10 +388,12 @@ Test(log, leftover_temp_segment_from_a_helper_is_removed_at_open)
 
 /* ---- damage before the boundary is still corruption ----------------------- */
 
-static void lt_flip(const lt_scene *s, log_loc loc, uint64_t delta)
+/* Flips a bit of the byte `delta` bytes into the record at loc, in the
+ * segment file of the log in dir. */
+static void lt_flip_in(const char *dir, log_loc loc, uint64_t delta)
 {
     char p[200];
-    lt_seg_path(s, (uint32_t)(loc >> 32), "", p);
+    snprintf(p, sizeof(p), "%s/log-%010u.seg", dir, (uint32_t)(loc >> 32));
     int fd = open(p, O_RDWR);
     cr_assert(fd >= 0);
     off_t at = (off_t)((loc & 0xffffffffu) * 8 + delta);
@@ -400,6 +402,11 @@ static void lt_flip(const lt_scene *s, log_loc loc, uint64_t delta)
     b ^= 0x10;
     cr_assert_eq(pwrite(fd, &b, 1, at), 1);
     close(fd);
+}
+
+static void lt_flip(const lt_scene *s, log_loc loc, uint64_t delta)
+{
+    lt_flip_in(s->dir, loc, delta);
 }
 
 Test(log, damaged_acknowledged_record_before_a_rollover_refuses_the_log)
@@ -596,16 +603,7 @@ Test(log, reading_back_heads_gives_every_record_in_order_and_stops_at_damage)
     cr_assert_eq(rc, 0);
     cr_assert_eq(want, N + 1, "read back to %llu", (unsigned long long)want - 1);
     /* A flipped bit in record 250's body: the read-back stops there. */
-    char p[200];
-    snprintf(p, sizeof(p), "%s/log-%010u.seg", dir, (uint32_t)(locs[250] >> 32));
-    int fd = open(p, O_RDWR);
-    cr_assert(fd >= 0, "%s", p);
-    off_t at = (off_t)((locs[250] & 0xffffffffu) * 8 + 150);
-    uint8_t b;
-    cr_assert_eq(pread(fd, &b, 1, at), 1);
-    b ^= 0x10;
-    cr_assert_eq(pwrite(fd, &b, 1, at), 1);
-    close(fd);
+    lt_flip_in(dir, locs[250], 150);
     cr_assert_eq(log_iter_init(l, 200, &it), 0);
     want = 201;
     while ((rc = log_iter_next_head(&it, &h)) == 1)
@@ -632,17 +630,13 @@ Test(log, a_lookup_by_seq_reports_damage_on_its_way_and_in_what_it_finds)
         cr_assert_eq(log_append(l, &r, 1000 + seq, &locs[seq]), 0);
     }
     cr_assert_eq(log_flush_sync(l), 0);
-    char p[200];
-    snprintf(p, sizeof(p), "%s/log-%010u.seg", dir, (uint32_t)(locs[1] >> 32));
-    int fd = open(p, O_RDWR);
-    cr_assert(fd >= 0, "%s", p);
     /* A flipped bit in record 40's body (its memo), and record 70's length
      * field made nonsense. */
-    off_t body = (off_t)((locs[40] & 0xffffffffu) * 8 + 150);
-    uint8_t b;
-    cr_assert_eq(pread(fd, &b, 1, body), 1);
-    b ^= 0x10;
-    cr_assert_eq(pwrite(fd, &b, 1, body), 1);
+    lt_flip_in(dir, locs[40], 150);
+    char p[200];
+    snprintf(p, sizeof(p), "%s/log-%010u.seg", dir, (uint32_t)(locs[70] >> 32));
+    int fd = open(p, O_RDWR);
+    cr_assert(fd >= 0, "%s", p);
     uint8_t len[4] = {0x08, 0, 0, 0}; /* 8: shorter than any record */
     cr_assert_eq(pwrite(fd, len, 4, (off_t)((locs[70] & 0xffffffffu) * 8)), 4);
     close(fd);
