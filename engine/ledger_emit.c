@@ -336,7 +336,7 @@ int ledger_read_allocs(ledger *l, uint64_t seq, record *entry, uint32_t *n)
 ids_key ledger_ids_key(ledger *l, uint64_t m, const char *id, size_t id_len)
 {
     ledger_idkey *c = &l->idkey;
-    if (c->len != id_len || c->merchant != m || memcmp(c->id, id, id_len) != 0) {
+    if (c->len == 0 || c->len != id_len || c->merchant != m || memcmp(c->id, id, id_len) != 0) {
         c->key = ids_key_of(m, id, id_len);
         c->merchant = m;
         c->len = (uint8_t)id_len;
