@@ -9,7 +9,6 @@
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,19 +23,21 @@ enum {
     F_ARG_POINTS, F_GIVEN, F_IMPORTED, F_REFUSED, F_COUNT,
 };
 
-static const char *const export_names[F_COUNT] = {
-    [F_SEQ] = "seq",           [F_ID] = "id",
-    [F_KIND] = "kind",         [F_MERCHANT] = "merchant",
-    [F_ACCOUNT] = "account",   [F_ACCOUNT2] = "account2",
-    [F_POINTS] = "points",     [F_AMOUNT] = "amount",
-    [F_BALANCE] = "balance",   [F_HELD] = "held",
-    [F_PENDING] = "pending",   [F_TS] = "ts",
-    [F_REF] = "ref",           [F_EXPIRES] = "expires",
-    [F_MEMO] = "memo",         [F_MEMO_B64] = "memo_b64",
-    [F_AVAILABLE_AT] = "available_at", [F_TIMEOUT] = "timeout",
-    [F_ARG_POINTS] = "arg_points", [F_GIVEN] = "given",
-    [F_IMPORTED] = "imported", [F_REFUSED] = "refused",
-};
+/* Each field's name, and its length, from one list. */
+#define EXPORT_FIELDS(X)                                                                  \
+    X(F_SEQ, "seq") X(F_ID, "id") X(F_KIND, "kind") X(F_MERCHANT, "merchant")              \
+    X(F_ACCOUNT, "account") X(F_ACCOUNT2, "account2") X(F_POINTS, "points")                \
+    X(F_AMOUNT, "amount") X(F_BALANCE, "balance") X(F_HELD, "held") X(F_PENDING, "pending") \
+    X(F_TS, "ts") X(F_REF, "ref") X(F_EXPIRES, "expires") X(F_MEMO, "memo")                \
+    X(F_MEMO_B64, "memo_b64") X(F_AVAILABLE_AT, "available_at") X(F_TIMEOUT, "timeout")    \
+    X(F_ARG_POINTS, "arg_points") X(F_GIVEN, "given") X(F_IMPORTED, "imported")            \
+    X(F_REFUSED, "refused")
+#define EXPORT_NAME(f, s) [f] = s,
+#define EXPORT_NAME_LEN(f, s) [f] = sizeof(s) - 1,
+static const char *const export_names[F_COUNT] = {EXPORT_FIELDS(EXPORT_NAME)};
+static const uint8_t export_name_lens[F_COUNT] = {EXPORT_FIELDS(EXPORT_NAME_LEN)};
+#undef EXPORT_NAME
+#undef EXPORT_NAME_LEN
 
 /* The request options `given` names, in TALLY_REQ_* bit order. */
 static const struct {
@@ -62,23 +63,10 @@ static int export_fail(char *err, size_t cap, const char *fmt, ...)
     return TALLY_ESYNTAX;
 }
 
-/* A field name's length, counted once (a name is matched per field of
- * every line an import reads). */
-static size_t export_name_len(int f)
-{
-    static _Atomic uint8_t lens[F_COUNT];
-    size_t n = atomic_load_explicit(&lens[f], memory_order_relaxed);
-    if (n == 0) {
-        n = strlen(export_names[f]);
-        atomic_store_explicit(&lens[f], (uint8_t)n, memory_order_relaxed);
-    }
-    return n;
-}
-
 static int export_field(const char *name, size_t len)
 {
     for (int f = 0; f < F_COUNT; f++)
-        if (export_names[f][0] == name[0] && export_name_len(f) == len &&
+        if (export_names[f][0] == name[0] && export_name_lens[f] == len &&
             memcmp(export_names[f], name, len) == 0)
             return f;
     return -1;
@@ -648,7 +636,7 @@ int export_parse_json(const char *line, size_t len, tally_import_item *it, char 
             if (in.i >= in.n || line[in.i++] != '"')
                 return export_fail(err, cap, "a field name must be a string");
             int rc, f = -1;
-            size_t gl = guess >= 0 ? export_name_len(guess) : 0;
+            size_t gl = guess >= 0 ? export_name_lens[guess] : 0;
             if (guess >= 0 && in.n - in.i > gl && line[in.i + gl] == '"' &&
                 memcmp(line + in.i, export_names[guess], gl) == 0) {
                 /* The name, as written, with nothing escaped. */

@@ -2,10 +2,13 @@
  * import.c — tally import: the marker file and the all-or-nothing load of
  * entries into every shard (import.h has the protocol).
  *
- * The shards are opened offline (no threads): this module drives their
- * logs and ledgers directly, flushing a log when its batch is full and
- * checkpointing a ledger when its changes or its id memtable are — as the
- * shard thread paces itself, without the ring (synchronous writes).
+ * The shards are opened offline (no shard threads): this module drives
+ * their logs and ledgers directly.  The caller's thread parses and queues
+ * lines by shard; a worker per CPU applies its shards' lines; a flusher
+ * per shard writes and syncs the log batch its worker sealed (plain
+ * synchronous writes, no ring) while the worker fills the next; a ledger
+ * checkpoints when its changes or its id memtable are full — as the shard
+ * thread paces itself.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -146,6 +149,7 @@ typedef struct import_chunk {
     struct import_chunk *next;
     uint32_t n;
     tally_import_item items[IMPORT_CHUNK_ITEMS];
+    uint32_t shard[IMPORT_CHUNK_ITEMS]; /* each item's, as the reader routed it */
 } import_chunk;
 
 typedef struct import_worker {
@@ -329,25 +333,18 @@ static int import_pace(tally_import *im, uint32_t i)
     return rc == 0 ? ledger_checkpoint_paced(l, log_last_seq(shard_log(s))) : rc;
 }
 
-/* The shard an item's merchant lives on. */
-static shard *import_shard(const import_worker *w, const tally_import_item *it)
-{
-    const tally *t = w->im->t;
-    return t->shards[tally_shard_of(t, it->e.merchant)];
-}
-
 /* Asks the CPU for what applying an item a few items later reads first. */
-static void import_prefetch(const import_worker *w, const tally_import_item *it)
+static void import_prefetch(const import_worker *w, const tally_import_item *it, uint32_t i)
 {
-    ledger_prefetch(shard_ledger(import_shard(w, it)), it->e.merchant, it->e.account, it->e.id,
+    ledger_prefetch(shard_ledger(w->im->t->shards[i]), it->e.merchant, it->e.account, it->e.id,
                     it->e.id_len, true);
 }
 
 /* One item on its shard (worker thread): 0 applied, 1 there already. */
-static int import_apply(import_worker *w, const tally_import_item *it, char *msg, size_t cap)
+static int import_apply(import_worker *w, const tally_import_item *it, uint32_t i, char *msg,
+                        size_t cap)
 {
     tally_import *im = w->im;
-    uint32_t i = tally_shard_of(im->t, it->e.merchant);
     shard *s = im->t->shards[i];
     log_t *log = shard_log(s);
     ledger *l = shard_ledger(s);
@@ -449,9 +446,10 @@ static void *import_worker_main(void *arg)
         for (uint32_t i = 0; i < c->n && atomic_load(&im->failed) == 0; i++) {
             const tally_import_item *it = &c->items[i];
             if (i + IMPORT_PREFETCH_AHEAD < c->n)
-                import_prefetch(w, &c->items[i + IMPORT_PREFETCH_AHEAD]);
+                import_prefetch(w, &c->items[i + IMPORT_PREFETCH_AHEAD],
+                                c->shard[i + IMPORT_PREFETCH_AHEAD]);
             char msg[480];
-            int rc = import_apply(w, it, msg, sizeof(msg));
+            int rc = import_apply(w, it, c->shard[i], msg, sizeof(msg));
             if (rc == 0) {
                 w->applied++;
             } else if (rc == 1) {
@@ -530,7 +528,7 @@ static void import_stop(tally_import *im)
             pthread_join(w->thread, NULL);
         w->started = false;
     }
-    for (uint32_t i = 0; im->flush && i < im->t->shard_count; i++) {
+    for (uint32_t i = 0; i < im->t->shard_count; i++) {
         import_flusher *f = &im->flush[i];
         if (!f->started)
             continue;
@@ -555,7 +553,7 @@ static void import_free(tally_import *im)
         pthread_mutex_destroy(&w->lock);
         pthread_cond_destroy(&w->cond);
     }
-    for (uint32_t i = 0; im->flush && i < im->t->shard_count; i++) {
+    for (uint32_t i = 0; i < im->t->shard_count; i++) {
         pthread_mutex_destroy(&im->flush[i].lock);
         pthread_cond_destroy(&im->flush[i].cond);
     }
@@ -702,7 +700,8 @@ int tally_import_add(tally_import *im, const tally_import_item *it, char *msg, s
         import_stop(im);
         return import_failure(im, msg, cap);
     }
-    import_worker *w = &im->workers[tally_shard_of(im->t, it->e.merchant) % im->nworkers];
+    uint32_t si = tally_shard_of(im->t, it->e.merchant);
+    import_worker *w = &im->workers[si % im->nworkers];
     if (!w->filling) {
         pthread_mutex_lock(&w->lock);
         w->filling = w->spare;
@@ -713,6 +712,7 @@ int tally_import_add(tally_import *im, const tally_import_item *it, char *msg, s
             return -ENOMEM;
         w->filling->n = 0;
     }
+    w->filling->shard[w->filling->n] = si;
     import_item_copy(&w->filling->items[w->filling->n++], it);
     im->lines++;
     if (w->filling->n < IMPORT_CHUNK_ITEMS)
