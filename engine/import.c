@@ -349,6 +349,7 @@ static int import_apply(import_worker *w, const tally_import_item *it, uint32_t 
     log_t *log = shard_log(s);
     ledger *l = shard_ledger(s);
     int rc = 0;
+    msg[0] = 0;
     if (!log_batch_room(log, IMPORT_BATCH_ROOM))
         rc = import_flush_start(&im->flush[i]);
     uint64_t before = log_last_seq(log);
@@ -360,6 +361,8 @@ static int import_apply(import_worker *w, const tally_import_item *it, uint32_t 
         if (rc == 0)
             rc = ledger_import(l, it, msg, cap);
     }
+    if (rc < 0 && !msg[0] && log_status(log) < 0)
+        snprintf(msg, cap, "shard %u: writing its log: %s", i, tally_strerror(rc));
     if (rc >= 0) {
         int crc = import_pace(im, i);
         rc = crc < 0 ? crc : rc;
@@ -470,8 +473,11 @@ static void *import_worker_main(void *arg)
     /* No batch of this worker's left in flight, failed or not. */
     for (uint32_t i = w->index; i < im->t->shard_count; i += im->nworkers) {
         int rc = import_flush_wait(&im->flush[i]);
-        if (rc < 0)
+        if (rc < 0 && w->rc == 0) {
+            snprintf(w->msg, sizeof(w->msg), "shard %u: writing its log: %s", i,
+                     tally_strerror(rc));
             import_fail(w, rc);
+        }
     }
     /* Step 4 for this worker's shards, in parallel with the others. */
     for (uint32_t i = w->index; i < im->t->shard_count && atomic_load(&im->failed) == 0;

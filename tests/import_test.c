@@ -572,6 +572,56 @@ Test(import, kill_9_during_an_import_leaves_nothing_and_a_rerun_imports_it_all, 
     unlink(file);
 }
 
+/* A log flush that fails in the middle (strace makes the third fdatasync
+ * of a shard's flusher thread fail with EIO): the import stops with a
+ * clear error, leaves the directory as it was, and a rerun imports it all. */
+Test(import, a_failed_log_flush_stops_the_import_and_leaves_the_directory_as_it_was,
+     .timeout = 300, .fini = imp_fini)
+{
+    cr_assert_eq(fu_sh("command -v strace >/dev/null"), 0, "strace is installed (DEPS_TEST)");
+    td_init(&dst, "impf");
+    /* Segments the whole import fits in: its flushes all go to segment 1. */
+    td_start(&dst, (const char *const[]){"--shards", "2", "--segment-kib", "65536", NULL});
+    redisContext *c = td_connect(&dst);
+    for (int i = 0; i < 7; i++)
+        freeReplyObject(imp_ok(c, "EARN 900 1 5 live-%d", i));
+    redisFree(c);
+    td_stop(&dst);
+    char file[256], log[256], out[8192], seg0[256], seg1[256], tool[512];
+    imp_path(&dst, "big.jsonl", file, sizeof(file));
+    imp_path(&dst, "import.log", log, sizeof(log));
+    imp_big_file(file, imp_sums);
+    char before[16384], after[16384];
+    imp_files(&dst, before, sizeof(before));
+    snprintf(seg0, sizeof(seg0), "%s/shard-000/log-0000000001.seg", dst.dir);
+    snprintf(seg1, sizeof(seg1), "%s/shard-001/log-0000000001.seg", dst.dir);
+    snprintf(tool, sizeof(tool), "%s/tally", getenv("TALLY_BUILD"));
+    pid_t pid = fu_spawn((const char *const[]){"strace", "-f", "-qq", "-o", "/dev/null",
+                                               "--seccomp-bpf", "-P", seg0, "-P", seg1, "-e",
+                                               "trace=fdatasync", "-e",
+                                               "inject=fdatasync:error=EIO:when=3", tool,
+                                               "import", dst.dir, file, NULL},
+                         log);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    size_t len;
+    char *said = fu_read_file(log, &len);
+    cr_assert_not_null(said, "%s", log);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "the import did not fail: %s", said);
+    cr_assert_not_null(strstr(said, "Input/output error"), "%s", said);
+    cr_assert_not_null(strstr(said, "nothing was imported"), "%s", said);
+    free(said);
+    imp_files(&dst, after, sizeof(after));
+    cr_assert_str_eq(before, after, "the files are as they were");
+    cr_assert_eq(imp_tool(out, sizeof(out), "import '%s' '%s'", dst.dir, file), 0, "%s", out);
+    char want[64];
+    snprintf(want, sizeof(want), "imported %d lines: ", IMP_BIG_LINES);
+    cr_assert_not_null(strstr(out, want), "%s", out);
+    imp_check_sums();
+    cr_assert_eq(imp_tool(out, sizeof(out), "verify '%s'", dst.dir), 0, "%s", out);
+    unlink(file);
+}
+
 /* ---- CSV --------------------------------------------------------------------------- */
 
 Test(import, csv_with_a_header_and_quoted_memos_arrives_byte_for_byte, .timeout = 60,
