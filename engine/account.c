@@ -12,11 +12,7 @@
 #include "bytes.h"
 #include "tally.h"
 
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "account values are little-endian");
-static_assert(sizeof(account_hdr) == 112, "format: the account header");
-static_assert(sizeof(account_hold) == 24, "format: a hold");
-static_assert(sizeof(account_lot) == 32, "format: a lot");
-static_assert(sizeof(account_dir) == 24, "format: a chunk's directory entry");
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "format 3's values are little-endian");
 static_assert(ACCOUNT_INLINE_MAX < ACCOUNT_CHUNK_MAX, "inline lots fit one chunk");
 
 /* ---- keys and growth -------------------------------------------------------- */
@@ -57,23 +53,178 @@ static int account_lotcmp(uint64_t e1, uint64_t s1, uint64_t e2, uint64_t s2)
     return e1 != e2 ? (e1 < e2 ? -1 : 1) : (s1 != s2 ? (s1 < s2 ? -1 : 1) : 0);
 }
 
+/* ---- the value's encoding ------------------------------------------------------ */
+
+/* Bytes an encoded value may take at most (every varint at its longest). */
+#define ACCOUNT_HDR_FIELDS 16
+#define ACCOUNT_HDR_BYTES_MAX (3 + ACCOUNT_HDR_FIELDS * BYTES_VARINT_MAX)
+#define ACCOUNT_ITEM_BYTES_MAX (4 * BYTES_VARINT_MAX)
+
+/* The header's fields in their encoded order, as unsigned numbers: signed
+ * totals zigzagged, due_s + 1 (UINT64_MAX, none, is 0). */
+static void account_hdr_fields(const account_hdr *h, uint64_t f[ACCOUNT_HDR_FIELDS])
+{
+    const int64_t *totals = &h->earned; /* earned .. transferred: nine int64_t */
+    for (int i = 0; i < 9; i++)
+        f[i] = bytes_zigzag(totals[i]);
+    f[9] = h->head_seq;
+    f[10] = h->due_s + 1;
+    f[11] = h->nholds;
+    f[12] = h->npending;
+    f[13] = h->nlots;
+    f[14] = h->nchunks;
+    f[15] = h->chunk_next;
+}
+static_assert(offsetof(account_hdr, transferred) == 8 * sizeof(int64_t), "nine totals first");
+
+/* An encoder writes at p; a decoder reads [p, end) and remembers a value
+ * that ran out or overflowed. */
+typedef struct account_rd {
+    const uint8_t *p, *end;
+    bool bad;
+} account_rd;
+
+static uint64_t account_rd_u(account_rd *r)
+{
+    uint64_t v = 0;
+    size_t n = bytes_get_varint(r->p, (size_t)(r->end - r->p), &v);
+    r->bad |= n == 0;
+    r->p += n;
+    return v;
+}
+
+/* Lots are sorted by expiry: each stores its expiry + 1 as the signed
+ * difference from the one before (a few bytes instead of eight). */
+static uint8_t *account_lot_put(uint8_t *p, const account_lot *lot, uint64_t *prev)
+{
+    uint64_t x = lot->expkey + 1;
+    p += bytes_put_varint(p, bytes_zigzag((int64_t)(x - *prev)));
+    *prev = x;
+    p += bytes_put_varint(p, lot->seq);
+    p += bytes_put_varint(p, bytes_zigzag(lot->remaining));
+    p += bytes_put_varint(p, lot->available_at);
+    return p;
+}
+
+static void account_lot_take(account_rd *r, account_lot *lot, uint64_t *prev)
+{
+    uint64_t x = *prev + (uint64_t)bytes_unzigzag(account_rd_u(r));
+    *prev = x;
+    lot->expkey = x - 1;
+    lot->seq = account_rd_u(r);
+    lot->remaining = bytes_unzigzag(account_rd_u(r));
+    lot->available_at = account_rd_u(r);
+}
+
+/* The encoded length of ac's value, at most. */
+static size_t account_value_max(const account_hdr *h)
+{
+    return ACCOUNT_HDR_BYTES_MAX + (size_t)h->nholds * 3 * BYTES_VARINT_MAX +
+           ((size_t)h->npending + (h->nchunks ? h->nchunks : h->nlots)) * ACCOUNT_ITEM_BYTES_MAX;
+}
+
+/* The value (format 4): a varint mask of the header fields that are not 0,
+ * those fields as varints, then each hold (seq, zigzag amount, deadline_s
+ * + 1), each pending lot, then the inline lots or the chunks' directory
+ * (id, count, first lot's expiry as a lot's, first_seq).  Returns its end. */
+static uint8_t *account_encode(const account *ac, uint8_t *p)
+{
+    const account_hdr *h = &ac->h;
+    uint64_t f[ACCOUNT_HDR_FIELDS], mask = 0;
+    account_hdr_fields(h, f);
+    for (int i = 0; i < ACCOUNT_HDR_FIELDS; i++)
+        mask |= (uint64_t)(f[i] != 0) << i;
+    p += bytes_put_varint(p, mask);
+    for (int i = 0; i < ACCOUNT_HDR_FIELDS; i++)
+        if (f[i])
+            p += bytes_put_varint(p, f[i]);
+    for (uint32_t i = 0; i < h->nholds; i++) {
+        p += bytes_put_varint(p, ac->holds[i].seq);
+        p += bytes_put_varint(p, bytes_zigzag(ac->holds[i].amount));
+        p += bytes_put_varint(p, ac->holds[i].deadline_s + 1);
+    }
+    uint64_t prev = 0;
+    for (uint32_t i = 0; i < h->npending; i++)
+        p = account_lot_put(p, &ac->pending[i], &prev);
+    prev = 0;
+    if (h->nchunks) {
+        for (uint32_t i = 0; i < h->nchunks; i++) {
+            const account_dir *d = &ac->dir[i];
+            account_lot first = {.expkey = d->first_expkey, .seq = d->first_seq};
+            p += bytes_put_varint(p, d->id);
+            p += bytes_put_varint(p, d->count);
+            uint64_t x = first.expkey + 1;
+            p += bytes_put_varint(p, bytes_zigzag((int64_t)(x - prev)));
+            prev = x;
+            p += bytes_put_varint(p, first.seq);
+        }
+    } else {
+        for (uint32_t i = 0; i < h->nlots; i++)
+            p = account_lot_put(p, &ac->inl[i], &prev);
+    }
+    return p;
+}
+
+/* The header of an encoded value into ac->h: 0 or TALLY_ECORRUPT (also
+ * for counts the value's length cannot hold: an item takes >= 3 bytes). */
+static int account_decode_hdr(account *ac, account_rd *r)
+{
+    uint64_t mask = account_rd_u(r), f[ACCOUNT_HDR_FIELDS];
+    if (mask >> ACCOUNT_HDR_FIELDS)
+        return TALLY_ECORRUPT;
+    for (int i = 0; i < ACCOUNT_HDR_FIELDS; i++)
+        f[i] = mask >> i & 1 ? account_rd_u(r) : 0;
+    account_hdr *h = &ac->h;
+    int64_t *totals = &h->earned;
+    for (int i = 0; i < 9; i++)
+        totals[i] = bytes_unzigzag(f[i]);
+    h->head_seq = f[9];
+    h->due_s = f[10] - 1;
+    /* Counts of items in this value (nlots is not one when the lots are in
+     * chunks: account_load bounds inline lots). */
+    size_t room = (size_t)(r->end - r->p);
+    for (int i = 11; i < ACCOUNT_HDR_FIELDS; i++)
+        if (f[i] > UINT32_MAX || ((i == 11 || i == 12 || i == 14) && f[i] > room))
+            return TALLY_ECORRUPT;
+    h->nholds = (uint32_t)f[11];
+    h->npending = (uint32_t)f[12];
+    h->nlots = (uint32_t)f[13];
+    h->nchunks = (uint32_t)f[14];
+    h->chunk_next = (uint32_t)f[15];
+    h->reserved = 0;
+    return r->bad ? TALLY_ECORRUPT : 0;
+}
+
+static void account_decode_items(account *ac, account_rd *r)
+{
+    const account_hdr *h = &ac->h;
+    for (uint32_t i = 0; i < h->nholds; i++) {
+        ac->holds[i].seq = account_rd_u(r);
+        ac->holds[i].amount = bytes_unzigzag(account_rd_u(r));
+        ac->holds[i].deadline_s = account_rd_u(r) - 1;
+    }
+    uint64_t prev = 0;
+    for (uint32_t i = 0; i < h->npending; i++)
+        account_lot_take(r, &ac->pending[i], &prev);
+    prev = 0;
+    if (h->nchunks) {
+        for (uint32_t i = 0; i < h->nchunks; i++) {
+            account_dir *d = &ac->dir[i];
+            uint64_t id = account_rd_u(r), count = account_rd_u(r);
+            r->bad |= id > UINT32_MAX || count > UINT32_MAX;
+            d->id = (uint32_t)id;
+            d->count = (uint32_t)count;
+            prev += (uint64_t)bytes_unzigzag(account_rd_u(r));
+            d->first_expkey = prev - 1;
+            d->first_seq = account_rd_u(r);
+        }
+    } else {
+        for (uint32_t i = 0; i < h->nlots; i++)
+            account_lot_take(r, &ac->inl[i], &prev);
+    }
+}
+
 /* ---- load and save ------------------------------------------------------------ */
-
-/* The value's parts, in order; an empty part may come from an array never
- * allocated (memcpy must not see its NULL). */
-static void account_put(uint8_t **p, const void *src, size_t n)
-{
-    if (n)
-        memcpy(*p, src, n);
-    *p += n;
-}
-
-static void account_take(void *dst, const uint8_t **p, size_t n)
-{
-    if (n)
-        memcpy(dst, *p, n);
-    *p += n;
-}
 
 void account_free(account *ac)
 {
@@ -141,28 +292,18 @@ int account_load(state *st, uint64_t m, uint64_t a, account *ac)
         ac->h = (account_hdr){.due_s = UINT64_MAX};
         return account_size(ac);
     }
-    if (vl < sizeof(account_hdr))
-        return TALLY_ECORRUPT;
-    memcpy(&ac->h, v, sizeof(ac->h));
+    account_rd r = {.p = v, .end = (const uint8_t *)v + vl};
+    rc = account_decode_hdr(ac, &r);
     const account_hdr *h = &ac->h;
-    size_t want = sizeof(*h) + (size_t)h->nholds * sizeof(account_hold) +
-                  (size_t)h->npending * sizeof(account_lot) +
-                  (h->nchunks ? (size_t)h->nchunks * sizeof(account_dir)
-                              : (size_t)h->nlots * sizeof(account_lot));
-    if (vl != want || (h->nchunks == 0 && h->nlots > ACCOUNT_INLINE_MAX) ||
-        (h->nchunks > 0 && h->nlots == 0))
-        return TALLY_ECORRUPT;
-    rc = account_size(ac);
+    if (rc == 0 && ((h->nchunks == 0 && h->nlots > ACCOUNT_INLINE_MAX) ||
+                    (h->nchunks > 0 && h->nlots == 0)))
+        rc = TALLY_ECORRUPT;
+    if (rc == 0)
+        rc = account_size(ac);
     if (rc < 0)
         return rc;
-    const uint8_t *p = (const uint8_t *)v + sizeof(*h);
-    account_take(ac->holds, &p, h->nholds * sizeof(account_hold));
-    account_take(ac->pending, &p, h->npending * sizeof(account_lot));
-    if (h->nchunks)
-        account_take(ac->dir, &p, h->nchunks * sizeof(account_dir));
-    else
-        account_take(ac->inl, &p, h->nlots * sizeof(account_lot));
-    return 0;
+    account_decode_items(ac, &r);
+    return r.bad || r.p != r.end ? TALLY_ECORRUPT : 0;
 }
 
 /* Reads chunk dir[c] into ac->chunks[c] unless it is there. */
@@ -189,14 +330,20 @@ static int account_chunk_at(state *st, account *ac, uint32_t c, account_chunk **
         return TALLY_ECORRUPT; /* the directory names a chunk that is not there */
     if (rc < 0)
         return rc;
-    uint32_t n = (uint32_t)(vl / sizeof(account_lot));
-    if (vl % sizeof(account_lot) || n == 0 || n > ACCOUNT_CHUNK_MAX || n != ac->dir[c].count)
+    /* The chunk's value: its lots, encoded as an account's inline lots. */
+    uint32_t n = ac->dir[c].count;
+    if (n == 0 || n > ACCOUNT_CHUNK_MAX)
+        return TALLY_ECORRUPT;
+    account_rd r = {.p = v, .end = (const uint8_t *)v + vl};
+    uint64_t prev = 0;
+    for (uint32_t i = 0; i < n; i++)
+        account_lot_take(&r, &ch->lots[i], &prev);
+    if (r.bad || r.p != r.end)
         return TALLY_ECORRUPT;
     ch->id = ac->dir[c].id;
     ch->count = n;
     ch->loaded = true;
     ch->dirty = false;
-    memcpy(ch->lots, v, vl);
     *out = ch;
     return 0;
 }
@@ -209,9 +356,12 @@ int account_save(state *st, account *ac)
         if (!ch || !ch->loaded || !ch->dirty)
             continue;
         assert(ch->count > 0 && ch->count <= ACCOUNT_CHUNK_MAX && ch->id == ac->dir[c].id);
-        uint8_t k[20];
-        int rc = state_put(st, STATE_LOTS, k, account_chunk_key(k, ac->m, ac->a, ch->id),
-                           ch->lots, ch->count * sizeof(account_lot));
+        uint8_t k[20], val[ACCOUNT_CHUNK_MAX * ACCOUNT_ITEM_BYTES_MAX], *end = val;
+        uint64_t prev = 0;
+        for (uint32_t i = 0; i < ch->count; i++)
+            end = account_lot_put(end, &ch->lots[i], &prev);
+        int rc = state_put(st, STATE_LOTS, k, account_chunk_key(k, ac->m, ac->a, ch->id), val,
+                           (size_t)(end - val));
         if (rc < 0)
             return rc;
         ch->dirty = false;
@@ -223,29 +373,141 @@ int account_save(state *st, account *ac)
             return rc;
     }
     ac->gone_count = 0;
-    size_t len = sizeof(*h) + (size_t)h->nholds * sizeof(account_hold) +
-                 (size_t)h->npending * sizeof(account_lot) +
-                 (h->nchunks ? (size_t)h->nchunks * sizeof(account_dir)
-                             : (size_t)h->nlots * sizeof(account_lot));
-    /* The value is built in the inline array's spare room when it fits the
-     * common case; else in a buffer of its own. */
-    uint8_t small[1024];
-    uint8_t *buf = len <= sizeof(small) ? small : malloc(len);
+    /* Built on the stack in the common case; else in a buffer of its own. */
+    size_t max = account_value_max(h);
+    uint8_t small[2048];
+    uint8_t *buf = max <= sizeof(small) ? small : malloc(max);
     if (!buf)
         return -ENOMEM;
-    uint8_t *p = buf;
-    account_put(&p, h, sizeof(*h));
-    account_put(&p, ac->holds, h->nholds * sizeof(account_hold));
-    account_put(&p, ac->pending, h->npending * sizeof(account_lot));
-    if (h->nchunks)
-        account_put(&p, ac->dir, h->nchunks * sizeof(account_dir));
-    else
-        account_put(&p, ac->inl, h->nlots * sizeof(account_lot));
+    size_t len = (size_t)(account_encode(ac, buf) - buf);
+    assert(len <= max);
     uint8_t k[16];
     int rc = state_put(st, STATE_ACCOUNTS, k, account_key(k, ac->m, ac->a), buf, len);
     if (buf != small)
         free(buf);
     ac->exists = ac->exists || rc == 0;
+    return rc;
+}
+
+/* ---- format 3 values, upgraded ----------------------------------------------------- */
+
+/* Format 3 stored the structs as they are in memory: the header (112
+ * bytes), holds (24), pending lots (32), then inline lots (32) or the
+ * chunks' directory (24); a chunk's value was its lots (32 each). */
+static_assert(sizeof(account_hdr) == 112 && sizeof(account_hold) == 24 &&
+                  sizeof(account_lot) == 32 && sizeof(account_dir) == 24,
+              "format 3's value layout");
+
+static int account_decode_v3(account *ac, const uint8_t *v, size_t vl)
+{
+    if (vl < sizeof(account_hdr))
+        return TALLY_ECORRUPT;
+    memcpy(&ac->h, v, sizeof(ac->h));
+    const account_hdr *h = &ac->h;
+    size_t hold = sizeof(account_hold), lot = sizeof(account_lot), dir = sizeof(account_dir);
+    size_t want = sizeof(*h) + h->nholds * hold + h->npending * lot +
+                  (h->nchunks ? h->nchunks * dir : h->nlots * lot);
+    if (vl != want || (h->nchunks == 0 && h->nlots > ACCOUNT_INLINE_MAX) ||
+        (h->nchunks > 0 && h->nlots == 0))
+        return TALLY_ECORRUPT;
+    int rc = account_size(ac);
+    if (rc < 0)
+        return rc;
+    v += sizeof(*h);
+    memcpy(ac->holds, v, h->nholds * hold);
+    v += h->nholds * hold;
+    memcpy(ac->pending, v, h->npending * lot);
+    v += h->npending * lot;
+    if (h->nchunks)
+        memcpy(ac->dir, v, h->nchunks * dir);
+    else
+        memcpy(ac->inl, v, h->nlots * lot);
+    return 0;
+}
+
+/* What a scan re-encoded: (key length byte, key, value length, value)... */
+typedef struct account_upgrade {
+    int table;
+    account ac;
+    uint8_t *buf;
+    size_t len, cap;
+    uint64_t rows;
+} account_upgrade;
+
+static int account_upgrade_one(void *ctx, const void *key, size_t kl, const void *val,
+                               size_t vl)
+{
+    account_upgrade *u = ctx;
+    size_t max = u->table == STATE_ACCOUNTS ? 0 : ACCOUNT_CHUNK_MAX * ACCOUNT_ITEM_BYTES_MAX;
+    int rc = 0;
+    if (u->table == STATE_ACCOUNTS) {
+        rc = account_decode_v3(&u->ac, val, vl);
+        max = account_value_max(&u->ac.h);
+    } else if (vl == 0 || vl % sizeof(account_lot) || vl / sizeof(account_lot) > ACCOUNT_CHUNK_MAX) {
+        rc = TALLY_ECORRUPT;
+    }
+    if (rc < 0)
+        return rc;
+    if (kl > UINT8_MAX)
+        return TALLY_ECORRUPT;
+    size_t need = u->len + 1 + kl + 4 + max;
+    if (need > u->cap) {
+        size_t cap = u->cap ? u->cap : 1u << 20;
+        while (cap < need)
+            cap *= 2;
+        uint8_t *b = realloc(u->buf, cap);
+        if (!b)
+            return -ENOMEM;
+        u->buf = b;
+        u->cap = cap;
+    }
+    uint8_t *p = u->buf + u->len;
+    *p++ = (uint8_t)kl;
+    memcpy(p, key, kl);
+    p += kl;
+    uint8_t *lenp = p, *start = p + 4, *end;
+    if (u->table == STATE_ACCOUNTS) {
+        end = account_encode(&u->ac, start);
+    } else {
+        end = start;
+        uint64_t prev = 0;
+        for (size_t i = 0; i < vl / sizeof(account_lot); i++) {
+            account_lot lot;
+            memcpy(&lot, (const uint8_t *)val + i * sizeof(lot), sizeof(lot));
+            end = account_lot_put(end, &lot, &prev);
+        }
+    }
+    bytes_put_le32(lenp, (uint32_t)(end - start));
+    u->len = (size_t)(end - u->buf);
+    u->rows++;
+    return 0;
+}
+
+int account_upgrade_v3(state *st, uint64_t *accounts, uint64_t *chunks)
+{
+    account_upgrade u = {0};
+    int rc = 0;
+    const int tables[2] = {STATE_ACCOUNTS, STATE_LOTS};
+    uint64_t *counts[2] = {accounts, chunks};
+    for (int t = 0; t < 2 && rc == 0; t++) {
+        u.table = tables[t];
+        u.len = 0;
+        u.rows = 0;
+        /* Collected first: a scan must not change the state it walks. */
+        rc = state_scan(st, u.table, NULL, 0, NULL, 0, account_upgrade_one, &u);
+        for (size_t at = 0; rc == 0 && at < u.len;) {
+            const uint8_t *k = u.buf + at + 1;
+            size_t kl = u.buf[at];
+            size_t vl = bytes_get_le32(k + kl);
+            rc = state_put(st, u.table, k, kl, k + kl + 4, vl);
+            at += 1 + kl + 4 + vl;
+        }
+        *counts[t] = u.rows;
+        if (rc == 0)
+            state_replace(st, u.table); /* written back packed */
+    }
+    free(u.buf);
+    account_free(&u.ac);
     return rc;
 }
 

@@ -3,13 +3,25 @@
  * pending lots and spendable lots, in the state (state.h).
  *
  * The value in STATE_ACCOUNTS, keyed (merchant, account) big-endian
- * (format: ledger.c's LEDGER_FORMAT; host byte order, little-endian):
+ * (format: ledger.c's LEDGER_FORMAT 4), is encoded, not the structs below:
  *
- *   account_hdr                          112 bytes
- *   account_hold   holds[nholds]          24 bytes each, by seq
- *   account_lot    pending[npending]      32 bytes each, by (available_at, seq)
- *   nchunks == 0:  account_lot lots[nlots]  32 bytes each, by (expiry, seq)
- *   nchunks >  0:  account_dir dir[nchunks] 24 bytes each, in lot order
+ *   varint mask       bit i: header field i is not 0 (16 fields)
+ *   varint field...   earned, redeemed, expired, held, debt, lots_total,
+ *                     pending_total, pool, transferred (zigzag), head_seq,
+ *                     due_s + 1 (UINT64_MAX, none, is 0), nholds, npending,
+ *                     nlots, nchunks, chunk_next — only those in the mask
+ *   holds[nholds]     varint seq, zigzag amount, varint deadline_s + 1
+ *   pending[npending] lots, by (available_at, seq)
+ *   nchunks == 0:     lots[nlots], by (expiry, seq)
+ *   nchunks >  0:     dir[nchunks], in lot order: varint id, count, the
+ *                     first lot's expiry (as a lot's), first_seq
+ *
+ * A lot is zigzag((expiry + 1) − (the lot before's expiry + 1), from 0),
+ * varint seq, zigzag remaining, varint available_at: sorted lots take ~8 bytes, a
+ * typical account's value ~15 (the structs took 112 and 32 each, three
+ * times the B-tree pages for a checkpoint to rewrite).  A chunk's value in
+ * STATE_LOTS is its lots, encoded the same way.  Format 3 stored the
+ * structs; ledger_open re-encodes such a state once (account_upgrade_v3).
  *
  * Spendable lots that expire are kept one per earn (each expires under
  * its own id) sorted soonest first; never-expiring spendable points are
@@ -116,6 +128,12 @@ void account_prefetch(const state *st, uint64_t m, uint64_t a);
 int account_load(state *st, uint64_t m, uint64_t a, account *ac);
 /* Writes ac and its changed chunks into the state. */
 int account_save(state *st, account *ac);
+
+/* Re-encodes every account and chunk stored in format 3 (the structs as
+ * they were in memory) as format 4, into st's uncommitted layer, and says
+ * how many of each.  Errors: TALLY_ECORRUPT (a malformed format-3 value),
+ * state errors. */
+int account_upgrade_v3(state *st, uint64_t *accounts, uint64_t *chunks);
 
 /* ---- spendable expiring lots, soonest first -------------------------------- */
 

@@ -32,6 +32,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bytes.h"
 #include "checksum.h"
 #include "feed.h"
 #include "ledger.h"
@@ -789,31 +790,12 @@ void feed_notify(void *ctx, uint32_t index)
 static const char feed_b64url[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-static size_t feed_varint_put(uint8_t *p, uint64_t v)
-{
-    size_t n = 0;
-    do {
-        p[n++] = (uint8_t)((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
-        v >>= 7;
-    } while (v);
-    return n;
-}
-
 /* A varint at raw[*at, len): 0 and *v, or -1. */
 static int feed_varint_get(const uint8_t *raw, size_t len, size_t *at, uint64_t *v)
 {
-    uint64_t x = 0;
-    for (unsigned shift = 0; *at < len && shift < 64; shift += 7) {
-        uint8_t b = raw[(*at)++];
-        if (shift == 63 && b > 1)
-            return -1;
-        x |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80)) {
-            *v = x;
-            return 0;
-        }
-    }
-    return -1;
+    size_t n = *at <= len ? bytes_get_varint(raw + *at, len - *at, v) : 0;
+    *at += n;
+    return n ? 0 : -1;
 }
 
 static uint32_t feed_check32(const uint8_t *raw, size_t len)
@@ -827,9 +809,9 @@ size_t tally_cursor_format(const uint64_t *seqs, uint32_t shards, char *out, siz
     uint8_t raw[FEED_CURSOR_RAW_MAX];
     size_t n = 0;
     raw[n++] = FEED_CURSOR_VERSION;
-    n += feed_varint_put(raw + n, shards);
+    n += bytes_put_varint(raw + n, shards);
     for (uint32_t i = 0; i < shards; i++)
-        n += feed_varint_put(raw + n, seqs[i]);
+        n += bytes_put_varint(raw + n, seqs[i]);
     uint32_t sum = feed_check32(raw, n);
     for (int i = 0; i < 4; i++)
         raw[n++] = (uint8_t)(sum >> (8 * i));

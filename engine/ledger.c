@@ -177,6 +177,32 @@ static int ledger_open_ids(ledger *l)
     return rc;
 }
 
+/* State format 3 (release 2.0) stored accounts and chunks of lots as the
+ * structs are in memory; format 4 encodes them (account.c), ~3x smaller.
+ * Every value is re-encoded and committed with the new format in one
+ * commit: a crash before it leaves format 3, to do again.  Read-only
+ * opens (offline tools) keep the re-encoded values in the uncommitted
+ * layer, as they keep a replayed log tail. */
+static int ledger_upgrade_format3(ledger *l)
+{
+    uint64_t accounts = 0, chunks = 0;
+    int rc = account_upgrade_v3(l->st, &accounts, &chunks);
+    if (rc == 0 && !l->opts.read_only) {
+        static const uint64_t format = LEDGER_FORMAT;
+        rc = state_put(l->st, STATE_META, "format", 6, &format, 8);
+        if (rc == 0)
+            rc = state_commit(l->st);
+    }
+    if (rc == 0)
+        ledger_say(l, 0, "%s: state format 3 upgraded to %d (%llu accounts, %llu chunks of lots)%s",
+                   l->dir, LEDGER_FORMAT, (unsigned long long)accounts,
+                   (unsigned long long)chunks, l->opts.read_only ? ", in memory (read-only)" : "");
+    else
+        ledger_say(l, 2, "%s: upgrading state format 3 to %d: %s", l->dir, LEDGER_FORMAT,
+                   state_error(l->st)[0] ? state_error(l->st) : tally_strerror(rc));
+    return rc;
+}
+
 int ledger_open(const ledger_options *opts, log_t *log, ledger **out)
 {
     ledger *l = calloc(1, sizeof(*l));
@@ -200,7 +226,9 @@ int ledger_open(const ledger_options *opts, log_t *log, ledger **out)
         rc = ledger_meta_u64(l, "ts", &l->last_ts_ms, NULL);
     if (rc == 0)
         rc = ledger_meta_u64(l, "format", &format, NULL);
-    if (rc == 0 && used && format != LEDGER_FORMAT) {
+    if (rc == 0 && used && format == 3)
+        rc = ledger_upgrade_format3(l);
+    else if (rc == 0 && used && format != LEDGER_FORMAT) {
         ledger_say(l, 2, "%s: state format %llu, this build reads format %d", l->dir,
                    (unsigned long long)format, LEDGER_FORMAT);
         rc = TALLY_EFORMAT;

@@ -27,7 +27,7 @@
 
 /* The layout of the state's tables and values.  Changing either changes
  * the format: bump it (open refuses other formats). */
-#define LEDGER_FORMAT 3
+#define LEDGER_FORMAT 4
 
 /* Refusal reasons: index stored in the record, so a replayed refusal
  * answers byte-identically.  Append only (format). */

@@ -48,30 +48,11 @@ size_t record_alloc_room(const record *r)
 
 /* ---- allocations ---------------------------------------------------------- */
 
-static size_t record_varint_put(uint8_t *p, uint64_t v)
-{
-    size_t n = 0;
-    while (v >= 0x80) {
-        p[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (uint8_t)v;
-    return n;
-}
-
 /* 0 and *v, *used; RECORD_BAD if it runs out or is longer than 10 bytes. */
 static int record_varint_get(const uint8_t *p, size_t avail, uint64_t *v, size_t *used)
 {
-    uint64_t x = 0;
-    for (size_t i = 0; i < avail && i < 10; i++) {
-        x |= (uint64_t)(p[i] & 0x7f) << (7 * i);
-        if (!(p[i] & 0x80)) {
-            *v = x;
-            *used = i + 1;
-            return 0;
-        }
-    }
-    return RECORD_BAD;
+    *used = bytes_get_varint(p, avail, v);
+    return *used ? 0 : RECORD_BAD;
 }
 
 static size_t record_alloc_encode(const record_alloc *a, uint8_t *out)
@@ -81,12 +62,12 @@ static size_t record_alloc_encode(const record_alloc *a, uint8_t *out)
     size_t n = 0;
     out[n++] = a->flags;
     if (!(a->flags & RECORD_A_POOL)) {
-        n += record_varint_put(out + n, a->seq);
-        n += record_varint_put(out + n, a->expkey);
+        n += bytes_put_varint(out + n, a->seq);
+        n += bytes_put_varint(out + n, a->expkey);
     }
     if (a->flags & RECORD_A_PENDING)
-        n += record_varint_put(out + n, a->available_at);
-    n += record_varint_put(out + n, (uint64_t)a->points);
+        n += bytes_put_varint(out + n, a->available_at);
+    n += bytes_put_varint(out + n, (uint64_t)a->points);
     assert(n <= RECORD_ALLOC_BYTES_MAX);
     return n;
 }

@@ -96,6 +96,7 @@ typedef struct state_layer {
     uint32_t table_count[STATE_TABLES];
     state_chunk *chunks;
     size_t bytes;
+    uint32_t replaces; /* bit t: the layer holds every row of table t (state_replace) */
 } state_layer;
 
 /* The last LMDB reads, answered again without a B-tree walk: a write
@@ -734,8 +735,14 @@ static int state_write_layer(state *s, const state_layer *l, char *error, size_t
         return state_errs_in(error, cap, ENOMEM);
     MDB_txn *txn = NULL;
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
-    for (int t = 0; rc == 0 && t < STATE_TABLES; t++)
-        rc = state_write_table(s, txn, t, v[t], n[t]);
+    for (int t = 0; rc == 0 && t < STATE_TABLES; t++) {
+        /* A table the layer replaces is emptied first, then appended to:
+         * packed pages, whatever its old rows left. */
+        if (l->replaces >> t & 1)
+            rc = mdb_drop(txn, s->dbi[t], 0);
+        if (rc == 0)
+            rc = state_write_table(s, txn, t, v[t], n[t]);
+    }
     for (int t = 0; t < STATE_TABLES; t++)
         free(v[t]);
     if (rc == 0)
@@ -869,6 +876,12 @@ int state_commit(state *s)
     state_layer_free(s->clean);
     s->clean = NULL;
     return state_empty_active(s, true);
+}
+
+void state_replace(state *s, int table)
+{
+    assert(table > STATE_META && table < STATE_TABLES && !s->frozen && !s->committing);
+    s->active->replaces |= 1u << table;
 }
 
 int state_abort(state *s)

@@ -77,6 +77,12 @@ int state_view_open(state *s, state **out);
 /* Writes everything not yet committed into LMDB in one synced commit, on
  * the calling thread (waiting first for a running commit). */
 int state_commit(state *s);
+/* Says that the uncommitted changes hold every row table should have
+ * (values rewritten in a new format): their commit empties the table in
+ * LMDB first and writes it back packed.  Only with nothing frozen or
+ * committing; reads until then still fall through to LMDB's old rows for
+ * keys the changes lack. */
+void state_replace(state *s, int table);
 /* Drops the changes not committed: the active layer, and a frozen one no
  * committer took yet (a running commit is waited for and kept). */
 int state_abort(state *s);

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bytes.h"
 #include "engine_util.h"
 
 int eu_log_warnings;
@@ -216,14 +217,20 @@ int eu_flip_value(const char *path, int64_t value)
     uint8_t *buf = malloc((size_t)st.st_size);
     if (!buf || pread(fd, buf, (size_t)st.st_size, 0) != st.st_size)
         abort();
+    /* As an int64 (merchant totals), and as account values store their
+     * totals: a zigzag varint. */
+    uint8_t enc[2][BYTES_VARINT_MAX];
+    size_t enc_len[2] = {8, bytes_put_varint(enc[1], bytes_zigzag(value))};
+    memcpy(enc[0], &value, 8);
     int hits = 0;
-    for (off_t o = 0; o + 8 <= st.st_size; o++)
-        if (memcmp(buf + o, &value, 8) == 0) {
-            buf[o] ^= 0x01;
-            if (pwrite(fd, buf + o, 1, o) != 1)
-                abort();
-            hits++;
-        }
+    for (int k = 0; k < 2; k++)
+        for (off_t o = 0; o + (off_t)enc_len[k] <= st.st_size; o++)
+            if (memcmp(buf + o, enc[k], enc_len[k]) == 0) {
+                buf[o] ^= 0x01;
+                if (pwrite(fd, buf + o, 1, o) != 1)
+                    abort();
+                hits++;
+            }
     fsync(fd);
     close(fd);
     free(buf);

@@ -41,8 +41,9 @@ uint64_t eu_pipeline(tally *t, uint64_t n, uint32_t window,
                      int *first_err, char *msg, size_t cap);
 
 /* Damage, for tests that check it is found.  eu_flip_bit: one bit of the
- * byte at off (0x10).  eu_flip_value: the low bit of every copy of an
- * 8-byte value in the file; returns how many copies.  Both abort() when
+ * byte at off (0x10).  eu_flip_value: the low bit of the first byte of
+ * every copy of a value in the file, as an int64 and as a zigzag varint
+ * (account totals); returns how many copies.  Both abort() when
  * the file cannot be read or written. */
 void eu_flip_bit(const char *path, long off);
 int eu_flip_value(const char *path, int64_t value);
