@@ -414,13 +414,16 @@ static int account_decode_v3(account *ac, const uint8_t *v, size_t vl)
     if (rc < 0)
         return rc;
     v += sizeof(*h);
-    memcpy(ac->holds, v, h->nholds * hold);
+    /* An array of none may never have been allocated: no memcpy of NULL. */
+    if (h->nholds)
+        memcpy(ac->holds, v, h->nholds * hold);
     v += h->nholds * hold;
-    memcpy(ac->pending, v, h->npending * lot);
+    if (h->npending)
+        memcpy(ac->pending, v, h->npending * lot);
     v += h->npending * lot;
     if (h->nchunks)
         memcpy(ac->dir, v, h->nchunks * dir);
-    else
+    else if (h->nlots)
         memcpy(ac->inl, v, h->nlots * lot);
     return 0;
 }
