@@ -23,6 +23,15 @@ static state *acct_state(void)
     return st;
 }
 
+/* The stored value of account (m, a), as account_save wrote it. */
+static void acct_raw(state *st, uint8_t m, uint8_t a, uint8_t k[16], const void **v, size_t *vl)
+{
+    memset(k, 0, 16);
+    k[7] = m;
+    k[15] = a;
+    cr_assert_eq(state_get(st, STATE_ACCOUNTS, k, 16, v, vl), 0);
+}
+
 static void lots_equal(const account_lot *a, const account_lot *b, uint32_t n, const char *what)
 {
     for (uint32_t i = 0; i < n; i++)
@@ -109,12 +118,10 @@ Test(account, a_typical_account_takes_a_fraction_of_its_structs)
     ac.h.lots_total = ac.h.pool = 2173;
     ac.h.head_seq = 9298480;
     cr_assert_eq(account_save(st, &ac), 0);
-    uint8_t k[16] = {0};
-    k[7] = 1;
-    k[15] = 2;
+    uint8_t k[16];
     const void *v;
     size_t vl;
-    cr_assert_eq(state_get(st, STATE_ACCOUNTS, k, 16, &v, &vl), 0);
+    acct_raw(st, 1, 2, k, &v, &vl);
     cr_assert_leq(vl, 16, "%zu bytes for five small numbers (the header struct is %zu)", vl,
                   sizeof(account_hdr));
     account_free(&ac);
@@ -131,12 +138,10 @@ Test(account, a_malformed_value_is_refused_as_corrupt)
     account_lot lot = {.expkey = 1800000000, .seq = 1, .remaining = 50, .available_at = 5};
     cr_assert_eq(account_pending_add(&ac, &lot), 0);
     cr_assert_eq(account_save(st, &ac), 0);
-    uint8_t k[16] = {0};
-    k[7] = 3;
-    k[15] = 4;
+    uint8_t k[16];
     const void *v;
     size_t vl;
-    cr_assert_eq(state_get(st, STATE_ACCOUNTS, k, 16, &v, &vl), 0);
+    acct_raw(st, 3, 4, k, &v, &vl);
     uint8_t good[256];
     cr_assert_lt(vl, sizeof(good));
     memcpy(good, v, vl);
