@@ -368,7 +368,8 @@ int account_save(state *st, account *ac)
     }
     for (uint32_t i = 0; i < ac->gone_count; i++) {
         uint8_t k[20];
-        int rc = state_del(st, STATE_LOTS, k, account_chunk_key(k, ac->m, ac->a, ac->gone[i]));
+        int rc =
+            state_del_known(st, STATE_LOTS, k, account_chunk_key(k, ac->m, ac->a, ac->gone[i]));
         if (rc < 0)
             return rc;
     }

@@ -102,7 +102,9 @@ int ledger_acct_save(ledger *l, account *ac)
     if (due != ac->h.due_s) {
         uint8_t k[24];
         if (ac->h.due_s != UINT64_MAX) {
-            int rc = state_del(l->st, STATE_DUE, k, ledger_key3(k, ac->h.due_s, ac->m, ac->a));
+            /* The account's due_s is the row it has. */
+            int rc =
+                state_del_known(l->st, STATE_DUE, k, ledger_key3(k, ac->h.due_s, ac->m, ac->a));
             if (rc < 0)
                 return rc;
         }

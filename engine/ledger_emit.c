@@ -504,7 +504,7 @@ int ledger_liability_add(ledger *l, uint64_t m, uint64_t expkey, int64_t delta)
         memcpy(&cur, v, 8);
     cur += delta;
     if (cur == 0)
-        return state_del(l->st, STATE_LIABILITY, k, kl) < 0 ? TALLY_EFAILED : 0;
+        return state_del_known(l->st, STATE_LIABILITY, k, kl) < 0 ? TALLY_EFAILED : 0;
     return state_put(l->st, STATE_LIABILITY, k, kl, &cur, 8);
 }
 

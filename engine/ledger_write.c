@@ -382,7 +382,8 @@ int ledger_release(ledger *l, ledger_x *x, tally_request *q, const record *hold,
         ac->h.redeemed += capture;
         uint8_t k[8];
         ledger_be64(k, hold->seq);
-        rc = state_del(l->st, STATE_HOLDS, k, 8) < 0 ? TALLY_EFAILED : 0;
+        /* The account's hold is the row it has. */
+        rc = state_del_known(l->st, STATE_HOLDS, k, 8) < 0 ? TALLY_EFAILED : 0;
     }
     if (rc == 0)
         rc = ledger_count_entry(l, ac,

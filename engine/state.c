@@ -993,6 +993,12 @@ int state_del(state *s, int table, const void *key, size_t key_len)
     int rc = state_get(s, table, key, key_len, &v, &vl);
     if (rc != 0)
         return rc; /* STATE_ABSENT */
+    return state_del_known(s, table, key, key_len);
+}
+
+int state_del_known(state *s, int table, const void *key, size_t key_len)
+{
+    assert(!s->borrowed);
     return state_layer_set(s->active, table, key, key_len, state_hash(table, key, key_len),
                            NULL, 0, true);
 }

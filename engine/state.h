@@ -123,6 +123,10 @@ int state_put(state *s, int table, const void *key, size_t key_len, const void *
               size_t val_len);
 /* 0, or STATE_ABSENT if there was nothing to delete. */
 int state_del(state *s, int table, const void *key, size_t key_len);
+/* Deletes a key the caller's own bookkeeping says is stored, without
+ * reading it first (state_del's read is a B-tree walk for a key that no
+ * layer holds); were the key absent, the deletion would change nothing. */
+int state_del_known(state *s, int table, const void *key, size_t key_len);
 
 /* Ordered iteration over the merged view (layers over LMDB) of keys in
  * [from, to) — from_len 0: from the first key; to_len 0: to the last.

@@ -138,9 +138,12 @@ Test(state, random_operations_over_layers_and_lmdb_match_a_model, .timeout = 240
             live.present[t][k] = true;
             memcpy(live.val[t][k], val, vl);
             live.val_len[t][k] = (uint8_t)vl;
-        } else if (what < 650) { /* delete */
+        } else if (what < 600) { /* delete */
             int rc = state_del(s, table_of(t), key, kl);
             cr_assert_eq(rc, live.present[t][k] ? 0 : 1, "del of key %d", k);
+            live.present[t][k] = false;
+        } else if (what < 650) { /* delete without a read, the key there or not */
+            cr_assert_eq(state_del_known(s, table_of(t), key, kl), 0, "del of key %d", k);
             live.present[t][k] = false;
         } else if (what < 850) {
             check_get(s, &live, t, k);
