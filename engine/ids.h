@@ -188,6 +188,7 @@ typedef struct ids_stats_t {
     uint32_t mapped_count;    /* run files on disk and mapped (incl. retained ones) */
     uint64_t disk_bytes;      /* bytes of those files */
     uint64_t memtable_bytes;  /* anonymous bytes the memtables hold (mapped) */
+    uint64_t filter_bytes;    /* anonymous bytes of the mapped runs' filters (in memory) */
     uint64_t bytes_written;   /* by flushes and merges since open */
     uint64_t flushes;         /* run files written by ids_flush_frozen */
     uint64_t merges;          /* merges installed */
