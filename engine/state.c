@@ -38,6 +38,7 @@
  */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -471,6 +472,14 @@ int state_open(const char *dir, uint64_t map_bytes, state **out)
         state_close(s);
         return err;
     }
+    /* Lookups read the tables at random from the first request on: the
+     * kernel is asked to read the file now, in large pieces, instead of a
+     * page fault at a time once requests come (a cold page cache: a
+     * restart after a reboot).  Only a hint; it returns once the reads are
+     * queued. */
+    mdb_filehandle_t fd;
+    if (mdb_env_get_fd(s->env, &fd) == 0)
+        (void)posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
     *out = s;
     return 0;
 }
