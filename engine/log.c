@@ -913,6 +913,20 @@ static int log_open_segments(log_t *l, log_recovery *rec)
         if (stat(path, &st) == 0 && st.st_size >= LIMIT_SEGMENT_BYTES_MIN)
             l->segment_bytes = (uint32_t)st.st_size;
     }
+    /* Each segment's header is read below through its mapping, one page
+     * fault after another: with a cold page cache (a restart after a
+     * reboot) a disk read each, ~10 ms apiece on a virtual disk, seconds
+     * for a big log.  Asking for every header first queues those reads
+     * together.  Only a hint: a segment it cannot open is found below. */
+    for (uint32_t i = 0; rc == 0 && i < n; i++) {
+        char path[4200];
+        log_path(l, idx[i], "", path, sizeof(path));
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            (void)posix_fadvise(fd, 0, LOG_HEADER_BYTES, POSIX_FADV_WILLNEED);
+            close(fd);
+        }
+    }
     for (uint32_t i = 0; rc == 0 && i < n; i++) {
         if (i > 0 && idx[i] != idx[i - 1] + 1) {
             snprintf(rec->message, sizeof(rec->message), "shard %u: segment %u is missing",
