@@ -666,8 +666,6 @@ static int ids_filter_load(const ids *x, ids_run *r, int fd, const char *path, c
                        path, len);
     for (size_t at = 0; at < len;) {
         ssize_t n = x->os->pread(x->os->ctx, fd, r->filter + at, len - at, r->g.filter_off + at);
-        if (n == -EINTR)
-            continue;
         if (n <= 0)
             return ids_say(msg, cap, n < 0 ? (int)n : TALLY_ECORRUPT,
                            "ids run %s: reading its filter: %s", path,

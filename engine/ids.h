@@ -107,7 +107,7 @@
  * run, from the disk when the page cache does not hold it (a restart after
  * a reboot, an index larger than the cache).  10 gave ~1% per run: with 7
  * runs a shard at 50M ids, 7% of new ids read a block, and the first
- * million writes after a cold restart ran at ~65k/s.  16 gives ~0.1% per
+ * million writes after a cold restart ran at ~65k/s.  16 gives ~0.16% per
  * run for 2.1 bytes a key of memory (the filters live in memory); 4 is the
  * least that still filters, 24 the most worth its memory. */
 #define IDS_FILTER_BITS_DEFAULT 16u

@@ -45,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <lmdb.h>
 
@@ -475,10 +476,14 @@ int state_open(const char *dir, uint64_t map_bytes, state **out)
     /* Lookups read the tables at random from the first request on: the
      * kernel is asked to read the file now, in large pieces, instead of a
      * page fault at a time once requests come (a cold page cache: a
-     * restart after a reboot).  Only a hint; it returns once the reads are
-     * queued. */
+     * restart after a reboot).  Only a hint, which returns once the reads
+     * are queued; not for a file over a quarter of the memory, which would
+     * push out more than it brings. */
     mdb_filehandle_t fd;
-    if (mdb_env_get_fd(s->env, &fd) == 0)
+    struct stat st;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (mdb_env_get_fd(s->env, &fd) == 0 && fstat(fd, &st) == 0 && pages > 0 && page > 0 &&
+        (uint64_t)st.st_size <= (uint64_t)pages * (uint64_t)page / 4)
         (void)posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
     *out = s;
     return 0;
