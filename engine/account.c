@@ -116,6 +116,23 @@ static void account_lot_take(account_rd *r, account_lot *lot, uint64_t *prev)
     lot->available_at = account_rd_u(r);
 }
 
+/* A sorted run of lots (pending, inline, a chunk's), the first expiry's
+ * difference taken from 0. */
+static uint8_t *account_lots_put(uint8_t *p, const account_lot *lots, uint32_t n)
+{
+    uint64_t prev = 0;
+    for (uint32_t i = 0; i < n; i++)
+        p = account_lot_put(p, &lots[i], &prev);
+    return p;
+}
+
+static void account_lots_take(account_rd *r, account_lot *lots, uint32_t n)
+{
+    uint64_t prev = 0;
+    for (uint32_t i = 0; i < n; i++)
+        account_lot_take(r, &lots[i], &prev);
+}
+
 /* The encoded length of ac's value, at most. */
 static size_t account_value_max(const account_hdr *h)
 {
@@ -143,11 +160,9 @@ static uint8_t *account_encode(const account *ac, uint8_t *p)
         p += bytes_put_varint(p, bytes_zigzag(ac->holds[i].amount));
         p += bytes_put_varint(p, ac->holds[i].deadline_s + 1);
     }
-    uint64_t prev = 0;
-    for (uint32_t i = 0; i < h->npending; i++)
-        p = account_lot_put(p, &ac->pending[i], &prev);
-    prev = 0;
+    p = account_lots_put(p, ac->pending, h->npending);
     if (h->nchunks) {
+        uint64_t prev = 0;
         for (uint32_t i = 0; i < h->nchunks; i++) {
             const account_dir *d = &ac->dir[i];
             account_lot first = {.expkey = d->first_expkey, .seq = d->first_seq};
@@ -159,8 +174,7 @@ static uint8_t *account_encode(const account *ac, uint8_t *p)
             p += bytes_put_varint(p, first.seq);
         }
     } else {
-        for (uint32_t i = 0; i < h->nlots; i++)
-            p = account_lot_put(p, &ac->inl[i], &prev);
+        p = account_lots_put(p, ac->inl, h->nlots);
     }
     return p;
 }
@@ -203,11 +217,9 @@ static void account_decode_items(account *ac, account_rd *r)
         ac->holds[i].amount = bytes_unzigzag(account_rd_u(r));
         ac->holds[i].deadline_s = account_rd_u(r) - 1;
     }
-    uint64_t prev = 0;
-    for (uint32_t i = 0; i < h->npending; i++)
-        account_lot_take(r, &ac->pending[i], &prev);
-    prev = 0;
+    account_lots_take(r, ac->pending, h->npending);
     if (h->nchunks) {
+        uint64_t prev = 0;
         for (uint32_t i = 0; i < h->nchunks; i++) {
             account_dir *d = &ac->dir[i];
             uint64_t id = account_rd_u(r), count = account_rd_u(r);
@@ -219,8 +231,7 @@ static void account_decode_items(account *ac, account_rd *r)
             d->first_seq = account_rd_u(r);
         }
     } else {
-        for (uint32_t i = 0; i < h->nlots; i++)
-            account_lot_take(r, &ac->inl[i], &prev);
+        account_lots_take(r, ac->inl, h->nlots);
     }
 }
 
@@ -335,9 +346,7 @@ static int account_chunk_at(state *st, account *ac, uint32_t c, account_chunk **
     if (n == 0 || n > ACCOUNT_CHUNK_MAX)
         return TALLY_ECORRUPT;
     account_rd r = {.p = v, .end = (const uint8_t *)v + vl};
-    uint64_t prev = 0;
-    for (uint32_t i = 0; i < n; i++)
-        account_lot_take(&r, &ch->lots[i], &prev);
+    account_lots_take(&r, ch->lots, n);
     if (r.bad || r.p != r.end)
         return TALLY_ECORRUPT;
     ch->id = ac->dir[c].id;
@@ -356,10 +365,8 @@ int account_save(state *st, account *ac)
         if (!ch || !ch->loaded || !ch->dirty)
             continue;
         assert(ch->count > 0 && ch->count <= ACCOUNT_CHUNK_MAX && ch->id == ac->dir[c].id);
-        uint8_t k[20], val[ACCOUNT_CHUNK_MAX * ACCOUNT_ITEM_BYTES_MAX], *end = val;
-        uint64_t prev = 0;
-        for (uint32_t i = 0; i < ch->count; i++)
-            end = account_lot_put(end, &ch->lots[i], &prev);
+        uint8_t k[20], val[ACCOUNT_CHUNK_MAX * ACCOUNT_ITEM_BYTES_MAX];
+        uint8_t *end = account_lots_put(val, ch->lots, ch->count);
         int rc = state_put(st, STATE_LOTS, k, account_chunk_key(k, ac->m, ac->a, ch->id), val,
                            (size_t)(end - val));
         if (rc < 0)
