@@ -20,7 +20,7 @@
  * per level; the usual price of size tiers — obsolete versions taking
  * space — does not exist here, since a key is inserted once and never
  * changed or deleted.  Searching ~3 runs per tier costs an absent key one
- * filter line each (~1% false positives per run).
+ * filter line each (~0.16% false positives per run at 16 bits a key).
  *
  * Pacing: merges run on the module's own thread at nice IDS_MERGE_NICE_
  * DEFAULT (a tenth of a core the writer wants, all of an idle one) and the

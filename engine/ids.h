@@ -6,9 +6,10 @@
  * which a checkpoint freezes and a committer thread writes as one sorted,
  * immutable run file, sequentially, then fsyncs.  A background thread
  * merges runs of similar size.  Runs are read through mmap (page cache,
- * not anonymous memory); each carries a blocked Bloom filter, so a new id
- * (an absent key) costs no disk read, and a present key costs, per run, one
- * filter line, a binary search of the fences and one 4 KiB block.
+ * not anonymous memory), except each one's blocked Bloom filter, which is
+ * read into memory when the run is opened: a new id (an absent key) costs
+ * no disk read but a false positive's block, and a present key costs, per
+ * run, one filter line, a binary search of the fences and one 4 KiB block.
  *
  * Threads: the owner (the shard's writer) calls everything except
  * ids_flush_frozen and ids_manifest, which the caller's committer thread
