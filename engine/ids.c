@@ -1527,8 +1527,16 @@ int ids_freeze(ids *x, uint64_t seq, bool force)
         return 0;
     if (x->set_count >= IDS_RUNS_MAX)
         return -EAGAIN;
+    /* The next memtable starts as big as this one grew, up to flush_keys:
+     * the next stretch of writes holds about as many ids, and growing
+     * again from memtable_keys would zero and rehash three tables per
+     * flush (~6% of a rebuild's CPU).  Not beyond: one that grew past it
+     * (commits that lagged, a replay's longer stretches) would keep its
+     * memory for good. */
     ids_table fresh;
-    int rc = ids_table_init(&fresh, x->memtable_keys);
+    uint64_t keys = (x->active.mask + 1) / 2;
+    keys = keys < x->flush_keys ? keys : x->flush_keys;
+    int rc = ids_table_init(&fresh, keys > x->memtable_keys ? keys : x->memtable_keys);
     if (rc < 0)
         return rc;
     pthread_mutex_lock(&x->lock);

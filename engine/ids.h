@@ -132,8 +132,8 @@
  * leaves gigabytes of dirty pages for one final flush to push out in
  * front of the log's fdatasync. */
 #define IDS_SYNC_BYTES (8u << 20)
-/* Memtable capacity (keys): its slots are anonymous memory, 32 bytes a key
- * at the 3/4 load it grows at; 2^26 keys is ~2-3 GiB. */
+/* Memtable capacity (keys): its slots are anonymous memory, 24-48 bytes a
+ * key at the 1/2 load it grows at; 2^26 keys is ~2-3 GiB. */
 #define IDS_MEMTABLE_KEYS_LIMIT (1ull << 26)
 /* Defaults: a run of 2^18 keys is ~6.5 MB; the memtable starts at a
  * quarter of that and may hold 4 flush thresholds when commits lag. */
