@@ -287,6 +287,12 @@ void account_prefetch(const state *st, uint64_t m, uint64_t a)
     state_prefetch(st, STATE_ACCOUNTS, k, account_key(k, m, a));
 }
 
+void account_prefetch_object(const state *st, uint64_t m, uint64_t a)
+{
+    uint8_t k[16];
+    state_prefetch_object(st, STATE_ACCOUNTS, k, account_key(k, m, a));
+}
+
 int account_load(state *st, uint64_t m, uint64_t a, account *ac)
 {
     account_unload_chunks(ac);

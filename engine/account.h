@@ -122,6 +122,8 @@ void account_free(account *ac);
 
 /* Asks the CPU for what account_load(st, m, a) reads first. */
 void account_prefetch(const state *st, uint64_t m, uint64_t a);
+/* Its second step, a little later (state_prefetch_object). */
+void account_prefetch_object(const state *st, uint64_t m, uint64_t a);
 
 /* Loads (m, a) into ac (an absent account loads empty, exists false).
  * Errors: TALLY_ECORRUPT (a malformed value), state errors. */

@@ -330,7 +330,7 @@ static int import_pace(tally_import *im, uint32_t i)
     shard *s = im->t->shards[i];
     ledger *l = shard_ledger(s);
     int rc = ledger_checkpoint_due(l) ? import_flush_sync(im, i) : 0;
-    return rc == 0 ? ledger_checkpoint_paced(l, log_last_seq(shard_log(s))) : rc;
+    return rc == 0 ? ledger_checkpoint_paced(l, log_last_seq(shard_log(s)), 1) : rc;
 }
 
 /* Asks the CPU for what applying an item a few items later reads first. */

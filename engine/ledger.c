@@ -438,14 +438,17 @@ int ledger_checkpoint_freeze(ledger *l, uint64_t seq)
     return 0;
 }
 
-bool ledger_checkpoint_due(const ledger *l)
+static bool ledger_checkpoint_due_by(const ledger *l, uint32_t stretch)
 {
-    return l->delta_records >= LIMIT_CHECKPOINT_ENTRIES_DEFAULT || ledger_ids_full(l, 1) ||
-           ledger_pending_bytes(l) >= LIMIT_STATE_PENDING_BYTES_MAX;
+    return l->delta_records >= stretch * (uint64_t)LIMIT_CHECKPOINT_ENTRIES_DEFAULT ||
+           ledger_ids_full(l, stretch) || ledger_pending_bytes(l) >= LIMIT_STATE_PENDING_BYTES_MAX;
 }
 
-int ledger_checkpoint_paced(ledger *l, uint64_t seq)
+bool ledger_checkpoint_due(const ledger *l) { return ledger_checkpoint_due_by(l, 1); }
+
+int ledger_checkpoint_paced(ledger *l, uint64_t seq, uint32_t stretch)
 {
+    assert(stretch >= 1 && stretch <= 2);
     if (ledger_checkpoint_frozen(l)) {
         int rc = ledger_checkpoint_finish(l);
         if (rc == STATE_COMMIT_NONE || rc == 0)
@@ -453,7 +456,7 @@ int ledger_checkpoint_paced(ledger *l, uint64_t seq)
         else if (rc < 0)
             return rc;
     }
-    if (!ledger_checkpoint_due(l) || seq <= l->checkpoint_seq)
+    if (!ledger_checkpoint_due_by(l, stretch) || seq <= l->checkpoint_seq)
         return 0;
     if (ledger_checkpoint_frozen(l)) {
         if (!ledger_ids_full(l, 4) && ledger_pending_bytes(l) < 2 * LIMIT_STATE_PENDING_BYTES_MAX)
@@ -525,6 +528,12 @@ void ledger_prefetch(const ledger *l, uint64_t merchant, uint64_t acct, const ch
         ids_prefetch(l->ids, ids_key_of(merchant, id, id_len), lookup);
     if (acct != 0)
         account_prefetch(l->st, merchant, acct);
+}
+
+void ledger_prefetch_object(const ledger *l, uint64_t merchant, uint64_t acct)
+{
+    if (acct != 0)
+        account_prefetch_object(l->st, merchant, acct);
 }
 
 int ledger_execute(ledger *l, tally_request *q, uint64_t now_ms)

@@ -86,6 +86,9 @@ int ledger_execute(ledger *l, tally_request *req, uint64_t now_ms);
  * the ledger. */
 void ledger_prefetch(const ledger *l, uint64_t merchant, uint64_t account, const char *id,
                      size_t id_len, bool lookup);
+/* The second step of ledger_prefetch, half way between it and the write:
+ * the account object the first step's hash slots point to. */
+void ledger_prefetch_object(const ledger *l, uint64_t merchant, uint64_t account);
 
 /* Where a replay gets the records after the one it was handed (the
  * allocation parts and group members that one write produced). */
@@ -126,8 +129,10 @@ int ledger_checkpoint(ledger *l, uint64_t seq);
  * `seq` (durable: the caller flushed) and has the committer write it while
  * the work goes on; only when the next is due before that one finished,
  * and memory is past twice the limits, does it wait.  Installs finished
- * commits and merges.  0 or a failure. */
-int ledger_checkpoint_paced(ledger *l, uint64_t seq);
+ * commits and merges.  `stretch` (1 or 2) multiplies the limits on changes
+ * and ids: a replay, which changes the same accounts over and over, takes
+ * 2 and writes each of them half as often.  0 or a failure. */
+int ledger_checkpoint_paced(ledger *l, uint64_t seq, uint32_t stretch);
 /* Whether ledger_checkpoint_paced would start a checkpoint now. */
 bool ledger_checkpoint_due(const ledger *l);
 

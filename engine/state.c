@@ -975,6 +975,24 @@ void state_prefetch(const state *s, int table, const void *key, size_t key_len)
             __builtin_prefetch(&ls[i]->slots[(uint32_t)h & (ls[i]->cap - 1)]);
 }
 
+void state_prefetch_object(const state *s, int table, const void *key, size_t key_len)
+{
+    uint64_t h = state_hash(table, key, key_len);
+    const state_layer *ls[] = {s->active, s->frozen, s->clean};
+    for (size_t i = 0; i < sizeof(ls) / sizeof(ls[0]); i++) {
+        if (!ls[i])
+            continue;
+        const state_hslot *sl = &ls[i]->slots[(uint32_t)h & (ls[i]->cap - 1)];
+        /* The home slot only: a key further along its probe is rare at
+         * half load.  An entry's value is allocated right behind it
+         * (state_layer_set), so its first line comes along. */
+        if (sl->e && sl->hash == h) {
+            __builtin_prefetch(sl->e);
+            __builtin_prefetch((const uint8_t *)sl->e + 64);
+        }
+    }
+}
+
 int state_get(state *s, int table, const void *key, size_t key_len, const void **val,
               size_t *val_len)
 {

@@ -116,6 +116,11 @@ size_t state_active_bytes(const state *s);
 /* Asks the CPU for the layers' hash slots state_get(table, key) reads
  * first (no effect on the state). */
 void state_prefetch(const state *s, int table, const void *key, size_t key_len);
+/* The second step, some time after state_prefetch(table, key): reads the
+ * slots it asked for (by now in the cache) and asks for the object each
+ * one points to — a cache miss of its own that state_get would otherwise
+ * wait for.  No effect on the state. */
+void state_prefetch_object(const state *s, int table, const void *key, size_t key_len);
 /* 0 and *val, *val_len; STATE_ABSENT. */
 int state_get(state *s, int table, const void *key, size_t key_len, const void **val,
               size_t *val_len);
