@@ -123,6 +123,11 @@ struct log_t {
     uint64_t durable_prev, durable_bytes;
     uint16_t durable_part;
 
+    /* What the recovery scan read at open, every checksum verified: from
+     * the start of segment scan_seg to (write_seg, write_off) as of then. */
+    uint32_t scan_seg, scan_end_seg;
+    uint64_t scan_end_off;
+
     log_buf bufs[2];
     log_buf *filling;
     log_buf *sealed; /* NULL when nothing is in flight */
@@ -893,6 +898,9 @@ static int log_recover(log_t *l, log_recovery *rec)
     atomic_store(&l->durable_seq, l->last_seq);
     atomic_store(&l->durable_seg, l->write_seg);
     atomic_store(&l->durable_off, l->write_off);
+    l->scan_seg = l->segs[k]->index;
+    l->scan_end_seg = l->write_seg;
+    l->scan_end_off = l->write_off;
     rec->last_seq = l->last_seq;
     rec->last_ts_ms = sc.ts;
     l->status = rec->status;
@@ -1719,7 +1727,14 @@ static int log_iter_step(log_iter *it, record *r, log_loc *loc, uint8_t *raw, si
     uint64_t sum = 0;
     record rr;
     int rc = log_iter_locate(l, it, &p, &avail, &seg);
-    if (rc == 1 && (record_decode(p, avail, &rr, &len, &sum) != RECORD_OK || rr.prev != it->prev))
+    /* What the recovery scan verified, an open's replay reads at once: its
+     * checksums are not computed twice (~4% of a rebuild's CPU). */
+    bool scanned = it->scanned && it->seg_index >= l->scan_seg &&
+                   (it->seg_index < l->scan_end_seg ||
+                    (it->seg_index == l->scan_end_seg && it->offset < l->scan_end_off));
+    if (rc == 1 && ((scanned ? record_decode_verified : record_decode)(p, avail, &rr, &len, &sum) !=
+                        RECORD_OK ||
+                    rr.prev != it->prev))
         rc = TALLY_ECORRUPT;
     if (rc == 1 && rr.seq > it->end_seq)
         rc = 0;

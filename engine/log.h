@@ -238,6 +238,7 @@ typedef struct log_iter {
     uint64_t last_seq;
     uint16_t last_part;
     bool check_chain;
+    bool scanned; /* log_iter_scanned */
 } log_iter;
 
 /* Iterates records with seq > after_seq up to log_durable_seq() as of the
@@ -248,6 +249,11 @@ int log_iter_init(log_t *l, uint64_t after_seq, log_iter *it);
 /* 1 and *r, *loc: a record; 0: end; TALLY_ECORRUPT: a bad record;
  * TALLY_EARCHIVED: retention dropped the segment meanwhile. */
 int log_iter_next(log_iter *it, record *r, log_loc *loc);
+/* For the replay that follows log_open at once: records the open's
+ * recovery scan read take their checksums as verified (every other check
+ * is made).  Nothing else may use it: a record damaged since the open
+ * would pass. */
+static inline void log_iter_scanned(log_iter *it) { it->scanned = true; }
 /* For feeds (FOLLOW): the next entry (type RECORD_ENTRY, part 0) of
  * `merchant` (0: of any merchant), any thread.  Other records are checked
  * (length, checksum, chain) without being decoded, each taking one of

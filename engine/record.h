@@ -183,6 +183,11 @@ void record_copy(record *dst, const record *src);
  * *out, *len_out and *checksum_out; otherwise writes nothing. */
 int record_decode(const uint8_t *buf, size_t avail, record *out, size_t *len_out,
                   uint64_t *checksum_out);
+/* record_decode of a record whose checksum the caller verified a moment ago
+ * (the log's recovery scan): the stored checksum is taken as it is, every
+ * other check made. */
+int record_decode_verified(const uint8_t *buf, size_t avail, record *out, size_t *len_out,
+                           uint64_t *checksum_out);
 /* Only the length and checksum of the record at buf (RECORD_OK, _END,
  * _TRUNCATED, _BAD, _CHECKSUM) and its seq and part: for scans that
  * skip records. */

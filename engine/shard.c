@@ -423,8 +423,11 @@ static int shard_ahead_next(void *ctx, record *r, log_loc *loc)
  * each commit rewrites every account it touched, and a replay touches the
  * same ones over and over (a 20M-record rebuild: ~12% less CPU than at
  * the live limits).  Progress every second as `what`.
- * *count: records replayed. */
-static int shard_replay_into(shard *s, ledger *l, bool commit, const char *what, uint64_t *count)
+ * at_open: the replay that follows the log's open, whose recovery scan
+ * verified the checksums it reads (log_iter_scanned).  *count: records
+ * replayed. */
+static int shard_replay_into(shard *s, ledger *l, bool commit, bool at_open, const char *what,
+                             uint64_t *count)
 {
     uint64_t ckpt = ledger_checkpoint_seq(l), from = ledger_ids_seq(l);
     if (from > ckpt)
@@ -433,6 +436,8 @@ static int shard_replay_into(shard *s, ledger *l, bool commit, const char *what,
     int rc = log_iter_init(s->log, from, &it);
     if (rc < 0)
         return rc;
+    if (at_open)
+        log_iter_scanned(&it);
     shard_ahead a = {.it = &it, .l = l, .ids_only_to = ckpt, .end = 1};
     record *r = malloc(sizeof(*r));
     a.ring = malloc(SHARD_REPLAY_AHEAD * sizeof(*a.ring));
@@ -477,9 +482,9 @@ static int shard_replay_into(shard *s, ledger *l, bool commit, const char *what,
  * After a failure it must not commit (the disk that failed would be
  * written again): the rebuilt state stays in memory for reads until
  * restart. */
-static int shard_replay(shard *s, bool commit)
+static int shard_replay(shard *s, bool commit, bool at_open)
 {
-    return shard_replay_into(s, s->ledger, commit, "recovery", NULL);
+    return shard_replay_into(s, s->ledger, commit, at_open, "recovery", NULL);
 }
 
 /* Path of the marker that asks the next open to rebuild the state. */
@@ -532,7 +537,7 @@ static void shard_rebuild(shard *s, bool commit, const char *after)
     s->ckpt_seq = 0;
     s->ckpt_committing = false;
     s->checkpoint_wanted = false;
-    int rc = shard_replay(s, commit);
+    int rc = shard_replay(s, commit, false);
     if (rc < 0) {
         shard_set_status(s, TALLY_ECORRUPT, "rebuilding state after %s: %s", after,
                          tally_strerror(rc));
@@ -1847,7 +1852,7 @@ static int shard_recover(shard *s)
     s->now_ms = rec.last_ts_ms;
     /* A replica checkpoints nothing past the seq its group replicated,
      * which it learns from its leader: the replayed tail stays in memory. */
-    rc = shard_replay(s, !s->opts.read_only && !rp);
+    rc = shard_replay(s, !s->opts.read_only && !rp, true);
     if (rc == TALLY_ECORRUPT) {
         shard_set_status(s, TALLY_ECORRUPT, "replay after checkpoint seq %llu diverged",
                          (unsigned long long)cp);
@@ -2128,7 +2133,7 @@ static int shard_verify_replay(shard *s, const snapshot_info *base, char *msg, s
         rc = TALLY_ECORRUPT;
     uint64_t n = 0;
     if (rc == 0)
-        rc = shard_replay_into(s, fresh, true, "verify", &n);
+        rc = shard_replay_into(s, fresh, true, false, "verify", &n);
     char what[64];
     if (base)
         snprintf(what, sizeof(what), "snapshot seq %llu", (unsigned long long)from);
