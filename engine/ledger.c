@@ -567,7 +567,8 @@ static void ledger_request_from_record(const record *r, tally_request *q)
     memcpy(q->id, r->id, r->id_len);
     memcpy(q->ref, r->ref, r->ref_len);
     memcpy(q->memo, r->memo, r->memo_len);
-    q->res = (tally_result){0};
+    /* q->res stays as it is: a replay writes no answer (ledger_answer_write)
+     * and frees what a write might have left there. */
 }
 
 static bool ledger_is_engine(const record *r)
@@ -603,7 +604,7 @@ int ledger_replay(ledger *l, const record *r, log_loc loc, ledger_src *src)
                    (unsigned long long)r->seq);
         return TALLY_ECORRUPT;
     }
-    ledger_x x = {.ts_ms = r->ts_ms, .replay = r, .replay_loc = loc, .src = src,
+    ledger_x x = {.ts_ms = r->ts_ms, .replay = r, .replay_loc = loc, .src = src, .unanswered = true,
                   .legacy = (r->rflags & RECORD_F_LEGACY) != 0,
                   .imported = (r->rflags & RECORD_F_IMPORTED) != 0};
     if ((x.legacy || x.imported) && r->type == RECORD_REFUSAL) {

@@ -260,7 +260,7 @@ int ledger_refuse(ledger *l, ledger_x *x, tally_request *q, record *r, int code,
     r->rflags &= (uint16_t)~RECORD_F_MORE;
     log_loc loc;
     int rc = ledger_emit(l, x, r, &loc);
-    if (rc == 0 && q)
+    if (rc == 0 && q && !x->unanswered)
         ledger_answer_refusal(q, code, reason);
     return rc;
 }

@@ -239,7 +239,7 @@ static int ledger_credit(ledger *l, ledger_x *x, tally_request *q)
     if (rc == 0)
         rc = ledger_count_entry(l, ac, (ledger_merchant){.earned = amount, .outstanding = amount});
     if (rc == 0)
-        ledger_answer_entry(q, r);
+        ledger_answer_write(x, q, r);
     return rc;
 }
 
@@ -306,7 +306,7 @@ static int ledger_debit(ledger *l, ledger_x *x, tally_request *q)
     if (rc == 0)
         rc = ledger_count_entry(l, ac, d);
     if (rc == 0)
-        ledger_answer_entry(q, r);
+        ledger_answer_write(x, q, r);
     return rc;
 }
 
@@ -389,7 +389,7 @@ int ledger_release(ledger *l, ledger_x *x, tally_request *q, const record *hold,
         rc = ledger_count_entry(l, ac,
                                 (ledger_merchant){.redeemed = capture, .outstanding = -capture});
     if (rc == 0 && q)
-        ledger_answer_entry(q, r);
+        ledger_answer_write(x, q, r);
     if (rc == 0 && released > 0)
         rc = ledger_due_after(l, x, m, a); /* released into expired lots */
     return rc;
@@ -595,7 +595,7 @@ static int ledger_reverse(ledger *l, ledger_x *x, tally_request *q)
     if (rc == 0)
         rc = ledger_count_entry(l, ac, d);
     if (rc == 0)
-        ledger_answer_entry(q, r);
+        ledger_answer_write(x, q, r);
     if (rc == 0 && debit)
         rc = ledger_due_after(l, x, m, target.account); /* refunded into expired lots */
     return rc;
@@ -776,7 +776,7 @@ static int ledger_transfer(ledger *l, ledger_x *x, tally_request *q)
     if (rc == 0)
         rc = ledger_count_entry(l, to, (ledger_merchant){0});
     if (rc == 0)
-        ledger_answer_entry(q, r);
+        ledger_answer_write(x, q, r);
     return rc;
 }
 
