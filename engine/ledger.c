@@ -567,7 +567,7 @@ static void ledger_request_from_record(const record *r, tally_request *q)
     memcpy(q->id, r->id, r->id_len);
     memcpy(q->ref, r->ref, r->ref_len);
     memcpy(q->memo, r->memo, r->memo_len);
-    /* q->res stays as it is: a replay writes no answer (ledger_answer_write)
+    /* q->res stays as it is: a re-run writes no answer (ledger_answer_write)
      * and frees what a write might have left there. */
 }
 
@@ -578,9 +578,11 @@ static bool ledger_is_engine(const record *r)
             r->kind == TALLY_KIND_AVAILABLE);
 }
 
-/* Runs the write that produced r through x (replay or convert). */
+/* Runs the write that produced r through x (replay or convert), as a
+ * request on the scratch one, whose answer nobody reads. */
 static int ledger_rerun(ledger *l, ledger_x *x, const record *r)
 {
+    x->unanswered = true;
     int rc;
     if (ledger_is_engine(r)) {
         rc = ledger_replay_engine(l, x, r);
@@ -604,7 +606,7 @@ int ledger_replay(ledger *l, const record *r, log_loc loc, ledger_src *src)
                    (unsigned long long)r->seq);
         return TALLY_ECORRUPT;
     }
-    ledger_x x = {.ts_ms = r->ts_ms, .replay = r, .replay_loc = loc, .src = src, .unanswered = true,
+    ledger_x x = {.ts_ms = r->ts_ms, .replay = r, .replay_loc = loc, .src = src,
                   .legacy = (r->rflags & RECORD_F_LEGACY) != 0,
                   .imported = (r->rflags & RECORD_F_IMPORTED) != 0};
     if ((x.legacy || x.imported) && r->type == RECORD_REFUSAL) {

@@ -64,7 +64,7 @@ typedef struct ledger_x {
     const record *replay;
     log_loc replay_loc;
     ledger_src *src;
-    bool unanswered; /* replay: nobody reads the request's answer */
+    bool unanswered; /* a re-run (replay, convert): nobody reads the answer */
     /* convert: records appended to this log with the original seq and time;
      * the entry or refusal made for out_seq is copied into out_got */
     log_t *out;
@@ -159,8 +159,8 @@ int ledger_emit_entry(ledger *l, ledger_x *x, record *r, account *ac, const reco
 int ledger_refuse(ledger *l, ledger_x *x, tally_request *q, record *r, int code, int reason);
 void ledger_answer_entry(tally_request *q, const record *r);
 void ledger_answer_refusal(tally_request *q, int code, int reason);
-/* A write's answer: none in a replay (the entry's copy was ~1.5% of a
- * rebuild's CPU). */
+/* A write's answer: none in a re-run (the entry's copy and the result's
+ * zeroing were ~5% of a rebuild's CPU). */
 static inline void ledger_answer_write(const ledger_x *x, tally_request *q, const record *r)
 {
     if (!x->unanswered)

@@ -966,31 +966,36 @@ static int state_lmdb_get(state *s, int table, const void *key, size_t key_len,
     return 0;
 }
 
+/* The home slot of hash h in each layer a lookup reads (NULL: none). */
+static void state_homes(const state *s, uint64_t h, const state_hslot *out[3])
+{
+    const state_layer *ls[] = {s->active, s->frozen, s->clean};
+    for (size_t i = 0; i < 3; i++)
+        out[i] = ls[i] ? &ls[i]->slots[(uint32_t)h & (ls[i]->cap - 1)] : NULL;
+}
+
 void state_prefetch(const state *s, int table, const void *key, size_t key_len)
 {
-    uint64_t h = state_hash(table, key, key_len);
-    const state_layer *ls[] = {s->active, s->frozen, s->clean};
-    for (size_t i = 0; i < sizeof(ls) / sizeof(ls[0]); i++)
-        if (ls[i])
-            __builtin_prefetch(&ls[i]->slots[(uint32_t)h & (ls[i]->cap - 1)]);
+    const state_hslot *home[3];
+    state_homes(s, state_hash(table, key, key_len), home);
+    for (size_t i = 0; i < 3; i++)
+        if (home[i])
+            __builtin_prefetch(home[i]);
 }
 
 void state_prefetch_object(const state *s, int table, const void *key, size_t key_len)
 {
     uint64_t h = state_hash(table, key, key_len);
-    const state_layer *ls[] = {s->active, s->frozen, s->clean};
-    for (size_t i = 0; i < sizeof(ls) / sizeof(ls[0]); i++) {
-        if (!ls[i])
-            continue;
-        const state_hslot *sl = &ls[i]->slots[(uint32_t)h & (ls[i]->cap - 1)];
-        /* The home slot only: a key further along its probe is rare at
-         * half load.  An entry's value is allocated right behind it
-         * (state_layer_set), so its first line comes along. */
-        if (sl->e && sl->hash == h) {
-            __builtin_prefetch(sl->e);
-            __builtin_prefetch((const uint8_t *)sl->e + 64);
+    const state_hslot *home[3];
+    state_homes(s, h, home);
+    /* The home slot only: a key further along its probe is rare at half
+     * load.  An entry's value is allocated right behind it
+     * (state_layer_set), so its first line comes along. */
+    for (size_t i = 0; i < 3; i++)
+        if (home[i] && home[i]->e && home[i]->hash == h) {
+            __builtin_prefetch(home[i]->e);
+            __builtin_prefetch((const uint8_t *)home[i]->e + 64);
         }
-    }
 }
 
 int state_get(state *s, int table, const void *key, size_t key_len, const void **val,
