@@ -15,7 +15,8 @@
  * renewed after each commit).  The layer committed last is kept as a
  * clean cache in front of LMDB (it says exactly what LMDB says for its
  * keys), so the objects a checkpoint wrote are read again without a
- * B-tree walk; the next commit replaces it, an abort drops it.
+ * B-tree walk, until the next freeze recycles its memory for the new
+ * active layer (state_layer_next): at most two layers' memory at once.
  *
  * Durability (DESIGN-NOTES §1): LMDB's default, fully synced commits —
  * never MDB_NOSYNC, MDB_NOMETASYNC or MDB_MAPASYNC, which can leave a
@@ -97,7 +98,8 @@ typedef struct state_layer {
     state_entry *lists[STATE_TABLES];
     uint32_t table_count[STATE_TABLES];
     state_chunk *chunks;
-    size_t bytes;
+    state_chunk *spare; /* a recycled layer's chunks, not in use yet */
+    size_t bytes;       /* slots and chunks in use */
     uint32_t replaces; /* bit t: the layer holds every row of table t (state_replace) */
 } state_layer;
 
@@ -245,16 +247,23 @@ static void *state_alloc(state_layer *l, size_t n)
     n = (n + 15) & ~(size_t)15;
     state_chunk *c = l->chunks;
     if (!c || c->cap - c->used < n) {
-        /* A chunk of exactly STATE_ARENA_CHUNK bytes: whole huge pages. */
-        size_t size = sizeof(*c) + n > STATE_ARENA_CHUNK ? sizeof(*c) + n : STATE_ARENA_CHUNK;
-        c = os_map_anon(size, false);
-        if (!c)
-            return NULL;
-        c->cap = size - sizeof(*c);
+        if (l->spare && l->spare->cap >= n) {
+            /* Memory a recycled layer already touched: no page to zero. */
+            c = l->spare;
+            l->spare = c->next;
+        } else {
+            /* A chunk of exactly STATE_ARENA_CHUNK bytes: whole huge pages. */
+            size_t size =
+                sizeof(*c) + n > STATE_ARENA_CHUNK ? sizeof(*c) + n : STATE_ARENA_CHUNK;
+            c = os_map_anon(size, false);
+            if (!c)
+                return NULL;
+            c->cap = size - sizeof(*c);
+        }
         c->used = 0;
         c->next = l->chunks;
         l->chunks = c;
-        l->bytes += size;
+        l->bytes += sizeof(*c) + c->cap;
     }
     void *p = c->data + c->used;
     c->used += n;
@@ -280,16 +289,66 @@ static state_layer *state_layer_new(uint32_t cap)
     return l;
 }
 
+static void state_chunks_unmap(state_chunk *c)
+{
+    for (state_chunk *n; c; c = n) {
+        n = c->next;
+        os_unmap_anon(c, sizeof(*c) + c->cap);
+    }
+}
+
 static void state_layer_free(state_layer *l)
 {
     if (!l)
         return;
-    for (state_chunk *c = l->chunks, *n; c; c = n) {
-        n = c->next;
-        os_unmap_anon(c, sizeof(*c) + c->cap);
-    }
+    state_chunks_unmap(l->chunks);
+    state_chunks_unmap(l->spare);
     os_unmap_anon(l->slots, l->cap * sizeof(*l->slots));
     free(l);
+}
+
+/* A layer no longer written to keeps only the chunks it used: what it was
+ * given and did not need would otherwise stay mapped for good. */
+static void state_layer_seal(state_layer *l)
+{
+    state_chunks_unmap(l->spare);
+    l->spare = NULL;
+}
+
+/* A new active layer of `cap` slots made of an old layer's memory (the
+ * clean cache's: a stretch of writes changes about as many objects as the
+ * last, so its arena is about the size needed).  Its chunks become spares
+ * that state_alloc takes before mapping any; its slots are cleared.  No
+ * hundreds of MB unmapped and faulted in again on the writer's thread at
+ * each checkpoint, and two layers' memory instead of three during a
+ * commit (points-mix, 20M entries, `tally-bench engine`: p99.9 ~275 ms ->
+ * ~170 ms, peak RssAnon 1.72 -> 1.54 GB, CPU per op unchanged). */
+static state_layer *state_layer_recycle(state_layer *l, uint32_t cap)
+{
+    cap = cap > STATE_SLOTS_MIN ? cap : STATE_SLOTS_MIN;
+    if (l->cap != cap) {
+        state_hslot *slots = os_map_anon(cap * sizeof(*slots), false);
+        if (!slots) {
+            state_layer_free(l);
+            return state_layer_new(cap);
+        }
+        os_unmap_anon(l->slots, l->cap * sizeof(*l->slots));
+        l->slots = slots;
+        l->cap = cap;
+    } else {
+        memset(l->slots, 0, cap * sizeof(*l->slots));
+    }
+    state_chunk *last = l->chunks;
+    if (last) {
+        while (last->next)
+            last = last->next;
+        last->next = l->spare;
+        l->spare = l->chunks;
+    }
+    state_chunk *spare = l->spare;
+    *l = (state_layer){.slots = l->slots, .cap = cap, .spare = spare,
+                       .bytes = cap * sizeof(*l->slots)};
+    return l;
 }
 
 static int state_keycmp(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
@@ -528,6 +587,24 @@ int state_view_open(state *s, state **out)
 }
 
 size_t state_active_bytes(const state *s) { return s->active ? s->active->bytes : 0; }
+
+static size_t state_layer_mapped(const state_layer *l)
+{
+    if (!l)
+        return 0;
+    size_t n = l->cap * sizeof(*l->slots);
+    for (const state_chunk *c = l->chunks; c; c = c->next)
+        n += sizeof(*c) + c->cap;
+    for (const state_chunk *c = l->spare; c; c = c->next)
+        n += sizeof(*c) + c->cap;
+    return n;
+}
+
+size_t state_memory_bytes(const state *s)
+{
+    return state_layer_mapped(s->active) + state_layer_mapped(s->frozen) +
+           state_layer_mapped(s->clean);
+}
 bool state_has_frozen(const state *s) { return s->frozen != NULL; }
 
 /* ---- commits -------------------------------------------------------------------- */
@@ -784,13 +861,25 @@ static void *state_committer(void *arg)
     return NULL;
 }
 
+/* The layer that follows the active one.  The clean cache gives it its
+ * memory: until the next commit makes a clean cache again, reads of what
+ * no layer holds walk LMDB's B-tree, as they did before any checkpoint. */
+static state_layer *state_layer_next(state *s)
+{
+    state_layer *l = s->clean ? state_layer_recycle(s->clean, s->active->cap)
+                              : state_layer_new(s->active->cap);
+    s->clean = NULL;
+    return l;
+}
+
 int state_freeze(state *s)
 {
     if (s->frozen)
         return -EBUSY;
-    state_layer *fresh = state_layer_new(s->active->cap);
+    state_layer *fresh = state_layer_next(s);
     if (!fresh)
         return -ENOMEM;
+    state_layer_seal(s->active);
     s->frozen = s->active;
     s->active = fresh;
     return 0;
@@ -824,6 +913,7 @@ int state_commit_finish(state *s)
 /* A layer now in LMDB becomes the clean cache (the older one goes). */
 static void state_keep_clean(state *s, state_layer *l)
 {
+    state_layer_seal(l);
     state_layer_free(s->clean);
     s->clean = l;
 }
@@ -847,7 +937,7 @@ int state_commit_wait(state *s)
  * kept as the clean cache if it was committed. */
 static int state_empty_active(state *s, bool committed)
 {
-    state_layer *fresh = state_layer_new(s->active->cap);
+    state_layer *fresh = state_layer_next(s);
     if (!fresh)
         return -ENOMEM;
     if (committed)
@@ -886,9 +976,7 @@ int state_commit(state *s)
     if (rc < 0)
         return rc;
     /* The clean cache is the older layer: its keys the active one changed
-     * are newer there, so it goes. */
-    state_layer_free(s->clean);
-    s->clean = NULL;
+     * are newer there, so it goes (its memory to the next active layer). */
     return state_empty_active(s, true);
 }
 
@@ -910,9 +998,7 @@ int state_abort(state *s)
      * than it. */
     state_layer_free(s->frozen);
     s->frozen = NULL;
-    state_layer_free(s->clean);
-    s->clean = NULL;
-    return state_empty_active(s, false);
+    return state_empty_active(s, false); /* the clean cache's memory reused */
 }
 
 /* ---- get / put / del -------------------------------------------------------------- */

@@ -112,6 +112,9 @@ int state_commit_finish(state *s);
 int state_commit_wait(state *s);
 /* Bytes the active layer holds (for backpressure). */
 size_t state_active_bytes(const state *s);
+/* Memory the layers map in all (active, frozen, clean cache, and the
+ * spare chunks a recycled layer has not used yet). */
+size_t state_memory_bytes(const state *s);
 
 /* Asks the CPU for the layers' hash slots state_get(table, key) reads
  * first (no effect on the state). */

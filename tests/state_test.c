@@ -269,3 +269,53 @@ Test(state, a_checkpoint_of_many_keys_sharing_their_first_bytes_writes_them_in_o
     state_close(s);
     eu_rmrf(dir);
 }
+
+/* A checkpoint recycles the clean cache's memory for the next active
+ * layer: at the busiest moment of each cycle (a full active layer while
+ * the last one is committed) the layers map two layers' memory, not three,
+ * and it does not grow from one checkpoint to the next. */
+Test(state, checkpoints_of_equal_stretches_map_two_layers_not_three)
+{
+    char dir[64];
+    eu_tmpdir(dir, "state-recycle");
+    state *s;
+    cr_assert_eq(state_open(dir, 1ull << 30, &s), 0);
+    enum { ROUNDS = 10, PER_ROUND = 40000 };
+    uint8_t val[48];
+    size_t layer = 0, most = 0, first = 0;
+    for (uint32_t round = 0; round < ROUNDS; round++) {
+        for (uint32_t i = 0; i < PER_ROUND; i++) {
+            uint32_t k = round * PER_ROUND + i;
+            uint8_t key[4] = {(uint8_t)(k >> 24), (uint8_t)(k >> 16), (uint8_t)(k >> 8),
+                              (uint8_t)k};
+            memset(val, (int)(k & 0xff), sizeof(val));
+            cr_assert_eq(state_put(s, STATE_ACCOUNTS, key, sizeof(key), val, sizeof(val)), 0);
+        }
+        size_t now = state_memory_bytes(s);
+        if (round == 0)
+            layer = now; /* one full layer and nothing else */
+        else if (round == 2)
+            first = now;
+        most = now > most ? now : most;
+        cr_assert_geq(state_commit_wait(s), 0);
+        cr_assert_eq(state_freeze(s), 0);
+        cr_assert_eq(state_commit_frozen(s, NULL, NULL, nothing, NULL), 0);
+    }
+    cr_assert_eq(state_commit_wait(s), 0);
+    cr_assert_gt(layer, (size_t)PER_ROUND * sizeof(val));
+    cr_assert_leq(most, 2 * layer + layer / 8,
+                  "the layers mapped %zu bytes at most, a full layer is %zu", most, layer);
+    cr_assert_leq(most, first + layer / 8, "the layers' memory grew from %zu to %zu", first,
+                  most);
+    /* Every value reads back (the recycled memory held older keys). */
+    for (uint32_t k = 0; k < ROUNDS * PER_ROUND; k += 997) {
+        uint8_t key[4] = {(uint8_t)(k >> 24), (uint8_t)(k >> 16), (uint8_t)(k >> 8), (uint8_t)k};
+        const void *v;
+        size_t vl;
+        cr_assert_eq(state_get(s, STATE_ACCOUNTS, key, sizeof(key), &v, &vl), 0);
+        cr_assert_eq(vl, sizeof(val));
+        cr_assert_eq(((const uint8_t *)v)[0], (uint8_t)(k & 0xff));
+    }
+    state_close(s);
+    eu_rmrf(dir);
+}
