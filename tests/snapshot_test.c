@@ -19,6 +19,7 @@
 
 #include "checksum.h"
 #include "child_util.h"
+#include "cluster_util.h"
 #include "engine_util.h"
 #include "record.h"
 
@@ -557,11 +558,25 @@ Test(snapshot, kill_9_during_snapshots_leaves_the_old_or_the_new_never_a_half_on
     snprintf(snaps, sizeof(snaps), SHARD_DIR "/snapshots", dir);
     srand((unsigned)getpid());
     int published_max = 0;
+    uint64_t pace_ms = 0;
     for (int cycle = 0; cycle < 12; cycle++) {
         char cycle_s[16];
         snprintf(cycle_s, sizeof(cycle_s), "%d", cycle);
+        uint64_t t0 = cu_mono_ms();
         pid_t pid = cu_spawn("snapshot", (const char *const[]){dir, cycle_s, NULL});
-        usleep((useconds_t)(150000 + rand() % 600000));
+        if (cycle == 0) {
+            /* This machine's pace (a sanitizer, a busy CPU): from the start
+             * to the first published snapshot.  Fixed delays cut every child
+             * before its first snapshot on a slow run. */
+            while (count_files(snaps, "snap-", ".meta") == 0 && cu_mono_ms() - t0 < 120000)
+                usleep(5000);
+            pace_ms = cu_mono_ms() - t0;
+            cr_assert_gt(count_files(snaps, "snap-", ".meta"), 0, "a snapshot within 120 s");
+        } else {
+            /* Kills from half to one and a half of that: some before the
+             * first snapshot, most while one is being written or published. */
+            usleep((useconds_t)((pace_ms / 2 + (uint64_t)rand() % (pace_ms + 1)) * 1000));
+        }
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
         /* Offline: whatever is published checks out, and the state (with
