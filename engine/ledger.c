@@ -286,6 +286,16 @@ uint64_t ledger_checkpoint_seq(const ledger *l) { return l->checkpoint_seq; }
 uint64_t ledger_ids_seq(const ledger *l) { return ids_covered_seq(l->ids); }
 struct state *ledger_state(ledger *l) { return l->st; }
 struct ids *ledger_ids(ledger *l) { return l->ids; }
+
+void ledger_memory(ledger *l, uint64_t *layers, uint64_t *id_tables, uint64_t *id_filters)
+{
+    ids_stats_t x = {0};
+    if (l->ids)
+        ids_stats(l->ids, &x);
+    *layers = state_memory_bytes(l->st);
+    *id_tables = x.memtable_bytes;
+    *id_filters = x.filter_bytes;
+}
 const char *ledger_state_error(const ledger *l) { return state_error(l->st); }
 uint64_t ledger_delta_records(const ledger *l) { return l->delta_records; }
 size_t ledger_pending_bytes(const ledger *l) { return state_active_bytes(l->st); }

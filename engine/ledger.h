@@ -180,6 +180,8 @@ struct state *ledger_state(ledger *l);
  * snapshots: its run files are linked beside the state's copy). */
 struct ids;
 struct ids *ledger_ids(ledger *l);
+/* Memory the state's layers map, the id index's memtables, its filters. */
+void ledger_memory(ledger *l, uint64_t *layers, uint64_t *id_tables, uint64_t *id_filters);
 /* What the state layer last found damaged ("" if nothing): tells state
  * corruption (rebuildable from the log) from other TALLY_ECORRUPT. */
 const char *ledger_state_error(const ledger *l);

@@ -457,6 +457,20 @@ static void metrics_shards(const metrics *m, const tally_shard_stats *st, const 
     for (uint32_t i = 0; i < n; i++)
         metrics_textf(t, "tally_state_bytes{shard=\"%u\"} %llu\n", metrics_label(groups, i),
                       (unsigned long long)metrics_row_state_bytes(m, groups, i));
+    metrics_family(t, "tally_state_memory_bytes", "gauge",
+                   "Anonymous memory mapped for the shard's state: part=layers (uncommitted changes "
+                   "and the clean cache), id_memtables, id_filters.");
+    for (uint32_t i = 0; i < n; i++) {
+        const struct {
+            const char *part;
+            uint64_t v;
+        } parts[] = {{"layers", st[i].memory_layers},
+                     {"id_memtables", st[i].memory_id_tables},
+                     {"id_filters", st[i].memory_id_filters}};
+        for (size_t p = 0; p < sizeof(parts) / sizeof(parts[0]); p++)
+            metrics_textf(t, "tally_state_memory_bytes{shard=\"%u\",part=\"%s\"} %llu\n",
+                          metrics_label(groups, i), parts[p].part, (unsigned long long)parts[p].v);
+    }
     metrics_family(t, "tally_shard_status", "gauge",
                    "0 ok, 1 failed (an I/O error: it takes no writes until a restart), "
                    "2 corrupt (refused).");

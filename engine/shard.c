@@ -169,7 +169,8 @@ struct shard {
         st_sweep_chunk_entries_max, st_seq, st_durable_seq,
         st_checkpoint_seq, st_log_bytes, st_checkpoint_us_total, st_checkpoint_us_max,
         st_checkpoint_stall_us_max, st_log_first_seq, st_snapshot_seq, st_snapshot_bytes,
-        st_snapshots, st_snapshot_ms_last;
+        st_snapshots, st_snapshot_ms_last, st_memory_layers, st_memory_id_tables,
+        st_memory_id_filters;
     uint64_t stall_ns; /* when the pump stopped taking requests; 0: it takes them */
 
     /* Cluster mode (opts.replica): set from any thread, acted on by the
@@ -324,6 +325,13 @@ static void shard_publish(shard *s)
     atomic_store(&s->st_seq, log_last_seq(s->log));
     atomic_store(&s->st_durable_seq, log_durable_seq(s->log));
     atomic_store(&s->st_log_bytes, log_bytes(s->log));
+    if (s->ledger) {
+        uint64_t layers, tables, filters;
+        ledger_memory(s->ledger, &layers, &tables, &filters);
+        atomic_store(&s->st_memory_layers, layers);
+        atomic_store(&s->st_memory_id_tables, tables);
+        atomic_store(&s->st_memory_id_filters, filters);
+    }
 }
 
 /* ---- failure ------------------------------------------------------------ */
@@ -2004,6 +2012,9 @@ void shard_stats(shard *s, tally_shard_stats *out)
     out->checkpoint_us_max = atomic_load(&s->st_checkpoint_us_max);
     out->checkpoint_stall_us_max = atomic_load(&s->st_checkpoint_stall_us_max);
     out->log_bytes = atomic_load(&s->st_log_bytes);
+    out->memory_layers = atomic_load(&s->st_memory_layers);
+    out->memory_id_tables = atomic_load(&s->st_memory_id_tables);
+    out->memory_id_filters = atomic_load(&s->st_memory_id_filters);
     out->sweep_entries = atomic_load(&s->st_sweep_entries);
     out->sweep_chunks = atomic_load(&s->st_sweep_chunks);
     out->sweep_chunk_entries_max = atomic_load(&s->st_sweep_chunk_entries_max);

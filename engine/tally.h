@@ -467,6 +467,9 @@ typedef struct tally_shard_stats {
     tally_hist batch_records; /* per batch: records it holds */
     tally_hist checkpoint_us; /* per checkpoint: start to commit completed */
     uint64_t checkpoint_bytes; /* bytes checkpoints wrote (LMDB, id index runs) */
+    /* Anonymous memory the shard's state holds: its in-memory layers
+     * (state_memory_bytes), the id index's memtables, and its runs' filters. */
+    uint64_t memory_layers, memory_id_tables, memory_id_filters;
     int status;              /* 0, TALLY_EFAILED or TALLY_ECORRUPT */
     char status_message[160];
     /* Cluster mode (opts.replica): */

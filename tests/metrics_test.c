@@ -309,6 +309,21 @@ Test(metrics, scrapes_under_load_pass_promtool_and_counters_move_by_exactly_the_
     cr_assert_eq(mx_value(s, "tally_shard_status{shard=\"1\"}"), 0);
     cr_assert_gt(mx_value(s, "tally_state_bytes{shard=\"0\"}"), 0);
     cr_assert_gt(mx_value(s, "tally_log_bytes{shard=\"0\"}"), 0);
+    /* The state's memory, by part: the layers hold the writes above, the
+     * memtables their ids; filters exist once a checkpoint wrote a run. */
+    for (int shard = 0; shard < 2; shard++) {
+        static const char *const parts[] = {"layers", "id_memtables", "id_filters"};
+        for (int p = 0; p < 3; p++) {
+            char series[96];
+            snprintf(series, sizeof(series), "tally_state_memory_bytes{shard=\"%d\",part=\"%s\"}",
+                     shard, parts[p]);
+            double v = mx_value(s, series);
+            if (p < 2)
+                cr_assert_gt(v, 0, "%s", series);
+            else
+                cr_assert_geq(v, 0, "%s", series);
+        }
+    }
     cr_assert_lt(mx_value(s, "tally_snapshot_age_seconds{shard=\"0\"}"), 0,
                  "no snapshot yet: no age");
     cr_assert_null(strstr(s, "merchant="), "no merchant label, ever");
@@ -326,6 +341,10 @@ Test(metrics, scrapes_under_load_pass_promtool_and_counters_move_by_exactly_the_
         cr_assert_eq(mx_value(s, series), 1, "%s", series);
         snprintf(series, sizeof(series), "tally_checkpoint_bytes_total{shard=\"%d\"}", shard);
         cr_assert_gt(mx_value(s, series), 0, "a snapshot follows a checkpoint: %s", series);
+        snprintf(series, sizeof(series),
+                 "tally_state_memory_bytes{shard=\"%d\",part=\"id_filters\"}", shard);
+        cr_assert_gt(mx_value(s, series), 0, "the checkpoint's id run has its filter: %s",
+                     series);
     }
     free(s);
     redisFree(c);
