@@ -100,6 +100,7 @@ typedef struct state_layer {
     state_chunk *chunks;
     state_chunk *spare; /* a recycled layer's chunks, not in use yet */
     size_t bytes;       /* slots and chunks in use */
+    size_t spare_bytes; /* the spare chunks' */
     uint32_t replaces; /* bit t: the layer holds every row of table t (state_replace) */
 } state_layer;
 
@@ -251,6 +252,7 @@ static void *state_alloc(state_layer *l, size_t n)
             /* Memory a recycled layer already touched: no page to zero. */
             c = l->spare;
             l->spare = c->next;
+            l->spare_bytes -= sizeof(*c) + c->cap;
         } else {
             /* A chunk of exactly STATE_ARENA_CHUNK bytes: whole huge pages. */
             size_t size =
@@ -313,6 +315,7 @@ static void state_layer_seal(state_layer *l)
 {
     state_chunks_unmap(l->spare);
     l->spare = NULL;
+    l->spare_bytes = 0;
 }
 
 /* A new active layer of `cap` slots made of an old layer's memory (the
@@ -326,6 +329,8 @@ static void state_layer_seal(state_layer *l)
 static state_layer *state_layer_recycle(state_layer *l, uint32_t cap)
 {
     cap = cap > STATE_SLOTS_MIN ? cap : STATE_SLOTS_MIN;
+    /* Everything but the slots is a chunk in use: all spares now. */
+    size_t spare_bytes = l->spare_bytes + l->bytes - l->cap * sizeof(*l->slots);
     if (l->cap != cap) {
         state_hslot *slots = os_map_anon(cap * sizeof(*slots), false);
         if (!slots) {
@@ -347,7 +352,7 @@ static state_layer *state_layer_recycle(state_layer *l, uint32_t cap)
     }
     state_chunk *spare = l->spare;
     *l = (state_layer){.slots = l->slots, .cap = cap, .spare = spare,
-                       .bytes = cap * sizeof(*l->slots)};
+                       .bytes = cap * sizeof(*l->slots), .spare_bytes = spare_bytes};
     return l;
 }
 
@@ -590,14 +595,7 @@ size_t state_active_bytes(const state *s) { return s->active ? s->active->bytes 
 
 static size_t state_layer_mapped(const state_layer *l)
 {
-    if (!l)
-        return 0;
-    size_t n = l->cap * sizeof(*l->slots);
-    for (const state_chunk *c = l->chunks; c; c = c->next)
-        n += sizeof(*c) + c->cap;
-    for (const state_chunk *c = l->spare; c; c = c->next)
-        n += sizeof(*c) + c->cap;
-    return n;
+    return l ? l->bytes + l->spare_bytes : 0;
 }
 
 size_t state_memory_bytes(const state *s)
