@@ -1611,6 +1611,7 @@ static void *shard_main(void *arg)
         shard_set_status(s, TALLY_EFAILED, "io_uring poll: %s", tally_strerror(rc));
     s->last_checkpoint_ms = shard_now(s);
     s->snap_last_ms = s->last_checkpoint_ms;
+    shard_ckpt_start(s); /* the replayed tail's (shard_recover) */
     for (;;) {
         uint64_t tag = 0;
         int res = 0;
@@ -1868,12 +1869,25 @@ static int shard_recover(shard *s)
     }
     if (rc < 0)
         return rc;
-    /* Commit the replayed tail now, synchronously: the next recovery then
-     * starts from here, and the shard thread starts with an empty layer.
-     * (Not a replica: it never checkpoints past its group's commit seq.) */
+    /* Commit the replayed tail, so the next recovery starts from here.
+     * A shard with a thread sets it aside as its first checkpoint, which
+     * the thread commits while it serves (a rebuild's last stretch is up
+     * to a few million records' objects: ~1 s of the commit's writes and
+     * sync that no request need wait for); without one (offline tools),
+     * synchronously.  (Not a replica: it never checkpoints past its
+     * group's commit seq.) */
     if (!s->opts.read_only && !rp) {
         cp = log_durable_seq(s->log);
-        rc = ledger_checkpoint(s->ledger, cp);
+        if (s->opts.offline || cp == ledger_checkpoint_seq(s->ledger)) {
+            rc = ledger_checkpoint(s->ledger, cp);
+        } else {
+            rc = ledger_checkpoint_frozen_commit(s->ledger); /* the replay's last, if any */
+            if (rc == 0)
+                rc = ledger_checkpoint_freeze(s->ledger, cp);
+            if (rc == 0)
+                s->ckpt_seq = cp;
+            cp = ledger_checkpoint_seq(s->ledger);
+        }
         if (rc < 0)
             return rc;
     }

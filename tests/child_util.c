@@ -22,6 +22,7 @@ static const struct {
     {"snapshot", snapshot_child_main},
     {"ids-power-loss", ids_power_loss_child_main},
     {"engine-life", engine_life_child_main},
+    {"engine-tail", engine_tail_child_main},
 };
 
 pid_t cu_spawn(const char *name, const char *const *args)

@@ -29,5 +29,6 @@ int crash_child_main(int argc, char **argv);
 int snapshot_child_main(int argc, char **argv);
 int ids_power_loss_child_main(int argc, char **argv);
 int engine_life_child_main(int argc, char **argv);
+int engine_tail_child_main(int argc, char **argv);
 
 #endif

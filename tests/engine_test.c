@@ -680,6 +680,100 @@ Test(engine, a_start_after_many_killed_lives_waits_for_merges_instead_of_failing
     eu_rmrf(dir);
 }
 
+/* A start's recovery sets the replayed tail aside as the shard's first
+ * checkpoint and commits it while serving.  The commit must still happen
+ * and be durable: a life killed once it reports the tail committed leaves
+ * nothing for the next start to replay.  Children (DIR MODE): `fill` writes
+ * TAIL_EARNS earns that no checkpoint covers and is killed; `open` starts
+ * (replaying them), answers, waits for the tail's checkpoint and is killed. */
+#define TAIL_EARNS 3000
+
+static void tail_fill(void *ctx, uint64_t i, tally_request *req)
+{
+    (void)ctx;
+    char id[32];
+    snprintf(id, sizeof(id), "tail-%llu", (unsigned long long)i);
+    eu_write(req, TALLY_OP_EARN, 9, 1 + i % 50, 2, id);
+}
+
+static void tail_log(void *ctx, int level, const char *msg)
+{
+    unsigned long long n = 0;
+    const char *at = strstr(msg, "replayed ");
+    if (at && sscanf(at, "replayed %llu records after", &n) == 1)
+        *(uint64_t *)ctx += n;
+    eu_log(NULL, level, msg);
+}
+
+int engine_tail_child_main(int argc, char **argv)
+{
+    if (argc != 2)
+        return 2;
+    uint64_t replayed = 0;
+    tally_options o = {.dir = argv[0], .shards = 1, .log = tail_log, .log_ctx = &replayed,
+                       .state_map_bytes = 1ull << 30, .segment_bytes = 1u << 20,
+                       .checkpoint_ms = 3600000, .checkpoint_entries = 1000000};
+    tally *t;
+    if (tally_open(&o, &t) < 0)
+        return 3;
+    if (strcmp(argv[1], "fill") == 0) {
+        int err = 0;
+        if (eu_pipeline(t, TAIL_EARNS, 64, tail_fill, NULL, &err, NULL, 0) != 0)
+            return 4;
+    } else {
+        if (replayed != TAIL_EARNS)
+            return 5; /* the set-up: the whole tail was replayed */
+        tally_balance b;
+        if (eu_balance(t, 9, 1, &b) != 0 || b.available != 2 * TAIL_EARNS / 50)
+            return 6;
+        tally_shard_stats st = {0};
+        for (int i = 0; i < 3000; i++) {
+            tally_shard_stats_get(t, 0, &st);
+            if (st.checkpoint_seq >= TAIL_EARNS)
+                break;
+            usleep(10000);
+        }
+        if (st.checkpoint_seq != TAIL_EARNS || st.checkpoints != 1)
+            return 7; /* the tail's checkpoint was not committed */
+    }
+    raise(SIGKILL);
+    return 8;
+}
+
+Test(engine, a_replayed_tail_is_committed_while_the_shard_serves, .timeout = 120)
+{
+    char dir[64];
+    eu_tmpdir(dir, "tail");
+    const char *modes[] = {"fill", "open"};
+    for (int i = 0; i < 2; i++) {
+        pid_t pid = cu_spawn("engine-tail", (const char *const[]){dir, modes[i], NULL});
+        int st;
+        cr_assert_eq(waitpid(pid, &st, 0), pid);
+        cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "%s ended with %d", modes[i],
+                  WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    }
+    uint64_t replayed = 0;
+    tally_options o = {.dir = dir, .shards = 1, .log = tail_log, .log_ctx = &replayed,
+                       .state_map_bytes = 1ull << 30, .segment_bytes = 1u << 20};
+    tally *t;
+    cr_assert_eq(tally_open(&o, &t), 0);
+    cr_assert_eq(replayed, 0, "the tail was committed before the kill: nothing to replay, "
+                              "%llu replayed", (unsigned long long)replayed);
+    tally_shard_stats st;
+    tally_shard_stats_get(t, 0, &st);
+    cr_assert_eq(st.checkpoint_seq, TAIL_EARNS);
+    tally_balance b;
+    cr_assert_eq(eu_balance(t, 9, 7, &b), 0);
+    cr_assert_eq(b.available, 2 * TAIL_EARNS / 50);
+    tally_close(t);
+    tally_options ro = {.dir = dir, .read_only = true, .log = eu_log};
+    cr_assert_eq(tally_open(&ro, &t), 0);
+    char msg[512];
+    cr_assert_eq(tally_verify_full(t, msg, sizeof(msg)), 0, "%s", msg);
+    tally_close(t);
+    eu_rmrf(dir);
+}
+
 /* ---- the cost model (issue 11) ------------------------------------------------- */
 
 static uint64_t cost_file_bytes(const char *path)
