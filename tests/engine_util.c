@@ -247,6 +247,20 @@ void eu_log(void *ctx, int level, const char *msg)
         fprintf(stderr, "[%d] %s\n", level, msg);
 }
 
+int eu_verify_offline(const char *dir, char *msg, size_t cap)
+{
+    tally_options ro = {.dir = dir, .read_only = true, .log = eu_log};
+    tally *t;
+    int rc = tally_open(&ro, &t);
+    if (rc < 0) {
+        snprintf(msg, cap, "read-only open: %s", tally_strerror(rc));
+        return rc;
+    }
+    rc = tally_verify_full(t, msg, cap);
+    tally_close(t);
+    return rc;
+}
+
 int eu_open(const char *dir, uint32_t shards, tally **out)
 {
     tally_options o = {.dir = dir, .shards = shards, .segment_bytes = 1u << 20,

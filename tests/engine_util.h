@@ -5,6 +5,7 @@
 #ifndef TALLY_TESTS_ENGINE_UTIL_H
 #define TALLY_TESTS_ENGINE_UTIL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "tally.h"
@@ -47,6 +48,11 @@ uint64_t eu_pipeline(tally *t, uint64_t n, uint32_t window,
  * the file cannot be read or written. */
 void eu_flip_bit(const char *path, long off);
 int eu_flip_value(const char *path, int64_t value);
+
+/* Opens the closed directory dir read-only and checks that its state
+ * equals a replay of its whole log (tally_verify_full): 0, or the error
+ * with its words in msg. */
+int eu_verify_offline(const char *dir, char *msg, size_t cap);
 
 /* Opens with test defaults: small segments, a quiet log. */
 int eu_open(const char *dir, uint32_t shards, tally **out);

@@ -47,12 +47,8 @@ static void snapshot(tally *t)
 
 static void verify_offline(const char *dir)
 {
-    tally_options ro = {.dir = dir, .read_only = true, .log = eu_log};
-    tally *t;
-    cr_assert_eq(tally_open(&ro, &t), 0);
     char msg[512];
-    cr_assert_eq(tally_verify_full(t, msg, sizeof(msg)), 0, "%s", msg);
-    tally_close(t);
+    cr_assert_eq(eu_verify_offline(dir, msg, sizeof(msg)), 0, "%s", msg);
 }
 
 static int count_files(const char *dir, const char *prefix, const char *suffix)
