@@ -73,6 +73,7 @@ Test(cluster_routing, a_write_is_served_only_by_its_leader_others_redirect_it, .
      .timeout = 600)
 {
     cu_start(&c, "route", 3, NULL);
+    cu_wait_converged(&c, 60000);
     redisContext *any = node(0);
     for (uint32_t g = 0; g < 3; g++) {
         uint64_t m = merchant_of(any, g);
@@ -81,6 +82,17 @@ Test(cluster_routing, a_write_is_served_only_by_its_leader_others_redirect_it, .
         for (uint32_t i = 0; i < 3; i++) {
             redisContext *r = node(i);
             redisReply *rep = cmd(r, "EARN %llu 1 10 w-%u-%u", (unsigned long long)m, g, i);
+            /* The leader may answer TRYAGAIN (SPEC: no replica confirmed the
+             * write within 1.5 s — seen in CI runs with other clusters busy
+             * on the same two vCPUs); a client retries with the same id. */
+            for (int t = 0; (int)i == l && t < 50 && rep->type == REDIS_REPLY_ERROR &&
+                            strncmp(rep->str, "TRYAGAIN", 8) == 0;
+                 t++) {
+                cr_log_info("node %s: %s: retrying", c.nodes[i].id, rep->str);
+                freeReplyObject(rep);
+                usleep(200000);
+                rep = cmd(r, "EARN %llu 1 10 w-%u-%u", (unsigned long long)m, g, i);
+            }
             if ((int)i == l) {
                 cr_assert_eq(rep->type, REDIS_REPLY_ARRAY, "node %s: %s", c.nodes[i].id,
                              rep->type == REDIS_REPLY_ERROR ? rep->str : "?");
