@@ -1878,15 +1878,13 @@ static int shard_recover(shard *s)
      * group's commit seq.) */
     if (!s->opts.read_only && !rp) {
         cp = log_durable_seq(s->log);
-        if (s->opts.offline || cp == ledger_checkpoint_seq(s->ledger)) {
+        rc = ledger_checkpoint_frozen_commit(s->ledger); /* the replay's last, if any */
+        if (rc == 0 && (s->opts.offline || cp == ledger_checkpoint_seq(s->ledger))) {
             rc = ledger_checkpoint(s->ledger, cp);
-        } else {
-            rc = ledger_checkpoint_frozen_commit(s->ledger); /* the replay's last, if any */
-            if (rc == 0)
-                rc = ledger_checkpoint_freeze(s->ledger, cp);
-            if (rc == 0)
-                s->ckpt_seq = cp;
-            cp = ledger_checkpoint_seq(s->ledger);
+        } else if (rc == 0) {
+            rc = ledger_checkpoint_freeze(s->ledger, cp);
+            s->ckpt_seq = rc == 0 ? cp : 0;
+            cp = ledger_checkpoint_seq(s->ledger); /* published once committed */
         }
         if (rc < 0)
             return rc;
