@@ -81,7 +81,8 @@
  * is still running, the shard stops taking requests until it finishes
  * (the disk sets the pace). */
 #define LIMIT_STATE_PENDING_BYTES_MAX (256u << 20)
-/* LMDB map per shard: address space only, the file grows with use. */
+/* LMDB map per shard: address space only; data.mdb is a sparse file this
+ * large (MDB_WRITEMAP) that takes disk as pages are used. */
 #define LIMIT_STATE_MAP_BYTES_DEFAULT (64ULL << 30)
 
 /* ---- wire (SPEC §5 "Limits on bad input") ------------------------------ */

@@ -234,10 +234,12 @@ static void metrics_memory(uint64_t *resident, uint64_t *anonymous)
     *anonymous = metrics_status_bytes(buf, "RssAnon");
 }
 
+/* The disk a file takes: LMDB's data.mdb is as large as its map, with
+ * holes (MDB_WRITEMAP), so its size would say the map. */
 static uint64_t metrics_file_bytes(const char *path)
 {
     struct stat st;
-    return stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
+    return stat(path, &st) == 0 ? (uint64_t)st.st_blocks * 512u : 0;
 }
 
 /* A shard's state on disk: its LMDB file and its id index's run files
@@ -258,7 +260,7 @@ static uint64_t metrics_state_bytes(const char *dir, uint32_t shard)
         struct stat st;
         if (n > 4 && strcmp(e->d_name + n - 4, ".run") == 0 &&
             fstatat(dfd, e->d_name, &st, 0) == 0)
-            bytes += (uint64_t)st.st_size;
+            bytes += (uint64_t)st.st_blocks * 512u;
     }
     closedir(d);
     return bytes;

@@ -25,6 +25,10 @@
  * A commit writes each table's objects sorted by key, so each B-tree page
  * is dirtied once per checkpoint however often its objects changed
  * (DESIGN-NOTES §5: the cost of a checkpoint is the objects it touches).
+ * MDB_WRITEMAP: those pages are built in data.mdb's shared map (a sparse
+ * file of the map's size) and msync'd by the commit, never copied into
+ * memory LMDB keeps; a page the filesystem cannot back faults, which
+ * "faults in the writable map" below turns into the commit's error.
  *
  * Value checksums: every value stored in LMDB carries an XXH3-64 of
  * (table, key, value), written when a layer is committed and checked on
@@ -41,11 +45,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <lmdb.h>
@@ -141,6 +148,7 @@ struct state {
     /* state_commit_add's values: (table, key_len, val_len, key, val)... */
     uint8_t extra[STATE_EXTRA_BYTES];
     size_t extra_len;
+    int broken;             /* < 0: a fault abandoned LMDB's write transaction (state_abandon) */
     char error[160];        /* the writer's: state_error() */
     char commit_error[160]; /* the committer's, into error once joined */
 };
@@ -192,6 +200,102 @@ static void state_hex(const void *p, size_t n, char *out, size_t cap)
     for (size_t i = 0; i < n && o + 3 < cap; i++)
         o += (size_t)snprintf(out + o, cap - o, "%02x", b[i]);
     out[o] = 0;
+}
+
+/* ---- faults in the writable map ------------------------------------------ */
+
+/* LMDB runs with MDB_WRITEMAP: a write transaction builds its pages in
+ * the shared map of data.mdb itself (a sparse file of the map's size), so
+ * no page is copied into malloc'd memory — which LMDB would keep on its
+ * own free list for the environment's life — and the commit's flush is
+ * an msync of the pages it dirtied.  The price: a page the filesystem
+ * cannot back (a hole of the sparse file on a full disk, any page of a
+ * filesystem shut down after an I/O error) faults with SIGBUS on the
+ * writing thread, where a write() would have returned ENOSPC or EIO.
+ *
+ * Two defences.  Before a write transaction touches a page, state_room
+ * checks that the filesystem has room for every page it may dirty: a
+ * disk that is merely full fails the checkpoint cleanly with ENOSPC, and
+ * the state stays usable.  What is left (the log filling the last bytes
+ * meanwhile, an I/O error) is caught by a guard around every write
+ * transaction (STATE_GUARD) that turns the fault into the error.  LMDB's
+ * transaction is then in no state to be aborted (a fault inside mdb_put
+ * leaves a cursor on the dead stack frame linked into it), so it is
+ * abandoned whole: the environment is parked in state_abandoned, never
+ * touched again by a write, and the state refuses every later write with
+ * the fault's error (s->broken) — the shard stops taking writes, as after
+ * any failed checkpoint, and a restart (a new process: LMDB's robust
+ * write lock is released when its holder dies) resumes.  Nothing of the
+ * transaction is durable: LMDB names a commit in its meta page last, and
+ * the meta pages are never holes.  Reads of what was committed go on
+ * through the read transaction.  A SIGBUS outside a guarded transaction
+ * keeps the disposition it had (by default the process dies). */
+static __thread sigjmp_buf *state_fault_jump;
+static struct sigaction state_fault_prev;
+static pthread_once_t state_fault_once = PTHREAD_ONCE_INIT;
+
+static void state_fault_handler(int sig, siginfo_t *si, void *uc)
+{
+    sigjmp_buf *jump = state_fault_jump;
+    if (jump) {
+        state_fault_jump = NULL;
+        siglongjmp(*jump, 1);
+    }
+    /* Not ours: the previous handler, or the previous disposition for
+     * the instruction's fault again once this returns. */
+    if ((state_fault_prev.sa_flags & SA_SIGINFO) && state_fault_prev.sa_sigaction) {
+        state_fault_prev.sa_sigaction(sig, si, uc);
+        return;
+    }
+    if (!(state_fault_prev.sa_flags & SA_SIGINFO) && state_fault_prev.sa_handler != SIG_DFL &&
+        state_fault_prev.sa_handler != SIG_IGN) {
+        state_fault_prev.sa_handler(sig);
+        return;
+    }
+    struct sigaction dfl = {.sa_handler = SIG_DFL};
+    sigemptyset(&dfl.sa_mask);
+    sigaction(sig, &dfl, NULL);
+}
+
+static void state_fault_install(void)
+{
+    struct sigaction sa = {.sa_sigaction = state_fault_handler, .sa_flags = SA_SIGINFO};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, &state_fault_prev);
+}
+
+/* The error a fault in the map stands for: ENOSPC when the filesystem
+ * has no room left, else EIO. */
+static int state_fault_errno(state *s, char *error, size_t cap)
+{
+    mdb_filehandle_t fd;
+    struct statvfs vfs;
+    bool full = mdb_env_get_fd(s->env, &fd) == 0 && fstatvfs(fd, &vfs) == 0 &&
+                (uint64_t)vfs.f_bavail * vfs.f_frsize < (1u << 20);
+    snprintf(error, cap, "LMDB: a write into data.mdb's map faulted (SIGBUS): %s",
+             full ? "the filesystem is full" : "an I/O error");
+    return full ? ENOSPC : EIO;
+}
+
+/* Arms the calling thread's guard: sigsetjmp(jump, 1) returned 0 just
+ * before (a macro, since sigsetjmp's frame must stay live). */
+#define STATE_GUARD(jump) (sigsetjmp((jump), 1) == 0 ? (state_fault_jump = &(jump), true) : false)
+
+static void state_guard_end(void) { state_fault_jump = NULL; }
+
+/* Environments whose write transaction a fault abandoned: kept reachable
+ * (not a leak), never closed — closing would free what the transaction
+ * still points into. */
+enum { STATE_ABANDONED_MAX = 64 };
+static MDB_env *state_abandoned[STATE_ABANDONED_MAX];
+static _Atomic unsigned state_abandoned_n;
+
+static void state_abandon(state *s, int rc)
+{
+    unsigned i = atomic_fetch_add(&state_abandoned_n, 1);
+    if (i < STATE_ABANDONED_MAX)
+        state_abandoned[i] = s->env;
+    s->broken = rc;
 }
 
 /* ---- value checksums ---------------------------------------------------- */
@@ -503,6 +607,15 @@ static int state_renew(state *s)
 
 /* ---- lifecycle ---------------------------------------------------------------- */
 
+uint64_t state_used_bytes(state *s)
+{
+    MDB_envinfo info;
+    MDB_stat st;
+    if (mdb_env_info(s->env, &info) != 0 || mdb_env_stat(s->env, &st) != 0)
+        return 0;
+    return ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+}
+
 int state_open(const char *dir, uint64_t map_bytes, state **out)
 {
     if (mkdir(dir, 0755) < 0 && errno != EEXIST)
@@ -516,19 +629,30 @@ int state_open(const char *dir, uint64_t map_bytes, state **out)
         rc = mdb_env_set_maxdbs(s->env, STATE_TABLES);
     if (rc == 0)
         rc = mdb_env_set_mapsize(s->env, (size_t)map_bytes);
+    pthread_once(&state_fault_once, state_fault_install);
     /* MDB_NOTLS: read transactions are not tied to threads — the writer's
-     * read view, the committer and snapshot copies live side by side. */
+     * read view, the committer and snapshot copies live side by side.
+     * MDB_WRITEMAP: see state_fault_handler. */
     if (rc == 0)
-        rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0644);
-    MDB_txn *txn = NULL;
-    if (rc == 0)
-        rc = mdb_txn_begin(s->env, NULL, 0, &txn);
-    for (int i = 0; rc == 0 && i < STATE_TABLES; i++)
-        rc = mdb_dbi_open(txn, state_names[i], MDB_CREATE, &s->dbi[i]);
-    /* Make the tables exist on disk so a copy always has them. */
-    if (rc == 0) {
-        rc = mdb_txn_commit(txn);
-        txn = NULL;
+        rc = mdb_env_open(s->env, dir, MDB_NOTLS | MDB_WRITEMAP, 0644);
+    MDB_txn *volatile txn = NULL;
+    sigjmp_buf jump;
+    if (rc == 0 && !STATE_GUARD(jump)) {
+        rc = state_fault_errno(s, s->error, sizeof(s->error));
+        state_abandon(s, -rc);
+        txn = NULL; /* abandoned with the environment */
+    } else if (rc == 0) {
+        MDB_txn *begun = NULL;
+        rc = mdb_txn_begin(s->env, NULL, 0, &begun);
+        txn = begun;
+        for (int i = 0; rc == 0 && i < STATE_TABLES; i++)
+            rc = mdb_dbi_open(txn, state_names[i], MDB_CREATE, &s->dbi[i]);
+        /* Make the tables exist on disk so a copy always has them. */
+        if (rc == 0) {
+            rc = mdb_txn_commit(txn);
+            txn = NULL;
+        }
+        state_guard_end();
     }
     if (txn)
         mdb_txn_abort(txn);
@@ -541,14 +665,15 @@ int state_open(const char *dir, uint64_t map_bytes, state **out)
      * kernel is asked to read the file now, in large pieces, instead of a
      * page fault at a time once requests come (a cold page cache: a
      * restart after a reboot).  Only a hint, which returns once the reads
-     * are queued; not for a file over a quarter of the memory, which would
-     * push out more than it brings. */
+     * are queued; not for pages in use over a quarter of the memory, which
+     * would push out more than they bring.  (The file is as large as the
+     * map, MDB_WRITEMAP: the pages in use end at LMDB's last page.) */
     mdb_filehandle_t fd;
-    struct stat st;
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    if (mdb_env_get_fd(s->env, &fd) == 0 && fstat(fd, &st) == 0 && pages > 0 && page > 0 &&
-        (uint64_t)st.st_size <= (uint64_t)pages * (uint64_t)page / 4)
-        (void)posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+    uint64_t used = state_used_bytes(s);
+    if (mdb_env_get_fd(s->env, &fd) == 0 && pages > 0 && page > 0 &&
+        used <= (uint64_t)pages * (uint64_t)page / 4)
+        (void)posix_fadvise(fd, 0, (off_t)used, POSIX_FADV_WILLNEED);
     *out = s;
     return 0;
 }
@@ -573,8 +698,8 @@ void state_close(state *s)
     state_layer_free(s->active);
     state_layer_free(s->frozen);
     state_layer_free(s->clean);
-    if (s->env && !s->borrowed)
-        mdb_env_close(s->env);
+    if (s->env && !s->borrowed && !s->broken)
+        mdb_env_close(s->env); /* a broken one's is parked: state_abandon */
     free(s);
 }
 
@@ -813,6 +938,42 @@ static int state_write_extra(state *s, MDB_txn *txn)
     return rc;
 }
 
+/* Room for a write transaction (see state_fault_handler): the pages it
+ * may dirty — per table, one leaf per key it writes up to the table's
+ * leaves, and every branch — plus twice its keys' and values' bytes for
+ * the pages new keys fill half-full, and LMDB's free list of the pages it
+ * frees (8 bytes a page) with a MiB to spare.  Pages on LMDB's free list
+ * are backed already, so this overestimates.  0, or ENOSPC with the
+ * figures in `error`. */
+static int state_room(state *s, MDB_txn *txn, state_sortkey *const *v, const size_t *n,
+                      char *error, size_t cap)
+{
+    mdb_filehandle_t fd;
+    struct statvfs vfs;
+    MDB_stat env;
+    if (mdb_env_get_fd(s->env, &fd) != 0 || fstatvfs(fd, &vfs) != 0 ||
+        mdb_env_stat(s->env, &env) != 0)
+        return 0; /* no figures: the guard still stands */
+    uint64_t pages = 0, bytes = 0;
+    for (int t = 0; t < STATE_TABLES; t++) {
+        MDB_stat st;
+        if (n[t] == 0 || mdb_stat(txn, s->dbi[t], &st) != 0)
+            continue;
+        uint64_t leaves = st.ms_leaf_pages + st.ms_overflow_pages;
+        pages += (n[t] < leaves ? n[t] : leaves) + st.ms_branch_pages;
+        for (size_t i = 0; i < n[t]; i++)
+            bytes += v[t][i].e->key_len + v[t][i].e->val_len + 16;
+    }
+    uint64_t need = pages * (env.ms_psize + 8) + 2 * bytes + (1u << 20);
+    uint64_t room = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    if (room >= need)
+        return 0;
+    snprintf(error, cap,
+             "LMDB: %llu KiB free beside data.mdb, and this checkpoint may need %llu KiB",
+             (unsigned long long)(room >> 10), (unsigned long long)(need >> 10));
+    return ENOSPC;
+}
+
 /* Writes a layer into a new write transaction and commits it (synced).
  * LMDB's words about damage go into `error` (the committer has its own:
  * the writer may be reading s->error meanwhile). */
@@ -822,8 +983,32 @@ static int state_write_layer(state *s, const state_layer *l, char *error, size_t
     size_t n[STATE_TABLES];
     if (state_sorted(l, v, n) < 0)
         return state_errs_in(error, cap, ENOMEM);
-    MDB_txn *txn = NULL;
-    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (s->broken) {
+        for (int t = 0; t < STATE_TABLES; t++)
+            free(v[t]);
+        s->extra_len = 0;
+        snprintf(error, cap, "LMDB: the state stopped taking writes after a fault in its map: %s",
+                 tally_strerror(s->broken));
+        return s->broken;
+    }
+    MDB_txn *volatile txn = NULL;
+    int rc;
+    sigjmp_buf jump;
+    if (!STATE_GUARD(jump)) {
+        /* A page of the map faulted (see state_fault_handler): the
+         * transaction is abandoned with its environment. */
+        for (int t = 0; t < STATE_TABLES; t++)
+            free(v[t]);
+        s->extra_len = 0;
+        rc = -state_fault_errno(s, error, cap);
+        state_abandon(s, rc);
+        return rc;
+    }
+    MDB_txn *begun = NULL;
+    rc = mdb_txn_begin(s->env, NULL, 0, &begun);
+    txn = begun;
+    if (rc == 0)
+        rc = state_room(s, txn, v, n, error, cap);
     for (int t = 0; rc == 0 && t < STATE_TABLES; t++) {
         /* A table the layer replaces is emptied first, then appended to:
          * packed pages, whatever its old rows left. */
@@ -832,16 +1017,16 @@ static int state_write_layer(state *s, const state_layer *l, char *error, size_t
         if (rc == 0)
             rc = state_write_table(s, txn, t, v[t], n[t]);
     }
-    for (int t = 0; t < STATE_TABLES; t++)
-        free(v[t]);
     if (rc == 0)
         rc = state_write_extra(s, txn);
-    if (rc != 0) {
-        if (txn)
-            mdb_txn_abort(txn);
-        return state_errs_in(error, cap, rc);
-    }
-    return state_errs_in(error, cap, mdb_txn_commit(txn));
+    if (rc == 0)
+        rc = mdb_txn_commit(txn);
+    else if (txn)
+        mdb_txn_abort(txn);
+    state_guard_end();
+    for (int t = 0; t < STATE_TABLES; t++)
+        free(v[t]);
+    return state_errs_in(error, cap, rc);
 }
 
 static void *state_committer(void *arg)

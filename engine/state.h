@@ -62,6 +62,9 @@ typedef struct state state;
 /* Opens (creating) the environment in directory dir with a map of
  * map_bytes. */
 int state_open(const char *dir, uint64_t map_bytes, state **out);
+/* The bytes of data.mdb its last commit uses (up to LMDB's last page):
+ * the file itself is as large as the map, with holes (MDB_WRITEMAP). */
+uint64_t state_used_bytes(state *s);
 /* Waits for a running commit, drops what is not committed, closes.  NULL
  * is ok. */
 void state_close(state *s);

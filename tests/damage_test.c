@@ -573,7 +573,7 @@ static int lm_flip_value(unsigned shard, const uint8_t *key, size_t key_len, siz
     char path[160];
     snprintf(path, sizeof(path), "%s/shard-%03u/state/data.mdb", lm_td.dir, shard);
     size_t len = 0;
-    uint8_t *db = (uint8_t *)fu_read_file(path, &len);
+    uint8_t *db = (uint8_t *)fu_read_data(path, &len);
     cr_assert_not_null(db, "%s", path);
     int hits = 0;
     for (size_t p = 4096 + 8; p + key_len <= len; p++) {

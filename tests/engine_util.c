@@ -214,6 +214,11 @@ int eu_flip_value(const char *path, int64_t value)
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0)
         abort();
+    /* data.mdb is as large as LMDB's map, with holes (MDB_WRITEMAP): its
+     * pages in use end at the first. */
+    off_t hole = lseek(fd, 0, SEEK_HOLE);
+    if (hole >= 0 && hole < st.st_size)
+        st.st_size = hole;
     uint8_t *buf = malloc((size_t)st.st_size);
     if (!buf || pread(fd, buf, (size_t)st.st_size, 0) != st.st_size)
         abort();

@@ -177,6 +177,25 @@ char *fu_read_file(const char *path, size_t *len)
     return buf;
 }
 
+char *fu_read_data(const char *path, size_t *len)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return NULL;
+    off_t end = lseek(fd, 0, SEEK_HOLE);
+    char *buf = end >= 0 ? malloc((size_t)end + 1) : NULL;
+    if (buf && pread(fd, buf, (size_t)end, 0) != end) {
+        free(buf);
+        buf = NULL;
+    }
+    close(fd);
+    if (buf) {
+        buf[end] = 0;
+        *len = (size_t)end;
+    }
+    return buf;
+}
+
 int fu_log_count(const td *t, const char *const *needles)
 {
     char *text = fu_read_file(t->log, NULL);
@@ -295,23 +314,29 @@ static bool fu_all_traced(pid_t pid)
     return all && n > 0;
 }
 
-pid_t fu_strace_inject(const td *t, const char *path, const char *syscall, const char *error)
+pid_t fu_strace_inject_pid(pid_t target, const char *log, const char *path, const char *syscall,
+                           const char *error)
 {
-    char pid[16], inject[128], log[128];
-    snprintf(pid, sizeof(pid), "%d", (int)t->pid);
+    char pid[16], inject[128], trace[128];
+    snprintf(pid, sizeof(pid), "%d", (int)target);
     snprintf(inject, sizeof(inject), "inject=%s:error=%s", syscall, error);
-    snprintf(log, sizeof(log), "%s.strace", t->log);
-    const char *argv[] = {"strace", "-f", "-qq", "-p", pid, "-P", path, "-e", syscall, "-e",
-                          inject, NULL};
-    char trace[128];
     snprintf(trace, sizeof(trace), "trace=%s", syscall);
-    argv[8] = trace;
+    const char *argv[] = {"strace", "-f", "-qq", "-p", pid, "-P", path, "-e", trace, "-e",
+                          inject, NULL};
     pid_t st = fu_spawn(argv, log);
     uint64_t end = fu_ms() + 10000;
-    while (!fu_all_traced(t->pid) && fu_ms() < end)
+    while (!fu_all_traced(target) && fu_ms() < end)
         usleep(10000);
-    cr_assert(fu_all_traced(t->pid), "strace attached to every thread of tallyd (see %s)", log);
+    cr_assert(fu_all_traced(target), "strace attached to every thread of %d (see %s)",
+              (int)target, log);
     return st;
+}
+
+pid_t fu_strace_inject(const td *t, const char *path, const char *syscall, const char *error)
+{
+    char log[128];
+    snprintf(log, sizeof(log), "%s.strace", t->log);
+    return fu_strace_inject_pid(t->pid, log, path, syscall, error);
 }
 
 /* ---- filesystems -------------------------------------------------------------- */

@@ -42,6 +42,9 @@ void fu_workdir(char *buf, const char *tag);
 void fu_td_at(td *t, const char *dir, const char *log);
 /* Whole file into a malloc'd NUL-terminated buffer, or NULL. */
 char *fu_read_file(const char *path, size_t *len);
+/* The bytes of a sparse file up to its first hole (LMDB's data.mdb is as
+ * large as its map, MDB_WRITEMAP; its pages in use come first), or NULL. */
+char *fu_read_data(const char *path, size_t *len);
 /* Number of lines of tallyd's log that contain every one of the given
  * strings (NULL-terminated list). */
 int fu_log_count(const td *t, const char *const *needles);
@@ -69,6 +72,10 @@ void fu_kill(pid_t pid);
  * `syscall` on `path` fail with `error` (e.g. "ENOSPC"): libc calls only
  * (io_uring bypasses it).  Returns once attached; fu_kill() detaches. */
 pid_t fu_strace_inject(const td *t, const char *path, const char *syscall, const char *error);
+/* The same for any process: strace's output into log.  `error` may carry
+ * more of strace's inject= options ("EIO:when=1"). */
+pid_t fu_strace_inject_pid(pid_t target, const char *log, const char *path, const char *syscall,
+                           const char *error);
 
 /* ---- filesystems ------------------------------------------------------------ */
 
