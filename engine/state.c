@@ -209,15 +209,18 @@ static void state_hex(const void *p, size_t n, char *out, size_t cap)
  * no page is copied into malloc'd memory — which LMDB would keep on its
  * own free list for the environment's life — and the commit's flush is
  * an msync of the pages it dirtied.  The price: a page the filesystem
- * cannot back (a hole of the sparse file on a full disk, any page of a
- * filesystem shut down after an I/O error) faults with SIGBUS on the
- * writing thread, where a write() would have returned ENOSPC or EIO.
+ * cannot back (a hole of the sparse file on a full disk) faults with
+ * SIGBUS on the writing thread, where a write() would have returned
+ * ENOSPC.  (An I/O error mostly comes back from the msync as EIO: on an
+ * ext4 shut down by `xfs_io -c shutdown` the pages were written and the
+ * commit failed — the plain path.)
  *
  * Two defences.  Before a write transaction touches a page, state_room
  * checks that the filesystem has room for every page it may dirty: a
  * disk that is merely full fails the checkpoint cleanly with ENOSPC, and
  * the state stays usable.  What is left (the log filling the last bytes
- * meanwhile, an I/O error) is caught by a guard around every write
+ * meanwhile, a filesystem that faults on an I/O error) is caught by a
+ * guard around every write
  * transaction (STATE_GUARD) that turns the fault into the error.  LMDB's
  * transaction is then in no state to be aborted (a fault inside mdb_put
  * leaves a cursor on the dead stack frame linked into it), so it is
