@@ -220,8 +220,8 @@ static void state_hex(const void *p, size_t n, char *out, size_t cap)
  * disk that is merely full fails the checkpoint cleanly with ENOSPC, and
  * the state stays usable.  What is left (the log filling the last bytes
  * meanwhile, a filesystem that faults on an I/O error) is caught by a
- * guard around every write
- * transaction (STATE_GUARD) that turns the fault into the error.  LMDB's
+ * guard around every write transaction (STATE_GUARD) that turns the
+ * fault into the error.  LMDB's
  * transaction is then in no state to be aborted (a fault inside mdb_put
  * leaves a cursor on the dead stack frame linked into it), so it is
  * abandoned whole: the environment is parked in state_abandoned, never
@@ -825,14 +825,26 @@ static void state_sort(state_sortkey *v, size_t n)
     }
 }
 
-/* Every table's objects of a layer, sorted by key (v[t] malloc'd, n[t]
- * of them): one pass over the hash slots, each entry prefetched a few
- * slots ahead (independent loads the CPU overlaps — walking a table's list
- * waited for a cache miss per step), then state_sort per table. */
+/* A layer's objects sorted for a commit: per table v[t] (malloc'd), n[t]
+ * of them; bytes, what their keys and values take in LMDB's pages (for
+ * state_room). */
+typedef struct state_sorted_layer {
+    state_sortkey *v[STATE_TABLES];
+    size_t n[STATE_TABLES];
+    uint64_t bytes;
+} state_sorted_layer;
+
+/* Sorts every table's objects of a layer into so: one pass over the hash
+ * slots, each entry prefetched a few slots ahead (independent loads the
+ * CPU overlaps — walking a table's list waited for a cache miss per step;
+ * so->bytes summed while each entry is in the cache anyway), then
+ * state_sort per table. */
 #define STATE_SORT_AHEAD 16u
-static int state_sorted(const state_layer *l, state_sortkey *v[STATE_TABLES],
-                        size_t n[STATE_TABLES])
+static int state_sorted(const state_layer *l, state_sorted_layer *so)
 {
+    state_sortkey **v = so->v;
+    size_t *n = so->n;
+    so->bytes = 0;
     for (int t = 0; t < STATE_TABLES; t++) {
         n[t] = 0;
         v[t] = l->table_count[t] ? malloc(l->table_count[t] * sizeof(*v[t])) : NULL;
@@ -849,9 +861,11 @@ static int state_sorted(const state_layer *l, state_sortkey *v[STATE_TABLES],
             __builtin_prefetch(p + 63); /* the key may cross into the next line */
         }
         const state_entry *e = l->slots[i].e;
-        if (e)
+        if (e) {
             v[e->table][n[e->table]++] =
                 (state_sortkey){state_key_word(e, 0), state_key_word(e, 8), e};
+            so->bytes += e->key_len + e->val_len + 16; /* LMDB's node header, roughly */
+        }
     }
     for (int t = 0; t < STATE_TABLES; t++) {
         assert(n[t] == l->table_count[t]);
@@ -943,31 +957,30 @@ static int state_write_extra(state *s, MDB_txn *txn)
 
 /* Room for a write transaction (see state_fault_handler): the pages it
  * may dirty — per table, one leaf per key it writes up to the table's
- * leaves, and every branch — plus twice its keys' and values' bytes for
- * the pages new keys fill half-full, and LMDB's free list of the pages it
+ * leaves, and every branch — plus twice its keys' and values' bytes
+ * (so->bytes) for the pages new keys fill half-full, and LMDB's free list of the pages it
  * frees (8 bytes a page) with a MiB to spare.  Pages on LMDB's free list
  * are backed already, so this overestimates.  0, or ENOSPC with the
  * figures in `error`. */
-static int state_room(state *s, MDB_txn *txn, state_sortkey *const *v, const size_t *n,
-                      char *error, size_t cap)
+static int state_room(state *s, MDB_txn *txn, const state_sorted_layer *so, char *error,
+                      size_t cap)
 {
+    const size_t *n = so->n;
     mdb_filehandle_t fd;
     struct statvfs vfs;
     MDB_stat env;
     if (mdb_env_get_fd(s->env, &fd) != 0 || fstatvfs(fd, &vfs) != 0 ||
         mdb_env_stat(s->env, &env) != 0)
         return 0; /* no figures: the guard still stands */
-    uint64_t pages = 0, bytes = 0;
+    uint64_t pages = 0;
     for (int t = 0; t < STATE_TABLES; t++) {
         MDB_stat st;
         if (n[t] == 0 || mdb_stat(txn, s->dbi[t], &st) != 0)
             continue;
         uint64_t leaves = st.ms_leaf_pages + st.ms_overflow_pages;
         pages += (n[t] < leaves ? n[t] : leaves) + st.ms_branch_pages;
-        for (size_t i = 0; i < n[t]; i++)
-            bytes += v[t][i].e->key_len + v[t][i].e->val_len + 16;
     }
-    uint64_t need = pages * (env.ms_psize + 8) + 2 * bytes + (1u << 20);
+    uint64_t need = pages * (env.ms_psize + 8) + 2 * so->bytes + (1u << 20);
     uint64_t room = (uint64_t)vfs.f_bavail * vfs.f_frsize;
     if (room >= need)
         return 0;
@@ -977,18 +990,22 @@ static int state_room(state *s, MDB_txn *txn, state_sortkey *const *v, const siz
     return ENOSPC;
 }
 
+static void state_sorted_free(state_sorted_layer *so)
+{
+    for (int t = 0; t < STATE_TABLES; t++)
+        free(so->v[t]);
+}
+
 /* Writes a layer into a new write transaction and commits it (synced).
  * LMDB's words about damage go into `error` (the committer has its own:
  * the writer may be reading s->error meanwhile). */
 static int state_write_layer(state *s, const state_layer *l, char *error, size_t cap)
 {
-    state_sortkey *v[STATE_TABLES];
-    size_t n[STATE_TABLES];
-    if (state_sorted(l, v, n) < 0)
+    state_sorted_layer so;
+    if (state_sorted(l, &so) < 0)
         return state_errs_in(error, cap, ENOMEM);
     if (s->broken) {
-        for (int t = 0; t < STATE_TABLES; t++)
-            free(v[t]);
+        state_sorted_free(&so);
         s->extra_len = 0;
         snprintf(error, cap, "LMDB: the state stopped taking writes after a fault in its map: %s",
                  tally_strerror(s->broken));
@@ -1000,8 +1017,7 @@ static int state_write_layer(state *s, const state_layer *l, char *error, size_t
     if (!STATE_GUARD(jump)) {
         /* A page of the map faulted (see state_fault_handler): the
          * transaction is abandoned with its environment. */
-        for (int t = 0; t < STATE_TABLES; t++)
-            free(v[t]);
+        state_sorted_free(&so);
         s->extra_len = 0;
         rc = -state_fault_errno(s, error, cap);
         state_abandon(s, rc);
@@ -1011,14 +1027,14 @@ static int state_write_layer(state *s, const state_layer *l, char *error, size_t
     rc = mdb_txn_begin(s->env, NULL, 0, &begun);
     txn = begun;
     if (rc == 0)
-        rc = state_room(s, txn, v, n, error, cap);
+        rc = state_room(s, txn, &so, error, cap);
     for (int t = 0; rc == 0 && t < STATE_TABLES; t++) {
         /* A table the layer replaces is emptied first, then appended to:
          * packed pages, whatever its old rows left. */
         if (l->replaces >> t & 1)
             rc = mdb_drop(txn, s->dbi[t], 0);
         if (rc == 0)
-            rc = state_write_table(s, txn, t, v[t], n[t]);
+            rc = state_write_table(s, txn, t, so.v[t], so.n[t]);
     }
     if (rc == 0)
         rc = state_write_extra(s, txn);
@@ -1027,8 +1043,7 @@ static int state_write_layer(state *s, const state_layer *l, char *error, size_t
     else if (txn)
         mdb_txn_abort(txn);
     state_guard_end();
-    for (int t = 0; t < STATE_TABLES; t++)
-        free(v[t]);
+    state_sorted_free(&so);
     return state_errs_in(error, cap, rc);
 }
 

@@ -324,86 +324,8 @@ Test(state, checkpoints_of_equal_stretches_map_two_layers_not_three)
     eu_rmrf(dir);
 }
 
-/* The state writes through LMDB's writable map (MDB_WRITEMAP): a page of
- * data.mdb the filesystem cannot back would fault with SIGBUS where a
- * write() says ENOSPC, so a checkpoint first checks the room it may need.
- * On a 4 MiB tmpfs, checkpoints of fresh keys fill it: the one that would
- * not fit fails with -ENOSPC and a message with the figures, without a
- * fault; every earlier commit reads back, and once there is room again
- * the same state, in the same process, commits and reopens whole. */
-Test(diskfull, a_checkpoint_that_fills_the_state_map_fails_with_enospc_and_keeps_earlier_commits,
-     .timeout = 120, .fini = fu_cleanup)
-{
-    fu_require_root();
-    fu_fs fs;
-    fu_fs_tmpfs(&fs, "state-full", "4m");
-    char dir[160];
-    snprintf(dir, sizeof(dir), "%s/state", fs.mnt);
-    state *s;
-    cr_assert_eq(state_open(dir, 1ull << 30, &s), 0);
-    enum { PER_ROUND = 2000 };
-    uint8_t val[200];
-    uint32_t committed = 0; /* keys [0, committed) are durable */
-    int rc = 0;
-    for (uint32_t round = 0; round < 64 && rc == 0; round++) {
-        for (uint32_t i = 0; i < PER_ROUND; i++) {
-            uint32_t k = committed + i;
-            uint8_t key[4] = {(uint8_t)(k >> 24), (uint8_t)(k >> 16), (uint8_t)(k >> 8),
-                              (uint8_t)k};
-            memset(val, (int)(k & 0xff), sizeof(val));
-            cr_assert_eq(state_put(s, STATE_ACCOUNTS, key, sizeof(key), val, sizeof(val)), 0);
-        }
-        rc = state_commit(s);
-        if (rc == 0)
-            committed += PER_ROUND;
-    }
-    cr_assert_eq(rc, -ENOSPC, "a checkpoint on a full filesystem: %d (%s)", rc, state_error(s));
-    cr_assert(strstr(state_error(s), "free beside data.mdb"), "the error says what happened: %s",
-              state_error(s));
-    cr_assert_gt(committed, 0u, "some checkpoints fit before the disk filled");
-    fprintf(stderr, "  %u keys committed before: %s\n", committed, state_error(s));
-    cr_assert_eq(state_abort(s), 0);
-
-    /* Everything committed before reads back; the failed round is gone. */
-    for (uint32_t k = 0; k < committed + PER_ROUND; k += 7) {
-        uint8_t key[4] = {(uint8_t)(k >> 24), (uint8_t)(k >> 16), (uint8_t)(k >> 8), (uint8_t)k};
-        const void *v;
-        size_t vl;
-        int got = state_get(s, STATE_ACCOUNTS, key, sizeof(key), &v, &vl);
-        if (k >= committed) {
-            cr_assert_neq(got, 0, "key %u of the failed checkpoint is visible", k);
-            continue;
-        }
-        cr_assert_eq(got, 0, "committed key %u is lost", k);
-        cr_assert_eq(vl, sizeof(val));
-        cr_assert_eq(((const uint8_t *)v)[0], (uint8_t)(k & 0xff));
-    }
-
-    /* Room again: the same state commits, and reopens with every key. */
-    fu_fs_tmpfs_resize(&fs, false, "64m");
-    for (uint32_t i = 0; i < PER_ROUND; i++) {
-        uint32_t k = committed + i;
-        uint8_t key[4] = {(uint8_t)(k >> 24), (uint8_t)(k >> 16), (uint8_t)(k >> 8), (uint8_t)k};
-        memset(val, (int)(k & 0xff), sizeof(val));
-        cr_assert_eq(state_put(s, STATE_ACCOUNTS, key, sizeof(key), val, sizeof(val)), 0);
-    }
-    cr_assert_eq(state_commit(s), 0, "a checkpoint after more space: %s", state_error(s));
-    committed += PER_ROUND;
-    state_close(s);
-    cr_assert_eq(state_open(dir, 1ull << 30, &s), 0);
-    for (uint32_t k = 0; k < committed; k += 3) {
-        uint8_t key[4] = {(uint8_t)(k >> 24), (uint8_t)(k >> 16), (uint8_t)(k >> 8), (uint8_t)k};
-        const void *v;
-        size_t vl;
-        cr_assert_eq(state_get(s, STATE_ACCOUNTS, key, sizeof(key), &v, &vl), 0,
-                     "key %u after reopening", k);
-        cr_assert_eq(((const uint8_t *)v)[0], (uint8_t)(k & 0xff));
-    }
-    state_close(s);
-}
-
-/* Keys k of the fault test: 4 bytes big-endian, a 200-byte value of k's
- * low byte. */
+/* Keys k of the disk-full tests: 4 bytes big-endian, a 200-byte value
+ * of k's low byte. */
 static void fault_key(uint32_t k, uint8_t key[4])
 {
     key[0] = (uint8_t)(k >> 24);
@@ -422,6 +344,71 @@ static int fault_put_round(state *s, uint32_t from, uint32_t count)
             return -1;
     }
     return 0;
+}
+
+/* The state writes through LMDB's writable map (MDB_WRITEMAP): a page of
+ * data.mdb the filesystem cannot back would fault with SIGBUS where a
+ * write() says ENOSPC, so a checkpoint first checks the room it may need.
+ * On a 4 MiB tmpfs, checkpoints of fresh keys fill it: the one that would
+ * not fit fails with -ENOSPC and a message with the figures, without a
+ * fault; every earlier commit reads back, and once there is room again
+ * the same state, in the same process, commits and reopens whole. */
+Test(diskfull, a_checkpoint_that_fills_the_state_map_fails_with_enospc_and_keeps_earlier_commits,
+     .timeout = 120, .fini = fu_cleanup)
+{
+    fu_require_root();
+    fu_fs fs;
+    fu_fs_tmpfs(&fs, "state-full", "4m");
+    char dir[160];
+    snprintf(dir, sizeof(dir), "%s/state", fs.mnt);
+    state *s;
+    cr_assert_eq(state_open(dir, 1ull << 30, &s), 0);
+    enum { PER_ROUND = 2000 };
+    uint32_t committed = 0; /* keys [0, committed) are durable */
+    int rc = 0;
+    for (uint32_t round = 0; round < 64 && rc == 0; round++) {
+        cr_assert_eq(fault_put_round(s, committed, PER_ROUND), 0);
+        rc = state_commit(s);
+        if (rc == 0)
+            committed += PER_ROUND;
+    }
+    cr_assert_eq(rc, -ENOSPC, "a checkpoint on a full filesystem: %d (%s)", rc, state_error(s));
+    cr_assert(strstr(state_error(s), "free beside data.mdb"), "the error says what happened: %s",
+              state_error(s));
+    cr_assert_gt(committed, 0u, "some checkpoints fit before the disk filled");
+    fprintf(stderr, "  %u keys committed before: %s\n", committed, state_error(s));
+    cr_assert_eq(state_abort(s), 0);
+
+    /* Everything committed before reads back; the failed round is gone. */
+    uint8_t key[4];
+    const void *v;
+    size_t vl;
+    for (uint32_t k = 0; k < committed + PER_ROUND; k += 7) {
+        fault_key(k, key);
+        int got = state_get(s, STATE_ACCOUNTS, key, sizeof(key), &v, &vl);
+        if (k >= committed) {
+            cr_assert_neq(got, 0, "key %u of the failed checkpoint is visible", k);
+            continue;
+        }
+        cr_assert_eq(got, 0, "committed key %u is lost", k);
+        cr_assert_eq(vl, 200u);
+        cr_assert_eq(((const uint8_t *)v)[0], (uint8_t)(k & 0xff));
+    }
+
+    /* Room again: the same state commits, and reopens with every key. */
+    fu_fs_tmpfs_resize(&fs, false, "64m");
+    cr_assert_eq(fault_put_round(s, committed, PER_ROUND), 0);
+    cr_assert_eq(state_commit(s), 0, "a checkpoint after more space: %s", state_error(s));
+    committed += PER_ROUND;
+    state_close(s);
+    cr_assert_eq(state_open(dir, 1ull << 30, &s), 0);
+    for (uint32_t k = 0; k < committed; k += 3) {
+        fault_key(k, key);
+        cr_assert_eq(state_get(s, STATE_ACCOUNTS, key, sizeof(key), &v, &vl), 0,
+                     "key %u after reopening", k);
+        cr_assert_eq(((const uint8_t *)v)[0], (uint8_t)(k & 0xff));
+    }
+    state_close(s);
 }
 
 /* The fault test's child: commits two rounds, tells the parent (which
