@@ -346,6 +346,35 @@ static int fault_put_round(state *s, uint32_t from, uint32_t count)
     return 0;
 }
 
+/* Keys [0, committed) read back whole, every step-th; keys [committed,
+ * end) — a checkpoint that failed — are absent. */
+static void fault_check_keys(state *s, uint32_t committed, uint32_t end, uint32_t step)
+{
+    uint8_t key[4];
+    const void *v;
+    size_t vl;
+    for (uint32_t k = 0; k < end; k += step) {
+        fault_key(k, key);
+        int got = state_get(s, STATE_ACCOUNTS, key, sizeof(key), &v, &vl);
+        if (k >= committed) {
+            cr_assert_neq(got, 0, "key %u of the failed checkpoint is visible", k);
+            continue;
+        }
+        cr_assert_eq(got, 0, "committed key %u is lost", k);
+        cr_assert_eq(vl, 200u);
+        cr_assert_eq(((const uint8_t *)v)[0], (uint8_t)(k & 0xff));
+    }
+}
+
+/* The disk-full tests' filesystem: a tmpfs of `size`, the state in its
+ * "state" directory (root only). */
+static void fault_fs(fu_fs *fs, const char *name, const char *size, char *dir, size_t cap)
+{
+    fu_require_root();
+    fu_fs_tmpfs(fs, name, size);
+    snprintf(dir, cap, "%s/state", fs->mnt);
+}
+
 /* The state writes through LMDB's writable map (MDB_WRITEMAP): a page of
  * data.mdb the filesystem cannot back would fault with SIGBUS where a
  * write() says ENOSPC, so a checkpoint first checks the room it may need.
@@ -356,11 +385,9 @@ static int fault_put_round(state *s, uint32_t from, uint32_t count)
 Test(diskfull, a_checkpoint_that_fills_the_state_map_fails_with_enospc_and_keeps_earlier_commits,
      .timeout = 120, .fini = fu_cleanup)
 {
-    fu_require_root();
     fu_fs fs;
-    fu_fs_tmpfs(&fs, "state-full", "4m");
     char dir[160];
-    snprintf(dir, sizeof(dir), "%s/state", fs.mnt);
+    fault_fs(&fs, "state-full", "4m", dir, sizeof(dir));
     state *s;
     cr_assert_eq(state_open(dir, 1ull << 30, &s), 0);
     enum { PER_ROUND = 2000 };
@@ -380,20 +407,7 @@ Test(diskfull, a_checkpoint_that_fills_the_state_map_fails_with_enospc_and_keeps
     cr_assert_eq(state_abort(s), 0);
 
     /* Everything committed before reads back; the failed round is gone. */
-    uint8_t key[4];
-    const void *v;
-    size_t vl;
-    for (uint32_t k = 0; k < committed + PER_ROUND; k += 7) {
-        fault_key(k, key);
-        int got = state_get(s, STATE_ACCOUNTS, key, sizeof(key), &v, &vl);
-        if (k >= committed) {
-            cr_assert_neq(got, 0, "key %u of the failed checkpoint is visible", k);
-            continue;
-        }
-        cr_assert_eq(got, 0, "committed key %u is lost", k);
-        cr_assert_eq(vl, 200u);
-        cr_assert_eq(((const uint8_t *)v)[0], (uint8_t)(k & 0xff));
-    }
+    fault_check_keys(s, committed, committed + PER_ROUND, 7);
 
     /* Room again: the same state commits, and reopens with every key. */
     fu_fs_tmpfs_resize(&fs, false, "64m");
@@ -402,12 +416,7 @@ Test(diskfull, a_checkpoint_that_fills_the_state_map_fails_with_enospc_and_keeps
     committed += PER_ROUND;
     state_close(s);
     cr_assert_eq(state_open(dir, 1ull << 30, &s), 0);
-    for (uint32_t k = 0; k < committed; k += 3) {
-        fault_key(k, key);
-        cr_assert_eq(state_get(s, STATE_ACCOUNTS, key, sizeof(key), &v, &vl), 0,
-                     "key %u after reopening", k);
-        cr_assert_eq(((const uint8_t *)v)[0], (uint8_t)(k & 0xff));
-    }
+    fault_check_keys(s, committed, committed, 3);
     state_close(s);
 }
 
@@ -465,11 +474,9 @@ static int fault_child(const char *dir, int ready, int go)
 Test(diskfull, a_fault_in_the_state_map_fails_the_checkpoint_and_keeps_earlier_commits,
      .timeout = 120, .fini = fu_cleanup)
 {
-    fu_require_root();
     fu_fs fs;
-    fu_fs_tmpfs(&fs, "state-fault", "16m");
     char dir[160], file[200], filler[200];
-    snprintf(dir, sizeof(dir), "%s/state", fs.mnt);
+    fault_fs(&fs, "state-fault", "16m", dir, sizeof(dir));
     snprintf(file, sizeof(file), "%s/data.mdb", dir);
     snprintf(filler, sizeof(filler), "%s/filler", fs.mnt);
     int ready[2], go[2];
@@ -513,19 +520,7 @@ Test(diskfull, a_fault_in_the_state_map_fails_the_checkpoint_and_keeps_earlier_c
     cr_assert_eq(unlink(filler), 0);
     state *s;
     cr_assert_eq(state_open(dir, 1ull << 30, &s), 0, "the state reopens after the fault");
-    uint8_t key[4];
-    const void *v;
-    size_t vl;
-    for (uint32_t k = 0; k < 6000; k++) {
-        fault_key(k, key);
-        int got = state_get(s, STATE_ACCOUNTS, key, sizeof(key), &v, &vl);
-        if (k >= 4000) {
-            cr_assert_neq(got, 0, "key %u of the faulted checkpoint is there", k);
-            continue;
-        }
-        cr_assert_eq(got, 0, "committed key %u is lost", k);
-        cr_assert_eq(((const uint8_t *)v)[0], (uint8_t)(k & 0xff));
-    }
+    fault_check_keys(s, 4000, 6000, 1);
     cr_assert_eq(fault_put_round(s, 4000, 2000), 0);
     cr_assert_eq(state_commit(s), 0, "writes resume in a new process: %s", state_error(s));
     state_close(s);
