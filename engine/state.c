@@ -104,6 +104,10 @@ typedef struct state_layer {
     uint32_t count;
     state_entry *lists[STATE_TABLES];
     uint32_t table_count[STATE_TABLES];
+    /* Each table's entry of the smallest key: a scan that ends before it
+     * skips the table's list (the sweep's look at what is due now, every
+     * second, would otherwise walk every due row the layer changed). */
+    const state_entry *least[STATE_TABLES];
     state_chunk *chunks;
     state_chunk *spare; /* a recycled layer's chunks, not in use yet */
     size_t bytes;       /* slots and chunks in use */
@@ -557,6 +561,9 @@ static int state_layer_set(state_layer *l, int table, const void *key, size_t ke
         e->next = l->lists[table];
         l->lists[table] = e;
         l->table_count[table]++;
+        if (!l->least[table] ||
+            state_keycmp(e->key, key_len, l->least[table]->key, l->least[table]->key_len) < 0)
+            l->least[table] = e;
         l->count++;
         slot->hash = h;
         slot->e = e;
@@ -1362,7 +1369,10 @@ static int state_iter_init(state *s, int table, const void *from, size_t from_le
         return -ENOMEM;
     for (int i = 0; i < 2; i++) {
         const state_layer *l = i == 0 ? s->active : s->frozen;
-        for (const state_entry *e = l ? l->lists[table] : NULL; e; e = e->next) {
+        if (!l || (to_len && l->least[table] &&
+                   state_keycmp(l->least[table]->key, l->least[table]->key_len, to, to_len) >= 0))
+            continue;
+        for (const state_entry *e = l->lists[table]; e; e = e->next) {
             if (!state_in_range(e->key, e->key_len, from, from_len, to, to_len))
                 continue;
             /* A frozen object the active layer changed again: the newer. */
