@@ -270,9 +270,12 @@ int os_thread_written_bytes(uint64_t *out)
     if (n < 0)
         return err;
     buf[n] = 0;
-    const char *p = strstr(buf, "wchar:");
+    /* write_bytes, not wchar: the pages a thread dirtied for the disk,
+     * whether by write() or through a writable map (LMDB's MDB_WRITEMAP
+     * commits call no write() for their pages). */
+    const char *p = strstr(buf, "\nwrite_bytes:");
     if (!p)
         return -ENOENT;
-    *out = strtoull(p + 6, NULL, 10);
+    *out = strtoull(p + 13, NULL, 10);
     return 0;
 }

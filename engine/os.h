@@ -61,10 +61,12 @@ int os_copy_file(const os_ops *os, int in_fd, const char *to);
 int os_write_file_atomic(const os_ops *os, const char *dir, const char *name, const void *text,
                          size_t len);
 
-/* Bytes the calling thread has handed to write system calls since it
- * started (the kernel's per-thread I/O accounting, `wchar` of
- * /proc/thread-self/io): what a thread that writes through libc or LMDB
- * wrote, whatever file it went to.  io_uring writes are not in it.
+/* Bytes of file pages the calling thread has dirtied for the disk since
+ * it started (the kernel's per-thread I/O accounting, `write_bytes` of
+ * /proc/thread-self/io): through write() or through a writable map, as
+ * LMDB's MDB_WRITEMAP commits write (`wchar`, the bytes passed to write
+ * calls, misses those).  A page dirtied twice before it is written back
+ * counts once; tmpfs counts nothing; io_uring writes are their workers'.
  * 0 and *out, or -errno (-ENOENT on a kernel without task I/O accounting). */
 int os_thread_written_bytes(uint64_t *out);
 
